@@ -1,0 +1,3 @@
+from handgan.cli import main
+
+raise SystemExit(main())

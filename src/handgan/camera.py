@@ -1,0 +1,67 @@
+"""Pinhole cameras of the depth hand datasets and the uvd <-> xyz conversions.
+
+Conventions (those of NYU and DeepPrior++):
+
+* ``uvd``: u = column, v = row in full-image pixels (integer index = pixel centre), d = depth in mm.
+* ``xyz``: camera frame in mm. x right, z forward (= depth). The sign of y is per dataset:
+  NYU and MSRA store y **up** (y = (cy - v) z / fy); ICVL stores y **down** (y = (v - cy) z / fy).
+
+``Intrinsics.y_up`` carries that choice so no caller ever flips a sign by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+    y_up: bool = True  # NYU/MSRA label convention; ICVL is y-down
+
+    def uvd_to_xyz(self, uvd: np.ndarray) -> np.ndarray:
+        """(..., 3) u, v px and d mm -> (..., 3) x, y, z mm."""
+        uvd = np.asarray(uvd, dtype=np.float64)
+        u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
+        x = (u - self.cx) * d / self.fx
+        y = (v - self.cy) * d / self.fy
+        if self.y_up:
+            y = -y
+        return np.stack([x, y, d], axis=-1)
+
+    def xyz_to_uvd(self, xyz: np.ndarray) -> np.ndarray:
+        """(..., 3) x, y, z mm -> (..., 3) u, v px and d mm. Points at z = 0 map to (cx, cy, 0)."""
+        xyz = np.asarray(xyz, dtype=np.float64)
+        x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+        safe_z = np.where(z == 0, 1.0, z)
+        u = np.where(z == 0, self.cx, self.cx + self.fx * x / safe_z)
+        sign = -1.0 if self.y_up else 1.0
+        v = np.where(z == 0, self.cy, self.cy + sign * self.fy * y / safe_z)
+        return np.stack([u, v, z], axis=-1)
+
+    def pixel_rays(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Unnormalised ray directions (..., 3) through pixels (u, v), with z component 1.
+
+        A point at depth z on the ray through (u, v) is ``z * ray``.
+        """
+        x = (np.asarray(u, dtype=np.float64) - self.cx) / self.fx
+        y = (np.asarray(v, dtype=np.float64) - self.cy) / self.fy
+        if self.y_up:
+            y = -y
+        return np.stack([x, y, np.ones_like(x)], axis=-1)
+
+
+# NYU hand dataset (Kinect/PrimeSense 1.09, 640x480), as used by DeepPrior++ and the field's evaluator.
+NYU = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0, width=640, height=480, y_up=True)
+# ICVL (Intel Creative, 320x240), y-down labels.
+ICVL = Intrinsics(fx=241.42, fy=241.42, cx=160.0, cy=120.0, width=320, height=240, y_up=False)
+# MSRA 2015 (Creative, 320x240), y-up labels as DeepPrior++ reads them.
+MSRA = Intrinsics(fx=241.42, fy=241.42, cx=160.0, cy=120.0, width=320, height=240, y_up=True)
+
+CAMERAS = {"nyu": NYU, "icvl": ICVL, "msra": MSRA}

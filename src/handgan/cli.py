@@ -1,0 +1,121 @@
+"""The ``handgan`` command: argument parsing over the Python API, nothing else.
+
+Every user mistake (a ``HandganError`` or a bad argument) ends as one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from handgan import __version__
+from handgan.errors import HandganError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments on one line (and still exits 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth", help="generate the synthetic depth-hand dataset (NYU format)",
+        description="Render synthetic depth hands with the NYU camera and write them in the NYU "
+                    "dataset's on-disk format (OUT/train, OUT/test: depth_1_XXXXXXX.png + "
+                    "joint_data.mat). Interrupted runs resume when the same command is rerun.")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--train", type=_count, default=2000, help="training frames (default 2000)")
+    p.add_argument("--test", type=_count, default=500, help="test frames (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
+    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+                   help="worker processes (default: all cores)")
+    p.add_argument("--background", choices=("none", "wall", "table", "clutter", "mixed"),
+                   default="mixed", help="what lies behind the hand (default mixed)")
+    p.add_argument("--no-noise", action="store_true",
+                   help="turn the sensor model off (clean renders, integer mm)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_synth)
+
+
+def _run_synth(args) -> int:
+    from handgan.synth.frame import SynthConfig
+    from handgan.synth.generate import synthesize_dataset
+    from handgan.synth.render import SensorConfig
+
+    cfg = SynthConfig(background=args.background, sensor=SensorConfig(enabled=not args.no_noise))
+    out = synthesize_dataset(args.out, args.train, args.test, seed=args.seed, workers=args.workers,
+                             config=cfg, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {args.train} train + {args.test} test frames to {out}")
+    return 0
+
+
+def _add_show_samples(sub) -> None:
+    p = sub.add_parser(
+        "show-samples", help="draw depth frames of an NYU-format dataset with their skeletons",
+        description="Write a PNG grid of depth frames (zoomed on the hand) with the 14 evaluation "
+                    "joints drawn on them. Works on real NYU and on handgan synth output; hollow "
+                    "joints are hidden (synthetic data only).")
+    p.add_argument("root", help="dataset folder holding train/ and test/")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--split", default="train", help="split folder (default train)")
+    p.add_argument("--count", type=_positive, default=16, help="frames to draw (default 16)")
+    p.add_argument("--cols", type=_positive, default=4, help="grid columns (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="which frames are picked (default 0)")
+    p.add_argument("--full", action="store_true", help="draw whole 640x480 frames, not zoomed crops")
+    p.set_defaults(run=_run_show_samples)
+
+
+def _run_show_samples(args) -> int:
+    from handgan.data.preview import show_samples
+
+    out = show_samples(args.root, args.out, count=args.count, split=args.split, seed=args.seed,
+                       cols=args.cols, zoom=not args.full)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="handgan", description="Semi-supervised 3D hand pose estimation from "
+                     "single depth images with a pose-conditioned DCGAN.")
+    parser.add_argument("--version", action="version", version=f"handgan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_synth(sub)
+    _add_show_samples(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except HandganError as e:
+        print(f"handgan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"handgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

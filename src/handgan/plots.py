@@ -1,0 +1,86 @@
+"""Pictures people look at: depth frames with skeletons drawn on them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from handgan.joints import NYU14_EDGES, NYU_EVAL_IDS  # noqa: E402
+
+# One colour per finger in the 14-joint layout: little, ring, middle, index, thumb, palm.
+_FINGER_OF_JOINT14 = (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5)
+_FINGER_COLOURS = ("#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#222222")
+
+
+def draw_skeleton14(ax, uv: np.ndarray, visible: np.ndarray | None = None, offset=(0.0, 0.0),
+                    scale: float = 1.0) -> None:
+    """Draw the 14-joint skeleton (uv in image pixels) on an image axis; hidden joints hollow."""
+    pts = (np.asarray(uv)[:, :2] - np.asarray(offset)) * scale
+    for a, b in NYU14_EDGES:
+        ax.plot(pts[[a, b], 0], pts[[a, b], 1], "-", lw=1.6,
+                color=_FINGER_COLOURS[_FINGER_OF_JOINT14[b]], alpha=0.9)
+    for j, (x, y) in enumerate(pts):
+        colour = _FINGER_COLOURS[_FINGER_OF_JOINT14[j]]
+        shown = True if visible is None else bool(visible[j])
+        ax.plot(x, y, "o", ms=4.5, mec="white", mew=0.8, color=colour if shown else "none")
+
+
+def depth_to_rgb(depth_mm: np.ndarray, near_mm: float, far_mm: float) -> np.ndarray:
+    """Colour-map depth over [near, far]; pixels without depth (0) are black."""
+    t = np.clip((depth_mm - near_mm) / max(far_mm - near_mm, 1e-6), 0.0, 1.0)
+    rgb = plt.get_cmap("viridis_r")(t)[..., :3]
+    rgb[depth_mm <= 0] = 0.0
+    return rgb
+
+
+def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str | Path,
+                visible: list[np.ndarray] | None = None, titles: list[str] | None = None,
+                cols: int = 4, zoom: bool = True, margin_px: int = 30) -> Path:
+    """A grid of depth frames, each with its 14-joint skeleton; zoomed on the hand by default."""
+    n = len(frames)
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        depth, uvd = frames[k], np.asarray(joints_uvd[k])
+        centre_d = float(np.median(uvd[:, 2]))
+        rgb = depth_to_rgb(depth, centre_d - 150.0, centre_d + 200.0)
+        offset = (0.0, 0.0)
+        if zoom:
+            # Square box around the joints, so small far-away hands are as readable as near ones.
+            lo, hi = uvd[:, :2].min(0) - margin_px, uvd[:, :2].max(0) + margin_px
+            half = 0.5 * max(hi - lo)
+            c = 0.5 * (lo + hi)
+            u0, v0 = int(np.floor(c[0] - half)), int(np.floor(c[1] - half))
+            size = int(np.ceil(2 * half))
+            canvas = np.zeros((size, size, 3))
+            src = rgb[max(v0, 0):v0 + size, max(u0, 0):u0 + size]
+            canvas[max(-v0, 0):max(-v0, 0) + src.shape[0], max(-u0, 0):max(-u0, 0) + src.shape[1]] = src
+            rgb, offset = canvas, (u0, v0)
+        ax.imshow(rgb, interpolation="nearest")
+        draw_skeleton14(ax, uvd, None if visible is None else visible[k], offset)
+        ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+        ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+        if titles:
+            ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def eval14(joints36: np.ndarray) -> np.ndarray:
+    """Select the 14 evaluation joints from (..., 36, 3) NYU arrays."""
+    return np.asarray(joints36)[..., list(NYU_EVAL_IDS), :]
