@@ -1,0 +1,284 @@
+"""Read the ICVL hand dataset (Tang et al. 2014): 16-bit depth PNGs and text label files.
+
+Two on-disk layouts are accepted; each split uses the first one whose label file exists:
+
+* the official archive: ``ROOT/Training/labels.txt`` with frames under ``ROOT/Training/Depth/``,
+  and ``ROOT/Testing/test_seq_{1,2}.txt`` with frames under ``ROOT/Testing/Depth/``;
+* DeepPrior++'s renamed layout: ``ROOT/train.txt``, ``ROOT/test_seq_{1,2}.txt`` and one
+  ``ROOT/Depth/`` folder holding every frame.
+
+A label line is ``<relpath> u1 v1 d1 ... u16 v16 d16``: the frame's path under the Depth folder,
+then 16 joints as (u px, v px, d mm) in the order of ``ICVL_JOINT_NAMES``. Blank lines are skipped
+and any whitespace separates fields (so CRLF line ends and trailing spaces are harmless).
+
+Training folders whose first path component has at most 6 characters hold in-plane-rotated copies
+of the originals (which live in timestamp folders such as ``201403121135/``). DeepPrior++ trains
+on the originals only, and so does ``ICVLSplit`` unless ``include_rotated=True``.
+
+Depth is single-channel 16-bit PNG in mm; 32001 marks "no depth" and is read as 0, the convention
+of every handgan reader (DeepPrior++ gets the same effect from its 1500 mm far clip).
+
+Camera: ``camera.ICVL`` (fx = fy = 241.42, DeepPrior++'s value, used for cropping) with y **down**,
+so ``joints_xyz`` is in ICVL's own convention. The field's evaluator back-projects ICVL with
+fx 240.99, fy 240.96 instead (shared eval-data README); metrics against published ICVL numbers
+must use those, so do not compare xyz from this module with the evaluator's xyz directly.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from handgan.camera import ICVL, Intrinsics
+from handgan.data.nyu import _PNG_COLOR_TYPES, _PNG_SIGNATURE, _one_line
+from handgan.errors import HandganError
+
+ICVL_JOINT_NAMES: tuple[str, ...] = (
+    "C", "T1", "T2", "T3", "I1", "I2", "I3", "M1", "M2", "M3", "R1", "R2", "R3", "P1", "P2", "P3",
+)  # palm centre, then thumb/index/middle/ring/pinky from root to tip (file order)
+N_JOINTS = len(ICVL_JOINT_NAMES)
+ICVL_CUBE_MM = 250.0  # DeepPrior++ uses 250 mm for every ICVL sequence
+ICVL_INVALID_DEPTH = 32001  # the sensor's "no depth" code in ICVL frames
+
+# A split is one or more label sequences read back to back; "test" is the order of the field's
+# 1596-line ground-truth file (test_seq_1 then test_seq_2).
+SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "test_seq_1": ("test_seq_1",),
+    "test_seq_2": ("test_seq_2",),
+    "test": ("test_seq_1", "test_seq_2"),
+}
+# sequence -> (label file, Depth folder) relative to ROOT, in the two layouts, archive first.
+_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": (("Training/labels.txt", "Training/Depth"), ("train.txt", "Depth")),
+    "test_seq_1": (("Testing/test_seq_1.txt", "Testing/Depth"), ("test_seq_1.txt", "Depth")),
+    "test_seq_2": (("Testing/test_seq_2.txt", "Testing/Depth"), ("test_seq_2.txt", "Depth")),
+}
+_ROTATED_MAX_CHARS = 6  # DeepPrior++'s rule: a first path component this short is a rotated copy
+
+
+def is_rotated_copy(relpath: str) -> bool:
+    """True for a training frame that is an in-plane-rotated copy (short first folder name)."""
+    parts = relpath.split("/")
+    return len(parts) > 1 and len(parts[0]) <= _ROTATED_MAX_CHARS
+
+
+def find_sequence(root: str | Path, sequence: str) -> tuple[Path, Path]:
+    """(label file, Depth folder) of ``sequence`` under ``root``, in whichever layout exists."""
+    root = Path(root)
+    candidates = [(root / labels, root / depth) for labels, depth in _LAYOUTS[sequence]]
+    for labels, depth in candidates:
+        if labels.is_file():
+            return labels, depth
+    tried = " or ".join(str(labels) for labels, _ in candidates)
+    raise HandganError(f"{root}: ICVL {sequence} labels not found (looked for {tried})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Label files
+
+
+def read_icvl_labels(
+    path: str | Path, include_rotated: bool = True
+) -> tuple[list[str], np.ndarray]:
+    """Parse an ICVL label file -> (relpaths, uvd (N, 16, 3) float64 u px, v px, d mm).
+
+    Rows stay in file order. With ``include_rotated=False`` rotated training copies are dropped
+    before their numbers are parsed (they are most of labels.txt). Malformed lines raise
+    HandganError naming the file and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise HandganError(f"{path}: ICVL label file not found") from None
+    except UnicodeDecodeError:
+        raise HandganError(f"{path}: not a text label file (not UTF-8/ASCII)") from None
+    except OSError as e:
+        raise HandganError(f"{path}: cannot read label file ({e.strerror or e})") from None
+
+    relpaths: list[str] = []
+    line_numbers: list[int] = []
+    tokens: list[str] = []
+    n_rotated = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 1 + 3 * N_JOINTS:
+            raise HandganError(
+                f"{path}:{number}: expected a frame path and {3 * N_JOINTS} numbers, "
+                f"got {len(parts)} fields"
+            )
+        if not include_rotated and is_rotated_copy(parts[0]):
+            n_rotated += 1
+            continue
+        relpaths.append(parts[0])
+        line_numbers.append(number)
+        tokens.extend(parts[1:])
+    if not relpaths:
+        if n_rotated:
+            raise HandganError(
+                f"{path}: all {n_rotated} label lines are rotated copies (include_rotated=False)"
+            )
+        raise HandganError(f"{path}: no label lines")
+
+    try:
+        uvd = np.array(tokens, dtype=np.float64).reshape(-1, N_JOINTS, 3)
+    except ValueError:  # numpy does not say where: find the first bad token ourselves
+        for k, token in enumerate(tokens):
+            try:
+                float(token)
+            except ValueError:
+                row = k // (3 * N_JOINTS)
+                raise HandganError(
+                    f"{path}:{line_numbers[row]}: {token!r} is not a number"
+                ) from None
+        raise  # unreachable: numpy and float() accept the same spellings
+    bad = ~np.isfinite(uvd).all(axis=(1, 2))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise HandganError(f"{path}:{line_numbers[row]}: NaN or inf in the joint values")
+    return relpaths, uvd
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth PNGs
+
+
+def read_depth_png16(path: str | Path) -> np.ndarray:
+    """Read a single-channel 16-bit PNG of depth in mm -> (H, W) float32, values as stored."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HandganError(f"{path}: depth PNG not found") from None
+    except OSError as e:
+        raise HandganError(f"{path}: cannot read depth PNG ({e.strerror or e})") from None
+    # Check the IHDR ourselves: Pillow would happily hand us 8-bit or RGB data as numbers too.
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise HandganError(f"{path}: not a PNG file (expected a 16-bit greyscale depth PNG)")
+    bit_depth, color_type = data[24], data[25]
+    if color_type != 0 or bit_depth != 16:
+        kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
+        raise HandganError(
+            f"{path}: not a depth PNG (expected 16-bit greyscale mm, got {bit_depth}-bit {kind})"
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            pixels = np.asarray(image)  # mode 'I;16' -> uint16 ('I' -> int32 on old Pillow)
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+        raise HandganError(f"{path}: truncated or corrupt PNG ({_one_line(e)})") from None
+    return pixels.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+class ICVLSplit:
+    """One ICVL split: labels in memory, depth frames read on demand.
+
+    ``split`` is "train", "test_seq_1", "test_seq_2" or "test" (= test_seq_1 + test_seq_2, the
+    order of the field's 1596-line ground truth). Like DeepPrior++ (and ``NYUSplit``), label rows
+    whose PNG is missing are skipped: ``len`` counts the frames present and frame ``i`` is row
+    ``frame_ids[i]`` of the split's label rows (for "train" without rotated copies: of the
+    original-frame rows). ``include_rotated`` only affects "train".
+    """
+
+    intrinsics: Intrinsics = ICVL
+    joint_names: tuple[str, ...] = ICVL_JOINT_NAMES
+    default_cube_mm: float = ICVL_CUBE_MM
+
+    def __init__(
+        self, root: str | Path, split: str = "train", include_rotated: bool = False
+    ) -> None:
+        if split not in SPLITS:
+            raise HandganError(f"unknown ICVL split {split!r} (expected one of {list(SPLITS)})")
+        self.root, self.split, self.include_rotated = Path(root), split, include_rotated
+        if not self.root.is_dir():
+            raise HandganError(f"{self.root}: ICVL dataset folder not found")
+
+        self.label_paths: list[Path] = []
+        depth_dirs: list[Path] = []
+        paths: list[Path] = []
+        rows: list[np.ndarray] = []
+        for sequence in SPLITS[split]:
+            label_path, depth_dir = find_sequence(self.root, sequence)
+            relpaths, uvd = read_icvl_labels(
+                label_path, include_rotated=include_rotated or sequence != "train"
+            )
+            self.label_paths.append(label_path)
+            depth_dirs.append(depth_dir)
+            paths.extend(depth_dir / relpath for relpath in relpaths)
+            rows.append(uvd)
+        uvd = np.concatenate(rows)
+
+        present = _existing(paths)
+        self.frame_ids = np.flatnonzero(present).astype(np.int64)
+        if len(self.frame_ids) == 0:
+            listed = ", ".join(str(p) for p in self.label_paths)
+            looked = ", ".join(sorted({str(d) for d in depth_dirs}))
+            raise HandganError(
+                f"{listed}: none of the {len(paths)} depth PNGs listed is present under {looked}"
+            )
+        self._paths = [paths[k] for k in self.frame_ids]
+        self._uvd = uvd[self.frame_ids]  # (N, 16, 3) px, px, mm
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"ICVLSplit({str(self.root)!r}, split={self.split!r}, "
+            f"include_rotated={self.include_rotated}, n={len(self)})"
+        )
+
+    def frame_path(self, i: int) -> Path:
+        return self._paths[i]
+
+    def depth(self, i: int) -> np.ndarray:
+        """(240, 320) float32 depth mm of frame ``i`` (0 = no depth, including ICVL's 32001)."""
+        path = self.frame_path(i)
+        depth_mm = read_depth_png16(path)
+        expected = (self.intrinsics.height, self.intrinsics.width)
+        if depth_mm.shape != expected:
+            raise HandganError(
+                f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, "
+                f"expected {expected[1]}x{expected[0]}"
+            )
+        depth_mm[depth_mm == ICVL_INVALID_DEPTH] = 0.0
+        return depth_mm
+
+    def joints_uvd(self) -> np.ndarray:
+        """(N, 16, 3) float64: u, v px and d mm of the frames present, as in the label files."""
+        return self._uvd.copy()
+
+    def joints_xyz(self) -> np.ndarray:
+        """(N, 16, 3) float64: x, y, z mm, y **down** (ICVL), back-projected with camera.ICVL."""
+        return self.intrinsics.uvd_to_xyz(self._uvd)
+
+    def cube_mm(self, i: int) -> float:
+        return self.default_cube_mm
+
+
+def _existing(paths: list[Path]) -> np.ndarray:
+    """Which of ``paths`` exist, with one listing per folder instead of one stat per file."""
+    by_folder: dict[Path, list[int]] = defaultdict(list)
+    for k, path in enumerate(paths):
+        by_folder[path.parent].append(k)
+    present = np.zeros(len(paths), dtype=bool)
+    for folder, indices in by_folder.items():
+        try:
+            names = set(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for k in indices:
+            present[k] = paths[k].name in names
+    return present

@@ -1,0 +1,186 @@
+"""Synthetic frames and the NYU-format dataset writer: labels vs pixels, determinism, exact files,
+resume after interruption, and the `handgan synth` / `show-samples` commands."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from handgan.camera import NYU
+from handgan.data.nyu import NYUSplit
+from handgan.errors import HandganError
+from handgan.synth import generate
+from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
+from handgan.synth.render import SensorConfig
+
+CLEAN = SynthConfig(sensor=SensorConfig(enabled=False))
+
+
+def _frame(i, cfg=CLEAN, seed=0, split="train"):
+    people = subject_shapes(seed, split, cfg.train_subjects)
+    rng = frame_rng(seed, split, i)
+    return synthesize_frame(rng, people[int(rng.integers(len(people)))], cfg)
+
+
+def test_visible_joints_project_onto_hand_pixels_within_a_finger_radius():
+    checked, hidden = 0, 0
+    for i in range(40):
+        f = _frame(i)
+        u = np.rint(f.joints_uvd[:, 0]).astype(int)
+        v = np.rint(f.joints_uvd[:, 1]).astype(int)
+        d = f.depth_mm[v, u].astype(float)  # clean render rounded to whole mm
+        z = f.joints_uvd[:, 2]
+        vis = f.visible
+        assert np.all(d[vis] > 0)
+        # The pixel's surface lies in front of the joint by at most the part's radius (+ rounding).
+        assert np.all(d[vis] <= z[vis] + 0.5 + 1e-6)
+        assert np.all(d[vis] >= z[vis] - f.joint_radii[vis] - 3.5)
+        checked += vis.sum()
+        hidden += (~vis).sum()
+    assert checked > 0.4 * 40 * 36  # most joints are visible...
+    assert hidden > 0  # ...but self-occlusion happens
+
+
+def test_frames_keep_the_whole_hand_in_view_at_the_required_distances():
+    for i in range(40):
+        f = _frame(i, cfg=SynthConfig())
+        uvd = f.joints_uvd
+        assert np.all((uvd[:, 0] >= 0) & (uvd[:, 0] < 640) & (uvd[:, 1] >= 0) & (uvd[:, 1] < 480))
+        assert 500.0 <= uvd[32, 2] <= 1200.0  # palm centre depth
+        assert f.depth_mm.dtype == np.uint16 and f.depth_mm.shape == (480, 640)
+        # labels agree with the camera model: uvd is the NYU projection of xyz
+        np.testing.assert_allclose(NYU.uvd_to_xyz(uvd), f.joints_xyz, atol=1e-9)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != generate.MANIFEST}
+
+
+def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path):
+    a = generate.synthesize_dataset(tmp_path / "a", 10, 4, seed=3, workers=1, progress=False)
+    b = generate.synthesize_dataset(tmp_path / "b", 10, 4, seed=3, workers=2, progress=False)
+    c = generate.synthesize_dataset(tmp_path / "c", 10, 4, seed=4, workers=1, progress=False)
+    fa, fb, fc = _files(a), _files(b), _files(c)
+    assert fa.keys() == fb.keys() and len(fa) == 14 + 2 * 2
+    assert all(fa[k] == fb[k] for k in fa)
+    assert fa["train/depth_1_0000001.png"] != fc["train/depth_1_0000001.png"]
+
+
+def test_files_decode_back_to_the_rendered_depth_and_labels(tmp_path):
+    root = generate.synthesize_dataset(tmp_path / "ds", 6, 3, seed=11, workers=1, progress=False)
+    cfg = SynthConfig()
+    for split, n in (("train", 6), ("test", 3)):
+        mat = scipy.io.loadmat(root / split / "joint_data.mat")  # decoded without our reader
+        assert mat["joint_xyz"].shape == (1, n, 36, 3) and mat["joint_xyz"].dtype == np.float64
+        assert mat["joint_uvd"].shape == (1, n, 36, 3)
+        assert [str(x[0]) for x in mat["joint_names"].ravel()][:2] == ["F1_KNU3_A", "F1_KNU3_B"]
+        people = subject_shapes(11, split, cfg.train_subjects if split == "train" else cfg.test_subjects)
+        for k in range(n):
+            rng = frame_rng(11, split, k)
+            f = synthesize_frame(rng, people[int(rng.integers(len(people)))], cfg)
+            with Image.open(root / split / f"depth_1_{k + 1:07d}.png") as im:
+                assert im.mode == "RGB"
+                rgb = np.asarray(im)
+            assert np.all(rgb[..., 0] == 0)
+            decoded = rgb[..., 1].astype(np.int64) * 256 + rgb[..., 2]
+            np.testing.assert_array_equal(decoded, f.depth_mm)
+            np.testing.assert_array_equal(mat["joint_xyz"][0, k], f.joints_xyz)
+            np.testing.assert_array_equal(mat["joint_uvd"][0, k], f.joints_uvd)
+    extra = np.load(root / "train" / "handgan_extra.npz")
+    assert extra["visible"].shape == (6, 36) and extra["angles"].shape == (6, 22)
+    # our synthetic dataset reads through the NYU reader unchanged
+    split = NYUSplit(root, "test")
+    assert len(split) == 3 and split.joints_xyz().shape == (3, 14, 3)
+
+
+def test_interrupted_run_never_looks_complete_and_resumes_to_identical_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "CHUNK", 4)
+    reference = generate.synthesize_dataset(tmp_path / "ref", 12, 4, seed=5, progress=False)
+
+    real_render, calls = generate._render_chunk, []
+
+    def dying_render(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the third chunk
+        calls.append(args)
+        return real_render(*args)
+
+    monkeypatch.setattr(generate, "_render_chunk", dying_render)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        generate.synthesize_dataset(out, 12, 4, seed=5, progress=False)
+    assert not (out / generate.MANIFEST).exists() and not (out / "train" / "joint_data.mat").exists()
+    with pytest.raises(HandganError, match="joint_data.mat"):
+        NYUSplit(out, "train")
+
+    monkeypatch.setattr(generate, "_render_chunk", real_render)
+    generate.synthesize_dataset(out, 12, 4, seed=5, progress=False)
+    assert _files(out) == _files(reference)
+    assert not (out / generate.PARTIAL).exists()
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "handgan", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train", "-5"], "must be >= 0"),
+    (["--test", "x"], "whole number"),
+    (["--workers", "0"], "must be >= 1"),
+])
+def test_synth_rejects_bad_counts_on_one_line(tmp_path, args, message):
+    r = _cli("synth", "--out", str(tmp_path / "o"), *args)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_synth_refuses_non_empty_and_unwritable_outputs(tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    r = _cli("synth", "--out", str(busy), "--train", "2", "--test", "0", "--quiet")
+    assert r.returncode == 2 and "not empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (busy / "notes.txt").read_text() == "mine"  # nothing of the user's is lost
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = _cli("synth", "--out", str(blocker / "sub"), "--train", "2", "--test", "0", "--quiet")
+    assert r.returncode == 2 and "a-file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_synth_and_show_samples_commands_end_to_end(tmp_path):
+    out = tmp_path / "ds"
+    r = _cli("synth", "--out", str(out), "--train", "8", "--test", "2", "--workers", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = _cli("show-samples", str(out), "--count", "4", "--cols", "2", "--out", str(tmp_path / "grid.png"))
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size == (540, 540)  # 2 x 2 panels of 3 inches at 90 dpi
+    r = _cli("synth", "--out", str(out), "--train", "8", "--test", "2", "--overwrite", "--quiet",
+             "--background", "none")
+    assert r.returncode == 0, r.stderr
+    r = _cli("show-samples", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png"))
+    assert r.returncode == 2 and "missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["synth", "show-samples"])
+def test_every_command_has_help(command):
+    r = _cli(command, "--help")
+    assert r.returncode == 0 and "usage: handgan " + command in r.stdout
+
+
+@pytest.mark.parametrize("background", ["none", "wall", "table", "clutter"])
+def test_backgrounds_never_hide_the_hand(background):
+    cfg = SynthConfig(background=background, sensor=SensorConfig(enabled=False))
+    for i in range(60):
+        f = _frame(i, cfg=cfg)
+        u = np.rint(f.joints_uvd[:, 0]).astype(int)
+        v = np.rint(f.joints_uvd[:, 1]).astype(int)
+        assert f.background == background
+        # the palm is never behind the table or a wall: most labelled points show hand depth
+        assert f.visible.mean() > 0.3, (i, f.visible.mean())
+        assert np.count_nonzero(f.depth_mm[v, u]) == 36
