@@ -96,3 +96,15 @@ def test_global_rotations_cover_nyu_views():
     assert np.percentile(facing, 5) < 14 and np.percentile(facing, 95) > 148 and facing.max() > 170
     assert in_plane.min() < -170 and in_plane.max() > 170
     assert 10 < np.median(facing) < 60  # mostly palm towards the camera, as in NYU (median 43)
+
+
+def test_fingers_mostly_point_towards_the_camera_as_in_nyu():
+    """Elevation of wrist -> palm centre out of the image plane (negative = towards the camera):
+    NYU test percentiles 5/50/95 % = -68/-20/+6 deg, i.e. the forearm usually lies behind the hand."""
+    rng = np.random.default_rng(6)
+    elevation = []
+    for _ in range(4000):
+        R = H.sample_rotation(rng)
+        elevation.append(np.degrees(np.arcsin(R[2, 1])))  # camera z of the distal axis
+    p5, p50, p95 = np.percentile(elevation, [5, 50, 95])
+    assert p5 < -60 and -30 < p50 < -10 and p95 > 6

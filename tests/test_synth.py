@@ -173,14 +173,16 @@ def test_every_command_has_help(command):
     assert r.returncode == 0 and "usage: handgan " + command in r.stdout
 
 
-@pytest.mark.parametrize("background", ["none", "wall", "table", "clutter"])
+@pytest.mark.parametrize("background", ["wall", "table", "clutter"])
 def test_backgrounds_never_hide_the_hand(background):
-    cfg = SynthConfig(background=background, sensor=SensorConfig(enabled=False))
+    """The same hand (same seed) is exactly as visible in front of any background as in front of
+    nothing: walls, tables and clutter always lie behind/below it."""
+    clean = SensorConfig(enabled=False)
     for i in range(60):
-        f = _frame(i, cfg=cfg)
-        u = np.rint(f.joints_uvd[:, 0]).astype(int)
-        v = np.rint(f.joints_uvd[:, 1]).astype(int)
+        alone = _frame(i, cfg=SynthConfig(background="none", sensor=clean))
+        f = _frame(i, cfg=SynthConfig(background=background, sensor=clean))
         assert f.background == background
-        # the palm is never behind the table or a wall: most labelled points show hand depth
-        assert f.visible.mean() > 0.3, (i, f.visible.mean())
-        assert np.count_nonzero(f.depth_mm[v, u]) == 36
+        np.testing.assert_array_equal(f.joints_xyz, alone.joints_xyz)
+        np.testing.assert_array_equal(f.visible, alone.visible)
+        hand = alone.depth_mm > 0
+        assert np.count_nonzero(f.depth_mm[hand] < alone.depth_mm[hand]) == 0

@@ -167,9 +167,11 @@ def _background_scene(kind: str, sk: H.Skeleton, g: H.HandGeometry, rng: np.rand
     spheres, sphere_r = [], []
     cone_a, cone_b, cone_r = [], [], []
     # A wall (or the room behind) facing the camera, up to 25 degrees off.
+    # Its normal points at the camera, so "behind every hand point" means a smaller n·p.
     n = _tilt(np.array([0.0, 0.0, -1.0]), 25.0, rng)
-    wall_point = centre + np.array([0.0, 0.0, rng.uniform(150.0, 900.0)])
-    planes.append([*n, n @ wall_point]), plane_labels.append(LABEL_BACKGROUND)
+    farthest = min(float((g.a @ n - g.ra).min()), float((g.b @ n - g.rb).min()))
+    planes.append([*n, farthest - rng.uniform(30.0, 700.0)]), plane_labels.append(LABEL_BACKGROUND)
+    back_mm = max(float((g.a[:, 2] + g.ra).max()), float((g.b[:, 2] + g.rb).max()))
     if kind == "table":
         # A horizontal-ish table below every hand point, and below the camera, so it never
         # occludes the hand (a segment from the camera to a point above the plane stays above it).
@@ -180,8 +182,8 @@ def _background_scene(kind: str, sk: H.Skeleton, g: H.HandGeometry, rng: np.rand
     elif kind == "clutter":
         for _ in range(rng.integers(1, 5)):
             r = rng.uniform(20.0, 80.0)
-            p = centre + np.array([rng.uniform(-250, 250), rng.uniform(-250, 250),
-                                   rng.uniform(120.0, 500.0) + r])
+            p = centre + np.array([rng.uniform(-250, 250), rng.uniform(-250, 250), 0.0])
+            p[2] = back_mm + rng.uniform(20.0, 400.0) + r  # wholly behind the hand's farthest point
             if rng.uniform() < 0.5:
                 spheres.append(p), sphere_r.append(r)
             else:

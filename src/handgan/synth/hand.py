@@ -375,19 +375,24 @@ def sample_rotation(rng: np.random.Generator) -> np.ndarray:
     """Global hand orientation (hand frame -> camera frame), at least as wide as NYU's.
 
     Base: fingers up, palm towards the camera. Then turn the palm away from the camera (long tail
-    to back-of-hand views), pitch the fingers towards/away from the camera, and roll in the image
+    to back-of-hand views), pitch the fingers mostly towards the camera, and roll in the image
     plane (mostly fingers up, sometimes anything).
     """
     # Hand x (radial) -> camera -x, hand y (distal) -> camera +y (up), hand z (volar) -> camera -z.
     base = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
-    if rng.uniform() < 0.55:
-        yaw = rng.normal(0.0, 35.0)
-    else:
+    mode = rng.uniform()
+    if mode < 0.45:
+        yaw = rng.normal(0.0, 15.0)
+    elif mode < 0.9:
         yaw = rng.uniform(-180.0, 180.0)
-    pitch = float(np.clip(rng.normal(-15.0, 25.0), -85.0, 50.0))
+    else:  # back of the hand towards the camera
+        yaw = rng.normal(180.0, 20.0)
+    # Positive pitch tips the fingers towards the camera, so the forearm mostly lies behind the
+    # hand, as in NYU (wrist->palm elevation median -20 deg, i.e. towards the camera).
+    pitch = float(np.clip(rng.normal(20.0, 30.0), -40.0, 88.0))
     roll = rng.normal(8.0, 25.0) if rng.uniform() < 0.7 else rng.uniform(-180.0, 180.0)
-    # Roll is about the camera's optical axis; yaw and pitch are about the hand's own axes.
-    return rot_z(-roll) @ base @ rot_y(yaw) @ rot_x(pitch)
+    # Roll is about the camera's optical axis; pitch and yaw are about the hand's own axes.
+    return rot_z(-roll) @ base @ rot_x(pitch) @ rot_y(yaw)
 
 
 def pose_from_angles(angles: np.ndarray, rotation: np.ndarray, palm_centre_mm: np.ndarray) -> HandPose:
