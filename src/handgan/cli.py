@@ -94,6 +94,40 @@ def _run_show_samples(args) -> int:
     return 0
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="inspect data sources",
+                       description="Inspect a data source (synthetic[:DIR], nyu:DIR, icvl:DIR, "
+                                   "msra:DIR[:FOLD], folder:DIR[:CAMERA]).")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    data_sub.required = True
+    info = data_sub.add_parser(
+        "info", help="frames per split, joints, intrinsics, depth range, bad frames",
+        description="Print what a data source holds: frames per split, joints, intrinsics, depth "
+                    "range and bad frames (unreadable, empty, NaN, or no hand within 1.5 m).")
+    info.add_argument("--data", required=True,
+                      help="synthetic[:DIR] | nyu:DIR | icvl:DIR | msra:DIR[:FOLD] | folder:DIR[:CAMERA]")
+    group = info.add_mutually_exclusive_group()
+    group.add_argument("--check", type=_positive, default=200,
+                       help="frames per split to read for depth range and bad frames (default 200)")
+    group.add_argument("--check-all", action="store_true", help="read every frame (slow on big sets)")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
+    info.set_defaults(run=_run_data_info)
+
+
+def _run_data_info(args) -> int:
+    import json
+
+    from handgan.data.info import describe_source, format_report
+    from handgan.data.sources import ensure_synthetic, parse_source
+
+    spec = parse_source(args.data)
+    ensure_synthetic(spec, workers=os.cpu_count() or 1, progress=not args.json)
+    report = describe_source(spec, check=None if args.check_all else args.check,
+                             progress=not args.json and sys.stderr.isatty())
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="handgan", description="Semi-supervised 3D hand pose estimation from "
                      "single depth images with a pose-conditioned DCGAN.")
@@ -102,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_synth(sub)
     _add_show_samples(sub)
+    _add_data(sub)
     return parser
 
 

@@ -283,6 +283,10 @@ class NYUSplit:
         self.joint_names: tuple[str, ...] = tuple(names[j] for j in ids)
         self._uvd = uvd[self.frame_ids][:, ids]  # (N, J, 3) px, px, mm
         self._xyz = xyz[self.frame_ids][:, ids]  # (N, J, 3) mm, y up
+        # DeepPrior++ crops around the palm centre (NYU id 32) with a 300 mm cube; its second test
+        # subject (test_2, frames 2441-8252 of the official test set) uses 250 mm.
+        self.centre_joint: int = self.joint_ids.index(32)
+        self.default_cube_mm: float = 250.0 if split == "test_2" else 300.0
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -290,6 +294,10 @@ class NYUSplit:
     def __repr__(self) -> str:
         folder, joints = str(self.folder), self.joint_set
         return f"NYUSplit({folder!r}, view={self.view}, joints={joints!r}, n={len(self)})"
+
+    def cube_mm(self, i: int) -> float:
+        """Crop cube side (mm) for frame i."""
+        return self.default_cube_mm
 
     def frame_path(self, i: int) -> Path:
         return self.folder / depth_png_name(int(self.frame_ids[i]), self.view)
