@@ -1,0 +1,129 @@
+"""The pose-conditioned DCGAN: a generator (joints -> depth crop) and a two-headed discriminator
+(real/fake and 3D joint regression on a shared convolutional trunk).
+
+Tensor conventions: crops (B, 1, S, S) in [-1, 1]; joints (B, J, 3) normalised to the crop cube.
+The networks know nothing about devices, precision or distribution; training wraps them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: int = 128          # crop side S (a power of two, >= 32)
+    num_joints: int = 14
+    width: int = 32          # channels of the first conv; doubles per layer up to 8x
+    noise_dim: int = 0       # optional noise vector appended to the generator's joints
+    shared_layers: int = 2   # conv layers shared by the real/fake and pose branches (0 .. depth)
+    pose_hidden: int = 1024  # fully connected width of the pose head
+
+    def __post_init__(self):
+        if self.size < 32 or self.size & (self.size - 1):
+            raise ValueError(f"size must be a power of two >= 32, got {self.size}")
+        if not 0 <= self.shared_layers <= self.depth:
+            raise ValueError(f"shared_layers must be in 0..{self.depth}, got {self.shared_layers}")
+
+    @property
+    def depth(self) -> int:
+        """Stride-2 layers between S x S and 4 x 4 (5 for S = 128, 4 for S = 64)."""
+        return self.size.bit_length() - 3
+
+    def channels(self, layer: int) -> int:
+        """Channels after discriminator conv ``layer`` (0-based); the generator mirrors them."""
+        return self.width * min(2 ** layer, 8)
+
+
+def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Generator(nn.Module):
+    """Gen(J): joints (B, J, 3) [+ noise (B, Z)] -> FC -> (C, 4, 4) -> stride-2 transposed convs
+    (batch norm, ReLU), each doubling the resolution -> (B, 1, S, S) in [-1, 1] (tanh)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        top = cfg.channels(cfg.depth - 1)
+        self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3 + cfg.noise_dim, top * 16, bias=False),
+                                nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
+        ups: list[nn.Module] = []
+        for layer in range(cfg.depth - 1, 0, -1):  # (top, 4, 4) -> ... -> (width, S/2, S/2)
+            c_in, c_out = cfg.channels(layer), cfg.channels(layer - 1)
+            ups += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        ups += [nn.ConvTranspose2d(cfg.width, 1, 4, stride=2, padding=1), nn.Tanh()]  # -> (1, S, S)
+        self.up = nn.Sequential(*ups)
+
+    def forward(self, joints: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        x = joints.flatten(1)  # (B, J*3)
+        if self.cfg.noise_dim:
+            if noise is None:
+                noise = torch.randn(x.shape[0], self.cfg.noise_dim, device=x.device, dtype=x.dtype)
+            x = torch.cat([x, noise], dim=1)
+        top = self.cfg.channels(self.cfg.depth - 1)
+        return self.up(self.fc(x).view(-1, top, 4, 4))  # (B, 1, S, S)
+
+
+class Discriminator(nn.Module):
+    """Dis(X): a shared trunk of ``shared_layers`` stride-2 convs, then two branches down to 4 x 4:
+    a real/fake logit, and the pose estimator (convs + FC -> J x 3). LeakyReLU everywhere; batch
+    norm after every conv except the first, as in DCGAN."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+        def convs(first: int, last: int) -> nn.Sequential:
+            return nn.Sequential(*[
+                _down(1 if k == 0 else cfg.channels(k - 1), cfg.channels(k), batch_norm=k > 0)
+                for k in range(first, last)])
+
+        self.trunk = convs(0, cfg.shared_layers)
+        self.real_fake = nn.Sequential(convs(cfg.shared_layers, cfg.depth), nn.Flatten(),
+                                       nn.Linear(cfg.channels(cfg.depth - 1) * 16, 1))
+        self.pose = nn.Sequential(convs(cfg.shared_layers, cfg.depth), nn.Flatten(),
+                                  nn.Linear(cfg.channels(cfg.depth - 1) * 16, cfg.pose_hidden),
+                                  nn.LeakyReLU(0.2, inplace=True),
+                                  nn.Linear(cfg.pose_hidden, cfg.num_joints * 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, S, S) -> real/fake logits (B,) and joints (B, J, 3)."""
+        h = self.trunk(x)
+        return self.real_fake(h).squeeze(1), self.pose(h).view(-1, self.cfg.num_joints, 3)
+
+    def real_fake_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.real_fake(self.trunk(x)).squeeze(1)
+
+    def estimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The pose branch alone: (B, 1, S, S) -> (B, J, 3). Never touches the real/fake head."""
+        return self.pose(self.trunk(x)).view(-1, self.cfg.num_joints, 3)
+
+
+class PoseEstimator(nn.Module):
+    """The inference network: the discriminator's trunk and pose branch, without the generator or
+    the real/fake head (shares their parameters when built from a Discriminator)."""
+
+    def __init__(self, dis: Discriminator):
+        super().__init__()
+        self.trunk, self.pose, self.num_joints = dis.trunk, dis.pose, dis.cfg.num_joints
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.pose(self.trunk(crops)).view(-1, self.num_joints, 3)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), batch-norm scales N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
