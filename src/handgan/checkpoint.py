@@ -1,0 +1,271 @@
+"""Checkpoints: atomic writes, safe reads, a format version, and exact RNG state for resume.
+
+A checkpoint is one ``torch.save``d dict of plain data only: tensors, numbers, strings, None, and
+lists / tuples / dicts of those. That is what ``torch.load(weights_only=True)`` reads, so loading
+a checkpoint never runs code from the file. A training checkpoint holds, by convention::
+
+    {"format_version": 1, "handgan_version": "0.1.0",       # stamped by save_checkpoint
+     "config": to_dict(cfg),                                # rebuild with config.from_dict
+     "generator": G.state_dict(), "discriminator": D.state_dict(),
+     "opt_g": ..., "opt_d": ..., "scaler": ...,             # optimiser / AMP scaler state dicts
+     "rng": capture_rng_state(), "epoch": 3, "step": 1200, "best_metric": 14.2}
+
+Writes go to a temporary file in the same folder, are flushed and fsynced, then ``os.replace``d
+over the target: a crash or kill mid-write leaves the previous checkpoint as it was (and at worst
+a hidden ``.NAME.*.tmp`` file, safe to delete).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import secrets
+import shutil
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping
+
+import numpy as np
+import torch
+
+from handgan import __version__
+from handgan.errors import HandganError
+
+FORMAT_VERSION = 1  # bump when the layout of the saved dict changes incompatibly
+
+# What torch.load(weights_only=True) reads back (checked before each save). Exact types: numpy
+# scalars subclass float and int but are refused on load, as is a defaultdict.
+_LEAVES = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
+_MAPPINGS = (dict, OrderedDict)
+_SEQUENCES = (list, tuple, torch.Size)
+
+
+# --------------------------------------------------------------------------------------------
+# Save and load
+# --------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, stamped with ``format_version`` and
+    ``handgan_version``.
+
+    Args:
+        path: the checkpoint file; its folder is created if needed.
+        state: plain data only (see the module docstring); anything else is a TypeError naming
+            the offending key, raised before the file is touched.
+    """
+    path = Path(path)
+    state = {**state, "format_version": FORMAT_VERSION, "handgan_version": __version__}
+    _check_plain(state, "state")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``.
+
+    Returns:
+        The saved dict (tensors on ``map_location``).
+
+    Raises:
+        HandganError: one line naming the file, when it is missing, not a torch checkpoint
+            (corrupt, truncated, some other file), would run code when unpickled, or has another
+            ``format_version`` than this handgan reads.
+    """
+    path = Path(path)
+    if path.is_dir():
+        hint = f" (did you mean {path / 'last.pt'}?)" if (path / "last.pt").is_file() else ""
+        raise HandganError(f"{path}: is a folder, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise HandganError(f"{path}: no such checkpoint file")
+    try:
+        with warnings.catch_warnings():  # a plain pickle (protocol > 2) warns before it fails
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise HandganError(f"{path}: not a torch checkpoint ({_one_line(e)})") from e
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        names = f"; it names {found.group(1)}" if found else ""
+        raise HandganError(f"{path}: refused: not a plain-weights checkpoint (it would run code "
+                           f"when loaded{names})") from None
+    except PermissionError:
+        raise HandganError(f"{path}: cannot read checkpoint (permission denied)") from None
+    except Exception as e:  # torch.load's many ways of saying "not a checkpoint"
+        raise HandganError(f"{path}: not a torch checkpoint, or corrupt or truncated "
+                           f"({type(e).__name__}: {_one_line(e)})") from e
+    if not isinstance(ckpt, dict):
+        raise HandganError(f"{path}: not a handgan checkpoint (holds a {type(ckpt).__name__}, "
+                           "not a dict)")
+    version = ckpt.get("format_version")
+    if version is None:
+        raise HandganError(f"{path}: not a handgan checkpoint (no format_version)")
+    if version != FORMAT_VERSION:
+        raise HandganError(f"{path}: checkpoint format {version}, this handgan reads "
+                           f"{FORMAT_VERSION}")
+    return ckpt
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, flush and fsync it, then
+    ``os.replace`` it over ``path``: readers see the old file or the new one, never a part.
+
+    On any failure (KeyboardInterrupt included) the temp file is removed and ``path`` is left
+    as it was. The temp file is created with ``open(..., "xb")``, not mkstemp, so the result
+    gets the usual umask permissions rather than mkstemp's 0600.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """TypeError if ``value`` holds anything torch.load(weights_only=True) would refuse."""
+    if type(value) in _MAPPINGS:
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}: use str or int")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif type(value) in _SEQUENCES:
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (type(value) in _LEAVES or isinstance(value, torch.Tensor)):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which "
+                        "torch.load(weights_only=True) cannot read back; store a tensor, number, "
+                        "string or list instead")
+
+
+def _one_line(e: BaseException) -> str:
+    """The first sentence of an exception's message, on one line."""
+    text = " ".join(str(e).split()).split(". ")[0]
+    return (text[:160] + "...") if len(text) > 160 else text or "empty or unreadable file"
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state
+# --------------------------------------------------------------------------------------------
+
+def capture_rng_state(numpy_generators: Mapping[str, np.random.Generator] | None = None
+                      ) -> dict[str, Any]:
+    """The state of every random number generator a run draws from, as plain data.
+
+    Covers python ``random``, numpy's legacy global RNG (``np.random.*``), torch's CPU generator,
+    every CUDA device's generator when CUDA is available, and optionally named numpy
+    ``Generator`` objects (their ``bit_generator.state``). Round-trips exactly through
+    :func:`save_checkpoint` / :func:`load_checkpoint`.
+    """
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "numpy": _plain_numpy(np.random.get_state(legacy=False)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if numpy_generators:
+        state["numpy_generators"] = {name: _plain_numpy(g.bit_generator.state)
+                                     for name, g in numpy_generators.items()}
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any],
+                      numpy_generators: Mapping[str, np.random.Generator] | None = None) -> None:
+    """Put back what :func:`capture_rng_state` captured.
+
+    CUDA states are restored for the devices present (a checkpoint from more GPUs restores the
+    first ones). ``numpy_generators`` are matched to the captured ones by name; a KeyError if
+    one was not captured.
+    """
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    legacy = dict(state["numpy"])
+    legacy["state"] = {**legacy["state"], "key": np.asarray(legacy["state"]["key"], np.uint32)}
+    np.random.set_state(legacy)
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+    for name, g in (numpy_generators or {}).items():
+        g.bit_generator.state = state["numpy_generators"][name]  # numpy converts lists back
+
+
+def _plain_numpy(value: Any) -> Any:
+    """A numpy RNG state dict with its arrays and numpy scalars as lists and Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain_numpy(v) for k, v in value.items()}
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# A run folder's last and best checkpoints
+# --------------------------------------------------------------------------------------------
+
+class CheckpointManager:
+    """``RUN/last.pt`` after every save, and ``RUN/best.pt`` for the best one so far.
+
+    ``best.pt`` is a hard link to the ``last.pt`` just written, swapped in atomically (link to a
+    temp name, then os.replace): no second copy on disk, and since the next save replaces
+    ``last.pt`` with a new file, ``best.pt`` keeps its content. Where hard links are not supported,
+    it is a byte copy written atomically instead.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.last_path = self.run_dir / "last.pt"
+        self.best_path = self.run_dir / "best.pt"
+
+    def save(self, state: Mapping[str, Any], is_best: bool) -> Path:
+        """Write ``last.pt`` (and ``best.pt`` when ``is_best``); returns the path of last.pt."""
+        save_checkpoint(self.last_path, state)
+        if is_best:
+            self._publish_best()
+        return self.last_path
+
+    def latest(self) -> Path | None:
+        """``last.pt`` if a checkpoint has been saved in this run folder, else None."""
+        return self.last_path if self.last_path.is_file() else None
+
+    def best(self) -> Path | None:
+        """``best.pt`` if one has been saved, else None."""
+        return self.best_path if self.best_path.is_file() else None
+
+    def _publish_best(self) -> None:
+        tmp = self.run_dir / f".best.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.link(self.last_path, tmp)
+            os.replace(tmp, self.best_path)
+        except OSError:  # no hard links here (some network / FAT file systems): copy instead
+            tmp.unlink(missing_ok=True)
+            with open(self.last_path, "rb") as src:
+                atomic_write(self.best_path, lambda f: shutil.copyfileobj(src, f))
+            return
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.run_dir)

@@ -1,0 +1,416 @@
+"""One typed config object per training run: nested dataclasses, two presets, YAML and ``--set``.
+
+Precedence, lowest first: the dataclass defaults (or a preset), a YAML file, ``--set KEY=VALUE``
+overrides. The resolved config is what a run saves (``RUN/config.yaml`` and in its checkpoints).
+
+    cfg = preset("quick")                                   # or load_yaml("configs/quick.yaml")
+    cfg = apply_overrides(cfg, ["optim.lr=3e-4", "model.width=32", "data.unlabeled=none"])
+    save_yaml(cfg, "runs/x/config.yaml")
+
+The ``--set`` keys are the dataclass fields themselves (``optim.lr``,
+``data.augment.rotation_deg``), and values are converted and checked against each field's type
+hint, so there is no second list of keys to maintain. A YAML file holds the same nested keys, in
+full or in part, with an optional top-level ``preset: quick`` that it is applied on top of.
+
+Every config class is frozen except :class:`~handgan.augment.AugmentConfig` (owned by augment.py);
+change a config with :func:`apply_overrides` or ``dataclasses.replace``, never in place.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from handgan.augment import AugmentConfig
+from handgan.checkpoint import atomic_write
+from handgan.errors import HandganError
+from handgan.models import ModelConfig
+
+TRAIN_MODES = ("gan", "supervised")
+CENTRES = ("gt", "com")
+ON_BAD = ("stop", "skip")
+RECONS_MODES = ("sample_floor", "pixel_truncate")
+
+
+def _check(ok: bool, message: str) -> None:
+    """``__post_init__`` checks raise ValueError; the loaders turn it into a HandganError."""
+    if not ok:
+        raise ValueError(message)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the crops come from and how they are made."""
+
+    source: str = "synthetic"        # data source spec (synthetic[:DIR], nyu:DIR, icvl:DIR, ...)
+    unlabeled: str | None = None     # extra source read without its labels (GAN mode's real/fake)
+    labeled_fraction: float | None = 1.0  # share of training frames keeping labels, in (0, 1]
+    labeled_count: int | None = None  # exact number of labelled frames; wins over the fraction
+    split_seed: int = 0              # which frames keep their labels (same seed, same split)
+    size: int = 128                  # crop side in px; must equal model.size
+    cube_mm: float | None = None     # crop cube side in mm; None = the dataset's usual cube
+    centre: str = "gt"               # crop centre: "gt" (from labels) or "com" (hand localisation)
+    on_bad: str = "stop"             # unreadable frame or no hand found: "stop" (error) | "skip"
+    cache_dir: str = ".handgan-cache"  # preprocessed crops are cached here between runs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # online crop augmentation
+
+    def __post_init__(self) -> None:
+        _check(self.labeled_fraction is not None or self.labeled_count is not None,
+               "set labeled_fraction or labeled_count (both are none)")
+        if self.labeled_fraction is not None:
+            _check(0.0 < self.labeled_fraction <= 1.0,
+                   f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
+        if self.labeled_count is not None:
+            _check(self.labeled_count >= 1, f"labeled_count must be >= 1, got {self.labeled_count}")
+        if self.cube_mm is not None:
+            _check(self.cube_mm > 0, f"cube_mm must be > 0, got {self.cube_mm}")
+        _choice("centre", self.centre, CENTRES)
+        _choice("on_bad", self.on_bad, ON_BAD)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and options of the seed's losses (see losses.py for the formulas and signs).
+
+    ``tau`` is in normalised depth units squared (1.0 = half the crop cube, 150 mm for a 300 mm
+    cube). With ``recons_mode="sample_floor"`` (the seed as written) it floors each sample's mean
+    squared pixel error: 0.001 is an RMS error of 0.032, about 5 mm for a 300 mm cube, the order of
+    the sensor noise, below which a sample gives no gradient. With ``"pixel_truncate"`` it caps each
+    pixel's squared error instead, so it must be much larger there (e.g. 0.1, about 47 mm), or
+    almost every pixel would be truncated and give no gradient.
+    """
+
+    w_joint: float = 1.0             # weight of L_J, the pose regression loss on labelled crops
+    w_gan: float = 1.0               # weight of L_gan in the discriminator's loss
+    w_recons: float = 1.0            # weight of L_recons in the generator's loss
+    w_gen_adv: float = 1.0           # weight of the generator's non-saturating adversarial term
+    tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
+    recons_mode: str = "sample_floor"  # "sample_floor" (seed: max(e_i, tau)) | "pixel_truncate"
+    fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
+    pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
+
+    def __post_init__(self) -> None:
+        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _choice("recons_mode", self.recons_mode, RECONS_MODES)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for both networks, with the seed's learning rate and DCGAN's betas."""
+
+    lr: float = 1e-3                 # Adam learning rate (the seed's 0.001), both networks
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas; beta1 = 0.5 as in DCGAN
+    weight_decay: float = 0.0        # L2 weight decay (Adam's, not decoupled)
+    epochs: int = 50                 # passes over the labelled training crops (the seed: 50)
+    batch_size: int = 64             # global batch of labelled crops (split across DDP ranks)
+    max_steps: int | None = None     # stop after this many steps, whatever the epochs (smoke runs)
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(all(0.0 <= b < 1.0 for b in self.betas),
+               f"betas must be in [0, 1), got {self.betas}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; saved with the run and in each checkpoint."""
+
+    mode: str = "gan"                # "gan" (the seed's method) | "supervised" (pose net alone)
+    seed: int = 0                    # seeds python, numpy and torch (DDP: seed * world + rank)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: str = "auto"             # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True                 # bf16 autocast; applied on CUDA only, ignored on CPU
+    channels_last: bool = True       # channels-last memory format; CUDA only
+    compile: bool = False            # torch.compile the networks (slow start, faster steps)
+    num_workers: int = 2             # DataLoader worker processes per rank
+    log_every: int = 50              # log losses every this many steps
+    eval_every_epochs: int = 1       # evaluate on the test split every this many epochs
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, TRAIN_MODES)
+        _check(self.data.size == self.model.size,
+               f"data.size ({self.data.size}) and model.size ({self.model.size}) differ; "
+               "set both to the same crop size")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check(self.eval_every_epochs >= 1,
+               f"eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
+
+
+# quick: 64 x 64 and narrow networks, for a first run on a laptop CPU in about 10 minutes.
+# Measured on a 2-core Xeon (torch 2.13 CPU, 2 threads, 2 loader workers augmenting 64 x 64
+# crops): one GAN step (D on real + generated, G on generated) runs at about 630 labelled
+# crops/s at batch 64, so 50 epochs of the 4000 default synthetic training crops take about
+# 5.3 minutes, leaving room for data generation, caching and evaluation.
+# seed: the seed's set-up, 128 x 128 crops, Adam lr 0.001 for 50 epochs, DCGAN-width networks.
+PRESETS: dict[str, TrainConfig] = {
+    "quick": TrainConfig(
+        data=DataConfig(size=64),
+        model=ModelConfig(size=64, width=16, pose_hidden=256),
+        optim=OptimConfig(lr=1e-3, epochs=50, batch_size=64),
+    ),
+    "seed": TrainConfig(
+        data=DataConfig(size=128),
+        model=ModelConfig(size=128, width=64, pose_hidden=1024),
+        optim=OptimConfig(lr=1e-3, epochs=50, batch_size=64),
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """A fresh copy of a preset: ``preset("quick")``; HandganError for an unknown name."""
+    if name not in PRESETS:
+        raise HandganError(f"unknown preset {name!r} (choices: {', '.join(PRESETS)})")
+    return copy.deepcopy(PRESETS[name])  # AugmentConfig is mutable: never hand out the original
+
+
+# --------------------------------------------------------------------------------------------
+# Dict <-> config, with type conversion from the field hints
+# --------------------------------------------------------------------------------------------
+
+_NONE_WORDS = ("none", "null", "~")
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as nested plain dicts of str/int/float/bool/None/list (YAML-, JSON- and
+    ``torch.load(weights_only=True)``-safe; tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def from_dict(d: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from nested dicts, as written by :func:`to_dict` or read from YAML.
+
+    Keys left out keep their value in ``base`` (default: ``TrainConfig()``), so a partial dict is
+    fine. Unknown keys and values of the wrong type raise HandganError naming the dotted key.
+    """
+    return _merge(copy.deepcopy(base) if base is not None else TrainConfig(), d, "")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
+    """A new config with ``KEY=VALUE`` overrides applied in order (the CLI's ``--set``).
+
+    KEY is a dotted field path (``optim.lr``, ``model.width``, ``data.augment.rotation_deg``).
+    VALUE is converted by the field's type: int, float, bool (true/false/1/0/yes/no/on/off), str,
+    tuples as comma lists (``optim.betas=0.9,0.99``), and ``none``/``null`` for optional fields.
+    The checks run once all overrides are in, so related fields can change together
+    (``model.size=64 data.size=64``). ``cfg`` is not changed.
+    """
+    nested: dict[str, Any] = {}  # all at once, so model.size and data.size can change together
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise HandganError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=3e-4")
+        *sections, leaf = key.split(".")
+        node = nested
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # "data.augment=x" then "data.augment.modes=y"
+                raise HandganError(f"{key}: {'.'.join(sections)} was itself set to a value")
+        node[leaf] = value.strip()  # a later override of the same key wins
+    return _merge(copy.deepcopy(cfg), nested, "")
+
+
+def leaf_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every settable dotted key (``["mode", "seed", "data.source", ...]``), from the fields."""
+    keys = []
+    for name, tp in _hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += leaf_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a dataclass's init fields, in field order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _merge(obj: Any, d: Any, prefix: str) -> Any:
+    """``obj`` (a dataclass) with the values in nested dict ``d`` converted and applied."""
+    where = f"{prefix.rstrip('.')}: " if prefix else ""
+    if not isinstance(d, Mapping):
+        raise HandganError(f"{where}expected a mapping of config keys, got {_show(d)}")
+    hints = _hints(type(obj))
+    changes = {}
+    for name, value in d.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            raise HandganError(_unknown_key(str(key)))
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                options = ", ".join(leaf_keys(tp, f"{key}."))
+                raise HandganError(f"{key} is a group of settings, not a value; set one of: "
+                                   f"{options}")
+            changes[name] = _merge(getattr(obj, name), value, f"{key}.")
+        else:
+            changes[name] = _convert(value, tp, key)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as e:  # a __post_init__ check
+        raise HandganError(f"{where}{e}") from None
+
+
+def _unknown_key(key: str) -> str:
+    known = leaf_keys()
+    last = key.rsplit(".", 1)[-1]
+    near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    near += [k for k in known if k.rsplit(".", 1)[-1] == last and k not in near]  # lr -> optim.lr
+    hint = f" (did you mean {' or '.join(near[:3])}?)" if near else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` (a string from --set, or a YAML scalar/list) as type hint ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"{key}: unsupported config type {tp}")
+        return _convert(value, inner[0], key)
+    if origin is tuple:
+        return _convert_tuple(value, args, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise HandganError(f"{key}: expected true or false, got {_show(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise HandganError(f"{key}: expected an integer, got {_show(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string: accept it here
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise HandganError(f"{key}: expected a float, got {_show(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise HandganError(f"{key}: expected a string, got {_show(value)}")
+    raise TypeError(f"{key}: unsupported config type {tp}")
+
+
+def _convert_tuple(value: Any, args: tuple, key: str) -> tuple:
+    if isinstance(value, str):
+        text = value.strip().strip("()[]").strip()
+        items: list = [s.strip() for s in text.split(",")] if text else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise HandganError(f"{key}: expected a comma-separated list, got {_show(value)}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        item_types = [args[0]] * len(items)
+    elif len(items) != len(args):
+        raise HandganError(f"{key}: expected {len(args)} comma-separated values, "
+                           f"got {_show(value)}")
+    else:
+        item_types = list(args)
+    return tuple(_convert(v, t, key) for v, t in zip(items, item_types))
+
+
+# --------------------------------------------------------------------------------------------
+# YAML files
+# --------------------------------------------------------------------------------------------
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML with sections as blocks and lists (modes, betas) on one line: [0.5, 0.999]."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data,
+                                                         flow_style=True))
+
+
+def load_yaml(path: str | os.PathLike) -> TrainConfig:
+    """A config from a YAML file: a full config, or a partial one over ``preset: NAME``.
+
+    Keys the file leaves out come from the preset it names, or from ``TrainConfig()`` if none.
+    Every error is a one-line HandganError starting with the file's path.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HandganError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HandganError(f"{path}: cannot read config file ({e})") from None
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise HandganError(f"{path}: not valid YAML{where}: {problem}") from None
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise HandganError(f"{path}: expected a mapping of config keys, got {type(d).__name__}")
+    try:
+        name = d.pop("preset", None)
+        base = preset(str(name)) if name is not None else TrainConfig()
+        return from_dict(d, base)
+    except HandganError as e:
+        raise HandganError(f"{path}: {e}") from None
+
+
+def save_yaml(cfg: TrainConfig, path: str | os.PathLike, header: str | None = None) -> None:
+    """Write ``cfg`` in full as YAML, atomically (:func:`handgan.checkpoint.atomic_write`).
+
+    ``header`` (optional) is written first as ``#`` comment lines.
+    """
+    text = "".join(f"# {line}\n" if line else "#\n" for line in (header or "").splitlines())
+    text += yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
