@@ -93,6 +93,7 @@ class FolderFrames:
     """Depth frames in one folder, read on demand; no labels (``joints_*`` return None)."""
 
     joint_names: tuple[str, ...] = ()
+    centre_joint: int | None = None  # no labels: crops are centred by localize_hand
 
     def __init__(
         self,

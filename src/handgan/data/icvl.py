@@ -195,6 +195,8 @@ class ICVLSplit:
     intrinsics: Intrinsics = ICVL
     joint_names: tuple[str, ...] = ICVL_JOINT_NAMES
     default_cube_mm: float = ICVL_CUBE_MM
+    # DeepPrior++ crops ICVL around the palm centre "C", the first joint of the file.
+    centre_joint: int = 0
 
     def __init__(
         self, root: str | Path, split: str = "train", include_rotated: bool = False

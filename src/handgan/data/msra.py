@@ -188,6 +188,8 @@ class MSRADataset:
 
     intrinsics: Intrinsics = MSRA
     joint_names: tuple[str, ...] = MSRA_JOINT_NAMES
+    # MSRA has no palm-centre joint; DeepPrior++ crops around the middle finger's MCP (index 5).
+    centre_joint: int = MSRA_JOINT_NAMES.index("middle_mcp")
 
     def __init__(
         self, root: str | Path, subjects: list[int] | None = None, skip_faulty: bool = False
