@@ -25,12 +25,13 @@ import shutil
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from handgan import __version__
+from handgan.atomic import _fsync_dir, atomic_write  # noqa: F401  (atomic_write re-exported)
 from handgan.errors import HandganError
 
 FORMAT_VERSION = 1  # bump when the layout of the saved dict changes incompatibly
@@ -105,42 +106,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise HandganError(f"{path}: checkpoint format {version}, this handgan reads "
                            f"{FORMAT_VERSION}")
     return ckpt
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, flush and fsync it, then
-    ``os.replace`` it over ``path``: readers see the old file or the new one, never a part.
-
-    On any failure (KeyboardInterrupt included) the temp file is removed and ``path`` is left
-    as it was. The temp file is created with ``open(..., "xb")``, not mkstemp, so the result
-    gets the usual umask permissions rather than mkstemp's 0600.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from handgan.augment import AugmentConfig
-from handgan.checkpoint import atomic_write
+from handgan.atomic import atomic_write
 from handgan.errors import HandganError
 from handgan.models import ModelConfig
 
@@ -406,7 +406,7 @@ def load_yaml(path: str | os.PathLike) -> TrainConfig:
 
 
 def save_yaml(cfg: TrainConfig, path: str | os.PathLike, header: str | None = None) -> None:
-    """Write ``cfg`` in full as YAML, atomically (:func:`handgan.checkpoint.atomic_write`).
+    """Write ``cfg`` in full as YAML, atomically (:func:`handgan.atomic.atomic_write`).
 
     ``header`` (optional) is written first as ``#`` comment lines.
     """

@@ -23,7 +23,7 @@ import numpy as np
 
 from handgan.camera import CAMERAS, Intrinsics
 from handgan.data.icvl import read_depth_png16
-from handgan.data.nyu import _one_line
+from handgan.data.files import check_frame_size, one_line
 from handgan.errors import HandganError
 
 FRAME_SUFFIXES = (".png", ".npy")
@@ -69,7 +69,7 @@ def read_depth_npy(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise HandganError(f"{path}: depth .npy not found") from None
     except (OSError, ValueError, EOFError) as e:
-        raise HandganError(f"{path}: not a readable .npy array ({_one_line(e)})") from None
+        raise HandganError(f"{path}: not a readable .npy array ({one_line(e)})") from None
     if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for .npz content
         raise HandganError(f"{path}: not a .npy array (an .npz archive?)")
     if array.ndim != 2:
@@ -139,13 +139,8 @@ class FolderFrames:
         """(H, W) float32 depth mm of frame ``i`` (0 = no depth)."""
         path = self.frame_path(i)
         depth_mm = _READERS[path.suffix.lower()](path)
-        expected = (self.intrinsics.height, self.intrinsics.width)
-        if depth_mm.shape != expected:
-            raise HandganError(
-                f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the intrinsics "
-                f"are for {expected[1]}x{expected[0]} (give fx,fy,cx,cy,width,height)"
-            )
-        return depth_mm
+        return check_frame_size(depth_mm, self.intrinsics, path,
+                                hint=" by the intrinsics (give fx,fy,cx,cy,width,height)")
 
     def joints_uvd(self) -> None:
         return None

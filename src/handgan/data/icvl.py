@@ -25,17 +25,14 @@ must use those, so do not compare xyz from this module with the evaluator's xyz 
 """
 from __future__ import annotations
 
-import io
 import os
-import zlib
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from handgan.camera import ICVL, Intrinsics
-from handgan.data.nyu import _PNG_COLOR_TYPES, _PNG_SIGNATURE, _one_line
+from handgan.data.files import (PNG_COLOR_TYPES, check_frame_size, decode_png, png_header, read_bytes)
 from handgan.errors import HandganError
 
 ICVL_JOINT_NAMES: tuple[str, ...] = (
@@ -154,27 +151,15 @@ def read_icvl_labels(
 def read_depth_png16(path: str | Path) -> np.ndarray:
     """Read a single-channel 16-bit PNG of depth in mm -> (H, W) float32, values as stored."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise HandganError(f"{path}: depth PNG not found") from None
-    except OSError as e:
-        raise HandganError(f"{path}: cannot read depth PNG ({e.strerror or e})") from None
+    data = read_bytes(path, "depth PNG")
     # Check the IHDR ourselves: Pillow would happily hand us 8-bit or RGB data as numbers too.
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        raise HandganError(f"{path}: not a PNG file (expected a 16-bit greyscale depth PNG)")
-    bit_depth, color_type = data[24], data[25]
+    bit_depth, color_type = png_header(data, path, "a 16-bit greyscale depth PNG")
     if color_type != 0 or bit_depth != 16:
-        kind = _PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
+        kind = PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
         raise HandganError(
             f"{path}: not a depth PNG (expected 16-bit greyscale mm, got {bit_depth}-bit {kind})"
         )
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            image.load()
-            pixels = np.asarray(image)  # mode 'I;16' -> uint16 ('I' -> int32 on old Pillow)
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
-        raise HandganError(f"{path}: truncated or corrupt PNG ({_one_line(e)})") from None
+    pixels = decode_png(data, path)  # mode 'I;16' -> uint16 ('I' -> int32 on old Pillow)
     return pixels.astype(np.float32)
 
 
@@ -249,12 +234,7 @@ class ICVLSplit:
         """(240, 320) float32 depth mm of frame ``i`` (0 = no depth, including ICVL's 32001)."""
         path = self.frame_path(i)
         depth_mm = read_depth_png16(path)
-        expected = (self.intrinsics.height, self.intrinsics.width)
-        if depth_mm.shape != expected:
-            raise HandganError(
-                f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, "
-                f"expected {expected[1]}x{expected[0]}"
-            )
+        check_frame_size(depth_mm, self.intrinsics, path)
         depth_mm[depth_mm == ICVL_INVALID_DEPTH] = 0.0
         return depth_mm
 

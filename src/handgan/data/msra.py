@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import MSRA, Intrinsics
+from handgan.data.files import check_frame_size
 from handgan.errors import HandganError
 
 MSRA_JOINT_NAMES: tuple[str, ...] = ("wrist",) + tuple(
@@ -265,12 +266,7 @@ class MSRADataset:
         """(240, 320) float32 depth mm of frame ``i`` (0 = no depth, outside the hand box)."""
         path = self.frame_path(i)
         depth_mm = read_depth_bin(path)
-        expected = (self.intrinsics.height, self.intrinsics.width)
-        if depth_mm.shape != expected:
-            raise HandganError(
-                f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, "
-                f"expected {expected[1]}x{expected[0]}"
-            )
+        check_frame_size(depth_mm, self.intrinsics, path)
         return depth_mm
 
     def joints_uvd(self) -> np.ndarray:

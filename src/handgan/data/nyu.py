@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import struct
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +22,10 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from handgan.atomic import atomic_write
 from handgan.camera import NYU, Intrinsics
+from handgan.data.files import (PNG_COLOR_TYPES, PNG_SIGNATURE, check_frame_size, decode_png,
+                                 one_line, png_header, read_bytes)
 from handgan.errors import HandganError
 from handgan.joints import NYU_EVAL_IDS, NYU_JOINT_NAMES
 
@@ -32,8 +33,6 @@ JOINT_DATA_NAME = "joint_data.mat"
 JOINT_SETS: dict[str, tuple[int, ...]] = {"eval14": NYU_EVAL_IDS, "all36": tuple(range(36))}
 N_JOINTS = len(NYU_JOINT_NAMES)
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
 # scipy stamps the creation time into the 116-byte text header; a fixed text (same standard
 # "MATLAB 5.0 MAT-file" prefix) makes the same labels give the same bytes.
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: handgan".ljust(116, b" ")
@@ -88,7 +87,8 @@ def write_depth_png(path: str | Path, depth_mm: np.ndarray, compress_level: int 
     filter with zlib's RLE strategy at level 1 takes ~2.9 ms and ~58 KB vs Pillow's ~5.5 ms and
     ~57 KB. Every PNG decoder (Pillow, OpenCV, MATLAB) reads the result.
     """
-    _write_atomic(Path(path), lambda f: f.write(encode_png_rgb(encode_nyu_depth(depth_mm), compress_level)))
+    png = encode_png_rgb(encode_nyu_depth(depth_mm), compress_level)
+    atomic_write(path, lambda f: f.write(png), durable=False)  # frames are cheap to regenerate
 
 
 def encode_png_rgb(rgb: np.ndarray, compress_level: int = 1) -> bytes:
@@ -102,7 +102,7 @@ def encode_png_rgb(rgb: np.ndarray, compress_level: int = 1) -> bytes:
     compressor = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     idat = compressor.compress(filtered) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, colour type 2 (RGB)
-    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -112,26 +112,13 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 def read_depth_png(path: str | Path) -> np.ndarray:
     """Read one NYU depth PNG -> (H, W) float32 mm (0 = no depth). Bad files raise HandganError."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise HandganError(f"{path}: depth PNG not found") from None
-    except OSError as e:
-        raise HandganError(f"{path}: cannot read depth PNG ({e.strerror or e})") from None
+    data = read_bytes(path, "depth PNG")
     # Check the header ourselves: Pillow opens 16-bit RGB as mode 'RGB' too, silently dropping bits.
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        raise HandganError(f"{path}: not a PNG file (expected an NYU 8-bit RGB depth PNG)")
-    bit_depth, color_type = data[24], data[25]
+    bit_depth, color_type = png_header(data, path, "an NYU 8-bit RGB depth PNG")
     if color_type != 2 or bit_depth != 8:
         found = _png_mode(data) if color_type != 2 else f"{bit_depth}-bit RGB"
         raise HandganError(f"{path}: not an NYU depth PNG (expected 8-bit RGB, got {found})")
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:  # BytesIO shares, not copies
-            image.load()
-            rgb = np.asarray(image)
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
-        raise HandganError(f"{path}: truncated or corrupt PNG ({_one_line(e)})") from None
-    return decode_nyu_depth(rgb)
+    return decode_nyu_depth(decode_png(data, path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +147,7 @@ def write_joint_data(path: str | Path, joint_uvd: np.ndarray, joint_xyz: np.ndar
         f.seek(0)
         f.write(_MAT_HEADER)
 
-    _write_atomic(Path(path), write)
+    atomic_write(path, write)
 
 
 def read_joint_data(
@@ -181,7 +168,7 @@ def read_joint_data(
             f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save it with -v7"
         ) from None
     except Exception as e:  # scipy raises many types for garbage input; all mean "unreadable"
-        raise HandganError(f"{path}: not a readable MATLAB 5 .mat file ({_one_line(e)})") from None
+        raise HandganError(f"{path}: not a readable MATLAB 5 .mat file ({one_line(e)})") from None
 
     missing = [k for k in ("joint_uvd", "joint_xyz") if k not in mat]
     if missing:
@@ -314,29 +301,12 @@ class NYUSplit:
         """(480, 640) float32 depth mm of frame ``i`` (0 = no depth)."""
         path = self.frame_path(i)
         depth_mm = read_depth_png(path)
-        expected = (self.intrinsics.height, self.intrinsics.width)
-        if depth_mm.shape != expected:
-            raise HandganError(
-                f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, "
-                f"expected {expected[1]}x{expected[0]}"
-            )
+        check_frame_size(depth_mm, self.intrinsics, path)
         return depth_mm
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temp file in the same folder, then os.replace: no reader sees a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # not mkstemp: its 0600 mode would survive the rename
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _png_mode(data: bytes) -> str:
@@ -346,8 +316,6 @@ def _png_mode(data: bytes) -> str:
             return f"mode {image.mode!r}"
     except Exception:  # the file is rejected anyway; the mode is only a hint
         color_type = data[25]
-        return f"{data[24]}-bit {_PNG_COLOR_TYPES.get(color_type, f'color type {color_type}')}"
+        return f"{data[24]}-bit {PNG_COLOR_TYPES.get(color_type, f'color type {color_type}')}"
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())

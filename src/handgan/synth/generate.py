@@ -15,7 +15,6 @@ number of workers or on where a run was interrupted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from handgan import __version__
+from handgan.atomic import atomic_write, atomic_write_text
 from handgan.data.nyu import depth_png_name, write_depth_png, write_joint_data
 from handgan.errors import HandganError
 from handgan.synth import hand as H
@@ -77,7 +77,7 @@ def synthesize_dataset(out: str | Path, n_train: int, n_test: int, seed: int = 0
     manifest = dict(params, complete=True, seconds=round(time.perf_counter() - started, 2),
                     splits={split: n for split, n in splits if n}, intrinsics="nyu",
                     note="NYU on-disk format, view 1 only (joint arrays have views = 1)")
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
     return out
 
@@ -115,7 +115,7 @@ def _prepare_output(out: Path, params: dict, overwrite: bool) -> None:
     except OSError as e:
         raise HandganError(f"{out}: cannot write there ({e.strerror or e})") from None
     if not state.exists():
-        _atomic_write_text(state, json.dumps(params))
+        atomic_write_text(state, json.dumps(params))
 
 
 def _clear_dataset_dir(out: Path) -> None:
@@ -188,18 +188,7 @@ def _finish_split(out: Path, split: str, n: int) -> None:
 
 
 def _atomic_save_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_manifest(root: str | Path) -> dict | None:

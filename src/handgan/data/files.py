@@ -1,0 +1,56 @@
+"""File-reading pieces every dataset reader shares: bytes, PNG headers and pixels, frame sizes.
+Each turns a user's bad file into a one-line HandganError that names the file."""
+from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from handgan.camera import Intrinsics
+from handgan.errors import HandganError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as "Type: message" on one line."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """The whole file; "<path>: <what> not found" and friends for the usual failures."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise HandganError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise HandganError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def png_header(data: bytes, path: Path, expected: str) -> tuple[int, int]:
+    """(bit depth, colour type) from the IHDR, read by us: Pillow silently converts some modes."""
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise HandganError(f"{path}: not a PNG file (expected {expected})")
+    return data[24], data[25]
+
+
+def decode_png(data: bytes, path: Path) -> np.ndarray:
+    """Pixels of an in-memory PNG; truncated or corrupt files become a HandganError."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:  # BytesIO shares, not copies
+            image.load()
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+        raise HandganError(f"{path}: truncated or corrupt PNG ({one_line(e)})") from None
+
+
+def check_frame_size(depth_mm: np.ndarray, intr: Intrinsics, path: Path, hint: str = "") -> np.ndarray:
+    """The frame, if its size is the camera's; else a one-line error (with an optional hint)."""
+    if depth_mm.shape != (intr.height, intr.width):
+        raise HandganError(f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, expected "
+                           f"{intr.width}x{intr.height}{hint}")
+    return depth_mm
