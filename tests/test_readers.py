@@ -493,3 +493,30 @@ def test_folder_errors(tmp_path):
     check("text.png", lambda p: p.write_text("hello"), "not a PNG")
     np.save(tmp_path / "zero.npy", np.zeros((240, 320), np.uint16))
     assert not FolderFrames(tmp_path, ICVL, pattern="zero.npy").depth(0).any()
+
+
+def _data_info(spec):
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "handgan", "data", "info", "--data", spec, "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["splits"]
+
+
+def test_data_info_on_icvl_and_msra(tmp_path):
+    make_icvl_archive(tmp_path / "icvl")
+    info = _data_info(f"icvl:{tmp_path / 'icvl'}")
+    assert info["train"]["frames"] == 3 and info["test"]["frames"] == 5  # rotated copies left out
+    assert info["train"]["joints"] == 16 and info["train"]["intrinsics"]["y_up"] is False
+    assert info["train"]["cube_mm"] == 250
+
+    for subject, n in ((0, 2), (3, 3)):
+        make_gesture(tmp_path / "msra" / f"P{subject}" / "1", n, seed=subject + 1)
+    info = _data_info(f"msra:{tmp_path / 'msra'}:3")
+    assert info["train"]["frames"] == 2 and info["test"]["frames"] == 3
+    assert info["test"]["joints"] == 21 and info["test"]["cube_mm"] == 180  # subject P3's cube
+    lo, hi = info["test"]["depth_range_mm"]
+    assert 200 <= lo < hi <= 500
