@@ -824,7 +824,8 @@ class _CropRows(Dataset):
     def _crop(self, k: int) -> np.ndarray:
         return np.asarray(self.crops[self.indices[k]], dtype=np.float32)  # (S, S), a copy
 
-    def _transform(self, k: int) -> CropTransform:
+    def transform(self, k: int) -> CropTransform:
+        """The crop transform of item ``k`` (maps its normalised joints back to mm)."""
         return _transform_from_row(self.transforms[k], self.intrinsics)
 
     def __getstate__(self) -> dict:
@@ -868,7 +869,7 @@ class LabeledCrops(_CropRows):
         crop = self._crop(k)
         joints = np.asarray(self.joints_norm[row], dtype=np.float64)  # (J, 3)
         if self.augment is not None:
-            crop, _, joints = augment_crop(crop, self._transform(k), joints, self._rng(row),
+            crop, _, joints = augment_crop(crop, self.transform(k), joints, self._rng(row),
                                            self.augment)
         return torch.from_numpy(crop[None]), torch.from_numpy(joints.astype(np.float32))
 
@@ -907,7 +908,7 @@ class UnlabeledCrops(_CropRows):
     def __getitem__(self, k: int) -> torch.Tensor:
         crop = self._crop(k)
         if self.augment is not None:
-            crop, _, _ = augment_crop(crop, self._transform(k), None,
+            crop, _, _ = augment_crop(crop, self.transform(k), None,
                                       self._rng(self.indices[k]), self.augment)
         return torch.from_numpy(crop[None])
 

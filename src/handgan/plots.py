@@ -1,7 +1,6 @@
 """Pictures people look at: depth frames with skeletons drawn on them."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,7 @@ matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from handgan.atomic import atomic_write  # noqa: E402
 from handgan.joints import NYU14_EDGES, NYU_EVAL_IDS  # noqa: E402
 
 # One colour per finger in the 14-joint layout: little, ring, middle, index, thumb, palm.
@@ -74,10 +74,8 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=90)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

@@ -261,7 +261,7 @@ def mean_joint_error_mm(pred_norm: np.ndarray, crops: LabeledCrops) -> float:
     errors = []
     target = np.asarray(crops.joints_norm[crops.indices], np.float64)
     for k in range(len(crops)):
-        t = crops._transform(k)
+        t = crops.transform(k)
         p = pred_norm if pred_norm.ndim == 2 else pred_norm[k]
         errors.append(np.linalg.norm(t.norm_to_xyz(p) - t.norm_to_xyz(target[k]), axis=-1))
     return float(np.mean(errors))
