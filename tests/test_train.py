@@ -27,7 +27,8 @@ def make_cfg(workdir, *extra):
     return apply_overrides(preset("quick"), [
         f"data.source=synthetic:{workdir / 'synth'}", f"data.cache_dir={workdir / 'cache'}",
         "data.size=64", "model.size=64", "model.width=8", "model.pose_hidden=32",
-        f"optim.batch_size={BATCH}", "optim.epochs=2", "device=cpu", "log_every=1", *extra])
+        f"optim.batch_size={BATCH}", "optim.epochs=2", "device=cpu", "log_every=1",
+        "data.val_fraction=0", "num_workers=0", *extra])
 
 
 def params(module):
@@ -138,7 +139,10 @@ def train_losses(run):
 def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch):
     # labelled half: the unlabelled rows and their own permutation take part too
     cfg = make_cfg(workdir, "data.labeled_fraction=0.5", "loss.pose_perturb_std=0.02")
-    full = train_losses(train_mod.train(cfg, tmp_path / "full", progress=False))
+    # The uninterrupted run prepares its batches in a worker process, the split one in this
+    # process: the batches, and so the losses, must not depend on that.
+    full = train_losses(train_mod.train(apply_overrides(cfg, ["num_workers=1"]), tmp_path / "full",
+                                        progress=False))
     steps_per_epoch = 24 // BATCH
     assert sorted(full) == list(range(1, 2 * steps_per_epoch + 1))
 
@@ -153,3 +157,26 @@ def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch):
         for key, value in full[step].items():
             if key.startswith("loss_"):
                 assert resumed[step][key] == pytest.approx(value, abs=1e-5), (step, key)
+
+
+def test_validation_split_chooses_best_and_samples_are_drawn(workdir, tmp_path):
+    cfg = make_cfg(workdir, "data.val_fraction=0.25", "optim.epochs=3", "data.labeled_fraction=0.5")
+    data = train_mod.load_data(cfg, progress=False)
+    val, lab = set(data.val.indices), set(data.labeled.indices)
+    assert len(val) == 12 and not val & lab  # 48 * 0.25 held out, never trained on
+    assert len(lab) == 18  # half of the 36 remaining frames
+    run = train_mod.train(cfg, tmp_path / "run", progress=False)
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    best = min(evals, key=lambda r: r["val_mean_error_mm"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selection_split"] == "val" and summary["best_epoch"] == best["epoch"]
+    assert summary["best_selection_error_mm"] == pytest.approx(best["val_mean_error_mm"])
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == best["epoch"]
+    crop = load_checkpoint(run / "checkpoints" / "last.pt")["crop"]
+    assert crop["size"] == 64 and crop["cube_mm"] == [300.0, 300.0, 300.0]
+    assert len(crop["joint_names"]) == 14 and crop["intrinsics"]["fx"] == pytest.approx(588.03)
+    from PIL import Image
+    for epoch in (1, 2, 3):  # 8 pairs of 64 x 64 crops, 4 pairs per row
+        image = Image.open(run / "samples" / f"epoch_{epoch:03d}.png")
+        assert image.size == (4 * 128 + 3 * 2, 2 * 64 + 2) and image.mode == "L"

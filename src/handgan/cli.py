@@ -172,10 +172,48 @@ def _run_train(args) -> int:
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
     cfg = apply_overrides(cfg, overrides)
     run = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     summary = json.loads((run / "summary.json").read_text())
     print(f"{run}: mean 3D joint error {summary['final_mean_error_mm']:.2f} mm on the test split "
           f"(mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm), "
           f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="score prediction files against ground truth, as the field does",
+        description="Score methods' prediction files (one frame per line, J x 'u v d') against a "
+                    "ground-truth file in the same format: mean 3D error, per-joint error, success "
+                    "curve over 0-80 mm (inclusive) and its AUC. Methods are listed best first.")
+    p.add_argument("--dataset", required=True, choices=("nyu", "icvl", "msra", "synthetic"),
+                   help="joint count, names and camera intrinsics of the files")
+    p.add_argument("--gt", required=True, help="ground-truth file")
+    p.add_argument("methods", nargs="+", metavar="NAME=PRED.txt", help="a method and its predictions")
+    p.add_argument("--curve", choices=("max-frame", "mean-frame", "joint"), default="max-frame",
+                   help="success curve: frames whose worst joint (default) or mean joint is "
+                        "within D, or single joints")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--out", help="also write success.png, per_joint.png and compare.json here")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args) -> int:
+    import json
+
+    from handgan.evaluation.compare import (
+        compare_methods,
+        format_table,
+        parse_method_specs,
+        write_report,
+    )
+
+    result = compare_methods(args.dataset, args.gt, parse_method_specs(args.methods), curve=args.curve)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.out:
+        for path in write_report(result, args.out).values():
+            print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -189,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show_samples(sub)
     _add_data(sub)
     _add_train(sub)
+    _add_compare(sub)
     return parser
 
 

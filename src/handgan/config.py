@@ -59,6 +59,7 @@ class DataConfig:
     labeled_fraction: float | None = 1.0  # share of training frames keeping labels, in (0, 1]
     labeled_count: int | None = None  # exact number of labelled frames; wins over the fraction
     split_seed: int = 0              # which frames keep their labels (same seed, same split)
+    val_fraction: float = 0.05       # training frames held out (labelled) to choose best.pt
     size: int = 128                  # crop side in px; must equal model.size
     cube_mm: float | None = None     # crop cube side in mm; None = the dataset's usual cube
     centre: str = "gt"               # crop centre: "gt" (from labels) or "com" (hand localisation)
@@ -74,6 +75,8 @@ class DataConfig:
                    f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
         if self.labeled_count is not None:
             _check(self.labeled_count >= 1, f"labeled_count must be >= 1, got {self.labeled_count}")
+        _check(0.0 <= self.val_fraction < 0.5,
+               f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.cube_mm is not None:
             _check(self.cube_mm > 0, f"cube_mm must be > 0, got {self.cube_mm}")
         _choice("centre", self.centre, CENTRES)
@@ -143,9 +146,10 @@ class TrainConfig:
     amp: bool = True                 # bf16 autocast; applied on CUDA only, ignored on CPU
     channels_last: bool = True       # channels-last memory format; CUDA only
     compile: bool = False            # torch.compile the networks (slow start, faster steps)
-    num_workers: int = 2             # DataLoader worker processes per rank
+    num_workers: int = 1             # processes preparing (augmenting) batches ahead, per rank
     log_every: int = 50              # log losses every this many steps
-    eval_every_epochs: int = 1       # evaluate on the test split every this many epochs
+    eval_every_epochs: int = 1       # evaluate (validation and test) every this many epochs
+    sample_every_epochs: int = 1     # GAN mode: write samples/epoch_NNN.png (real | Gen(J)); 0 = off
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, TRAIN_MODES)
@@ -154,6 +158,8 @@ class TrainConfig:
                "set both to the same crop size")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check(self.sample_every_epochs >= 0,
+               f"sample_every_epochs must be >= 0, got {self.sample_every_epochs}")
         _check(self.eval_every_epochs >= 1,
                f"eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
 

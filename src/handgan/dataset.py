@@ -926,8 +926,10 @@ class UnlabeledCrops(_CropRows):
 
 def split_labeled(cache: CropCache, labeled_fraction: float | None = None,
                   labeled_count: int | None = None, seed: int = 0, *,
-                  augment: AugmentConfig | None = None) -> tuple[LabeledCrops, UnlabeledCrops]:
-    """Split a labelled cache into a seeded random labelled subset and the unlabelled rest.
+                  augment: AugmentConfig | None = None, rows: np.ndarray | None = None
+                  ) -> tuple[LabeledCrops, UnlabeledCrops]:
+    """Split a labelled cache (or its ``rows``) into a seeded random labelled subset and the
+    unlabelled rest.
 
     The subset is the first ``count`` rows of one seeded permutation, so for a given seed a
     smaller labelled set is contained in every larger one (a label-efficiency study adds labels
@@ -940,14 +942,19 @@ def split_labeled(cache: CropCache, labeled_fraction: float | None = None,
         labeled_count: number of labelled rows in [1, N] instead of a fraction.
         seed: seed of the draw (and of both datasets' augmentation).
         augment: augmentation for both datasets (None = none).
+        rows: the cache rows to split (default all; e.g. all but a validation hold-out). The
+            fraction and count refer to these rows.
 
     Returns:
-        (LabeledCrops, UnlabeledCrops), with disjoint row sets that together cover the cache.
+        (LabeledCrops, UnlabeledCrops), with disjoint row sets that together cover ``rows``.
     """
     if not cache.labeled:
         raise HandganError(f"{cache.path}: the cache has no labels (unlabelled source); "
                            "use all_unlabeled(cache)")
-    n = len(cache)
+    rows = np.arange(len(cache)) if rows is None else np.sort(np.asarray(rows, np.int64))
+    n = len(rows)
+    if n == 0:
+        raise HandganError(f"{cache.path}: no rows to split")
     if (labeled_fraction is None) == (labeled_count is None):
         raise HandganError("give either labeled_fraction or labeled_count, not "
                            f"{'both' if labeled_count is not None else 'neither'}")
@@ -964,7 +971,7 @@ def split_labeled(cache: CropCache, labeled_fraction: float | None = None,
                                f"{n} crops), got {count!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise HandganError(f"seed must be a whole number >= 0, got {seed!r}")
-    order = np.random.default_rng(seed).permutation(n)
+    order = rows[np.random.default_rng(seed).permutation(n)]
     labeled_rows, unlabeled_rows = np.sort(order[:count]), np.sort(order[count:])
     labeled = LabeledCrops(cache, labeled_rows, augment=augment, seed=seed)
     unlabeled = UnlabeledCrops(cache.crops, unlabeled_rows,

@@ -95,9 +95,21 @@ class Discriminator(nn.Module):
                                   nn.LeakyReLU(0.2, inplace=True),
                                   nn.Linear(cfg.pose_hidden, cfg.num_joints * 3))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, S, S) -> real/fake logits (B,) and joints (B, J, 3)."""
+    def forward(self, x: torch.Tensor, heads: str = "both"
+                ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """(B, 1, S, S) -> real/fake logits (B,) and joints (B, J, 3) (``heads="both"``), or the
+        logits alone (``"real_fake"``) or the joints alone (``"pose"``).
+
+        Choosing the head through ``forward`` (not the methods below) is what lets a
+        DistributedDataParallel wrapper see every use of the network and synchronise its gradients.
+        """
         h = self.trunk(x)
+        if heads == "real_fake":
+            return self.real_fake(h).squeeze(1)
+        if heads == "pose":
+            return self.pose(h).view(-1, self.cfg.num_joints, 3)
+        if heads != "both":
+            raise ValueError(f"heads must be 'both', 'real_fake' or 'pose', got {heads!r}")
         return self.real_fake(h).squeeze(1), self.pose(h).view(-1, self.cfg.num_joints, 3)
 
     def real_fake_logits(self, x: torch.Tensor) -> torch.Tensor:

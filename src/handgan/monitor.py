@@ -72,6 +72,11 @@ class ScalarWriter:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._writer.add_scalar(f"{prefix}{name}", value, step)
 
+    def add_image(self, tag: str, image, step: int) -> None:
+        """An (H, W) uint8 grey image."""
+        if self._writer is not None:
+            self._writer.add_image(tag, image, step, dataformats="HW")
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -6,11 +6,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a screen
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from handgan.atomic import atomic_write  # noqa: E402
-from handgan.joints import NYU14_EDGES, NYU_EVAL_IDS  # noqa: E402
+from handgan.atomic import atomic_write
+from handgan.joints import NYU14_EDGES, NYU_EVAL_IDS
 
 # One colour per finger in the 14-joint layout: little, ring, middle, index, thumb, palm.
 _FINGER_OF_JOINT14 = (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5)
@@ -82,3 +82,38 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
 def eval14(joints36: np.ndarray) -> np.ndarray:
     """Select the 14 evaluation joints from (..., 36, 3) NYU arrays."""
     return np.asarray(joints36)[..., list(NYU_EVAL_IDS), :]
+
+
+def crop_pairs_image(real: np.ndarray, fake: np.ndarray, cols: int = 4, gap: int = 2) -> np.ndarray:
+    """Real crops beside Gen(their joints): a grey uint8 image of ``cols`` pairs per row.
+
+    Args:
+        real, fake: (N, S, S) normalised crops in [-1, 1] (near = dark, background = white).
+        cols: pairs per row.
+        gap: white pixels between pairs (none between a real crop and its generated twin).
+
+    Returns:
+        (H, W) uint8, ready for a PNG file or TensorBoard's ``add_image(..., dataformats="HW")``.
+    """
+    real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)
+    n, s = real.shape[0], real.shape[-1]
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    image = np.full((rows * (s + gap) - gap, cols * (2 * s + gap) - gap), 255, np.uint8)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        y, x = r * (s + gap), c * (2 * s + gap)
+        pair = np.concatenate([real[k], fake[k]], axis=1)
+        image[y:y + s, x:x + 2 * s] = np.round((np.clip(pair, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return image
+
+
+def write_grey_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an (H, W) uint8 image as a PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: Image.fromarray(image, mode="L").save(f, format="PNG"),
+                 durable=False)
+    return path

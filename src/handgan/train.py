@@ -22,11 +22,14 @@ import math
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset
 
 from handgan.atomic import atomic_write
 from handgan.checkpoint import (
@@ -47,6 +50,14 @@ from handgan.dataset import (
     load_or_build_cache,
     split_labeled,
 )
+from handgan.distributed import (
+    DistInfo,
+    barrier,
+    gather_objects,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+)
 from handgan.errors import HandganError
 from handgan.losses import (
     discriminator_gan_loss,
@@ -56,6 +67,7 @@ from handgan.losses import (
 )
 from handgan.models import Discriminator, Generator, init_weights
 from handgan.monitor import JsonlWriter, ScalarWriter, progress_bar
+from handgan.plots import crop_pairs_image, write_grey_png
 
 EVAL_BATCH = 256
 
@@ -137,9 +149,51 @@ def _cache(spec, split: str, cfg: TrainConfig, progress: bool) -> CropCache:
                                progress=progress, on_bad=cfg.data.on_bad)
 
 
-def load_data(cfg: TrainConfig, progress: bool = True
-              ) -> tuple[LabeledCrops, UnlabeledPool, LabeledCrops | None, np.ndarray]:
-    """(labelled train crops, unlabelled pool, test crops or None, mean normalised train pose)."""
+def crop_metadata(cache: CropCache, cfg: TrainConfig) -> dict:
+    """What inference needs to crop a new frame the way the training crops were made; saved in
+    every checkpoint under ``"crop"`` (plain data, ``weights_only``-safe)."""
+    cubes = cache.transforms[:, 3:6]
+    intr = cache.intrinsics
+    return {
+        "size": int(cache.size),
+        "cube_mm": [float(c) for c in np.median(cubes, axis=0)] if len(cubes) else None,
+        "centre": cfg.data.centre,
+        "joint_names": list(cache.joint_names),
+        "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy,
+                       "width": intr.width, "height": intr.height, "y_up": intr.y_up},
+        "source": cfg.data.source,
+    }
+
+
+@dataclass
+class TrainData:
+    """What one run trains and evaluates on."""
+
+    labeled: LabeledCrops          # labelled training crops (augmented)
+    unlabeled: UnlabeledPool       # unlabelled training crops (+ any --unlabeled source)
+    val: LabeledCrops | None       # held-out training frames that choose best.pt
+    test: LabeledCrops | None      # the source's test split: reported, never used to choose
+    mean_pose: np.ndarray          # (J, 3) mean normalised labelled pose: the baseline
+    crop: dict                     # crop_metadata() of the training crops
+    train_cache: CropCache         # the training split's crops (labelled, val and unlabelled)
+
+
+def validation_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of an n-row training cache; no validation rows for
+    ``fraction == 0``. Drawn with its own seeded stream, so the labelled draw among the
+    training rows does not depend on the hold-out's size."""
+    if fraction <= 0:
+        return np.arange(n), np.arange(0)
+    n_val = max(1, math.floor(fraction * n + 0.5))
+    if n_val >= n:
+        raise HandganError(f"{n} training frames: too few to hold out {fraction:g} for validation "
+                           "(set data.val_fraction=0)")
+    order = np.random.default_rng((seed, 0x7A1)).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
+    """Open (building on first use) the crop caches of the configured sources and split them."""
     spec = parse_source(cfg.data.source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
@@ -149,7 +203,12 @@ def load_data(cfg: TrainConfig, progress: bool = True
     amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None
               else {"labeled_fraction": d.labeled_fraction})
     augment = _augment(cfg)
-    labeled, unlabeled = split_labeled(train_cache, **amount, seed=d.split_seed, augment=augment)
+    if not train_cache.labeled:
+        raise HandganError(f"{spec}: the training split has no labels; give it as --unlabeled "
+                           "and train on a labelled source")
+    train_rows, val_rows = validation_rows(len(train_cache), d.val_fraction, d.split_seed)
+    labeled, unlabeled = split_labeled(train_cache, **amount, seed=d.split_seed, augment=augment,
+                                       rows=train_rows)
     parts = [unlabeled]
     if d.unlabeled and d.unlabeled.lower() not in ("none", "null"):
         extra_spec = parse_source(d.unlabeled)
@@ -157,20 +216,62 @@ def load_data(cfg: TrainConfig, progress: bool = True
         extra = _cache(extra_spec, split_names(extra_spec)[0], cfg, progress)
         parts.append(all_unlabeled(extra, augment=augment, seed=d.split_seed))
     mean_pose = np.asarray(train_cache.joints_norm[labeled.indices], np.float64).mean(axis=0)
+    val = LabeledCrops(train_cache, val_rows) if len(val_rows) else None
     test = all_labeled(test_cache) if test_cache is not None else None
-    return labeled, UnlabeledPool(parts), test, mean_pose
+    return TrainData(labeled, UnlabeledPool(parts), val, test, mean_pose,
+                     crop_metadata(train_cache, cfg), train_cache)
+
+
+class EpochBatches(Dataset):
+    """Batch ``b`` of one epoch, this process's share: (labelled crops, joints, unlabelled crops
+    or None). Every batch is a pure function of the epoch's orders, so worker processes can
+    prepare batches ahead (augmentation included) and the run is the same with any number of
+    workers."""
+
+    def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
+                 order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice):
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch
+
+    def __getitem__(self, b: int):
+        window = slice(b * self.batch, (b + 1) * self.batch)
+        x_l, j_l = self.labeled.sample_batch(self.order[window][self.share])
+        x_u = None
+        if self.order_u is not None:
+            x_u = self.unlabeled.sample_batch(self.order_u[window][self.share])
+        return x_l, j_l, x_u
+
+
+def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):
+    """Batches ``start..`` of an epoch, prepared by ``workers`` processes ahead of training (in
+    order), or in this process for ``workers == 0``."""
+    if workers == 0:
+        return (batches[b] for b in range(start, len(batches)))
+    # A private generator: the loader's seed draw must not move torch's global RNG.
+    return iter(DataLoader(batches, batch_size=None, sampler=range(start, len(batches)),
+                           num_workers=workers, pin_memory=pin, prefetch_factor=4,
+                           generator=torch.Generator()))
 
 
 # --------------------------------------------------------------------------------------------
 # One step
 # --------------------------------------------------------------------------------------------
 
-def gan_step(gen: Generator, dis: Discriminator, opt_g: torch.optim.Optimizer,
+def unwrap(module: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (or the module itself)."""
+    return module.module if isinstance(module, DDP) else module
+
+
+def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
-    Unlabelled crops ``x_u`` only ever go through ``dis.real_fake_logits``: they cannot reach L_J.
+    ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
+    crops ``x_u`` only ever go through the real/fake head: they cannot reach L_J.
     """
     w = cfg.loss
     j_g = j_l
@@ -184,14 +285,15 @@ def gan_step(gen: Generator, dis: Discriminator, opt_g: torch.optim.Optimizer,
     ############################
     opt_d.zero_grad(set_to_none=True)
     with autocast():
-        x_g = gen(j_g).detach()  # no gradient into Gen here
+        with torch.no_grad():  # no gradient into Gen here
+            x_g = gen(j_g)
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
         if x_u is not None and len(x_u):
-            real_logits = torch.cat([real_logits, dis.real_fake_logits(x_u)])  # real/fake only
+            real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
         if w.fake_pose_loss:
             fake_logits, pose_g = dis(x_g)
         else:
-            fake_logits = dis.real_fake_logits(x_g)
+            fake_logits = dis(x_g, heads="real_fake")
         loss_j = joint_loss(pose_l.float(), j_l)
         loss_gan = discriminator_gan_loss(real_logits.float(), fake_logits.float())
         loss_d = w.w_joint * loss_j + w.w_gan * loss_gan
@@ -210,10 +312,12 @@ def gan_step(gen: Generator, dis: Discriminator, opt_g: torch.optim.Optimizer,
     with autocast():
         x_g = gen(j_l)
         loss_rec = reconstruction_loss(x_l, x_g.float(), w.tau, w.recons_mode)
-        loss_adv = generator_adversarial_loss(dis.real_fake_logits(x_g).float())
+        # Dis without its DDP wrapper: its gradients here are never used (they are cleared
+        # before its next step), so there is nothing to synchronise.
+        loss_adv = generator_adversarial_loss(unwrap(dis)(x_g, heads="real_fake").float())
         loss_g = w.w_recons * loss_rec + w.w_gen_adv * loss_adv
     loss_g.backward()
-    opt_g.step()  # Dis also received gradients here; they are cleared before its next step
+    opt_g.step()
 
     out = {"loss_dis": loss_d.item(), "loss_joint": loss_j.item(), "loss_gan": loss_gan.item(),
            "loss_gen": loss_g.item(), "loss_recons": loss_rec.item(),
@@ -223,7 +327,7 @@ def gan_step(gen: Generator, dis: Discriminator, opt_g: torch.optim.Optimizer,
     return out
 
 
-def supervised_step(dis: Discriminator, opt_d: torch.optim.Optimizer, x_l: torch.Tensor,
+def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Tensor,
                     j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext) -> dict[str, float]:
     """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone."""
     ############################
@@ -231,7 +335,7 @@ def supervised_step(dis: Discriminator, opt_d: torch.optim.Optimizer, x_l: torch
     ############################
     opt_d.zero_grad(set_to_none=True)
     with autocast():
-        loss_j = joint_loss(dis.estimate(x_l).float(), j_l)
+        loss_j = joint_loss(dis(x_l, heads="pose").float(), j_l)
         loss = cfg.loss.w_joint * loss_j
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
@@ -271,25 +375,56 @@ def mean_joint_error_mm(pred_norm: np.ndarray, crops: LabeledCrops) -> float:
 # The loop
 # --------------------------------------------------------------------------------------------
 
+def _sample_set(data: TrainData, count: int = 8) -> LabeledCrops:
+    """The fixed crops drawn beside Gen(their joints) every epoch (validation if held out)."""
+    source = data.val if data.val is not None else data.labeled
+    return LabeledCrops(data.train_cache, source.indices[:count])
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           progress: bool = True) -> Path:
     """Train ``cfg`` into ``run_dir`` (created); returns the run folder.
 
     With ``resume`` the run continues from ``run_dir/checkpoints/last.pt`` with every RNG state
-    restored, so it matches an uninterrupted run with the same config.
+    restored, so it matches an uninterrupted run with the same config. Under torchrun every
+    process calls this; rank 0 writes the run folder.
     """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     manager = CheckpointManager(ckpt_dir)
     if resume and manager.latest() is None:
         raise HandganError(f"{ckpt_dir}: no last.pt to resume from")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
 
     device = resolve_device(cfg.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    try:
+        return _train(cfg, run_dir, manager, resume, progress, device, info)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: bool,
+           progress: bool, device: torch.device, info: DistInfo) -> Path:
+    main = info.is_main
+    progress = progress and main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+
     seed_everything(cfg.seed)
-    labeled, unlabeled, test, mean_pose = load_data(cfg, progress)
+    if main:  # rank 0 builds the caches; the others then open them
+        data = load_data(cfg, progress)
+    barrier(info)
+    if not main:
+        data = load_data(cfg, progress=False)
+    labeled, unlabeled = data.labeled, data.unlabeled
     batch = cfg.optim.batch_size
+    if batch % info.world_size:
+        raise HandganError(f"optim.batch_size={batch} does not split over {info.world_size} "
+                           "processes; use a multiple of the process count")
+    share = slice(info.rank * batch // info.world_size, (info.rank + 1) * batch // info.world_size)
     steps_per_epoch = len(labeled) // batch
     if steps_per_epoch == 0:
         raise HandganError(f"{len(labeled)} labelled crops: fewer than one batch of {batch}; "
@@ -301,14 +436,19 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     use_unlabeled = gan and len(unlabeled) > 0
 
     seed_everything(cfg.seed)
-    gen, dis = build_models(cfg, device)
+    gen, dis = build_models(cfg, device)  # the same initial weights in every process
+    if info.enabled:  # ...but each process its own noise
+        torch.manual_seed(cfg.seed * info.world_size + info.rank)
+    cuda = device.type == "cuda"
+    if cuda and cfg.channels_last:
+        gen.to(memory_format=torch.channels_last)
+        dis.to(memory_format=torch.channels_last)
     opt_g, opt_d = build_optimizers(cfg, gen, dis)
     perm_rng = np.random.default_rng(cfg.seed)  # batch order (labelled, then unlabelled)
-    amp = cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.amp and cuda
+                else nullcontext)
 
-    epoch, batch_in_epoch, step, best = 0, 0, 0, math.inf
-    epoch_start_state = capture_rng_state({"perm": perm_rng})
+    epoch, batch_in_epoch, step, best, best_epoch = 0, 0, 0, math.inf, None
     if resume:
         ckpt = load_checkpoint(manager.last_path, map_location=device)
         gen.load_state_dict(ckpt["generator"])
@@ -317,45 +457,91 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         opt_d.load_state_dict(ckpt["opt_d"])
         epoch, batch_in_epoch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         best = ckpt["best_metric"] if ckpt["best_metric"] is not None else math.inf
-        restore_rng_state(ckpt["rng"])
+        best_epoch = ckpt.get("best_epoch")
+        rng = ckpt["rng"]
+        ranks = ckpt.get("rng_ranks")
+        if ranks is not None and len(ranks) == info.world_size:
+            rng = ranks[info.rank]
         restore_rng_state(ckpt["rng_epoch_start"], {"perm": perm_rng})  # redraw this epoch
-        restore_rng_state(ckpt["rng"])  # ...but keep the current python/numpy/torch states
-        epoch_start_state = ckpt["rng_epoch_start"]
+        restore_rng_state(rng)  # ...and every other generator where it stopped
+
+    if cfg.compile:  # in place, so state dicts and the DDP wrappers see the plain modules
+        for module in (gen, dis.trunk, dis.real_fake, dis.pose):
+            module.compile()
+    gen_t, dis_t = gen, dis  # what the steps call: the networks, or their DDP wrappers
+    if info.enabled:
+        ids = [device.index] if cuda else None
+        gen_t = DDP(gen, device_ids=ids)
+        # Supervised mode never uses the real/fake head: DDP must be told to expect that.
+        dis_t = DDP(dis, device_ids=ids, find_unused_parameters=not gan)
 
     gen.train()
     dis.train()
-    metrics = JsonlWriter(run_dir / "metrics.jsonl")
-    scalars = ScalarWriter(run_dir / "tb")
+    metrics = JsonlWriter(run_dir / "metrics.jsonl") if main else None
+    scalars = ScalarWriter(run_dir / "tb") if main else None
     bar = progress_bar(total_steps, initial=step, enabled=progress)
-    baseline = None
-    if test is not None:
-        baseline = mean_joint_error_mm(mean_pose, test)
-    last_eval: float | None = None
+    baseline = mean_joint_error_mm(data.mean_pose, data.test) if data.test is not None else None
+    selection = "val" if data.val is not None else "test"
+    samples = _sample_set(data) if gan and cfg.sample_every_epochs and main else None
+    last_eval: dict[str, float | None] = {}
     train_seconds, crops_seen = 0.0, 0
     started = time.perf_counter()
 
     def evaluate(epoch_done: int) -> float | None:
-        nonlocal last_eval
-        if test is None:
+        """Rank 0: validation and test error; returns the error that chooses best.pt."""
+        errors = {f"{name}_mean_error_mm": mean_joint_error_mm(predict(dis, crops, device), crops)
+                  for name, crops in (("val", data.val), ("test", data.test)) if crops is not None}
+        if not errors:
             return None
-        last_eval = mean_joint_error_mm(predict(dis, test, device), test)
-        record = {"event": "eval", "step": step, "epoch": epoch_done,
-                  "mean_error_mm": last_eval, "mean_pose_baseline_mm": baseline}
-        metrics.write(record)
-        scalars.add_scalars({"mean_error_mm": last_eval}, step, "eval/")
-        return last_eval
+        last_eval.clear()
+        last_eval.update(errors)
+        metrics.write({"event": "eval", "step": step, "epoch": epoch_done, **errors,
+                       "mean_error_mm": errors.get("test_mean_error_mm"),
+                       "mean_pose_baseline_mm": baseline})
+        scalars.add_scalars(errors, step, "eval/")
+        return errors[f"{selection}_mean_error_mm"]
+
+    def draw_samples(epoch_done: int) -> None:
+        x, j = samples.sample_batch(np.arange(len(samples)))
+        gen.eval()
+        with torch.no_grad():
+            noise = torch.zeros(len(j), cfg.model.noise_dim, device=device)  # no RNG draw
+            fake = gen(j.to(device), noise).float().cpu().numpy()[:, 0]
+        gen.train()
+        image = crop_pairs_image(x.numpy()[:, 0], fake)
+        write_grey_png(run_dir / "samples" / f"epoch_{epoch_done:03d}.png", image)
+        scalars.add_image("samples/real_vs_generated", image, step)
 
     def checkpoint(epoch_next: int, batch_next: int, epoch_start_state: dict,
                    is_best: bool) -> None:
-        manager.save({
-            "config": to_dict(cfg), "mode": cfg.mode,
-            "generator": gen.state_dict(), "discriminator": dis.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "epoch": epoch_next, "batch_in_epoch": batch_next, "step": step,
-            "best_metric": best if math.isfinite(best) else None,
-            "rng": capture_rng_state(), "rng_epoch_start": epoch_start_state,
-        }, is_best=is_best)
+        rng_ranks = gather_objects(capture_rng_state(), info)  # every process calls this
+        if main:
+            manager.save({
+                "config": to_dict(cfg), "mode": cfg.mode, "crop": data.crop,
+                "generator": gen.state_dict(), "discriminator": dis.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "epoch": epoch_next, "batch_in_epoch": batch_next, "step": step,
+                "best_metric": best if math.isfinite(best) else None, "best_epoch": best_epoch,
+                "selection_split": selection, "world_size": info.world_size,
+                "rng": rng_ranks[0], "rng_ranks": rng_ranks if info.enabled else None,
+                "rng_epoch_start": epoch_start_state,
+            }, is_best=is_best)
+        barrier(info)
 
+    def end_of_epoch(epoch_done: int, batch_next: int, epoch_start_state: dict,
+                     force_eval: bool) -> None:
+        nonlocal best, best_epoch
+        is_best = False
+        if main and (force_eval or epoch_done % cfg.eval_every_epochs == 0
+                     or epoch_done == cfg.optim.epochs):
+            err = evaluate(epoch_done)
+            if err is not None and err < best:
+                best, best_epoch, is_best = err, epoch_done, True
+        if samples is not None and batch_next == 0 and epoch_done % cfg.sample_every_epochs == 0:
+            draw_samples(epoch_done)
+        checkpoint(epoch_done, batch_next, epoch_start_state, is_best)
+
+    pin = cuda
     try:
         while epoch < cfg.optim.epochs and step < total_steps:
             # This epoch's batch order; its generator state is what a checkpoint saved mid-epoch
@@ -364,69 +550,73 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             labeled.set_epoch(epoch)
             unlabeled.set_epoch(epoch)
             order = perm_rng.permutation(len(labeled))
+            order_u = None
             if use_unlabeled:
                 reps = math.ceil(steps_per_epoch * batch / len(unlabeled))
                 order_u = np.concatenate([perm_rng.permutation(len(unlabeled))
                                           for _ in range(reps)])
-            for b in range(batch_in_epoch, steps_per_epoch):
-                if step >= total_steps:
-                    break
+            batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share)
+            start_batch = batch_in_epoch
+            n_batches = min(steps_per_epoch - start_batch, total_steps - step)
+            loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
+                                     pin)
+            for b in range(start_batch, start_batch + n_batches):
+                x_l, j_l, x_u = next(loader)
                 t0 = time.perf_counter()
-                x_l, j_l = labeled.sample_batch(order[b * batch:(b + 1) * batch])
-                x_l, j_l = x_l.to(device, non_blocking=True), j_l.to(device, non_blocking=True)
+                mf = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
+                x_l = x_l.to(device, non_blocking=True, memory_format=mf)
+                j_l = j_l.to(device, non_blocking=True)
                 if gan:
-                    x_u = None
-                    if use_unlabeled:
-                        x_u = unlabeled.sample_batch(order_u[b * batch:(b + 1) * batch])
-                        x_u = x_u.to(device, non_blocking=True)
-                    losses = gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast)
+                    if x_u is not None:
+                        x_u = x_u.to(device, non_blocking=True, memory_format=mf)
+                    losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast)
                 else:
-                    losses = supervised_step(dis, opt_d, x_l, j_l, cfg, autocast)
+                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast)
                 train_seconds += time.perf_counter() - t0
-                crops_seen += len(x_l)
+                crops_seen += batch
                 step += 1
+                batch_in_epoch = b + 1
+                if step % cfg.log_every == 0:
+                    losses = mean_over_ranks(losses, info, device)
+                    if main:
+                        metrics.write({"event": "train", "step": step, "epoch": epoch, **losses})
+                        scalars.add_scalars(losses, step, "train/")
                 bar.update(1)
                 bar.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items()},
                                 refresh=False)
-                if step % cfg.log_every == 0:
-                    metrics.write({"event": "train", "step": step, "epoch": epoch, **losses})
-                    scalars.add_scalars(losses, step, "train/")
-                batch_in_epoch = b + 1
+            del loader  # stops its workers
             if batch_in_epoch < steps_per_epoch:  # stopped mid-epoch by max_steps
                 break
             epoch, batch_in_epoch = epoch + 1, 0
-            is_best = False
-            if epoch % cfg.eval_every_epochs == 0 or epoch == cfg.optim.epochs:
-                err = evaluate(epoch)
-                if err is not None and err < best:
-                    best, is_best = err, True
-            checkpoint(epoch, 0, capture_rng_state({"perm": perm_rng}), is_best)
+            end_of_epoch(epoch, 0, capture_rng_state({"perm": perm_rng}), force_eval=False)
 
         # The end (all epochs, or max_steps): a final evaluation and a loadable checkpoint.
         if batch_in_epoch:  # mid-epoch: resume redraws this epoch's order and skips what is done
-            err = evaluate(epoch)
-            is_best = err is not None and err < best
-            best = err if is_best else best
-            checkpoint(epoch, batch_in_epoch, epoch_start_state, is_best)
-        elif last_eval is None and test is not None:
-            err = evaluate(epoch)
-            if err is not None and err < best:
-                best = err
-                checkpoint(epoch, 0, capture_rng_state({"perm": perm_rng}), True)
+            end_of_epoch(epoch, batch_in_epoch, epoch_start_state, force_eval=True)
+        elif main and not last_eval and (data.val is not None or data.test is not None):
+            end_of_epoch(epoch, 0, capture_rng_state({"perm": perm_rng}), force_eval=True)
     finally:
         bar.close()
-        metrics.close()
-        scalars.close()
+        if main:
+            metrics.close()
+            scalars.close()
 
-    summary = {
-        "mode": cfg.mode, "final_mean_error_mm": last_eval,
-        "best_mean_error_mm": best if math.isfinite(best) else None,
-        "mean_pose_baseline_mm": baseline, "steps": step, "epochs_done": epoch,
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "train_seconds": round(train_seconds, 3),
-        "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
-        "device": str(device),
-    }
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(run_dir / "summary.json", lambda f: f.write(text.encode("utf-8")))
+    if main:
+        summary = {
+            "mode": cfg.mode,
+            "final_mean_error_mm": last_eval.get("test_mean_error_mm"),
+            "final_val_mean_error_mm": last_eval.get("val_mean_error_mm"),
+            "mean_pose_baseline_mm": baseline,
+            "selection_split": selection,
+            "best_selection_error_mm": best if math.isfinite(best) else None,
+            "best_epoch": best_epoch,
+            "steps": step, "epochs_done": epoch,
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            "train_seconds": round(train_seconds, 3),
+            "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
+            "device": str(device), "world_size": info.world_size,
+        }
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(run_dir / "summary.json", lambda f: f.write(text.encode("utf-8")))
+    barrier(info)
     return run_dir

@@ -1,0 +1,172 @@
+"""Score several methods' prediction files against one ground truth: ``handgan compare``.
+
+The result is a plain dict (JSON-ready)::
+
+    {"dataset": "nyu", "curve": "max-frame", "frames": 8252, "gt": "...",
+     "joints": [J names],
+     "methods": {NAME: {"file": "...", "mean_error_mm": float, "per_joint_mm": [J floats],
+                        "success": {"thresholds": [T floats], "rates": [T floats]},
+                        "auc": float}, ...}}
+
+with ``methods`` ordered best (lowest mean error) first.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from handgan.atomic import atomic_write_text
+from handgan.errors import HandganError
+from handgan.evaluation.metrics import (
+    CURVE_KINDS,
+    DEFAULT_CURVE,
+    DEFAULT_MAX_THRESHOLD_MM,
+    DEFAULT_STEP_MM,
+    get_layout,
+    joint_errors_uvd,
+    mean_error_mm,
+    per_joint_error_mm,
+    success_auc,
+    success_rates,
+    thresholds_mm,
+)
+from handgan.evaluation.predfile import check_frame_count, read_predictions
+
+SUCCESS_PNG = "success.png"
+PER_JOINT_PNG = "per_joint.png"
+COMPARE_JSON = "compare.json"
+
+
+def parse_method_specs(specs: Sequence[str]) -> dict[str, Path]:
+    """Parse ``NAME=PATH`` command-line items into an ordered name -> path dict.
+
+    Args:
+        specs: items such as ``"DeepPrior++=results/nyu/ICCVW17_NYU_DeepPrior++.txt"``; the name
+            ends at the first ``=``, so paths may contain ``=``.
+
+    Returns:
+        Name -> path, in the given order.
+
+    Raises:
+        HandganError: on a missing ``=``, an empty name or path, or a repeated name.
+    """
+    methods: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise HandganError(f"expected NAME=PRED.txt, got {spec!r}")
+        if name in methods:
+            raise HandganError(f"method name {name!r} given twice")
+        methods[name] = Path(path)
+    return methods
+
+
+def compare_methods(dataset: str, gt_path: str | os.PathLike,
+                    predictions: Mapping[str, str | os.PathLike], curve: str = DEFAULT_CURVE,
+                    max_mm: float = DEFAULT_MAX_THRESHOLD_MM, step_mm: float = DEFAULT_STEP_MM
+                    ) -> dict:
+    """Score prediction files against a ground-truth file, as the field does.
+
+    Args:
+        dataset: ``nyu``, ``icvl``, ``msra`` or ``synthetic`` (joint count, names, intrinsics).
+        gt_path: ground-truth file in the field's format.
+        predictions: method name -> prediction file (same format, same frames in the same order).
+        curve: success curve kind: ``max-frame`` (default), ``mean-frame`` or ``joint``.
+        max_mm: last success threshold in mm (default 80).
+        step_mm: threshold spacing in mm (default 1).
+
+    Returns:
+        The result dict described in the module docstring, methods best first.
+
+    Raises:
+        HandganError: unknown dataset or curve, no methods, or a missing/malformed/mismatched file.
+    """
+    layout = get_layout(dataset)
+    if curve not in CURVE_KINDS:
+        raise HandganError(f"unknown success curve {curve!r} (expected one of {list(CURVE_KINDS)})")
+    if not predictions:
+        raise HandganError("no prediction files to compare")
+    thresholds = thresholds_mm(max_mm, step_mm)
+    gt = read_predictions(gt_path)
+    if gt.shape[1] != layout.n_joints:
+        raise HandganError(f"{gt_path}: {gt.shape[1]} joints per frame, but {layout.name} has "
+                           f"{layout.n_joints} (wrong dataset?)")
+    methods = {}
+    for name, path in predictions.items():
+        pred = read_predictions(path, layout.n_joints)
+        check_frame_count(path, pred, gt_path, gt)
+        errors = joint_errors_uvd(pred, gt, layout.intrinsics)
+        rates = success_rates(errors, thresholds, curve)
+        methods[name] = {
+            "file": str(path),
+            "mean_error_mm": mean_error_mm(errors),
+            "per_joint_mm": per_joint_error_mm(errors).tolist(),
+            "success": {"thresholds": thresholds.tolist(), "rates": rates.tolist()},
+            "auc": success_auc(thresholds, rates),
+        }
+    ranked = sorted(methods, key=lambda n: methods[n]["mean_error_mm"])  # stable: ties keep order
+    return {
+        "dataset": layout.name,
+        "curve": curve,
+        "frames": int(gt.shape[0]),
+        "gt": str(gt_path),
+        "joints": list(layout.joint_names),
+        "methods": {name: methods[name] for name in ranked},
+    }
+
+
+def format_table(result: Mapping) -> str:
+    """A text table of a ``compare_methods`` result: rank, method, mean error, AUC.
+
+    Args:
+        result: the dict returned by ``compare_methods``.
+
+    Returns:
+        The table, lines joined by newlines (no final newline).
+    """
+    methods = result["methods"]
+    t = next(iter(methods.values()))["success"]["thresholds"]
+    auc_head = f"AUC {t[0]:g}-{t[-1]:g} mm"
+    width = max(len("method"), *(len(name) for name in methods))
+    title = (f"{result['dataset']}: {result['frames']} frames x {len(result['joints'])} joints, "
+             f"{result['curve']} success curve")
+    lines = [title, f"{'#':>2}  {'method':<{width}}  {'mean error (mm)':>15}  {auc_head}"]
+    for rank, (name, m) in enumerate(methods.items(), start=1):
+        lines.append(f"{rank:>2}  {name:<{width}}  {m['mean_error_mm']:>15.3f}  "
+                     f"{m['auc']:>{len(auc_head)}.3f}")
+    return "\n".join(lines)
+
+
+def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the success-curve PNG, the per-joint PNG and ``compare.json`` into a folder.
+
+    Args:
+        result: the dict returned by ``compare_methods``.
+        out_dir: output folder (created if missing); files in it with the same names are replaced.
+
+    Returns:
+        ``{"success": path, "per_joint": path, "json": path}``.
+    """
+    from handgan.evaluation.figures import plot_per_joint_errors, plot_success_curves
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise HandganError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    methods = result["methods"]
+    means = {name: m["mean_error_mm"] for name, m in methods.items()}
+    first = next(iter(methods.values()))
+    title = f"{result['dataset'].upper()} test set, {result['frames']} frames"
+    success = plot_success_curves(
+        out / SUCCESS_PNG, first["success"]["thresholds"],
+        {name: m["success"]["rates"] for name, m in methods.items()}, means,
+        curve=result["curve"], title=title)
+    per_joint = plot_per_joint_errors(
+        out / PER_JOINT_PNG, result["joints"],
+        {name: m["per_joint_mm"] for name, m in methods.items()}, means, title=title)
+    json_path = out / COMPARE_JSON
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    return {"success": success, "per_joint": per_joint, "json": json_path}

@@ -1,0 +1,106 @@
+"""The field's two comparison figures: success-rate curves and per-joint mean errors (PNG).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: no global figure
+registry and no backend to select, so nothing leaks between calls and no screen is ever needed.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from handgan.atomic import atomic_write
+
+# What the y axis of each curve kind counts (the field's wording).
+_CURVE_LABELS = {
+    "max-frame": "frames with all joints within D (%)",
+    "mean-frame": "frames with mean joint error within D (%)",
+    "joint": "joints within D (%)",
+}
+_DPI = 110
+
+
+def plot_success_curves(out: str | os.PathLike, thresholds_mm: Sequence[float],
+                        rates: Mapping[str, Sequence[float]],
+                        mean_errors_mm: Mapping[str, float], curve: str = "max-frame",
+                        title: str | None = None) -> Path:
+    """Success-rate curves, one line per method, over thresholds 0..80 mm.
+
+    Args:
+        out: PNG path to write (atomically).
+        thresholds_mm: (T,) thresholds D in mm shared by all methods.
+        rates: method name -> (T,) success fractions in [0, 1], in legend order.
+        mean_errors_mm: method name -> mean 3D error, shown in the legend.
+        curve: which success curve the rates are (sets the y label).
+        title: figure title, or None for none.
+
+    Returns:
+        The PNG path.
+    """
+    t = np.asarray(thresholds_mm, dtype=np.float64)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    for name, r in rates.items():
+        ax.plot(t, 100.0 * np.asarray(r, dtype=np.float64), lw=2.0,
+                label=f"{name} ({mean_errors_mm[name]:.2f} mm)")
+    ax.set_xlim(t[0], t[-1])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("error threshold D (mm)")
+    ax.set_ylabel(_CURVE_LABELS.get(curve, "success rate (%)"))
+    ax.grid(True, alpha=0.4)
+    # Curves climb from the lower left to the upper right, so the lower right stays empty.
+    ax.legend(loc="lower right", title="method (mean error)", fontsize=9, title_fontsize=9)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_per_joint_errors(out: str | os.PathLike, joint_names: Sequence[str],
+                          per_joint_mm: Mapping[str, Sequence[float]],
+                          mean_errors_mm: Mapping[str, float], title: str | None = None) -> Path:
+    """Grouped bar chart of per-joint mean errors, plus a "mean" group, one colour per method.
+
+    Args:
+        out: PNG path to write (atomically).
+        joint_names: the J joint names in line order (x axis).
+        per_joint_mm: method name -> (J,) per-joint mean errors in mm, in legend order.
+        mean_errors_mm: method name -> mean 3D error (the last, "mean" group).
+        title: figure title, or None for none.
+
+    Returns:
+        The PNG path.
+    """
+    labels = [*joint_names, "mean"]
+    methods = list(per_joint_mm)
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(methods), 1)
+    fig = Figure(figsize=(max(6.4, 0.55 * len(labels) + 2.0), 4.8))
+    ax = fig.subplots()
+    for k, name in enumerate(methods):
+        heights = [*np.asarray(per_joint_mm[name], dtype=np.float64), mean_errors_mm[name]]
+        ax.bar(x + (k - (len(methods) - 1) / 2) * width, heights, width, label=name)
+    ax.axvline(len(joint_names) - 0.5, color="0.5", lw=0.8, ls="--")  # joints | overall mean
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_ylabel("mean error (mm)")
+    ax.grid(True, axis="y", alpha=0.4)
+    ax.set_axisbelow(True)
+    # Headroom above the tallest bar so the legend sits over empty space, not over bars.
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+    ax.legend(loc="upper left", ncols=max(1, min(len(methods), 4)), fontsize=9)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig: Figure, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=_DPI), durable=False)
+    return out

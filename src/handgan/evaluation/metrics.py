@@ -1,0 +1,224 @@
+"""3D joint errors and success-rate curves, computed the way the hand pose field computes them.
+
+Definitions (those of the field's public evaluation scripts, awesome-hand-pose-estimation
+``evaluation/``):
+
+* Both ground truth and prediction are back-projected from ``(u px, v px, d mm)`` to camera
+  ``xyz`` mm with the dataset's pinhole intrinsics (``DatasetLayout.intrinsics``), and the error
+  of joint j in frame i is the Euclidean distance ``e[i, j] = |xyz_gt - xyz_pred|`` in mm.
+* Mean 3D error: the mean of all F x J errors (equal to the mean over joints of per-joint means,
+  since every joint has F frames). Per-joint error: the mean over frames of each joint.
+* Success rate at threshold t mm, inclusive (``<= t``, so an error of exactly t counts):
+  ``"max-frame"`` (the field's default) is the fraction of frames whose worst joint is within t;
+  ``"mean-frame"`` the fraction of frames whose mean joint error is within t; ``"joint"`` the
+  fraction of all (frame, joint) errors within t. Thresholds run 0..80 mm in 1 mm steps.
+* AUC: the area under a success curve divided by the threshold range,
+  ``(1 / (t_max - t_min)) * integral of rate(t) dt`` by the trapezoidal rule over the sampled
+  thresholds. It lies in [0, 1]; 1 means every frame is within t_min (0 mm).
+
+Everything is vectorised numpy in float64.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from handgan.camera import ICVL, MSRA, NYU, Intrinsics
+from handgan.data.icvl import ICVL_JOINT_NAMES
+from handgan.data.msra import MSRA_JOINT_NAMES
+from handgan.errors import HandganError
+from handgan.joints import NYU14_NAMES
+
+CURVE_KINDS: tuple[str, ...] = ("max-frame", "mean-frame", "joint")
+DEFAULT_CURVE = "max-frame"
+DEFAULT_MAX_THRESHOLD_MM = 80.0  # the field plots 0..80 mm
+DEFAULT_STEP_MM = 1.0
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """What the evaluator needs to know about a dataset's prediction files.
+
+    Attributes:
+        name: dataset key (``nyu``, ``icvl``, ``msra``, ``synthetic``).
+        joint_names: names of the joints in line order (J of them).
+        intrinsics: the camera the field's evaluator back-projects ``u v d`` with.
+    """
+
+    name: str
+    joint_names: tuple[str, ...]
+    intrinsics: Intrinsics
+
+    @property
+    def n_joints(self) -> int:
+        """Joints per frame (J); a prediction line holds 3 * J numbers."""
+        return len(self.joint_names)
+
+
+# NYU: the field uses fy = -587.07 (y up). camera.NYU stores fy = +587.07 with y_up=True, which
+# computes y = (cy - v) d / 587.07 = (v - cy) d / -587.07: the same number, so it is reused as is.
+# ICVL: the field's evaluator uses fx 240.99, fy 240.96 (y down), not camera.ICVL's 241.42 (the
+# DeepPrior++ cropping camera); published ICVL errors are only reproduced with the former.
+# MSRA: the field uses fx = fy = 241.42 with y down; camera.MSRA is y-up. Flipping y for both GT
+# and prediction leaves every distance unchanged, and keeping camera.MSRA means xyz_to_uvd stays
+# consistent with handgan's MSRA reader, so camera.MSRA is reused as is.
+_ICVL_EVAL = dataclasses.replace(ICVL, fx=240.99, fy=240.96)
+
+LAYOUTS: dict[str, DatasetLayout] = {
+    "nyu": DatasetLayout("nyu", NYU14_NAMES, NYU),
+    "icvl": DatasetLayout("icvl", ICVL_JOINT_NAMES, _ICVL_EVAL),
+    "msra": DatasetLayout("msra", MSRA_JOINT_NAMES, MSRA),
+    # handgan's synthetic data is rendered with the NYU camera and labelled in NYU's 14 joints.
+    "synthetic": DatasetLayout("synthetic", NYU14_NAMES, NYU),
+}
+
+
+def get_layout(dataset: str) -> DatasetLayout:
+    """Look up a dataset's layout.
+
+    Args:
+        dataset: one of ``LAYOUTS`` (``nyu``, ``icvl``, ``msra``, ``synthetic``).
+
+    Returns:
+        The dataset's ``DatasetLayout``.
+
+    Raises:
+        HandganError: for an unknown dataset name.
+    """
+    try:
+        return LAYOUTS[dataset]
+    except KeyError:
+        raise HandganError(f"unknown dataset {dataset!r} (expected one of {sorted(LAYOUTS)})") from None
+
+
+def joint_errors_xyz(pred_xyz: np.ndarray, gt_xyz: np.ndarray) -> np.ndarray:
+    """Per-joint Euclidean errors between predicted and ground-truth camera coordinates.
+
+    Args:
+        pred_xyz: (N, J, 3) predicted x, y, z in mm.
+        gt_xyz: (N, J, 3) ground-truth x, y, z in mm, same shape.
+
+    Returns:
+        (N, J) float64 errors in mm.
+    """
+    pred = np.asarray(pred_xyz, dtype=np.float64)
+    gt = np.asarray(gt_xyz, dtype=np.float64)
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
+        raise ValueError(f"expected two (N, J, 3) arrays of one shape, got {pred.shape} and {gt.shape}")
+    return np.linalg.norm(pred - gt, axis=-1)
+
+
+def joint_errors_uvd(pred_uvd: np.ndarray, gt_uvd: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
+    """Per-joint 3D errors from ``u v d`` predictions, back-projected as the field does.
+
+    Args:
+        pred_uvd: (N, J, 3) predicted u px, v px, d mm in the full image.
+        gt_uvd: (N, J, 3) ground truth in the same format.
+        intrinsics: the dataset's evaluation camera (``get_layout(name).intrinsics``).
+
+    Returns:
+        (N, J) float64 errors in mm.
+    """
+    return joint_errors_xyz(intrinsics.uvd_to_xyz(pred_uvd), intrinsics.uvd_to_xyz(gt_uvd))
+
+
+def mean_error_mm(errors: np.ndarray) -> float:
+    """Mean 3D error: the mean of all (frame, joint) errors.
+
+    Args:
+        errors: (N, J) errors in mm.
+
+    Returns:
+        The mean in mm.
+    """
+    return float(np.mean(_check_errors(errors)))
+
+
+def per_joint_error_mm(errors: np.ndarray) -> np.ndarray:
+    """Mean error of each joint over frames.
+
+    Args:
+        errors: (N, J) errors in mm.
+
+    Returns:
+        (J,) float64 means in mm, in line order.
+    """
+    return np.mean(_check_errors(errors), axis=0)
+
+
+def thresholds_mm(max_mm: float = DEFAULT_MAX_THRESHOLD_MM, step_mm: float = DEFAULT_STEP_MM
+                  ) -> np.ndarray:
+    """Success-curve thresholds 0, step, 2 step, ..., max (inclusive).
+
+    Args:
+        max_mm: last threshold in mm (default 80, as the field plots).
+        step_mm: spacing in mm (default 1); ``max_mm`` must be a whole number of steps.
+
+    Returns:
+        (T,) float64 thresholds in mm.
+    """
+    if not (step_mm > 0 and max_mm > 0):
+        raise HandganError(f"thresholds need max > 0 and step > 0 mm, got max {max_mm}, step {step_mm}")
+    n = round(max_mm / step_mm)
+    if not np.isclose(n * step_mm, max_mm, rtol=0, atol=1e-9 * max(1.0, max_mm)):
+        raise HandganError(f"threshold step {step_mm} mm does not divide the range 0..{max_mm} mm")
+    # k * step rather than a running sum, rounded to 1e-9 mm, so 0.1 mm steps give 0.3 and not
+    # 0.30000000000000004: an error of exactly a threshold must compare <= as written.
+    return np.round(step_mm * np.arange(n + 1), 9)
+
+
+def success_rates(errors: np.ndarray, thresholds: np.ndarray | None = None,
+                  kind: str = DEFAULT_CURVE) -> np.ndarray:
+    """Success-rate curve: the fraction of frames (or joints) within each threshold, inclusive.
+
+    Args:
+        errors: (N, J) errors in mm.
+        thresholds: (T,) thresholds in mm; default ``thresholds_mm()`` (0..80 mm, 1 mm steps).
+        kind: ``"max-frame"`` (per-frame worst joint <= t), ``"mean-frame"`` (per-frame mean
+            <= t) or ``"joint"`` (each joint error <= t).
+
+    Returns:
+        (T,) float64 fractions in [0, 1].
+    """
+    errors = _check_errors(errors)
+    t = thresholds_mm() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    if kind == "max-frame":
+        values = errors.max(axis=1)
+    elif kind == "mean-frame":
+        values = errors.mean(axis=1)
+    elif kind == "joint":
+        values = errors.ravel()
+    else:
+        raise HandganError(f"unknown success curve {kind!r} (expected one of {list(CURVE_KINDS)})")
+    # side="right" counts the values <= t: the field's inclusive comparison.
+    return np.searchsorted(np.sort(values), t, side="right") / values.size
+
+
+def success_auc(thresholds: np.ndarray, rates: np.ndarray) -> float:
+    """Area under a success curve, normalised by the threshold range to lie in [0, 1].
+
+    ``AUC = (1 / (t[-1] - t[0])) * sum_k (t[k+1] - t[k]) * (rate[k] + rate[k+1]) / 2``
+    (trapezoidal rule over the sampled thresholds).
+
+    Args:
+        thresholds: (T,) increasing thresholds in mm, T >= 2.
+        rates: (T,) success fractions at those thresholds.
+
+    Returns:
+        The normalised area.
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    r = np.asarray(rates, dtype=np.float64)
+    if t.ndim != 1 or t.shape != r.shape or t.size < 2 or not np.all(np.diff(t) > 0):
+        raise ValueError("AUC needs matching 1-D thresholds (at least 2, increasing) and rates")
+    area = np.sum(np.diff(t) * (r[1:] + r[:-1]) / 2.0)
+    return float(area / (t[-1] - t[0]))
+
+
+def _check_errors(errors: np.ndarray) -> np.ndarray:
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.ndim != 2 or errors.size == 0:
+        raise ValueError(f"expected a non-empty (N, J) error array, got shape {errors.shape}")
+    return errors
