@@ -181,6 +181,48 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="evaluate a trained run on a labelled split (metrics, plots, report)",
+        description="Run the pose estimator of RUN (its checkpoints/best.pt, else last.pt) or of "
+                    "a checkpoint file over a labelled split, cropped as in training, and write "
+                    "predictions.txt + groundtruth.txt (the field's format), metrics.json (mean "
+                    "3D error, per joint, success curves, mean-pose baseline), plots and "
+                    "report.md into --out.")
+    p.add_argument("checkpoint", metavar="RUN|CHECKPOINT", help="run folder or checkpoint file")
+    p.add_argument("--data", help="data source (default: the run's training source)")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
+    p.add_argument("--centre", choices=("gt", "com"),
+                   help="crop centre: ground-truth palm or localised hand (default: as trained)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
+    p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from handgan.evaluation.evaluate import evaluate_checkpoint
+
+    m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
+                            centre=args.centre, device=args.device,
+                            progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    from handgan.evaluation.evaluate import default_out_dir, resolve_checkpoint
+
+    out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), args.split)
+    base = m["mean_pose_baseline_mm"]
+    print(f"{m['data']} {m['split']}: mean 3D joint error {m['mean_error_mm']:.2f} mm over "
+          f"{m['frames']} frames" + (f" (mean-pose baseline {base:.2f} mm)" if base else ""))
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare", help="score prediction files against ground truth, as the field does",
@@ -227,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show_samples(sub)
     _add_data(sub)
     _add_train(sub)
+    _add_evaluate(sub)
     _add_compare(sub)
     return parser
 

@@ -117,3 +117,45 @@ def write_grey_png(path: str | Path, image: np.ndarray) -> Path:
     atomic_write(path, lambda f: Image.fromarray(image, mode="L").save(f, format="PNG"),
                  durable=False)
     return path
+
+
+def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarray,
+                       out: str | Path, titles: list[str] | None = None, cols: int = 4) -> Path:
+    """Normalised crops with the true skeleton (white, thin) under the predicted one (colours).
+
+    Args:
+        crops: (N, S, S) normalised crops in [-1, 1].
+        pred_px, true_px: (N, J, 2) joints in crop pixels (x = column, y = row). With the NYU
+            14-joint layout the bones are drawn; otherwise only the joints.
+        out: PNG path (written atomically).
+        titles: one short title per crop (e.g. its mean error).
+        cols: crops per row.
+    """
+    n = len(crops)
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        size = crops[k].shape[-1]
+        ax.imshow(crops[k], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        t, p = np.asarray(true_px[k]), np.asarray(pred_px[k])
+        if len(t) == len(NYU14_EDGES) + 1:  # the 14-joint tree has one bone fewer than joints
+            for a, b in NYU14_EDGES:
+                ax.plot(t[[a, b], 0], t[[a, b], 1], "-", lw=2.2, color="white", alpha=0.8)
+            draw_skeleton14(ax, p)
+        else:
+            ax.plot(t[:, 0], t[:, 1], "o", ms=4, color="white", alpha=0.8)
+            ax.plot(p[:, 0], p[:, 1], "o", ms=3, color=_FINGER_COLOURS[0])
+        ax.set_xlim(-0.5, size - 0.5)
+        ax.set_ylim(size - 0.5, -0.5)
+        if titles:
+            ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
+    plt.close(fig)
+    return out

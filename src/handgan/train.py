@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from handgan.atomic import atomic_write
 from handgan.checkpoint import (
@@ -347,12 +348,15 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Ten
 # --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(dis: Discriminator, crops: LabeledCrops, device: torch.device) -> np.ndarray:
+def predict(dis: Discriminator, crops: LabeledCrops, device: torch.device,
+            progress: bool = False) -> np.ndarray:
     """Normalised joints (N, J, 3) predicted by the pose branch (eval mode)."""
     was_training = dis.training
     dis.eval()
     out = []
-    for start in range(0, len(crops), EVAL_BATCH):
+    starts = range(0, len(crops), EVAL_BATCH)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
         x, _ = crops.sample_batch(np.arange(start, min(start + EVAL_BATCH, len(crops))))
         out.append(dis.estimate(x.to(device)).float().cpu().numpy())
     dis.train(was_training)
@@ -518,6 +522,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         if main:
             manager.save({
                 "config": to_dict(cfg), "mode": cfg.mode, "crop": data.crop,
+                "mean_pose": torch.from_numpy(data.mean_pose),  # the baseline, for evaluate
                 "generator": gen.state_dict(), "discriminator": dis.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "epoch": epoch_next, "batch_in_epoch": batch_next, "step": step,

@@ -1,0 +1,268 @@
+"""Evaluate a trained pose estimator on a labelled split: ``handgan evaluate``.
+
+    metrics = evaluate_checkpoint("runs/quick", out="runs/quick/eval-test")
+
+The split is cropped exactly as the run's training crops were (same crop size, cube and centre
+rule, through the same crop cache), the pose branch predicts normalised joints, and each row's
+exact crop transform maps them back to full-frame ``u v d`` and to mm. The output folder holds::
+
+    predictions.txt   the field's format: one frame per line, J x (u v d), full-image px and mm
+    groundtruth.txt   the same frames' labels in that format (``handgan compare --gt`` reads it)
+    metrics.json      mean_error_mm, per_joint_mm, success curves (3 kinds) with AUC,
+                      mean_pose_baseline_mm (always predicting the mean training pose)
+    success.png       success-rate curve, the run against the mean-pose baseline
+    per_joint.png     per-joint mean errors, the run against the baseline
+    predictions.png   test crops with true (white) and predicted (coloured) skeletons
+    generated.png     GAN runs: real test crops beside Gen(their true joints)
+    report.md         all of the above, linked
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handgan.atomic import atomic_write_text
+from handgan.checkpoint import load_checkpoint
+from handgan.config import CENTRES, TrainConfig, from_dict
+from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
+from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
+from handgan.errors import HandganError
+from handgan.evaluation.figures import plot_per_joint_errors, plot_success_curves
+from handgan.evaluation.metrics import (
+    CURVE_KINDS,
+    joint_errors_xyz,
+    mean_error_mm,
+    per_joint_error_mm,
+    success_auc,
+    success_rates,
+    thresholds_mm,
+)
+from handgan.evaluation.predfile import write_predictions
+from handgan.models import Discriminator, Generator
+from handgan.plots import crop_pairs_image, crop_skeleton_grid, write_grey_png
+
+GRID_FRAMES = 16
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder -> its ``checkpoints/best.pt`` (else ``last.pt``); a file -> itself."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for name in ("best.pt", "last.pt"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise HandganError(f"{path}: no checkpoints/best.pt or last.pt (not a run folder?)")
+    if not path.exists():
+        raise HandganError(f"{path}: no such run folder or checkpoint")
+    return path
+
+
+def default_out_dir(checkpoint: Path, split: str) -> Path:
+    """RUN/eval-SPLIT for a checkpoint inside RUN/checkpoints/, else next to the file."""
+    folder = checkpoint.parent
+    run = folder.parent if folder.name == "checkpoints" else folder
+    return run / f"eval-{split}"
+
+
+def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Generator,
+                                                              Discriminator]:
+    """The run's config and both networks in eval mode."""
+    cfg = from_dict(ckpt["config"])
+    gen, dis = Generator(cfg.model), Discriminator(cfg.model)
+    try:
+        gen.load_state_dict(ckpt["generator"])
+        dis.load_state_dict(ckpt["discriminator"])
+    except (KeyError, RuntimeError) as e:
+        raise HandganError(f"checkpoint weights do not fit its config ({str(e).splitlines()[0]})"
+                           ) from None
+    return cfg, gen.to(device).eval(), dis.to(device).eval()
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
+                        split: str = "test", out: str | os.PathLike | None = None,
+                        centre: str | None = None, device: str = "auto",
+                        progress: bool = True) -> dict:
+    """Evaluate a run (or checkpoint) on a labelled split and write the report folder.
+
+    Args:
+        checkpoint: a run folder (uses its best.pt, else last.pt) or a checkpoint file.
+        data: data source spec; default the run's training source.
+        split: the split to evaluate (default ``test``).
+        out: report folder; default RUN/eval-SPLIT. None-like "" writes nothing.
+        centre: crop centre rule, "gt" or "com"; default the run's (``data.centre``).
+        device: "auto", "cpu", "cuda", ...
+        progress: progress bars.
+
+    Returns:
+        The metrics dict written to metrics.json.
+    """
+    from handgan.train import predict, resolve_device
+
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    dev = resolve_device(device)
+    cfg, gen, dis = load_networks(ckpt, dev)
+    source = data or cfg.data.source
+    centre = centre or cfg.data.centre
+    if centre not in CENTRES:
+        raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
+    spec = parse_source(source)
+    ensure_synthetic(spec, seed=cfg.seed, progress=progress)
+    if split not in split_names(spec):
+        raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(split_names(spec))})")
+    params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
+    cache = load_or_build_cache(open_split(spec, split), cfg.data.cache_dir, params,
+                                progress=progress, on_bad=cfg.data.on_bad)
+    if not cache.labeled:
+        raise HandganError(f"{spec} split {split!r} has no labels to evaluate against")
+    if cache.joints_norm.shape[1] != cfg.model.num_joints:
+        raise HandganError(f"{spec}: {cache.joints_norm.shape[1]} joints per frame, the model "
+                           f"predicts {cfg.model.num_joints} (trained on another dataset?)")
+    crops = all_labeled(cache)
+    pred_norm = predict(dis, crops, dev, progress=progress)
+    true_norm = np.asarray(cache.joints_norm, np.float64)
+    pred_uvd, true_uvd, pred_xyz, true_xyz = _to_frame(cache, pred_norm, true_norm)
+    errors = joint_errors_xyz(pred_xyz, true_xyz)
+
+    mean_pose = ckpt.get("mean_pose")
+    baseline_errors = None
+    if mean_pose is not None:
+        base_norm = np.broadcast_to(mean_pose.double().numpy(), true_norm.shape)
+        baseline_errors = joint_errors_xyz(_to_frame(cache, base_norm, true_norm)[2], true_xyz)
+
+    thresholds = thresholds_mm()
+    success = {}
+    for kind in CURVE_KINDS:
+        rates = success_rates(errors, thresholds, kind)
+        success[kind] = {"thresholds": thresholds.tolist(), "rates": rates.tolist(),
+                         "auc": success_auc(thresholds, rates)}
+    metrics = {
+        "checkpoint": str(path), "step": ckpt.get("step"), "mode": cfg.mode,
+        "data": str(spec), "split": split, "centre": centre, "frames": len(cache),
+        "skipped_frames": len(cache.bad_frames), "joints": list(cache.joint_names),
+        "mean_error_mm": mean_error_mm(errors),
+        "median_error_mm": float(np.median(errors)),
+        "per_joint_mm": per_joint_error_mm(errors).tolist(),
+        "max_frame_error_mean_mm": float(errors.max(axis=1).mean()),
+        "mean_pose_baseline_mm": (mean_error_mm(baseline_errors)
+                                  if baseline_errors is not None else None),
+        "success": success,
+    }
+    if out is None:
+        out = default_out_dir(path, split)
+    if out != "":
+        _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, true_norm,
+                      pred_uvd, true_uvd, gen, dev)
+    return metrics
+
+
+def _to_frame(cache: CropCache, pred_norm: np.ndarray, true_norm: np.ndarray):
+    """Normalised joints -> (pred uvd, true uvd, pred xyz, true xyz), row by row with each crop's
+    exact transform."""
+    shape = pred_norm.shape
+    pred_uvd, true_uvd = np.empty(shape), np.empty(shape)
+    pred_xyz, true_xyz = np.empty(shape), np.empty(shape)
+    for i in range(shape[0]):
+        t = cache.transform(i)
+        pred_uvd[i], true_uvd[i] = t.norm_to_uvd(pred_norm[i]), t.norm_to_uvd(true_norm[i])
+        pred_xyz[i], true_xyz[i] = t.norm_to_xyz(pred_norm[i]), t.norm_to_xyz(true_norm[i])
+    return pred_uvd, true_uvd, pred_xyz, true_xyz
+
+
+def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray,
+                  baseline_errors: np.ndarray | None, pred_norm: np.ndarray,
+                  true_norm: np.ndarray, pred_uvd: np.ndarray, true_uvd: np.ndarray,
+                  gen: Generator, device: torch.device) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.txt", pred_uvd)
+    write_predictions(out / "groundtruth.txt", true_uvd)
+
+    label = "handgan" if metrics["mode"] == "gan" else "supervised baseline"
+    curve = metrics["success"]["max-frame"]
+    rates = {label: curve["rates"]}
+    means = {label: metrics["mean_error_mm"]}
+    per_joint = {label: metrics["per_joint_mm"]}
+    if baseline_errors is not None:
+        t = np.asarray(curve["thresholds"])
+        rates["mean training pose"] = success_rates(baseline_errors, t, "max-frame").tolist()
+        means["mean training pose"] = metrics["mean_pose_baseline_mm"]
+        per_joint["mean training pose"] = per_joint_error_mm(baseline_errors).tolist()
+    title = f"{metrics['data']} {metrics['split']}, {metrics['frames']} frames"
+    plot_success_curves(out / "success.png", curve["thresholds"], rates, means, "max-frame", title)
+    plot_per_joint_errors(out / "per_joint.png", metrics["joints"], per_joint, means, title)
+
+    # Evenly spread frames, so the grid is not just the first sequence's first second.
+    rows = np.linspace(0, len(cache) - 1, min(GRID_FRAMES, len(cache))).round().astype(int)
+    rows = np.unique(rows)
+    crops = np.asarray(cache.crops[rows], np.float32)
+    pred_px = np.stack([cache.transform(i).norm_to_crop_px(pred_norm[i]) for i in rows])
+    true_px = np.stack([cache.transform(i).norm_to_crop_px(true_norm[i]) for i in rows])
+    titles = [f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm" for i in rows]
+    crop_skeleton_grid(crops, pred_px, true_px, out / "predictions.png", titles)
+    files = ["success.png", "per_joint.png", "predictions.png"]
+    if metrics["mode"] == "gan":
+        with torch.no_grad():
+            joints = torch.as_tensor(true_norm[rows[:8]], dtype=torch.float32, device=device)
+            noise = torch.zeros(len(joints), gen.cfg.noise_dim, device=device)
+            fake = gen(joints, noise).float().cpu().numpy()[:, 0]
+        write_grey_png(out / "generated.png", crop_pairs_image(crops[:8], fake))
+        files.append("generated.png")
+
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "report.md", _report_markdown(metrics, files))
+
+
+def _report_markdown(m: dict, files: list[str]) -> str:
+    base = m["mean_pose_baseline_mm"]
+    success = m["success"]
+
+    def rate(kind: str, mm: int) -> str:
+        return f"{100 * success[kind]['rates'][mm]:.1f} %"  # thresholds are 0, 1, ..., 80 mm
+
+    lines = [
+        f"# Evaluation: {m['data']} `{m['split']}`",
+        "",
+        f"Checkpoint `{m['checkpoint']}` (step {m['step']}, mode {m['mode']}); {m['frames']} "
+        f"frames cropped around the {'ground-truth palm' if m['centre'] == 'gt' else 'localised hand'}"
+        + (f", {m['skipped_frames']} skipped" if m["skipped_frames"] else "") + ".",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| mean 3D joint error | **{m['mean_error_mm']:.2f} mm** |",
+        f"| median joint error | {m['median_error_mm']:.2f} mm |",
+        f"| mean of per-frame worst joint | {m['max_frame_error_mean_mm']:.2f} mm |",
+    ]
+    if base is not None:
+        lines.append(f"| mean-pose baseline (always the mean training pose) | {base:.2f} mm |")
+    lines += [
+        f"| frames with all joints within 20 / 40 mm | {rate('max-frame', 20)} / "
+        f"{rate('max-frame', 40)} |",
+        f"| joints within 20 / 40 mm | {rate('joint', 20)} / {rate('joint', 40)} |",
+        f"| AUC 0-80 mm (max-frame / mean-frame / joint) | "
+        f"{success['max-frame']['auc']:.3f} / {success['mean-frame']['auc']:.3f} / "
+        f"{success['joint']['auc']:.3f} |",
+        "",
+        "## Per joint (mm)",
+        "",
+        "| joint | error |",
+        "|---|---|",
+        *[f"| {n} | {e:.2f} |" for n, e in zip(m["joints"], m["per_joint_mm"])],
+        "",
+        "## Figures",
+        "",
+    ]
+    captions = {"success.png": "Success rate: frames whose worst joint is within D mm",
+                "per_joint.png": "Mean error per joint",
+                "predictions.png": "Test crops: true skeleton (white) and prediction (colours)",
+                "generated.png": "Real test crops (left) beside Gen(their true joints) (right)"}
+    for f in files:
+        lines += [f"![{captions[f]}]({f})", "", f"*{captions[f]}.*", ""]
+    lines += ["Files: `predictions.txt` and `groundtruth.txt` (the field's format; compare with "
+              "`handgan compare --gt groundtruth.txt NAME=predictions.txt ...`), `metrics.json`.",
+              ""]
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""`handgan evaluate`: the report folder, agreement with training's own evaluation and with the
+field's evaluator on the written files, and one-line errors."""
+import json
+
+import numpy as np
+import pytest
+
+from handgan.cli import main
+from handgan.config import apply_overrides, preset
+from handgan.evaluation.compare import compare_methods
+from handgan.evaluation.predfile import read_predictions
+from handgan.synth.generate import synthesize_dataset
+from handgan.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = synthesize_dataset(root / "ds", 40, 12, seed=0, workers=1, progress=False)
+    cfg = apply_overrides(preset("quick"), [
+        f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8",
+        "model.pose_hidden=32", "optim.batch_size=8", "optim.max_steps=6", "device=cpu",
+        "num_workers=0", "data.val_fraction=0.2"])
+    return train(cfg, root / "run", progress=False)
+
+
+def test_report_folder_and_agreement(run, capsys):
+    out = run / "report"
+    assert main(["evaluate", str(run / "checkpoints" / "last.pt"), "--out", str(out),
+                 "--quiet"]) == 0
+    assert "mean 3D joint error" in capsys.readouterr().out
+    for name in ("predictions.txt", "groundtruth.txt", "metrics.json", "success.png",
+                 "per_joint.png", "predictions.png", "generated.png", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    # the same network on the same test crops as training's final evaluation
+    assert m["frames"] == 12 and m["mean_error_mm"] == pytest.approx(
+        summary["final_mean_error_mm"], rel=1e-9)
+    assert m["mean_pose_baseline_mm"] == pytest.approx(summary["mean_pose_baseline_mm"], rel=1e-9)
+    assert np.mean(m["per_joint_mm"]) == pytest.approx(m["mean_error_mm"])
+    for kind in ("max-frame", "mean-frame", "joint"):
+        rates = m["success"][kind]["rates"]
+        assert rates == sorted(rates) and len(rates) == 81
+    # the field's evaluator on the written files gives the same number
+    result = compare_methods("synthetic", out / "groundtruth.txt", {"run": out / "predictions.txt"})
+    assert result["methods"]["run"]["mean_error_mm"] == pytest.approx(m["mean_error_mm"], abs=1e-3)
+    assert read_predictions(out / "predictions.txt").shape == (12, 14, 3)
+    assert "![" in (out / "report.md").read_text()
+
+
+def test_run_folder_defaults_to_best_and_eval_dir(run, capsys):
+    assert main(["evaluate", str(run), "--json", "--split", "train"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["checkpoint"].endswith("best.pt") and m["split"] == "train" and m["frames"] == 40
+    assert (run / "eval-train" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nowhere"], "no such run folder"),
+    (["RUN", "--split", "val"], "no split 'val'"),
+])
+def test_bad_input_is_one_line(run, capsys, args, message):
+    args = [str(run) if a == "RUN" else a for a in args]
+    assert main(["evaluate", *args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
