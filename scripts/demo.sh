@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Quickstart command 1: set up, then run the main job on the synthetic default.
-# Today: generate the synthetic dataset and draw a grid of samples with their skeletons.
+# Quickstart command 1: set up, then the main job on the synthetic default:
+# train the `quick` preset, evaluate it on the synthetic test split, write the report.
+# Rerunning continues (or just re-evaluates) the same run instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 OUT=${OUT:-runs/demo}
-.venv/bin/handgan synth --out "$OUT/data" --train 2000 --test 500 --seed 0 --overwrite
-.venv/bin/handgan show-samples "$OUT/data" --split train --count 16 --out "$OUT/samples.png"
+if [ -f "$OUT/run/checkpoints/last.pt" ]; then
+  .venv/bin/handgan train --out "$OUT/run" --resume
+else
+  .venv/bin/handgan train --out "$OUT/run" --preset quick   # generates data/synthetic on first use
+fi
+.venv/bin/handgan evaluate "$OUT/run" --out "$OUT/eval"
+.venv/bin/handgan show-samples data/synthetic --split test --count 16 --out "$OUT/eval/data-samples.png"

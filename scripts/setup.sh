@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install handgan with its test tools. Safe to rerun.
+# Create .venv (if missing) and install handgan with its test tools. Safe to rerun: it installs
+# again only when pyproject.toml changed since the last install.
 # torch is pinned to the CPU build 2.13.0 here: an unpinned torch pulls a multi-GB CUDA build.
 # GPU users: install a CUDA torch first, then `pip install -e '.[dev]'` (any torch >= 2.1 works).
 set -euo pipefail
@@ -8,7 +9,11 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import handgan, torch, pytest" >/dev/null 2>&1; then
+STAMP=.venv/.handgan-installed
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || \
+   ! .venv/bin/python -c "import handgan, torch, pytest" >/dev/null 2>&1; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+  echo "$WANT" > "$STAMP"
 fi

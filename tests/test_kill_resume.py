@@ -13,10 +13,10 @@ from handgan.checkpoint import load_checkpoint
 from handgan.monitor import read_jsonl
 from handgan.synth.generate import synthesize_dataset
 
-SETS = ["model.width=8", "model.pose_hidden=32", "optim.batch_size=8", "optim.epochs=30",
+SETS = ["model.width=8", "model.pose_hidden=32", "optim.batch_size=8", "optim.epochs=15",
         "device=cpu", "log_every=1", "data.val_fraction=0", "data.labeled_fraction=0.5",
         "loss.pose_perturb_std=0.02", "num_workers=1"]
-STEPS_PER_EPOCH = 3  # 24 labelled crops of 48, batch 8
+STEPS_PER_EPOCH = 6  # 48 training frames (24 labelled), batch 8
 
 
 def _train_cmd(run, data, *extra):

@@ -143,7 +143,7 @@ def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch):
     # process: the batches, and so the losses, must not depend on that.
     full = train_losses(train_mod.train(apply_overrides(cfg, ["num_workers=1"]), tmp_path / "full",
                                         progress=False))
-    steps_per_epoch = 24 // BATCH
+    steps_per_epoch = 48 // BATCH  # an epoch = all training frames, labelled or not
     assert sorted(full) == list(range(1, 2 * steps_per_epoch + 1))
 
     stop = steps_per_epoch + (1 if stop_mid_epoch else 0)
@@ -180,3 +180,10 @@ def test_validation_split_chooses_best_and_samples_are_drawn(workdir, tmp_path):
     for epoch in (1, 2, 3):  # 8 pairs of 64 x 64 crops, 4 pairs per row
         image = Image.open(run / "samples" / f"epoch_{epoch:03d}.png")
         assert image.size == (4 * 128 + 3 * 2, 2 * 64 + 2) and image.mode == "L"
+
+
+def test_fewer_labels_than_a_batch_get_the_same_budget(workdir, tmp_path):
+    cfg = make_cfg(workdir, "data.labeled_count=3", "optim.epochs=1")
+    run = train_mod.train(cfg, tmp_path / "run", progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 48 // BATCH  # one pass over all 48 training frames

@@ -177,6 +177,7 @@ class TrainData:
     mean_pose: np.ndarray          # (J, 3) mean normalised labelled pose: the baseline
     crop: dict                     # crop_metadata() of the training crops
     train_cache: CropCache         # the training split's crops (labelled, val and unlabelled)
+    train_frames: int              # labelled + unlabelled frames of the training split
 
 
 def validation_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +221,7 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     val = LabeledCrops(train_cache, val_rows) if len(val_rows) else None
     test = all_labeled(test_cache) if test_cache is not None else None
     return TrainData(labeled, UnlabeledPool(parts), val, test, mean_pose,
-                     crop_metadata(train_cache, cfg), train_cache)
+                     crop_metadata(train_cache, cfg), train_cache, len(train_rows))
 
 
 class EpochBatches(Dataset):
@@ -230,12 +231,14 @@ class EpochBatches(Dataset):
     workers."""
 
     def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
-                 order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice):
+                 order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
+                 steps: int):
         self.labeled, self.unlabeled = labeled, unlabeled
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
+        self.steps = steps
 
     def __len__(self) -> int:
-        return len(self.order) // self.batch
+        return self.steps
 
     def __getitem__(self, b: int):
         window = slice(b * self.batch, (b + 1) * self.batch)
@@ -429,10 +432,13 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         raise HandganError(f"optim.batch_size={batch} does not split over {info.world_size} "
                            "processes; use a multiple of the process count")
     share = slice(info.rank * batch // info.world_size, (info.rank + 1) * batch // info.world_size)
-    steps_per_epoch = len(labeled) // batch
+    # An epoch is one pass over the training split's frames, labelled or not, whatever the
+    # labelled share: runs with 1 % and 100 % labels get the same number of steps (the labelled
+    # batches then cycle through their smaller set several times per epoch).
+    steps_per_epoch = data.train_frames // batch
     if steps_per_epoch == 0:
-        raise HandganError(f"{len(labeled)} labelled crops: fewer than one batch of {batch}; "
-                           "lower optim.batch_size or label more frames")
+        raise HandganError(f"{data.train_frames} training frames: fewer than one batch of "
+                           f"{batch}; lower optim.batch_size")
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps is not None:
         total_steps = min(total_steps, cfg.optim.max_steps)
@@ -554,15 +560,17 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             epoch_start_state = capture_rng_state({"perm": perm_rng})
             labeled.set_epoch(epoch)
             unlabeled.set_epoch(epoch)
-            order = perm_rng.permutation(len(labeled))
+            reps = math.ceil(steps_per_epoch * batch / len(labeled))
+            order = np.concatenate([perm_rng.permutation(len(labeled)) for _ in range(reps)])
             order_u = None
             if use_unlabeled:
                 reps = math.ceil(steps_per_epoch * batch / len(unlabeled))
                 order_u = np.concatenate([perm_rng.permutation(len(unlabeled))
                                           for _ in range(reps)])
-            batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share)
             start_batch = batch_in_epoch
             n_batches = min(steps_per_epoch - start_batch, total_steps - step)
+            batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share,
+                                   start_batch + n_batches)
             loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
                                      pin)
             for b in range(start_batch, start_batch + n_batches):
