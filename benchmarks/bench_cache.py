@@ -25,13 +25,12 @@ import platform
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from handgan.augment import AugmentConfig
 from handgan.data.nyu import NYUSplit
-import numpy as np
-
 from handgan.dataset import CropParams, LabeledCrops, build_cache, load_or_build_cache
 
 
@@ -43,7 +42,7 @@ def loader_rate(data, batch: int, workers: int, epochs: int) -> float:
         data.set_epoch(epoch)
         start = time.perf_counter()
         n = 0
-        for crops, joints in loader:
+        for crops, _joints in loader:
             n += crops.shape[0]  # a training step would start here
         if epoch:
             seen, elapsed = seen + n, elapsed + time.perf_counter() - start

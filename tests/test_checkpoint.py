@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from handgan.checkpoint import (FORMAT_VERSION, CheckpointManager, capture_rng_state,
-                                load_checkpoint, restore_rng_state, save_checkpoint)
+from handgan.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from handgan.config import from_dict, preset, to_dict
 from handgan.errors import HandganError
 from handgan.models import Discriminator, ModelConfig

@@ -5,8 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from handgan.config import (PRESETS, TrainConfig, apply_overrides, from_dict, leaf_keys, load_yaml,
-                            preset, save_yaml, to_dict)
+from handgan.config import (
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    leaf_keys,
+    load_yaml,
+    preset,
+    save_yaml,
+    to_dict,
+)
 from handgan.errors import HandganError
 from handgan.models import Discriminator, Generator, ModelConfig
 

@@ -4,8 +4,12 @@ import math
 import pytest
 import torch
 
-from handgan.losses import (discriminator_gan_loss, generator_adversarial_loss, joint_loss,
-                            reconstruction_loss)
+from handgan.losses import (
+    discriminator_gan_loss,
+    generator_adversarial_loss,
+    joint_loss,
+    reconstruction_loss,
+)
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator, init_weights
 
 

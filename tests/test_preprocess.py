@@ -209,7 +209,7 @@ def _disc_scene(intr, rng, centre_uvd):
 @pytest.mark.parametrize("size", [64, 128])
 def test_augmented_crop_shows_each_disc_under_its_projected_joint(intr, size):
     rng = np.random.default_rng(size)
-    for trial in range(12):
+    for _trial in range(12):
         centre = np.array([intr.cx + rng.uniform(-40, 40), intr.cy + rng.uniform(-30, 30),
                            rng.uniform(600.0, 900.0)])
         frame, joints_uvd = _disc_scene(intr, rng, centre)

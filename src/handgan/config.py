@@ -23,14 +23,15 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-from handgan.augment import AugmentConfig
 from handgan.atomic import atomic_write
+from handgan.augment import AugmentConfig
 from handgan.errors import HandganError
 from handgan.models import ModelConfig
 

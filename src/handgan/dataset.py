@@ -699,7 +699,7 @@ def _cache_problem(path: Path, source: _Source, full: bool) -> str | None:
 def _array_problem(path: Path, manifest: dict, full: bool) -> str | None:
     try:
         arrays = manifest["arrays"]
-        for name, entry in arrays.items():
+        for _name, entry in arrays.items():
             file = path / entry["file"]
             if not file.is_file():
                 return f"{entry['file']} is missing"

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import CAMERAS, Intrinsics
-from handgan.data.icvl import read_depth_png16
 from handgan.data.files import check_frame_size, one_line
+from handgan.data.icvl import read_depth_png16
 from handgan.errors import HandganError
 
 FRAME_SUFFIXES = (".png", ".npy")

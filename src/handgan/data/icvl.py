@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import ICVL, Intrinsics
-from handgan.data.files import (PNG_COLOR_TYPES, check_frame_size, decode_png, png_header, read_bytes)
+from handgan.data.files import PNG_COLOR_TYPES, check_frame_size, decode_png, png_header, read_bytes
 from handgan.errors import HandganError
 
 ICVL_JOINT_NAMES: tuple[str, ...] = (

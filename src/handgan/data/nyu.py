@@ -24,8 +24,15 @@ from PIL import Image
 
 from handgan.atomic import atomic_write
 from handgan.camera import NYU, Intrinsics
-from handgan.data.files import (PNG_COLOR_TYPES, PNG_SIGNATURE, check_frame_size, decode_png,
-                                 one_line, png_header, read_bytes)
+from handgan.data.files import (
+    PNG_COLOR_TYPES,
+    PNG_SIGNATURE,
+    check_frame_size,
+    decode_png,
+    one_line,
+    png_header,
+    read_bytes,
+)
 from handgan.errors import HandganError
 from handgan.joints import NYU_EVAL_IDS, NYU_JOINT_NAMES
 
