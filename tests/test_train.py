@@ -176,6 +176,7 @@ def test_validation_split_chooses_best_and_samples_are_drawn(workdir, tmp_path):
     crop = load_checkpoint(run / "checkpoints" / "last.pt")["crop"]
     assert crop["size"] == 64 and crop["cube_mm"] == [300.0, 300.0, 300.0]
     assert len(crop["joint_names"]) == 14 and crop["intrinsics"]["fx"] == pytest.approx(588.03)
+    assert list((run / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars and images
     from PIL import Image
     for epoch in (1, 2, 3):  # 8 pairs of 64 x 64 crops, 4 pairs per row
         image = Image.open(run / "samples" / f"epoch_{epoch:03d}.png")

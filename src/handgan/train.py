@@ -459,6 +459,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 else nullcontext)
 
     epoch, batch_in_epoch, step, best, best_epoch = 0, 0, 0, math.inf, None
+    best_test = None  # test error of the best checkpoint (chosen on validation)
     if resume:
         ckpt = load_checkpoint(manager.last_path, map_location=device)
         gen.load_state_dict(ckpt["generator"])
@@ -467,7 +468,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         opt_d.load_state_dict(ckpt["opt_d"])
         epoch, batch_in_epoch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         best = ckpt["best_metric"] if ckpt["best_metric"] is not None else math.inf
-        best_epoch = ckpt.get("best_epoch")
+        best_epoch, best_test = ckpt.get("best_epoch"), ckpt.get("best_test_error")
         rng = ckpt["rng"]
         ranks = ckpt.get("rng_ranks")
         if ranks is not None and len(ranks) == info.world_size:
@@ -533,6 +534,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "epoch": epoch_next, "batch_in_epoch": batch_next, "step": step,
                 "best_metric": best if math.isfinite(best) else None, "best_epoch": best_epoch,
+                "best_test_error": best_test,
                 "selection_split": selection, "world_size": info.world_size,
                 "rng": rng_ranks[0], "rng_ranks": rng_ranks if info.enabled else None,
                 "rng_epoch_start": epoch_start_state,
@@ -541,13 +543,14 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
 
     def end_of_epoch(epoch_done: int, batch_next: int, epoch_start_state: dict,
                      force_eval: bool) -> None:
-        nonlocal best, best_epoch
+        nonlocal best, best_epoch, best_test
         is_best = False
         if main and (force_eval or epoch_done % cfg.eval_every_epochs == 0
                      or epoch_done == cfg.optim.epochs):
             err = evaluate(epoch_done)
             if err is not None and err < best:
                 best, best_epoch, is_best = err, epoch_done, True
+                best_test = last_eval.get("test_mean_error_mm")
         if samples is not None and batch_next == 0 and epoch_done % cfg.sample_every_epochs == 0:
             draw_samples(epoch_done)
         checkpoint(epoch_done, batch_next, epoch_start_state, is_best)
@@ -622,6 +625,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             "mean_pose_baseline_mm": baseline,
             "selection_split": selection,
             "best_selection_error_mm": best if math.isfinite(best) else None,
+            "best_mean_error_mm": best_test,  # test error of best.pt
             "best_epoch": best_epoch,
             "steps": step, "epochs_done": epoch,
             "wall_seconds": round(time.perf_counter() - started, 3),
