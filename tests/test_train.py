@@ -188,3 +188,22 @@ def test_fewer_labels_than_a_batch_get_the_same_budget(workdir, tmp_path):
     run = train_mod.train(cfg, tmp_path / "run", progress=False)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 48 // BATCH  # one pass over all 48 training frames
+
+
+def test_generated_crops_do_not_move_the_running_statistics(workdir):
+    # One gan_step must move Dis's running statistics exactly as its real crops alone do.
+    cfg = make_cfg(workdir)
+    x_l, j_l, x_u = batch()
+    gen, dis, opt_g, opt_d = models(cfg)
+    dis_ref = models(cfg)[1]
+    dis_ref.train()
+    with torch.no_grad():
+        dis_ref(x_l)
+        dis_ref(x_u, heads="real_fake")
+    train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg)
+    for a, b in zip(dis.modules(), dis_ref.modules()):
+        if isinstance(a, torch.nn.BatchNorm2d):
+            assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+            assert torch.allclose(a.running_var, b.running_var, atol=1e-6)
+    assert all(m.momentum == 0.1 for m in dis.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))  # restored after each generated pass

@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +264,23 @@ def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):
 # One step
 # --------------------------------------------------------------------------------------------
 
+@contextmanager
+def batch_norm_stats_frozen(module: nn.Module):
+    """Batch norm layers normalise with the batch's statistics as usual, but do not fold them
+    into their running statistics. Dis sees generated crops in training mode; without this its
+    running statistics (what evaluation and inference normalise with) would mix generated and
+    real crops, and the pose estimate in eval mode swings from epoch to epoch."""
+    layers = [m for m in unwrap(module).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (or the module itself)."""
     return module.module if isinstance(module, DDP) else module
@@ -294,10 +311,11 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
         if x_u is not None and len(x_u):
             real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
-        if w.fake_pose_loss:
-            fake_logits, pose_g = dis(x_g)
-        else:
-            fake_logits = dis(x_g, heads="real_fake")
+        with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
+            if w.fake_pose_loss:
+                fake_logits, pose_g = dis(x_g)
+            else:
+                fake_logits = dis(x_g, heads="real_fake")
         loss_j = joint_loss(pose_l.float(), j_l)
         loss_gan = discriminator_gan_loss(real_logits.float(), fake_logits.float())
         loss_d = w.w_joint * loss_j + w.w_gan * loss_gan
@@ -318,7 +336,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         loss_rec = reconstruction_loss(x_l, x_g.float(), w.tau, w.recons_mode)
         # Dis without its DDP wrapper: its gradients here are never used (they are cleared
         # before its next step), so there is nothing to synchronise.
-        loss_adv = generator_adversarial_loss(unwrap(dis)(x_g, heads="real_fake").float())
+        with batch_norm_stats_frozen(dis):
+            loss_adv = generator_adversarial_loss(unwrap(dis)(x_g, heads="real_fake").float())
         loss_g = w.w_recons * loss_rec + w.w_gen_adv * loss_adv
     loss_g.backward()
     opt_g.step()
