@@ -223,6 +223,59 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="experiments over many training runs",
+                       description="Experiments that train and evaluate many runs.")
+    study_sub = p.add_subparsers(dest="study_command", metavar="STUDY", parser_class=_Parser)
+    study_sub.required = True
+    s = study_sub.add_parser(
+        "labels", help="test error vs labelled fraction, GAN vs supervised baseline",
+        description="Train every (fraction, mode, seed) with the same budget, evaluate each on "
+                    "the same test split (the test error of the best.pt chosen on validation), "
+                    "and write OUT/study.json, OUT/table.md (mean +- std over seeds) and "
+                    "OUT/label-study.png. Rerun the same command to continue an interrupted "
+                    "study: finished runs are read back, an interrupted one is resumed.")
+    s.add_argument("--out", required=True, help="study folder (runs go to OUT/runs/)")
+    s.add_argument("--data", help="data source (default: the preset's, synthetic)")
+    s.add_argument("--fractions", default="0.01,0.05,0.1,0.25,1.0",
+                   help="labelled fractions, comma-separated (default 0.01,0.05,0.1,0.25,1.0)")
+    s.add_argument("--modes", default="gan,supervised", help="default gan,supervised")
+    s.add_argument("--variant", action="append", default=[], metavar="NAME=[MODE:]KEY=VAL,...",
+                   help="an extra line with config overrides (an ablation), e.g. "
+                        "gan-fakepose=loss.fake_pose_loss=true (repeatable)")
+    s.add_argument("--seeds", type=_positive, default=3, help="seeds per point (default 3)")
+    s.add_argument("--preset", default="quick", help="quick or seed (default quick)")
+    s.add_argument("--config", help="YAML config instead of the preset")
+    s.add_argument("--epochs", type=_positive, help="epochs per run (default: the preset's)")
+    s.add_argument("--max-steps", type=_positive, help="steps per run (smoke studies)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every run (repeatable)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(run=_run_study_labels)
+
+
+def _run_study_labels(args) -> int:
+    import shlex
+
+    from handgan.config import apply_overrides, load_yaml, preset
+    from handgan.study import StudyPlan, parse_fractions, parse_variants, run_study
+
+    base = load_yaml(args.config) if args.config else preset(args.preset)
+    flags = {"data.source": args.data, "optim.epochs": args.epochs,
+             "optim.max_steps": args.max_steps}
+    base = apply_overrides(base, [f"{k}={v}" for k, v in flags.items() if v is not None]
+                           + args.overrides)
+    plan = StudyPlan(base, parse_fractions(args.fractions),
+                     parse_variants(args.modes, args.variant), args.seeds,
+                     extra={"command": "handgan " + shlex.join(args.argv)})
+    study = run_study(plan, args.out, progress=not args.quiet)
+    from handgan.study import format_table
+
+    print(format_table(study), end="")
+    print(f"wrote {args.out}/study.json, table.md, label-study.png")
+    return 0
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare", help="score prediction files against ground truth, as the field does",
@@ -259,6 +312,112 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="3D joints from depth frames with a trained checkpoint",
+        description="Localise the hand in each depth frame, crop it as in training and predict "
+                    "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, "
+                    ".npy arrays of mm, or folders of them (sorted by name). With --out: "
+                    "FRAME.json (uvd and xyz per joint) and FRAME.overlay.png per frame, and for "
+                    "several frames predictions.txt (the field's format, input order). A bad "
+                    "frame does not stop the others; each failure is one line on stderr and the "
+                    "exit code is 2.")
+    p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="depth frame files or folders")
+    p.add_argument("--intrinsics", help="camera of the frames: nyu | icvl | msra | "
+                   "fx,fy,cx,cy[,width,height] (default: the checkpoint's training camera)")
+    p.add_argument("--out", help="output folder for JSON, overlays and predictions.txt")
+    p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs (faster)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="run the network with torch (default) or onnxruntime (CPU, needs "
+                        "handgan[export])")
+    p.add_argument("--threads", type=_positive,
+                   help="CPU threads for the network (default: the library's, all cores)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from handgan.data.folder import parse_intrinsics
+    from handgan.inference import Estimator, format_records, predict_files
+
+    intr = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    est = Estimator.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads,
+                                    backend=args.backend)
+    report = predict_files(est, args.inputs, out=args.out, intrinsics=intr,
+                           overlay=not args.no_overlay, progress=not (args.quiet or args.json),
+                           on_failure=lambda line: print(f"handgan predict: error: {line}",
+                                                         file=sys.stderr))
+    if args.json:  # always a list, one record per frame that worked, in input order
+        print(format_records([{"file": str(f), **p.to_dict()} for f, p in report.frames]),
+              end="")
+    elif not args.quiet:
+        for f, p in report.frames:
+            x, y, z = p.transform.centre_xyz
+            print(f"{f}: {len(p.uvd)} joints, hand at ({x:.0f}, {y:.0f}, {z:.0f}) mm")
+        if args.out:
+            print(f"wrote {len(report.written)} files to {args.out}")
+    return 2 if report.failures else 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="depth crops from chosen poses with the trained generator",
+        description="Run the generator of a checkpoint on poses. --poses FILE: the field's text "
+                    "format (one frame per line, J x 'u v d') or JSON (a list of J x 3 frames, "
+                    "or predict --json output) -> OUT/generated.png + generated.npy. "
+                    "--interpolate A B: two poses (files with one frame, or FILE:LINE) -> "
+                    "OUT/interpolation.png (a strip), interpolation.gif and interpolation.npy.")
+    p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--poses", metavar="FILE", help="pose file")
+    group.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="interpolate A -> B")
+    p.add_argument("--steps", type=_positive, default=8,
+                   help="interpolation steps, A and B included (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="generator noise seed (default 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from handgan.generation import generate_from_files
+
+    for path in generate_from_files(args.checkpoint, args.out, poses=args.poses,
+                                    interpolate=args.interpolate, steps=args.steps,
+                                    noise_seed=args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export the pose estimator (or generator) to ONNX",
+        description="Write an ONNX graph with a dynamic batch axis (estimator: crops (B, 1, S, "
+                    "S) -> joints (B, J, 3), both normalised), check it with onnx.checker, run "
+                    "it with onnxruntime on a random batch and print the max abs difference to "
+                    "PyTorch. Needs: pip install 'handgan[export]'.")
+    p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file")
+    p.add_argument("--what", choices=("estimator", "generator"), default="estimator",
+                   help="which network (default estimator)")
+    p.add_argument("--opset", type=_positive, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from handgan.export import export_onnx
+
+    r = export_onnx(args.checkpoint, args.onnx, what=args.what, opset=args.opset)
+    diff = f"{r.max_abs_diff:.3g} (normalised)"
+    if r.max_abs_diff_mm is not None:
+        diff += f", {r.max_abs_diff_mm:.3g} mm"
+    print(f"wrote {r.path} ({r.what}, opset {r.opset}, dynamic batch); max abs difference "
+          f"onnxruntime vs PyTorch on a random batch of {r.batch}: {diff}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="handgan", description="Semi-supervised 3D hand pose estimation from "
                      "single depth images with a pose-conditioned DCGAN.")
@@ -270,12 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_study(sub)
     _add_compare(sub)
+    _add_predict(sub)
+    _add_generate(sub)
+    _add_export(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by experiments
     try:
         return args.run(args)
     except HandganError as e:

@@ -51,6 +51,7 @@ from handgan.dataset import (
     load_or_build_cache,
     split_labeled,
 )
+from handgan.device import resolve_device  # noqa: F401  (re-exported)
 from handgan.distributed import (
     DistInfo,
     barrier,
@@ -76,13 +77,6 @@ EVAL_BATCH = 256
 # --------------------------------------------------------------------------------------------
 # Set-up
 # --------------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` = CUDA if available, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -1,0 +1,660 @@
+"""Inference: a raw depth frame (or a crop) -> 3D joints, with the discriminator's pose branch.
+
+    est = Estimator.from_checkpoint("runs/x/checkpoints/best.pt")
+    pred = est.estimate(depth_mm)             # (H, W) mm -> Prediction: uvd (J, 3), xyz (J, 3)
+    preds = est.estimate_batch([d1, d2])      # one network call for several frames
+
+A frame goes through: hand localisation (``localize_hand``, skipped when a centre is given) ->
+cube crop with the checkpoint's cube and size (``crop_depth``) -> the pose network (normalised
+joints) -> back to full-frame uvd and camera xyz with the crop's exact ``CropTransform``.
+
+The command ``handgan predict`` is :func:`predict_files` over files and folders.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from handgan.camera import NYU, Intrinsics
+from handgan.checkpoint import load_checkpoint
+from handgan.device import resolve_device
+from handgan.errors import HandganError
+from handgan.joints import NYU14_NAMES, NYU14_PALM, NYU_EVAL_IDS, NYU_JOINT_NAMES
+from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
+from handgan.preprocess import CropTransform, crop_depth, localize_hand
+
+BACKENDS = ("torch", "onnxruntime")
+DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
+FRAME_SUFFIXES = (".png", ".npy")
+
+
+# --------------------------------------------------------------------------------------------
+# What a checkpoint says about its crops
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How the training crops were made, so new frames are cropped the same way.
+
+    Attributes:
+        size: S, crop side in px (= the model's input size).
+        cube_mm: (x, y, z) cube sides in mm.
+        intrinsics: the training camera (the default for new frames).
+        joint_names: names of the J joints, in the network's output order.
+        centre: how training crops were centred: "gt" (a labelled joint) or "com" (localisation).
+        source: the training data source, for information.
+    """
+
+    size: int
+    cube_mm: tuple[float, float, float]
+    intrinsics: Intrinsics
+    joint_names: tuple[str, ...]
+    centre: str = "gt"
+    source: str = "unknown"
+
+    @property
+    def centre_joint(self) -> int | None:
+        """Index of the joint that training crops were centred on (the palm), if the joint set
+        is a known one; None otherwise."""
+        return centre_joint_index(self.joint_names)
+
+
+def centre_joint_index(joint_names: Sequence[str]) -> int | None:
+    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA), else None."""
+    from handgan.data.icvl import ICVLSplit
+    from handgan.data.msra import MSRA_JOINT_NAMES, MSRADataset
+
+    names = tuple(joint_names)
+    nyu14_raw = tuple(NYU_JOINT_NAMES[i] for i in NYU_EVAL_IDS)  # what NYUSplit names them
+    known = {NYU14_NAMES: NYU14_PALM, nyu14_raw: NYU14_PALM, NYU_JOINT_NAMES: 32,
+             tuple(ICVLSplit.joint_names): ICVLSplit.centre_joint,
+             tuple(MSRA_JOINT_NAMES): MSRADataset.centre_joint}
+    return known.get(names)
+
+
+def is_nyu14(joint_names: Sequence[str]) -> bool:
+    """True for the 14 NYU evaluation joints (either naming), whose skeleton plots.py draws."""
+    return len(joint_names) == 14 and centre_joint_index(joint_names) == NYU14_PALM
+
+
+def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:
+    """The crop spec saved under ``ckpt["crop"]`` by training.
+
+    Checkpoints written before that key existed still load, with the defaults of the NYU set-up
+    they were trained on: crop size = ``model.size``, a 300 mm cube, the NYU camera and the 14
+    NYU evaluation joints (``joints.NYU14_NAMES``). A saved ``cube_mm`` of None (an empty training
+    cache) also falls back to 300 mm.
+
+    Raises:
+        HandganError: when the saved metadata contradicts the model (size, joint count) or is
+            malformed; the message names ``path``.
+    """
+    crop = ckpt.get("crop")
+    if crop is None:
+        names = NYU14_NAMES if model.num_joints == 14 else \
+            tuple(f"joint_{j}" for j in range(model.num_joints))
+        return CropSpec(model.size, (DEFAULT_CUBE_MM,) * 3, NYU, names, "gt", "unknown")
+    try:
+        size = int(crop.get("size", model.size))
+        cube = crop.get("cube_mm")
+        cube = (DEFAULT_CUBE_MM,) * 3 if cube is None else \
+            tuple(float(c) for c in np.broadcast_to(np.asarray(cube, dtype=np.float64), (3,)))
+        intr = crop.get("intrinsics")
+        intrinsics = NYU if intr is None else Intrinsics(
+            fx=float(intr["fx"]), fy=float(intr["fy"]), cx=float(intr["cx"]),
+            cy=float(intr["cy"]), width=int(intr["width"]), height=int(intr["height"]),
+            y_up=bool(intr.get("y_up", True)))
+        names = tuple(str(n) for n in crop.get("joint_names") or ())
+        centre, source = str(crop.get("centre", "gt")), str(crop.get("source", "unknown"))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise HandganError(f"{path}: malformed crop metadata in the checkpoint "
+                           f"({type(e).__name__}: {e})") from None
+    if size != model.size:
+        raise HandganError(f"{path}: crop size {size} does not match the model's input size "
+                           f"{model.size}")
+    if not all(math.isfinite(c) and c > 0 for c in cube):
+        raise HandganError(f"{path}: crop cube_mm must be positive, got {list(cube)}")
+    if not names:
+        names = NYU14_NAMES if model.num_joints == 14 else \
+            tuple(f"joint_{j}" for j in range(model.num_joints))
+    if len(names) != model.num_joints:
+        raise HandganError(f"{path}: {len(names)} joint names but the model predicts "
+                           f"{model.num_joints} joints")
+    return CropSpec(size, cube, intrinsics, names, centre, source)
+
+
+def load_networks(path: str | os.PathLike, what: str, device: str | torch.device = "cpu"
+                  ) -> tuple[torch.nn.Module, CropSpec, ModelConfig]:
+    """Load one network of a training checkpoint, in eval mode with gradients off.
+
+    Args:
+        path: checkpoint file (``load_checkpoint``: plain weights only, never runs code).
+        what: "estimator" (the discriminator's trunk + pose branch, as a ``PoseEstimator``; the
+            generator and the real/fake head are neither built nor needed) or "generator".
+        device: where the network lives.
+
+    Returns:
+        (network, crop spec, model config).
+
+    Raises:
+        HandganError: unreadable / foreign checkpoint, missing keys, weights that do not fit.
+    """
+    from handgan.config import from_dict
+
+    ckpt = load_checkpoint(path)
+    for key in ("config", "generator" if what == "generator" else "discriminator"):
+        if not isinstance(ckpt.get(key), dict):
+            raise HandganError(f"{path}: not a training checkpoint (no {key!r} dict)")
+    try:
+        model_cfg = from_dict(ckpt["config"]).model
+    except (ValueError, TypeError) as e:  # from_dict reports bad keys itself as HandganError
+        raise HandganError(f"{path}: bad config in the checkpoint ({e})") from None
+    spec = read_crop_spec(ckpt, model_cfg, path)
+    if what == "generator":
+        state = ckpt["generator"]
+        with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
+            net: torch.nn.Module = Generator(model_cfg)
+    elif what == "estimator":
+        # The estimator's state-dict keys (trunk.*, pose.*) are the discriminator's; the
+        # real/fake head is built on the meta device only and dropped with ``dis``.
+        state = {k: v for k, v in ckpt["discriminator"].items()
+                 if k.startswith(("trunk.", "pose."))}
+        with torch.device("meta"):
+            dis = Discriminator(model_cfg)
+        net = PoseEstimator(dis)
+        del dis
+    else:
+        raise ValueError(f"what must be 'estimator' or 'generator', got {what!r}")
+    net = net.to_empty(device=device)
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise HandganError(f"{path}: the {what} weights do not fit the saved model config "
+                           f"({first})") from None
+    net.eval().requires_grad_(False)
+    return net, spec, model_cfg
+
+
+# --------------------------------------------------------------------------------------------
+# The estimator
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """3D joints of one frame.
+
+    Attributes:
+        uvd: (J, 3) float64 u, v px in the full frame and d mm.
+        xyz: (J, 3) float64 camera coordinates in mm (the camera's y convention).
+        joint_names: J names, in the order of the rows.
+        centre_uvd: (3,) the crop centre used (localised or given).
+        transform: the crop's ``CropTransform`` (maps normalised joints <-> frame).
+    """
+
+    uvd: np.ndarray
+    xyz: np.ndarray
+    joint_names: tuple[str, ...]
+    centre_uvd: np.ndarray
+    transform: CropTransform = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"joints": {name: {"uvd": [u, v, d], "xyz": [x, y, z]}}, ...}``."""
+        return {
+            "joints": {name: {"uvd": _rounded(u), "xyz": _rounded(x)}
+                       for name, u, x in zip(self.joint_names, self.uvd, self.xyz)},
+            "centre_uvd": _rounded(self.centre_uvd),
+            "cube_mm": _rounded(self.transform.cube_mm),
+            "crop_size": self.transform.size,
+        }
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(v), 4) for v in values]  # 1e-4 px / mm: far below any model's error
+
+
+class Estimator:
+    """The pose estimator of a trained checkpoint, from full depth frames or from crops.
+
+    Build it with :meth:`from_checkpoint`. The network runs under ``torch.inference_mode``
+    (backend "torch") or in an onnxruntime session of the same network (backend "onnxruntime").
+
+    Attributes:
+        network: ``nn.Module`` mapping normalised crops (B, 1, S, S) in [-1, 1] to normalised
+            joints (B, J, 3) (what ``export.export_onnx`` writes). Eval mode, no gradients.
+        spec: how crops are made (size, cube, default camera, joint names).
+        device: where the torch network runs (CPU for the onnxruntime backend).
+        backend: "torch" or "onnxruntime".
+    """
+
+    def __init__(self, network: torch.nn.Module, spec: CropSpec,
+                 device: str | torch.device = "cpu", backend: str = "torch",
+                 threads: int | None = None) -> None:
+        if backend not in BACKENDS:
+            raise HandganError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
+        self.network = network.to(self.device).eval().requires_grad_(False)
+        self.spec = spec
+        self.backend = backend
+        self._session = None
+        if backend == "onnxruntime":
+            from handgan.export import onnx_bytes, onnxruntime_session
+
+            example = {"crops": torch.zeros(1, 1, spec.size, spec.size)}
+            self._session = onnxruntime_session(onnx_bytes(self.network, example, ["joints"]),
+                                                threads=threads)
+        elif self.device.type == "cpu":
+            # oneDNN's convolutions run faster on channels-last tensors (seed model, 2 cores:
+            # 1.25x for a batch of 64, 1.07x for one crop); the weights are converted once, here.
+            self.network.to(memory_format=torch.channels_last)
+        self._warm_up()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+                        threads: int | None = None, backend: str = "torch") -> Estimator:
+        """Load the pose branch of a training checkpoint.
+
+        Args:
+            path: checkpoint file (``last.pt`` / ``best.pt``).
+            device: "auto" (CUDA if available), "cpu", "cuda", ... (backend "torch" only).
+            threads: CPU threads of the network: torch's intra-op threads (process-wide), or the
+                onnxruntime session's. None keeps the library's default (torch: the physical
+                cores, the fastest on an idle machine; on a machine busy with other work, 1 thread
+                avoids waiting for a descheduled worker thread at every layer).
+            backend: "torch", or "onnxruntime" (CPU; the same network exported to ONNX in
+                memory, usually faster for one frame; needs ``pip install 'handgan[export]'``).
+
+        Returns:
+            An Estimator, warmed up (the first real frame does not pay for kernel set-up).
+
+        Raises:
+            HandganError: missing, corrupt, foreign or code-carrying checkpoint (one line naming
+                the file), or onnxruntime missing for that backend.
+        """
+        if threads is not None and backend == "torch":
+            torch.set_num_threads(int(threads))
+        network, spec, _ = load_networks(path, "estimator", "cpu")
+        return cls(network, spec, device, backend=backend, threads=threads)
+
+    # ---- properties -----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self.spec.size
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return self.spec.joint_names
+
+    @property
+    def intrinsics(self) -> Intrinsics:
+        """The training camera: the default for frames given without intrinsics."""
+        return self.spec.intrinsics
+
+    # ---- steps ----------------------------------------------------------------------------
+
+    def locate(self, depth_mm: np.ndarray, intrinsics: Intrinsics | None = None) -> np.ndarray:
+        """(H, W) frame -> (3,) hand centre uvd (``localize_hand`` with the checkpoint's cube).
+
+        Raises:
+            HandganError: bad frame, or "no hand found: ...".
+        """
+        intr = intrinsics or self.spec.intrinsics
+        depth = check_depth_frame(depth_mm, intr)
+        return localize_hand(depth, intr, cube_mm=self.spec.cube_mm[2])
+
+    def crop(self, depth_mm: np.ndarray, centre_uvd: np.ndarray,
+             intrinsics: Intrinsics | None = None) -> tuple[np.ndarray, CropTransform]:
+        """The normalised (S, S) crop around ``centre_uvd`` and its transform."""
+        intr = intrinsics or self.spec.intrinsics
+        return crop_depth(depth_mm, centre_uvd, self.spec.cube_mm, self.spec.size, intr=intr)
+
+    def predict_norm(self, crops: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Normalised crops (B, S, S) or (B, 1, S, S) -> normalised joints (B, J, 3) float32."""
+        x = torch.as_tensor(crops, dtype=torch.float32)  # no copy for float32 numpy input
+        if x.ndim == 3:
+            x = x.unsqueeze(1)  # (B, 1, S, S)
+        s = self.spec.size
+        if x.ndim != 4 or x.shape[1:] != (1, s, s):
+            raise HandganError(f"crops must be (B, {s}, {s}) or (B, 1, {s}, {s}), got shape "
+                               f"{tuple(x.shape)}")
+        if self._session is not None:
+            feed = {"crops": np.ascontiguousarray(x.numpy())}
+            return self._session.run(None, feed)[0]  # (B, J, 3)
+        with torch.inference_mode():
+            joints = self.network(x.to(self.device, non_blocking=True))
+        return joints.cpu().numpy()  # (B, J, 3)
+
+    # ---- public estimates ------------------------------------------------------------------
+
+    def estimate(self, depth_mm: np.ndarray, intrinsics: Intrinsics | None = None,
+                 centre_uvd: np.ndarray | None = None) -> Prediction:
+        """3D joints of the hand in one full depth frame.
+
+        Args:
+            depth_mm: (H, W) depth in mm (any integer or float dtype; 0 or NaN = no depth); H, W
+                must be the camera's.
+            intrinsics: the frame's camera; None = the checkpoint's training camera.
+            centre_uvd: (3,) crop centre u, v px, d mm; None = localise the hand.
+
+        Returns:
+            A :class:`Prediction` (uvd and xyz in the frame's camera).
+
+        Raises:
+            HandganError: not a depth frame (shape, dtype, size), or no hand found.
+        """
+        intr = intrinsics or self.spec.intrinsics
+        depth = check_depth_frame(depth_mm, intr)
+        centre = self.locate(depth, intr) if centre_uvd is None else centre_uvd
+        crop, transform = self.crop(depth, centre, intr)
+        return self.estimate_crop(crop, transform)
+
+    def estimate_batch(self, frames: Iterable[np.ndarray], intrinsics: Intrinsics | None = None,
+                       centres_uvd: Sequence[np.ndarray | None] | None = None
+                       ) -> list[Prediction]:
+        """:meth:`estimate` for several frames of one camera, with one network call.
+
+        Args:
+            frames: (H, W) depth frames in mm.
+            intrinsics: their camera; None = the checkpoint's.
+            centres_uvd: optional crop centre per frame (None entries are localised).
+
+        Returns:
+            One Prediction per frame, in order.
+        """
+        intr = intrinsics or self.spec.intrinsics
+        frames = list(frames)
+        centres = list(centres_uvd) if centres_uvd is not None else [None] * len(frames)
+        if len(centres) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(centres)} centres")
+        crops, transforms = [], []
+        for depth, centre in zip(frames, centres):
+            depth = check_depth_frame(depth, intr)
+            crop, transform = self.crop(depth, self.locate(depth, intr) if centre is None
+                                        else centre, intr)
+            crops.append(crop)
+            transforms.append(transform)
+        return self.estimate_crops(np.stack(crops) if crops else
+                                   np.empty((0, self.size, self.size), np.float32), transforms)
+
+    def estimate_crop(self, crop: np.ndarray, transform: CropTransform) -> Prediction:
+        """Joints of one normalised (S, S) crop, mapped to the frame with its transform."""
+        crop = np.asarray(crop, dtype=np.float32)
+        return self.estimate_crops(crop[None], [transform])[0]
+
+    def estimate_crops(self, crops: np.ndarray, transforms: Sequence[CropTransform]
+                       ) -> list[Prediction]:
+        """Joints of a batch of normalised crops (B, S, S), each mapped with its transform.
+
+        Returns:
+            One Prediction per crop.
+        """
+        if len(crops) != len(transforms):
+            raise ValueError(f"{len(crops)} crops but {len(transforms)} transforms")
+        if len(crops) == 0:
+            return []
+        norm = self.predict_norm(crops)
+        return [self._to_prediction(n, t) for n, t in zip(norm, transforms)]
+
+    def _to_prediction(self, norm: np.ndarray, transform: CropTransform) -> Prediction:
+        xyz = transform.norm_to_xyz(norm)  # (J, 3) mm
+        uvd = transform.norm_to_uvd(norm)  # (J, 3) px, px, mm
+        return Prediction(uvd, xyz, self.spec.joint_names, transform.centre_uvd, transform)
+
+    def _warm_up(self) -> None:
+        """One forward pass, so kernel selection and allocation happen before the first frame."""
+        self.predict_norm(np.full((1, self.size, self.size), 1.0, dtype=np.float32))
+
+
+def check_depth_frame(depth_mm: Any, intr: Intrinsics) -> np.ndarray:
+    """The frame as an ndarray if it is a 2-D numeric depth image of the camera's size.
+
+    Raises:
+        HandganError: wrong number of dimensions, non-numeric dtype (e.g. bool), or a size that
+            is not the camera's (the message says how to pass other intrinsics).
+    """
+    depth = np.asarray(depth_mm)
+    if depth.ndim != 2:
+        raise HandganError(f"not a depth frame: expected a 2-D (H, W) array, got shape "
+                           f"{depth.shape}")
+    if depth.dtype.kind not in "iuf":
+        raise HandganError(f"not a depth frame: expected integer or float mm, got dtype "
+                           f"{depth.dtype}")
+    if depth.shape != (intr.height, intr.width):
+        raise HandganError(f"frame is {depth.shape[1]}x{depth.shape[0]} but the camera is "
+                           f"{intr.width}x{intr.height} (give the frame's intrinsics, "
+                           "e.g. --intrinsics fx,fy,cx,cy,width,height)")
+    return depth
+
+
+# --------------------------------------------------------------------------------------------
+# Files: reading frames, writing predictions and overlays
+# --------------------------------------------------------------------------------------------
+
+def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
+    """Read one depth frame -> (H, W) float32 mm.
+
+    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm, or a
+    2-D integer/float ``.npy`` of mm (read without pickle).
+
+    Raises:
+        HandganError: one line naming the file (missing, not a depth image, wrong shape/dtype).
+    """
+    from handgan.data.files import PNG_COLOR_TYPES, decode_png, png_header, read_bytes
+    from handgan.data.folder import read_depth_npy
+    from handgan.data.nyu import decode_nyu_depth
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return read_depth_npy(path)
+    if suffix != ".png":
+        raise HandganError(f"{path}: not a depth frame file (expected .png or .npy)")
+    data = read_bytes(path, "depth PNG")
+    expected = "an NYU 8-bit RGB or a 16-bit greyscale depth PNG"
+    bit_depth, colour = png_header(data, path, expected)
+    # The same decoding as data.nyu.read_depth_png / data.icvl.read_depth_png16, on the bytes
+    # already read for the header.
+    if colour == 2 and bit_depth == 8:
+        return decode_nyu_depth(decode_png(data, path))
+    if colour == 0 and bit_depth == 16:
+        return decode_png(data, path).astype(np.float32)
+    kind = PNG_COLOR_TYPES.get(colour, f"colour type {colour}")
+    raise HandganError(f"{path}: not a depth image (expected {expected}, got {bit_depth}-bit "
+                       f"{kind})")
+
+
+def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files and folders -> frame files in order: a folder contributes its ``*.png`` / ``*.npy``
+    files (not sub-folders) in sorted name order; a file is taken as given.
+
+    Raises:
+        HandganError: an input that does not exist, or a folder without frames.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir()
+                           if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+            if not found:
+                raise HandganError(f"{item}: no depth frames (*.png, *.npy) in the folder")
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise HandganError(f"{item}: no such file or folder")
+    return files
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` did.
+
+    Attributes:
+        frames: (file, prediction) for every frame that worked, in input order.
+        failures: one line per frame that failed ("<file>: <problem>").
+        written: files written into the output folder.
+    """
+
+    frames: list[tuple[Path, Prediction]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+
+def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
+                  out: str | os.PathLike | None = None, intrinsics: Intrinsics | None = None,
+                  overlay: bool = True, progress: bool = False,
+                  on_failure: Callable[[str], None] | None = None) -> PredictReport:
+    """Estimate every frame of ``inputs`` (files and folders); a bad frame does not stop the rest.
+
+    With ``out``: per frame ``OUT/<stem>.json`` (uvd and xyz per named joint) and, if
+    ``overlay``, ``OUT/<stem>.overlay.png`` (the skeleton on the depth frame); for more than one
+    frame also ``OUT/predictions.txt`` (the field's format: one line per frame, J x 3 ``u v d``,
+    in input order) and ``OUT/predictions_frames.txt`` (the file of each line; failed frames
+    have no line). Every file is written atomically.
+
+    Args:
+        estimator: the loaded estimator.
+        inputs: depth frame files (.png NYU / 16-bit, .npy) and folders of them.
+        out: output folder, or None to write nothing.
+        intrinsics: the frames' camera; None = the checkpoint's.
+        overlay: also draw the overlay PNGs (about 0.1 s a frame).
+        progress: show a tqdm progress bar on stderr (several frames, on a terminal only).
+        on_failure: called with each failure line as it happens.
+
+    Returns:
+        A :class:`PredictReport`.
+
+    Raises:
+        HandganError: an input that does not exist, or ``out`` is an input folder.
+    """
+    from tqdm import tqdm
+
+    from handgan.atomic import atomic_write_text
+    from handgan.evaluation.predfile import write_predictions
+
+    files = list_depth_files(inputs)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
+            raise HandganError(f"{out_dir}: --out must not be an input folder (its overlay PNGs "
+                               "would be read as frames next time)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    report = PredictReport()
+    names = _unique_stems(files)
+    # disable=None: tqdm shows the bar only on a terminal, so logs and pipes stay clean.
+    bar = tqdm(list(zip(files, names)), desc="predict", unit="frame", dynamic_ncols=True,
+               disable=None if progress and len(files) > 1 else True)
+    for path, stem in bar:
+        try:
+            depth = read_depth_frame(path)
+            try:
+                pred = estimator.estimate(depth, intrinsics)
+            except HandganError as e:
+                raise HandganError(f"{path}: {e}") from None
+        except HandganError as e:
+            report.failures.append(str(e))
+            if on_failure is not None:
+                with tqdm.external_write_mode():  # the message does not garble the bar
+                    on_failure(str(e))
+            continue
+        report.frames.append((path, pred))
+        if out_dir is None:
+            continue
+        record = {"file": str(path), **pred.to_dict()}
+        json_path = out_dir / f"{stem}.json"
+        atomic_write_text(json_path, format_records(record))
+        report.written.append(json_path)
+        if overlay:
+            report.written.append(save_overlay(out_dir / f"{stem}.overlay.png", depth, pred,
+                                               title=path.name))
+    if out_dir is not None and len(files) > 1 and report.frames:
+        uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
+        report.written.append(write_predictions(out_dir / "predictions.txt", uvd))
+        listing = out_dir / "predictions_frames.txt"
+        atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
+        report.written.append(listing)
+    return report
+
+
+def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
+    """Prediction records (``{"file": ..., **Prediction.to_dict()}``) as JSON text with one joint
+    per line: a single record as an object, several as a list."""
+    import json
+
+    def one(record: dict[str, Any], indent: str) -> str:
+        items = []
+        for key, value in record.items():
+            if key == "joints":
+                joints = ",\n".join(f"{indent}    {json.dumps(name)}: {json.dumps(j)}"
+                                     for name, j in value.items())
+                items.append(f'{indent}  "joints": {{\n{joints}\n{indent}  }}')
+            else:
+                items.append(f"{indent}  {json.dumps(key)}: {json.dumps(value)}")
+        return f"{indent}{{\n" + ",\n".join(items) + f"\n{indent}}}"
+
+    if isinstance(records, dict):
+        return one(records, "") + "\n"
+    return "[\n" + ",\n".join(one(r, "  ") for r in records) + "\n]\n"
+
+
+def _unique_stems(files: Sequence[Path]) -> list[str]:
+    """Output names per frame: the file stem, with ``-2``, ``-3``... when stems repeat (the same
+    frame name in two folders)."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        count = seen[f.stem] = seen.get(f.stem, 0) + 1
+        names.append(f.stem if count == 1 else f"{f.stem}-{count}")
+    return names
+
+
+def save_overlay(path: str | os.PathLike, depth_mm: np.ndarray, pred: Prediction,
+                 title: str = "") -> Path:
+    """A PNG of the prediction: the whole frame with the crop's box, and the hand zoomed to the
+    crop's box with the skeleton (14 NYU joints) or the joints (other joint sets) drawn on it.
+
+    Depth is colour-mapped over the crop cube's depth range; pixels without depth are black.
+    """
+    import matplotlib.patches as patches
+
+    from handgan.atomic import atomic_write
+    from handgan.plots import depth_to_rgb, draw_skeleton14, plt
+
+    t = pred.transform
+    half = t.half_depth_mm
+    rgb = depth_to_rgb(np.asarray(depth_mm, dtype=np.float32), t.centre_uvd[2] - half,
+                       t.centre_uvd[2] + half)
+    x0, y0, x1, y1 = t.box_px
+    fig, (ax_full, ax_zoom) = plt.subplots(1, 2, figsize=(8.0, 3.6),
+                                           gridspec_kw={"width_ratios": [4, 3]})
+    for ax in (ax_full, ax_zoom):
+        ax.imshow(rgb, interpolation="nearest")
+        ax.axis("off")
+    ax_full.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                        ec="white", lw=1.0))
+    ax_full.plot(pred.uvd[:, 0], pred.uvd[:, 1], ".", ms=2, color="white")
+    if is_nyu14(pred.joint_names):
+        draw_skeleton14(ax_zoom, pred.uvd)
+    else:
+        ax_zoom.plot(pred.uvd[:, 0], pred.uvd[:, 1], "o", ms=4, mec="white", color="#e41a1c")
+    ax_zoom.set_xlim(x0 - 0.5, x1 - 0.5)
+    ax_zoom.set_ylim(y1 - 0.5, y0 - 0.5)
+    palm = t.centre_xyz
+    ax_zoom.set_title(f"crop centre ({palm[0]:.0f}, {palm[1]:.0f}, {palm[2]:.0f}) mm", fontsize=8)
+    if title:
+        ax_full.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
+    finally:
+        plt.close(fig)
+    return path
