@@ -10,6 +10,7 @@ batch; the networks are wrapped in DistributedDataParallel, which averages their
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,7 +65,10 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group once the DDP wrappers are gone (their reducers hold the group;
+    gloo can abort at interpreter exit if one outlives it, hence the collect)."""
     if info.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -43,9 +43,13 @@ def main():
         assert gan or name == "discriminator" or torch.equal(mine, before), name
         if name == "discriminator" or gan:
             assert not torch.equal(mine, before), name
+    # Tear down as training does: DDP wrappers (their reducers hold the process group) go first,
+    # and no process leaves before every process is done talking; otherwise gloo can abort at exit.
+    del gen_t, dis_t
+    dist.barrier()
+    dist.destroy_process_group()
     if rank == 0:
         print("OK")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
