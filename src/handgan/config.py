@@ -39,6 +39,7 @@ TRAIN_MODES = ("gan", "supervised")
 CENTRES = ("gt", "com")
 ON_BAD = ("stop", "skip")
 RECONS_MODES = ("sample_floor", "pixel_truncate")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -104,9 +105,11 @@ class LossConfig:
     recons_mode: str = "sample_floor"  # "sample_floor" (seed: max(e_i, tau)) | "pixel_truncate"
     fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
     pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
+    w_consistency: float = 0.0       # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
 
     def __post_init__(self) -> None:
-        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std"):
+        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
+                     "w_consistency"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
 
@@ -118,12 +121,14 @@ class OptimConfig:
     lr: float = 1e-3                 # Adam learning rate (the seed's 0.001), both networks
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas; beta1 = 0.5 as in DCGAN
     weight_decay: float = 0.0        # L2 weight decay (Adam's, not decoupled)
-    epochs: int = 50                 # passes over the labelled training crops (the seed: 50)
+    epochs: int = 50                 # passes over all training frames (the seed: 50)
     batch_size: int = 64             # global batch of labelled crops (split across DDP ranks)
     max_steps: int | None = None     # stop after this many steps, whatever the epochs (smoke runs)
+    lr_schedule: str = "constant"    # "constant" (the seed) | "cosine": lr * (1 + cos(pi t/T)) / 2
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check(all(0.0 <= b < 1.0 for b in self.betas),
                f"betas must be in [0, 1), got {self.betas}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")

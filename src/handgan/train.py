@@ -21,6 +21,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from handgan.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from handgan.config import TrainConfig, save_yaml, to_dict
+from handgan.config import OptimConfig, TrainConfig, save_yaml, to_dict
 from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
 from handgan.dataset import (
     CropCache,
@@ -275,6 +276,33 @@ def batch_norm_stats_frozen(module: nn.Module):
             m.momentum = momentum
 
 
+@contextmanager
+def params_frozen(module: nn.Module):
+    """Gradients flow through ``module`` to its inputs but not into its parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def learning_rate(o: OptimConfig, step: int, total_steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``total_steps``; a pure function of the
+    step, so a resumed run continues the schedule exactly."""
+    if o.lr_schedule == "cosine" and total_steps > 1:
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return o.lr
+
+
+def set_learning_rate(optimizers: Iterable[torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (or the module itself)."""
     return module.module if isinstance(module, DDP) else module
@@ -299,11 +327,21 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     #     [+ w_joint * L_J(Dis_pose(Gen(J)), J) with fake_pose_loss]
     ############################
     opt_d.zero_grad(set_to_none=True)
+    consistency = w.w_consistency > 0 and x_u is not None and len(x_u) > 0
     with autocast():
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(j_g)
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if x_u is not None and len(x_u):
+        if consistency:
+            # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
+            # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
+            logits_u, pose_u = dis(x_u)
+            real_logits = torch.cat([real_logits, logits_u])
+            g = unwrap(gen)
+            with params_frozen(g), batch_norm_stats_frozen(g):
+                loss_cons = reconstruction_loss(x_u.float(), g(pose_u).float(), w.tau,
+                                                w.recons_mode)
+        elif x_u is not None and len(x_u):
             real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
             if w.fake_pose_loss:
@@ -316,6 +354,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if w.fake_pose_loss:
             loss_j_fake = joint_loss(pose_g.float(), j_g)
             loss_d = loss_d + w.w_joint * loss_j_fake
+        if consistency:
+            loss_d = loss_d + w.w_consistency * loss_cons
     loss_d.backward()
     opt_d.step()
 
@@ -341,6 +381,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
            "loss_gen_adv": loss_adv.item()}
     if w.fake_pose_loss:
         out["loss_joint_fake"] = loss_j_fake.item()
+    if consistency:
+        out["loss_consistency"] = loss_cons.item()
     return out
 
 
@@ -452,7 +494,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     if steps_per_epoch == 0:
         raise HandganError(f"{data.train_frames} training frames: fewer than one batch of "
                            f"{batch}; lower optim.batch_size")
-    total_steps = steps_per_epoch * cfg.optim.epochs
+    total_steps = planned_steps = steps_per_epoch * cfg.optim.epochs  # the schedule's length
     if cfg.optim.max_steps is not None:
         total_steps = min(total_steps, cfg.optim.max_steps)
     gan = cfg.mode == "gan"
@@ -593,6 +635,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 x_l, j_l, x_u = next(loader)
                 t0 = time.perf_counter()
                 mf = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
+                set_learning_rate((opt_g, opt_d), learning_rate(cfg.optim, step, planned_steps))
                 x_l = x_l.to(device, non_blocking=True, memory_format=mf)
                 j_l = j_l.to(device, non_blocking=True)
                 if gan:
