@@ -412,3 +412,45 @@ def test_argument_errors(source_dataset, tmp_path):
         CropCache(tmp_path)
     with pytest.raises(HandganError, match="seed"):
         UnlabeledCrops(np.zeros((2, 64, 64), np.float16), [0, 1], seed=-3)
+
+
+def test_two_views_match_augmentation_of_labelled_crops(cache):
+    # View B of an unlabelled crop is the crop augmented with its own seeded draw, and the map
+    # carries the true joints of view A exactly where augmenting the labelled crop puts them.
+    from handgan.augment import augment_crop
+    from handgan.train import UnlabeledPool
+    view_aug = AugmentConfig(combine=True)
+    labeled, unlabeled = split_labeled(cache, 0.25, seed=2)
+    unlabeled.set_epoch(3)
+    positions = np.array([4, 0, 7])
+    x_a, x_b, maps = unlabeled.sample_views(positions, view_aug)
+    assert x_a.shape == x_b.shape == (3, 1, 128, 128) and len(maps) == 3
+    rows = unlabeled.indices[positions]
+    joints_a = np.asarray(cache.joints_norm[rows], np.float64)
+    mapped = maps.apply(joints_a)
+    for i, (k, row) in enumerate(zip(positions, rows)):
+        crop = np.asarray(cache.crops[row], np.float32)
+        assert np.array_equal(x_a[i, 0].numpy(), crop)  # view A: the cached crop as it is
+        t = unlabeled.transform(int(k))
+        rng = np.random.default_rng((2, 3, int(row), 1))
+        crop_b, t_b, joints_b = augment_crop(crop, t, joints_a[i], rng, view_aug)
+        assert t_b.rotation_deg != 0.0
+        assert np.array_equal(x_b[i, 0].numpy(), crop_b)
+        np.testing.assert_allclose(mapped[i], joints_b, atol=1e-9)
+        np.testing.assert_allclose(t_b.norm_to_xyz(mapped[i]), t.norm_to_xyz(joints_a[i]),
+                                   atol=1e-6)  # the same 3D joints, in mm
+    # A pool of two parts gives the same views in the order asked for.
+    first, second = split_labeled(cache, 0.5, seed=2)[1], unlabeled
+    second.set_epoch(3)
+    first.set_epoch(3)
+    pool = UnlabeledPool([first, second])
+    ask = np.array([len(first) + 4, 1, len(first), 0])
+    pa, pb, pm = pool.sample_views(ask, view_aug)
+    for i, pos in enumerate(ask):
+        part, local = (second, pos - len(first)) if pos >= len(first) else (first, pos)
+        a, b, m = part.sample_views(np.array([local]), view_aug)
+        assert torch.equal(pa[i], a[0]) and torch.equal(pb[i], b[0])
+        np.testing.assert_array_equal(pm.apply(joints_a[:1].repeat(4, 0))[i],
+                                      m.apply(joints_a[:1])[0])
+    with pytest.raises(ValueError, match="poses for"):
+        maps.apply(joints_a[:2])

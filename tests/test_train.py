@@ -215,7 +215,7 @@ def test_consistency_term_is_the_reconstruction_of_unlabelled_crops_from_their_p
     import copy
 
     from handgan.losses import reconstruction_loss
-    cfg = make_cfg(workdir, "loss.w_consistency=1", "loss.w_joint=0", "loss.w_gan=0")
+    cfg = make_cfg(workdir, "loss.w_cycle=1", "loss.w_joint=0", "loss.w_gan=0")
     gen, dis, opt_g, opt_d = models(cfg)
     x_l, j_l, x_u = batch()
     gen_copy, dis_copy = copy.deepcopy(gen), copy.deepcopy(dis)
@@ -224,7 +224,7 @@ def test_consistency_term_is_the_reconstruction_of_unlabelled_crops_from_their_p
     pose_before, rf_before = params(dis.pose), params(dis.real_fake)
     gen_bn = [m.running_mean.clone() for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     out = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg)
-    assert out["loss_consistency"] == pytest.approx(expected, rel=1e-5)
+    assert out["loss_cycle"] == pytest.approx(expected, rel=1e-5)
     assert changed(pose_before, dis.pose) and not changed(rf_before, dis.real_fake)
     assert all(p.requires_grad for p in gen.parameters())
     # Gen's running statistics moved only by the generator step's own pass (on labelled poses).
@@ -255,3 +255,43 @@ def test_cosine_schedule_values_and_a_run_follows_it(workdir, tmp_path):
     for key in ("opt_g", "opt_d"):
         assert ckpt[key]["param_groups"][0]["lr"] == pytest.approx(
             train_mod.learning_rate(cfg.optim, steps - 1, steps))
+
+
+@pytest.mark.parametrize("mode", ["gan", "supervised"])
+def test_equivariance_term_matches_its_formula(workdir, mode):
+    # ||Dis_pose(x_b) - map(Dis_pose(x_a))||^2 with the network's own pose on x_a as the target;
+    # here view B is view A turned by 90 degrees about the crop centre.
+    import copy
+
+    from handgan.camera import NYU
+    from handgan.dataset import ViewMaps
+    from handgan.losses import joint_loss
+    from handgan.preprocess import CropTransform
+    cfg = make_cfg(workdir, f"mode={mode}", "loss.w_equivariance=1", "loss.w_joint=0",
+                   "loss.w_gan=0")
+    gen, dis, opt_g, opt_d = models(cfg)
+    x_l, j_l, x_a = batch()
+    x_b = torch.rot90(x_a, 1, dims=(2, 3))
+    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
+    maps = ViewMaps([(t, CropTransform(t.centre_uvd, 300.0, 64, NYU, 90.0))] * len(x_a))
+    dis_copy = copy.deepcopy(dis)
+    with torch.no_grad():
+        pose_a = dis_copy(x_a, heads="pose")
+        target = torch.as_tensor(maps.apply(pose_a.numpy()), dtype=torch.float32)
+        expected = joint_loss(dis_copy(x_b, heads="pose"), target).item()
+    assert not np.allclose(target.numpy(), pose_a.numpy())  # the map did turn the poses
+    pose_before = params(dis.pose)
+    if mode == "gan":
+        out = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_b, cfg, views=(x_a, maps))
+    else:
+        out = train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg, x_u=x_b, views=(x_a, maps))
+    assert out["loss_equivariance"] == pytest.approx(expected, rel=1e-5)
+    assert changed(pose_before, dis.pose)
+
+
+def test_equivariance_run_uses_unlabelled_crops_in_supervised_mode(workdir, tmp_path):
+    cfg = make_cfg(workdir, "mode=supervised", "loss.w_equivariance=0.5",
+                   "data.labeled_fraction=0.25", "optim.max_steps=3")
+    run = train_mod.train(cfg, tmp_path / "run", progress=False)
+    train_rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
+    assert len(train_rows) == 3 and all(r["loss_equivariance"] > 0 for r in train_rows)

@@ -84,10 +84,17 @@ def augment_crop(crop: np.ndarray, transform: CropTransform, joints_norm: np.nda
     elif new_t is transform:
         joints_norm = np.array(joints_norm, dtype=np.float64)  # a copy, as for the crop
     else:
-        # = new_t.xyz_to_norm(transform.norm_to_xyz(joints_norm)), through uvd: one fewer
-        # projection when either transform is rotated
-        joints_norm = new_t.uvd_to_norm(transform.norm_to_uvd(joints_norm))
+        joints_norm = map_joints(joints_norm, transform, new_t)
     return out, new_t, joints_norm
+
+
+def map_joints(joints_norm: np.ndarray, src: CropTransform, dst: CropTransform) -> np.ndarray:
+    """(..., J, 3) joints normalised by ``src`` -> the same 3D joints normalised by ``dst``.
+
+    = dst.xyz_to_norm(src.norm_to_xyz(joints_norm)), through uvd: one fewer projection when
+    either transform is rotated.
+    """
+    return dst.uvd_to_norm(src.norm_to_uvd(joints_norm))
 
 
 def _draw_transform(t: CropTransform, rng: np.random.Generator,

@@ -105,11 +105,12 @@ class LossConfig:
     recons_mode: str = "sample_floor"  # "sample_floor" (seed: max(e_i, tau)) | "pixel_truncate"
     fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
     pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
-    w_consistency: float = 0.0       # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
+    w_cycle: float = 0.0             # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
+    w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
-                     "w_consistency"):
+                     "w_cycle", "w_equivariance"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
 

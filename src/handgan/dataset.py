@@ -60,7 +60,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from handgan import __version__
-from handgan.augment import AugmentConfig, augment_crop
+from handgan.augment import AugmentConfig, augment_crop, map_joints
 from handgan.camera import Intrinsics
 from handgan.data.icvl import ICVLSplit
 from handgan.data.msra import JOINT_FILE, MSRADataset
@@ -912,6 +912,29 @@ class UnlabeledCrops(_CropRows):
                                       self._rng(self.indices[k]), self.augment)
         return torch.from_numpy(crop[None])
 
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
+                     ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
+        """Two views of each crop, for consistency training without labels: A, the cached crop as
+        it is, and B, a copy augmented by ``view_augment`` (its own seeded draw per epoch and
+        row), plus the maps that carry a pose from A's normalised frame into B's.
+
+        Returns:
+            (B, 1, S, S) view A, (B, 1, S, S) view B, :class:`ViewMaps` of the B crops.
+        """
+        if self.transforms is None or self.intrinsics is None:
+            raise ValueError("two-view sampling needs the rows' transforms and the intrinsics")
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        views_a, views_b, pairs = [], [], []
+        for k in positions:
+            crop, t = self._crop(int(k)), self.transform(int(k))
+            rng = np.random.default_rng((self.seed, self.epoch, int(self.indices[k]), 1))
+            crop_b, t_b, _ = augment_crop(crop, t, None, rng, view_augment)
+            views_a.append(crop)
+            views_b.append(crop_b)
+            pairs.append((t, t_b))
+        return (torch.from_numpy(np.stack(views_a))[:, None],
+                torch.from_numpy(np.stack(views_b))[:, None], ViewMaps(pairs))
+
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
         """Items ``positions`` as one (B, 1, S, S) batch (one memmap read without augmentation)."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -922,6 +945,29 @@ class UnlabeledCrops(_CropRows):
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return torch.from_numpy(self.crops[rows[order]])[inverse].float().unsqueeze(1)
+
+
+class ViewMaps:
+    """Per crop, the map of normalised joints from view A's crop frame to view B's (see
+    :meth:`UnlabeledCrops.sample_views`). Not a sequence, so a DataLoader passes it through."""
+
+    def __init__(self, pairs: list[tuple[CropTransform, CropTransform]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def apply(self, joints_a: np.ndarray) -> np.ndarray:
+        """(B, J, 3) joints in view A's normalised frame -> (B, J, 3) in view B's."""
+        if len(joints_a) != len(self.pairs):
+            raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
+        return np.stack([map_joints(j, a, b) for j, (a, b) in zip(joints_a, self.pairs)])
+
+    @staticmethod
+    def concat(parts: list[ViewMaps], order: np.ndarray) -> ViewMaps:
+        """The pairs of ``parts`` laid end to end, then taken in ``order``."""
+        pairs = [p for part in parts for p in part.pairs]
+        return ViewMaps([pairs[int(k)] for k in order])
 
 
 def split_labeled(cache: CropCache, labeled_fraction: float | None = None,

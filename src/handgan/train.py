@@ -17,6 +17,7 @@ Run folder::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from handgan.atomic import atomic_write
+from handgan.augment import AugmentConfig
 from handgan.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -47,6 +49,7 @@ from handgan.dataset import (
     CropParams,
     LabeledCrops,
     UnlabeledCrops,
+    ViewMaps,
     all_labeled,
     all_unlabeled,
     load_or_build_cache,
@@ -129,6 +132,24 @@ class UnlabeledPool:
                 for j, w in enumerate(where):
                     out[w] = crops[j]
         return torch.stack(out)  # type: ignore[arg-type]
+
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
+                     ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
+        """:meth:`UnlabeledCrops.sample_views` over the concatenated parts, in ``positions`` order."""
+        positions = np.asarray(positions, dtype=np.int64)
+        part = np.searchsorted(self.offsets, positions, side="right") - 1
+        views_a, views_b, maps, where_all = [], [], [], []
+        for k, p in enumerate(self.parts):
+            where = np.flatnonzero(part == k)
+            if len(where):
+                a, b, m = p.sample_views(positions[where] - self.offsets[k], view_augment)
+                views_a.append(a)
+                views_b.append(b)
+                maps.append(m)
+                where_all.append(where)
+        back = np.argsort(np.concatenate(where_all), kind="stable")  # -> positions order
+        return (torch.cat(views_a)[back], torch.cat(views_b)[back],
+                ViewMaps.concat(maps, back))
 
 
 def _augment(cfg: TrainConfig):
@@ -227,10 +248,11 @@ class EpochBatches(Dataset):
 
     def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
-                 steps: int):
+                 steps: int, view_augment: AugmentConfig | None = None):
         self.labeled, self.unlabeled = labeled, unlabeled
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
         self.steps = steps
+        self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
 
     def __len__(self) -> int:
         return self.steps
@@ -238,10 +260,15 @@ class EpochBatches(Dataset):
     def __getitem__(self, b: int):
         window = slice(b * self.batch, (b + 1) * self.batch)
         x_l, j_l = self.labeled.sample_batch(self.order[window][self.share])
-        x_u = None
+        x_u = views = None
         if self.order_u is not None:
-            x_u = self.unlabeled.sample_batch(self.order_u[window][self.share])
-        return x_l, j_l, x_u
+            rows = self.order_u[window][self.share]
+            if self.view_augment is not None:
+                x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment)
+                views = (x_a, maps)
+            else:
+                x_u = self.unlabeled.sample_batch(rows)
+        return x_l, j_l, x_u, views
 
 
 def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):
@@ -308,13 +335,29 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
 
 
+def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
+                      views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
+    """||Dis_pose(x_b) - map(Dis_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
+    x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
+    The target is the network's own (fixed) pose on the unaugmented crop: no label is used."""
+    x_a, maps = views
+    with torch.no_grad(), batch_norm_stats_frozen(dis):
+        pose_a = unwrap(dis)(x_a, heads="pose").float()
+    target = torch.as_tensor(maps.apply(pose_a.cpu().numpy()), dtype=torch.float32,
+                             device=pose_b.device)
+    return joint_loss(pose_b.float(), target)
+
+
 def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
-             x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext) -> dict[str, float]:
+             x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
+             views: tuple[torch.Tensor, ViewMaps] | None = None) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
-    crops ``x_u`` only ever go through the real/fake head: they cannot reach L_J.
+    crops ``x_u`` never reach L_J: by default they only go through the real/fake head; the
+    options ``loss.w_cycle`` and ``loss.w_equivariance`` (with ``views``: the unaugmented crops
+    of ``x_u`` and the maps between the two) also train the pose branch on them without labels.
     """
     w = cfg.loss
     j_g = j_l
@@ -327,22 +370,27 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     #     [+ w_joint * L_J(Dis_pose(Gen(J)), J) with fake_pose_loss]
     ############################
     opt_d.zero_grad(set_to_none=True)
-    consistency = w.w_consistency > 0 and x_u is not None and len(x_u) > 0
+    has_u = x_u is not None and len(x_u) > 0
+    cycle = w.w_cycle > 0 and has_u
+    equivariance = w.w_equivariance > 0 and has_u and views is not None
     with autocast():
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(j_g)
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if consistency:
-            # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
-            # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
+        if cycle or equivariance:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
+        elif has_u:
+            real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
+        if cycle:
+            # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
+            # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
             g = unwrap(gen)
             with params_frozen(g), batch_norm_stats_frozen(g):
-                loss_cons = reconstruction_loss(x_u.float(), g(pose_u).float(), w.tau,
-                                                w.recons_mode)
-        elif x_u is not None and len(x_u):
-            real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
+                loss_cycle = reconstruction_loss(x_u.float(), g(pose_u).float(), w.tau,
+                                                 w.recons_mode)
+        if equivariance:
+            loss_equi = equivariance_loss(dis, pose_u, views)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
             if w.fake_pose_loss:
                 fake_logits, pose_g = dis(x_g)
@@ -354,8 +402,10 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if w.fake_pose_loss:
             loss_j_fake = joint_loss(pose_g.float(), j_g)
             loss_d = loss_d + w.w_joint * loss_j_fake
-        if consistency:
-            loss_d = loss_d + w.w_consistency * loss_cons
+        if cycle:
+            loss_d = loss_d + w.w_cycle * loss_cycle
+        if equivariance:
+            loss_d = loss_d + w.w_equivariance * loss_equi
     loss_d.backward()
     opt_d.step()
 
@@ -381,24 +431,38 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
            "loss_gen_adv": loss_adv.item()}
     if w.fake_pose_loss:
         out["loss_joint_fake"] = loss_j_fake.item()
-    if consistency:
-        out["loss_consistency"] = loss_cons.item()
+    if cycle:
+        out["loss_cycle"] = loss_cycle.item()
+    if equivariance:
+        out["loss_equivariance"] = loss_equi.item()
     return out
 
 
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Tensor,
-                    j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext) -> dict[str, float]:
-    """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone."""
+                    j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext,
+                    x_u: torch.Tensor | None = None,
+                    views: tuple[torch.Tensor, ViewMaps] | None = None) -> dict[str, float]:
+    """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone
+    (plus, with ``loss.w_equivariance`` and unlabelled ``x_u`` + ``views``, the equivariance
+    term: an ablation that shows what consistency alone does without the GAN)."""
     ############################
     # Update Dis trunk + pose: minimise w_joint * L_J(Dis_pose(x_l), J_l)
     ############################
     opt_d.zero_grad(set_to_none=True)
+    equivariance = (cfg.loss.w_equivariance > 0 and x_u is not None and len(x_u) > 0
+                    and views is not None)
     with autocast():
         loss_j = joint_loss(dis(x_l, heads="pose").float(), j_l)
         loss = cfg.loss.w_joint * loss_j
+        if equivariance:
+            loss_equi = equivariance_loss(dis, dis(x_u, heads="pose"), views)
+            loss = loss + cfg.loss.w_equivariance * loss_equi
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
-    return {"loss_dis": loss.item(), "loss_joint": loss_j.item()}
+    out = {"loss_dis": loss.item(), "loss_joint": loss_j.item()}
+    if equivariance:
+        out["loss_equivariance"] = loss_equi.item()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +562,12 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     if cfg.optim.max_steps is not None:
         total_steps = min(total_steps, cfg.optim.max_steps)
     gan = cfg.mode == "gan"
-    use_unlabeled = gan and len(unlabeled) > 0
+    # The real/fake head and the equivariance term are what unlabelled crops are for.
+    use_unlabeled = (gan or cfg.loss.w_equivariance > 0) and len(unlabeled) > 0
+    # Equivariance pairs each unlabelled crop with an augmented copy: rotation, scale and shift
+    # at once (the configured amounts), so that the pair always differs.
+    view_augment = (dataclasses.replace(cfg.data.augment, combine=True)
+                    if use_unlabeled and cfg.loss.w_equivariance > 0 else None)
 
     seed_everything(cfg.seed)
     gen, dis = build_models(cfg, device)  # the same initial weights in every process
@@ -628,22 +697,25 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             start_batch = batch_in_epoch
             n_batches = min(steps_per_epoch - start_batch, total_steps - step)
             batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share,
-                                   start_batch + n_batches)
+                                   start_batch + n_batches, view_augment)
             loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
                                      pin)
             for b in range(start_batch, start_batch + n_batches):
-                x_l, j_l, x_u = next(loader)
+                x_l, j_l, x_u, views = next(loader)
                 t0 = time.perf_counter()
                 mf = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
                 set_learning_rate((opt_g, opt_d), learning_rate(cfg.optim, step, planned_steps))
                 x_l = x_l.to(device, non_blocking=True, memory_format=mf)
                 j_l = j_l.to(device, non_blocking=True)
+                if x_u is not None:
+                    x_u = x_u.to(device, non_blocking=True, memory_format=mf)
+                if views is not None:
+                    views = (views[0].to(device, non_blocking=True, memory_format=mf), views[1])
                 if gan:
-                    if x_u is not None:
-                        x_u = x_u.to(device, non_blocking=True, memory_format=mf)
-                    losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast)
+                    losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
+                                      views)
                 else:
-                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast)
+                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views)
                 train_seconds += time.perf_counter() - t0
                 crops_seen += batch
                 step += 1
