@@ -135,10 +135,14 @@ def train_losses(run):
     return {r["step"]: r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"}
 
 
-@pytest.mark.parametrize("stop_mid_epoch", [False, True])
-def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch):
+# The options with state of their own: the mean teacher, the two-view batches, the schedule.
+SEMI = ("loss.w_equivariance=1", "loss.teacher_ema=0.9", "optim.lr_schedule=cosine")
+
+
+@pytest.mark.parametrize("stop_mid_epoch, extra", [(False, ()), (True, ()), (True, SEMI)])
+def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch, extra):
     # labelled half: the unlabelled rows and their own permutation take part too
-    cfg = make_cfg(workdir, "data.labeled_fraction=0.5", "loss.pose_perturb_std=0.02")
+    cfg = make_cfg(workdir, "data.labeled_fraction=0.5", "loss.pose_perturb_std=0.02", *extra)
     # The uninterrupted run prepares its batches in a worker process, the split one in this
     # process: the batches, and so the losses, must not depend on that.
     full = train_losses(train_mod.train(apply_overrides(cfg, ["num_workers=1"]), tmp_path / "full",
@@ -148,7 +152,7 @@ def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch):
 
     stop = steps_per_epoch + (1 if stop_mid_epoch else 0)
     first = make_cfg(workdir, "data.labeled_fraction=0.5", "loss.pose_perturb_std=0.02",
-                     f"optim.max_steps={stop}")
+                     f"optim.max_steps={stop}", *extra)
     train_mod.train(first, tmp_path / "split", progress=False)
     resumed = train_losses(train_mod.train(cfg, tmp_path / "split", resume=True,
                                            progress=False))
@@ -295,3 +299,26 @@ def test_equivariance_run_uses_unlabelled_crops_in_supervised_mode(workdir, tmp_
     run = train_mod.train(cfg, tmp_path / "run", progress=False)
     train_rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
     assert len(train_rows) == 3 and all(r["loss_equivariance"] > 0 for r in train_rows)
+
+
+def test_mean_teacher_update_and_checkpoint(workdir, tmp_path):
+    cfg = make_cfg(workdir, "loss.w_equivariance=1", "loss.teacher_ema=0.75",
+                   "data.labeled_fraction=0.5", "optim.max_steps=2")
+    _, dis, _, _ = models(cfg)
+    teacher = train_mod.make_teacher(dis)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    before = params(teacher)
+    with torch.no_grad():
+        for p in dis.parameters():
+            p.add_(1.0)
+    train_mod.update_teacher(teacher, dis, 0.75)
+    for b, t, s in zip(before, teacher.parameters(), dis.parameters()):
+        assert torch.allclose(t, 0.75 * b + 0.25 * s)
+    run = train_mod.train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert set(ckpt["teacher"]) == set(ckpt["discriminator"])
+    assert any(not torch.equal(ckpt["teacher"][k], ckpt["discriminator"][k])
+               for k in ckpt["teacher"] if ckpt["teacher"][k].is_floating_point())
+    assert load_checkpoint(train_mod.train(make_cfg(workdir, "optim.max_steps=1"),
+                                           tmp_path / "plain", progress=False)
+                           / "checkpoints" / "last.pt")["teacher"] is None

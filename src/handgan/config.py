@@ -107,12 +107,14 @@ class LossConfig:
     pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
     w_cycle: float = 0.0             # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
+    teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
                      "w_cycle", "w_equivariance"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
+        _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ Run folder::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -335,14 +336,38 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
 
 
+@torch.no_grad()
+def update_teacher(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """Mean teacher: teacher weights <- decay * teacher + (1 - decay) * student; the batch-norm
+    statistics are the student's (real crops only)."""
+    for t, s in zip(teacher.parameters(), unwrap(student).parameters()):
+        t.lerp_(s, 1.0 - decay)
+    for t, s in zip(teacher.buffers(), unwrap(student).buffers()):
+        t.copy_(s)
+
+
+def make_teacher(dis: nn.Module) -> nn.Module:
+    """A frozen copy of Dis in eval mode, the start of its exponential moving average."""
+    teacher = copy.deepcopy(unwrap(dis)).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
-                      views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
-    """||Dis_pose(x_b) - map(Dis_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
+                      views: tuple[torch.Tensor, ViewMaps],
+                      teacher: nn.Module | None = None) -> torch.Tensor:
+    """||Dis_pose(x_b) - map(T_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
-    The target is the network's own (fixed) pose on the unaugmented crop: no label is used."""
+    The target T is the network's own (fixed) pose on the unaugmented crop, or with ``teacher``
+    that of its moving average: no label is used."""
     x_a, maps = views
-    with torch.no_grad(), batch_norm_stats_frozen(dis):
-        pose_a = unwrap(dis)(x_a, heads="pose").float()
+    if teacher is not None:
+        with torch.no_grad():
+            pose_a = teacher(x_a, heads="pose").float()
+    else:
+        with torch.no_grad(), batch_norm_stats_frozen(dis):
+            pose_a = unwrap(dis)(x_a, heads="pose").float()
     target = torch.as_tensor(maps.apply(pose_a.cpu().numpy()), dtype=torch.float32,
                              device=pose_b.device)
     return joint_loss(pose_b.float(), target)
@@ -351,7 +376,8 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
 def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
-             views: tuple[torch.Tensor, ViewMaps] | None = None) -> dict[str, float]:
+             views: tuple[torch.Tensor, ViewMaps] | None = None,
+             teacher: nn.Module | None = None) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
@@ -390,7 +416,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
                 loss_cycle = reconstruction_loss(x_u.float(), g(pose_u).float(), w.tau,
                                                  w.recons_mode)
         if equivariance:
-            loss_equi = equivariance_loss(dis, pose_u, views)
+            loss_equi = equivariance_loss(dis, pose_u, views, teacher)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
             if w.fake_pose_loss:
                 fake_logits, pose_g = dis(x_g)
@@ -441,7 +467,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Tensor,
                     j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext,
                     x_u: torch.Tensor | None = None,
-                    views: tuple[torch.Tensor, ViewMaps] | None = None) -> dict[str, float]:
+                    views: tuple[torch.Tensor, ViewMaps] | None = None,
+                    teacher: nn.Module | None = None) -> dict[str, float]:
     """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone
     (plus, with ``loss.w_equivariance`` and unlabelled ``x_u`` + ``views``, the equivariance
     term: an ablation that shows what consistency alone does without the GAN)."""
@@ -455,7 +482,7 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Ten
         loss_j = joint_loss(dis(x_l, heads="pose").float(), j_l)
         loss = cfg.loss.w_joint * loss_j
         if equivariance:
-            loss_equi = equivariance_loss(dis, dis(x_u, heads="pose"), views)
+            loss_equi = equivariance_loss(dis, dis(x_u, heads="pose"), views, teacher)
             loss = loss + cfg.loss.w_equivariance * loss_equi
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
@@ -600,6 +627,12 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         restore_rng_state(ckpt["rng_epoch_start"], {"perm": perm_rng})  # redraw this epoch
         restore_rng_state(rng)  # ...and every other generator where it stopped
 
+    teacher = None  # mean teacher of the equivariance term (loss.teacher_ema)
+    if view_augment is not None and cfg.loss.teacher_ema > 0:
+        teacher = make_teacher(dis)
+        if resume and ckpt.get("teacher") is not None:
+            teacher.load_state_dict(ckpt["teacher"])
+
     if cfg.compile:  # in place, so state dicts and the DDP wrappers see the plain modules
         for module in (gen, dis.trunk, dis.real_fake, dis.pose):
             module.compile()
@@ -655,6 +688,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 "config": to_dict(cfg), "mode": cfg.mode, "crop": data.crop,
                 "mean_pose": torch.from_numpy(data.mean_pose),  # the baseline, for evaluate
                 "generator": gen.state_dict(), "discriminator": dis.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "epoch": epoch_next, "batch_in_epoch": batch_next, "step": step,
                 "best_metric": best if math.isfinite(best) else None, "best_epoch": best_epoch,
@@ -713,9 +747,12 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                     views = (views[0].to(device, non_blocking=True, memory_format=mf), views[1])
                 if gan:
                     losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
-                                      views)
+                                      views, teacher)
                 else:
-                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views)
+                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views,
+                                             teacher)
+                if teacher is not None:
+                    update_teacher(teacher, dis, cfg.loss.teacher_ema)
                 train_seconds += time.perf_counter() - t0
                 crops_seen += batch
                 step += 1
