@@ -122,32 +122,32 @@ class UnlabeledPool:
         for p in self.parts:
             p.set_epoch(epoch)
 
-    def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
+    def _by_part(self, positions: np.ndarray):
+        """(part, where, local positions) for each part that ``positions`` touch."""
         positions = np.asarray(positions, dtype=np.int64)
         part = np.searchsorted(self.offsets, positions, side="right") - 1
-        out: list[torch.Tensor | None] = [None] * len(positions)
         for k, p in enumerate(self.parts):
             where = np.flatnonzero(part == k)
             if len(where):
-                crops = p.sample_batch(positions[where] - self.offsets[k])
-                for j, w in enumerate(where):
-                    out[w] = crops[j]
+                yield p, where, positions[where] - self.offsets[k]
+
+    def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
+        out: list[torch.Tensor | None] = [None] * len(positions)
+        for p, where, local in self._by_part(positions):
+            for w, crop in zip(where, p.sample_batch(local)):
+                out[w] = crop
         return torch.stack(out)  # type: ignore[arg-type]
 
     def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
         """:meth:`UnlabeledCrops.sample_views` over the concatenated parts, in ``positions`` order."""
-        positions = np.asarray(positions, dtype=np.int64)
-        part = np.searchsorted(self.offsets, positions, side="right") - 1
         views_a, views_b, maps, where_all = [], [], [], []
-        for k, p in enumerate(self.parts):
-            where = np.flatnonzero(part == k)
-            if len(where):
-                a, b, m = p.sample_views(positions[where] - self.offsets[k], view_augment)
-                views_a.append(a)
-                views_b.append(b)
-                maps.append(m)
-                where_all.append(where)
+        for p, where, local in self._by_part(positions):
+            a, b, m = p.sample_views(local, view_augment)
+            views_a.append(a)
+            views_b.append(b)
+            maps.append(m)
+            where_all.append(where)
         back = np.argsort(np.concatenate(where_all), kind="stable")  # -> positions order
         return (torch.cat(views_a)[back], torch.cat(views_b)[back],
                 ViewMaps.concat(maps, back))
