@@ -293,12 +293,64 @@ def test_equivariance_term_matches_its_formula(workdir, mode):
     assert changed(pose_before, dis.pose)
 
 
+def test_equivariance_target_is_the_mean_over_copies_carried_back_to_view_a(workdir):
+    # loss.equi_target_views = 2: the target is the mean of the pose on x_a and the pose on a
+    # copy of x_a (turned by -90 degrees) carried back into A's frame, then into B's.
+    import copy
+
+    from handgan.camera import NYU
+    from handgan.dataset import ViewMaps
+    from handgan.losses import joint_loss
+    from handgan.preprocess import CropTransform
+    cfg = make_cfg(workdir, "mode=supervised", "loss.w_equivariance=1", "loss.w_joint=0",
+                   "loss.equi_target_views=2")
+    gen, dis, opt_g, opt_d = models(cfg)
+    x_l, j_l, x_a = batch()
+    x_b, x_c = torch.rot90(x_a, 1, dims=(2, 3)), torch.rot90(x_a, -1, dims=(2, 3))
+    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
+    t_b = CropTransform(t.centre_uvd, 300.0, 64, NYU, 90.0)
+    t_c = CropTransform(t.centre_uvd, 300.0, 64, NYU, -90.0)
+    maps = ViewMaps([(t, t_b, t_c)] * len(x_a))
+    dis_copy = copy.deepcopy(dis)
+    with torch.no_grad():
+        poses = dis_copy(torch.cat([x_a, x_c]), heads="pose").numpy()
+        pose_a, pose_c = poses[:len(x_a)], poses[len(x_a):]
+        mean_a = (pose_a + maps.copy_to_a(pose_c, 0)) / 2
+        target = torch.as_tensor(maps.apply(mean_a), dtype=torch.float32)
+        expected = joint_loss(dis_copy(x_b, heads="pose"), target).item()
+        only_a = joint_loss(dis_copy(x_b, heads="pose"),
+                            torch.as_tensor(maps.apply(pose_a), dtype=torch.float32)).item()
+    assert abs(expected - only_a) > 1e-4  # the copy did change the target
+    out = train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg, x_u=x_b,
+                                    views=(torch.cat([x_a, x_c]), maps))
+    assert out["loss_equivariance"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_equivariance_run_uses_unlabelled_crops_in_supervised_mode(workdir, tmp_path):
     cfg = make_cfg(workdir, "mode=supervised", "loss.w_equivariance=0.5",
                    "data.labeled_fraction=0.25", "optim.max_steps=3")
     run = train_mod.train(cfg, tmp_path / "run", progress=False)
     train_rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
     assert len(train_rows) == 3 and all(r["loss_equivariance"] > 0 for r in train_rows)
+
+
+def test_unlabeled_ratio_batches(workdir, tmp_path):
+    # optim.unlabeled_ratio = 2: each batch holds twice as many unlabelled crops as labelled
+    # ones, consecutive windows of the epoch's unlabelled order, each rank its share of both.
+    from handgan.train import EpochBatches
+    cfg = make_cfg(workdir, "data.labeled_fraction=0.25")
+    data = train_mod.load_data(cfg, progress=False)
+    n_u = len(data.unlabeled)
+    order_u = np.concatenate([np.arange(n_u)[::-1]] * 4)
+    batches = EpochBatches(data.labeled, data.unlabeled, np.arange(8), order_u, 4,
+                           slice(2, 4), 2, unlabeled_ratio=2)
+    expected = data.unlabeled.sample_batch(order_u[8:16][4:8])
+    x_l, _, x_u, views = batches[1]
+    assert len(x_l) == 2 and views is None and torch.equal(x_u, expected)
+    cfg = apply_overrides(cfg, ["optim.unlabeled_ratio=2", "loss.w_equivariance=1",
+                                "mode=supervised", "optim.max_steps=2"])
+    run = train_mod.train(cfg, tmp_path / "run", progress=False)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
 
 
 def test_mean_teacher_update_and_checkpoint(workdir, tmp_path):

@@ -108,6 +108,8 @@ class LossConfig:
     w_cycle: float = 0.0             # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
     teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
+    equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies
+    equi_view_dropout: float = 0.0   # share of view B's pixels dropped (the student's view only)
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
@@ -115,6 +117,10 @@ class LossConfig:
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
         _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
+        _check(self.equi_target_views >= 1,
+               f"equi_target_views must be >= 1, got {self.equi_target_views}")
+        _check(0.0 <= self.equi_view_dropout < 1.0,
+               f"equi_view_dropout must be in [0, 1), got {self.equi_view_dropout}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class OptimConfig:
     batch_size: int = 64             # global batch of labelled crops (split across DDP ranks)
     max_steps: int | None = None     # stop after this many steps, whatever the epochs (smoke runs)
     lr_schedule: str = "constant"    # "constant" (the seed) | "cosine": lr * (1 + cos(pi t/T)) / 2
+    unlabeled_ratio: int = 1         # unlabelled crops per labelled crop in each batch
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -137,6 +144,8 @@ class OptimConfig:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.unlabeled_ratio >= 1,
+               f"unlabeled_ratio must be >= 1, got {self.unlabeled_ratio}")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
 

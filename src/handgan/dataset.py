@@ -912,28 +912,43 @@ class UnlabeledCrops(_CropRows):
                                       self._rng(self.indices[k]), self.augment)
         return torch.from_numpy(crop[None])
 
-    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig,
+                     target_augment: AugmentConfig | None = None, copies: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
-        """Two views of each crop, for consistency training without labels: A, the cached crop as
-        it is, and B, a copy augmented by ``view_augment`` (its own seeded draw per epoch and
-        row), plus the maps that carry a pose from A's normalised frame into B's.
+        """Views of each crop, for consistency training without labels: A, the cached crop as it
+        is, and B, a copy augmented by ``view_augment`` (its own seeded draw per epoch and row),
+        plus the maps that carry a pose from A's normalised frame into B's. With ``copies`` > 0,
+        A also comes with that many copies augmented by ``target_augment`` (the target's
+        ensemble; each its own seeded draw), laid after the B crops of A as whole batches.
 
         Returns:
-            (B, 1, S, S) view A, (B, 1, S, S) view B, :class:`ViewMaps` of the B crops.
+            ((1 + copies) * B, 1, S, S) view A then its copies, (B, 1, S, S) view B,
+            :class:`ViewMaps` of the B crops (and of the copies).
         """
         if self.transforms is None or self.intrinsics is None:
             raise ValueError("two-view sampling needs the rows' transforms and the intrinsics")
+        if copies and target_augment is None:
+            raise ValueError("target copies need target_augment")
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         views_a, views_b, pairs = [], [], []
+        views_c = [[] for _ in range(copies)]
         for k in positions:
             crop, t = self._crop(int(k)), self.transform(int(k))
-            rng = np.random.default_rng((self.seed, self.epoch, int(self.indices[k]), 1))
+            row = int(self.indices[k])
+            rng = np.random.default_rng((self.seed, self.epoch, row, 1))
             crop_b, t_b, _ = augment_crop(crop, t, None, rng, view_augment)
+            transforms = [t, t_b]
+            for c in range(copies):
+                rng = np.random.default_rng((self.seed, self.epoch, row, 2 + c))
+                crop_c, t_c, _ = augment_crop(crop, t, None, rng, target_augment)
+                views_c[c].append(crop_c)
+                transforms.append(t_c)
             views_a.append(crop)
             views_b.append(crop_b)
-            pairs.append((t, t_b))
-        return (torch.from_numpy(np.stack(views_a))[:, None],
-                torch.from_numpy(np.stack(views_b))[:, None], ViewMaps(pairs))
+            pairs.append(tuple(transforms))
+        x_a = np.stack(views_a + [c for copy in views_c for c in copy])
+        return (torch.from_numpy(x_a)[:, None], torch.from_numpy(np.stack(views_b))[:, None],
+                ViewMaps(pairs))
 
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
         """Items ``positions`` as one (B, 1, S, S) batch (one memmap read without augmentation)."""
@@ -948,20 +963,32 @@ class UnlabeledCrops(_CropRows):
 
 
 class ViewMaps:
-    """Per crop, the map of normalised joints from view A's crop frame to view B's (see
-    :meth:`UnlabeledCrops.sample_views`). Not a sequence, so a DataLoader passes it through."""
+    """Per crop, its views' crop transforms (A, B, then any target copies of A; see
+    :meth:`UnlabeledCrops.sample_views`), and the maps of normalised joints between them. Not a
+    sequence, so a DataLoader passes it through."""
 
-    def __init__(self, pairs: list[tuple[CropTransform, CropTransform]]) -> None:
+    def __init__(self, pairs: list[tuple[CropTransform, ...]]) -> None:
         self.pairs = pairs
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def copies(self) -> int:
+        """Number of augmented copies of A per crop (beyond views A and B)."""
+        return len(self.pairs[0]) - 2 if self.pairs else 0
+
     def apply(self, joints_a: np.ndarray) -> np.ndarray:
         """(B, J, 3) joints in view A's normalised frame -> (B, J, 3) in view B's."""
         if len(joints_a) != len(self.pairs):
             raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
-        return np.stack([map_joints(j, a, b) for j, (a, b) in zip(joints_a, self.pairs)])
+        return np.stack([map_joints(j, p[0], p[1]) for j, p in zip(joints_a, self.pairs)])
+
+    def copy_to_a(self, joints_c: np.ndarray, copy: int) -> np.ndarray:
+        """(B, J, 3) joints in target copy ``copy``'s frame -> (B, J, 3) in view A's."""
+        if len(joints_c) != len(self.pairs):
+            raise ValueError(f"{len(joints_c)} poses for {len(self.pairs)} view pairs")
+        return np.stack([map_joints(j, p[2 + copy], p[0]) for j, p in zip(joints_c, self.pairs)])
 
     @staticmethod
     def concat(parts: list[ViewMaps], order: np.ndarray) -> ViewMaps:

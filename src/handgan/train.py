@@ -138,18 +138,20 @@ class UnlabeledPool:
                 out[w] = crop
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig,
+                     target_augment: AugmentConfig | None = None, copies: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
         """:meth:`UnlabeledCrops.sample_views` over the concatenated parts, in ``positions`` order."""
         views_a, views_b, maps, where_all = [], [], [], []
         for p, where, local in self._by_part(positions):
-            a, b, m = p.sample_views(local, view_augment)
-            views_a.append(a)
+            a, b, m = p.sample_views(local, view_augment, target_augment, copies)
+            views_a.append(a.reshape(1 + copies, len(local), *a.shape[1:]))
             views_b.append(b)
             maps.append(m)
             where_all.append(where)
         back = np.argsort(np.concatenate(where_all), kind="stable")  # -> positions order
-        return (torch.cat(views_a)[back], torch.cat(views_b)[back],
+        x_a = torch.cat(views_a, dim=1)[:, back]
+        return (x_a.reshape(-1, *x_a.shape[2:]), torch.cat(views_b)[back],
                 ViewMaps.concat(maps, back))
 
 
@@ -249,11 +251,15 @@ class EpochBatches(Dataset):
 
     def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
-                 steps: int, view_augment: AugmentConfig | None = None):
+                 steps: int, view_augment: AugmentConfig | None = None,
+                 target_augment: AugmentConfig | None = None, target_copies: int = 0,
+                 unlabeled_ratio: int = 1):
         self.labeled, self.unlabeled = labeled, unlabeled
+        self.ratio = unlabeled_ratio  # unlabelled crops per labelled crop in a batch
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
         self.steps = steps
         self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
+        self.target_augment, self.target_copies = target_augment, target_copies
 
     def __len__(self) -> int:
         return self.steps
@@ -263,9 +269,13 @@ class EpochBatches(Dataset):
         x_l, j_l = self.labeled.sample_batch(self.order[window][self.share])
         x_u = views = None
         if self.order_u is not None:
-            rows = self.order_u[window][self.share]
+            r = self.ratio
+            rows = self.order_u[b * self.batch * r:(b + 1) * self.batch * r][
+                self.share.start * r:self.share.stop * r]
             if self.view_augment is not None:
-                x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment)
+                x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment,
+                                                              self.target_augment,
+                                                              self.target_copies)
                 views = (x_a, maps)
             else:
                 x_u = self.unlabeled.sample_batch(rows)
@@ -360,16 +370,19 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     """||Dis_pose(x_b) - map(T_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
     The target T is the network's own (fixed) pose on the unaugmented crop, or with ``teacher``
-    that of its moving average: no label is used."""
+    that of its moving average: no label is used. When ``views`` holds augmented copies of x_a
+    after it (``loss.equi_target_views`` > 1), the target is the mean of the poses on x_a and
+    on each copy, each carried back into A's frame first: an ensemble, less noisy than one."""
     x_a, maps = views
-    if teacher is not None:
-        with torch.no_grad():
-            pose_a = teacher(x_a, heads="pose").float()
-    else:
-        with torch.no_grad(), batch_norm_stats_frozen(dis):
-            pose_a = unwrap(dis)(x_a, heads="pose").float()
-    target = torch.as_tensor(maps.apply(pose_a.cpu().numpy()), dtype=torch.float32,
-                             device=pose_b.device)
+    net = teacher if teacher is not None else unwrap(dis)
+    with torch.no_grad(), batch_norm_stats_frozen(dis):
+        poses = net(x_a, heads="pose").float().cpu().numpy()
+    n = len(maps)
+    pose_a = poses[:n]
+    if maps.copies:
+        pose_a = (pose_a + sum(maps.copy_to_a(poses[n * (1 + c):n * (2 + c)], c)
+                               for c in range(maps.copies))) / (1 + maps.copies)
+    target = torch.as_tensor(maps.apply(pose_a), dtype=torch.float32, device=pose_b.device)
     return joint_loss(pose_b.float(), target)
 
 
@@ -593,8 +606,12 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     use_unlabeled = (gan or cfg.loss.w_equivariance > 0) and len(unlabeled) > 0
     # Equivariance pairs each unlabelled crop with an augmented copy: rotation, scale and shift
     # at once (the configured amounts), so that the pair always differs.
-    view_augment = (dataclasses.replace(cfg.data.augment, combine=True)
-                    if use_unlabeled and cfg.loss.w_equivariance > 0 else None)
+    # loss.equi_view_dropout makes B's copy harder to read than the target's (missing depth).
+    view_augment = target_augment = None
+    if use_unlabeled and cfg.loss.w_equivariance > 0:
+        target_augment = dataclasses.replace(cfg.data.augment, combine=True)
+        view_augment = dataclasses.replace(target_augment,
+                                           pixel_dropout_p=cfg.loss.equi_view_dropout)
 
     seed_everything(cfg.seed)
     gen, dis = build_models(cfg, device)  # the same initial weights in every process
@@ -725,13 +742,15 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             order = np.concatenate([perm_rng.permutation(len(labeled)) for _ in range(reps)])
             order_u = None
             if use_unlabeled:
-                reps = math.ceil(steps_per_epoch * batch / len(unlabeled))
+                reps = math.ceil(steps_per_epoch * batch * cfg.optim.unlabeled_ratio
+                                 / len(unlabeled))
                 order_u = np.concatenate([perm_rng.permutation(len(unlabeled))
                                           for _ in range(reps)])
             start_batch = batch_in_epoch
             n_batches = min(steps_per_epoch - start_batch, total_steps - step)
             batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share,
-                                   start_batch + n_batches, view_augment)
+                                   start_batch + n_batches, view_augment, target_augment,
+                                   cfg.loss.equi_target_views - 1, cfg.optim.unlabeled_ratio)
             loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
                                      pin)
             for b in range(start_batch, start_batch + n_batches):
