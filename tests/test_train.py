@@ -334,6 +334,36 @@ def test_equivariance_run_uses_unlabelled_crops_in_supervised_mode(workdir, tmp_
     assert len(train_rows) == 3 and all(r["loss_equivariance"] > 0 for r in train_rows)
 
 
+def test_equivariance_views_and_eval_mode_target(workdir):
+    cfg = make_cfg(workdir, "loss.w_equivariance=1", "loss.equi_rotation_deg=45",
+                   "loss.equi_view_dropout=0.1", "data.augment.rotation_deg=180")
+    view, target = train_mod.equivariance_augments(cfg)
+    assert view.combine and target.combine and view.rotation_deg == target.rotation_deg == 45
+    assert (view.pixel_dropout_p, target.pixel_dropout_p) == (0.1, 0.0)
+    assert cfg.data.augment.rotation_deg == 180 and not cfg.data.augment.combine  # untouched
+    # loss.equi_target_eval: the target is Dis's pose in eval mode (running batch-norm
+    # statistics), and Dis is back in training mode afterwards.
+    from handgan.camera import NYU
+    from handgan.dataset import ViewMaps
+    from handgan.losses import joint_loss
+    from handgan.preprocess import CropTransform
+    _, dis, _, _ = models(cfg)
+    _, _, x_a = batch()
+    with torch.no_grad():
+        dis(x_a + 0.3)  # running statistics that differ from this batch's
+    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
+    maps = ViewMaps([(t, t)] * len(x_a))
+    pose_b = dis(x_a, heads="pose")
+    dis.eval()
+    with torch.no_grad():
+        expected = joint_loss(pose_b, dis(x_a, heads="pose")).item()
+    dis.train()
+    assert expected > 1e-6
+    loss = train_mod.equivariance_loss(dis, pose_b, (x_a, maps), eval_mode=True)
+    assert dis.training and loss.item() == pytest.approx(expected, rel=1e-5)
+    assert train_mod.equivariance_loss(dis, pose_b, (x_a, maps)).item() < 1e-10
+
+
 def test_unlabeled_ratio_batches(workdir, tmp_path):
     # optim.unlabeled_ratio = 2: each batch holds twice as many unlabelled crops as labelled
     # ones, consecutive windows of the epoch's unlabelled order, each rank its share of both.

@@ -110,6 +110,8 @@ class LossConfig:
     teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
     equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies
     equi_view_dropout: float = 0.0   # share of view B's pixels dropped (the student's view only)
+    equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
+    equi_target_eval: bool = False   # equivariance target from Dis in eval mode (running BN stats)
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
@@ -119,6 +121,8 @@ class LossConfig:
         _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
         _check(self.equi_target_views >= 1,
                f"equi_target_views must be >= 1, got {self.equi_target_views}")
+        _check(self.equi_rotation_deg is None or self.equi_rotation_deg >= 0,
+               f"equi_rotation_deg must be >= 0, got {self.equi_rotation_deg}")
         _check(0.0 <= self.equi_view_dropout < 1.0,
                f"equi_view_dropout must be in [0, 1), got {self.equi_view_dropout}")
 

@@ -364,9 +364,23 @@ def make_teacher(dis: nn.Module) -> nn.Module:
     return teacher
 
 
+def equivariance_augments(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfig]:
+    """How the equivariance term's views are drawn: (view B's, the target copies').
+
+    Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
+    amounts, with the rotation range ``loss.equi_rotation_deg`` when set; view B alone also
+    loses ``loss.equi_view_dropout`` of its pixels (the student reads a harder view).
+    """
+    target = dataclasses.replace(cfg.data.augment, combine=True)
+    if cfg.loss.equi_rotation_deg is not None:
+        target = dataclasses.replace(target, rotation_deg=cfg.loss.equi_rotation_deg)
+    return dataclasses.replace(target, pixel_dropout_p=cfg.loss.equi_view_dropout), target
+
+
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
                       views: tuple[torch.Tensor, ViewMaps],
-                      teacher: nn.Module | None = None) -> torch.Tensor:
+                      teacher: nn.Module | None = None, eval_mode: bool = False
+                      ) -> torch.Tensor:
     """||Dis_pose(x_b) - map(T_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
     The target T is the network's own (fixed) pose on the unaugmented crop, or with ``teacher``
@@ -375,8 +389,14 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     on each copy, each carried back into A's frame first: an ensemble, less noisy than one."""
     x_a, maps = views
     net = teacher if teacher is not None else unwrap(dis)
-    with torch.no_grad(), batch_norm_stats_frozen(dis):
-        poses = net(x_a, heads="pose").float().cpu().numpy()
+    training = net.training
+    if eval_mode:  # the target as evaluation computes it: running batch-norm statistics
+        net.eval()
+    try:
+        with torch.no_grad(), batch_norm_stats_frozen(dis):
+            poses = net(x_a, heads="pose").float().cpu().numpy()
+    finally:
+        net.train(training)
     n = len(maps)
     pose_a = poses[:n]
     if maps.copies:
@@ -429,7 +449,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
                 loss_cycle = reconstruction_loss(x_u.float(), g(pose_u).float(), w.tau,
                                                  w.recons_mode)
         if equivariance:
-            loss_equi = equivariance_loss(dis, pose_u, views, teacher)
+            loss_equi = equivariance_loss(dis, pose_u, views, teacher, w.equi_target_eval)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
             if w.fake_pose_loss:
                 fake_logits, pose_g = dis(x_g)
@@ -495,7 +515,8 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Ten
         loss_j = joint_loss(dis(x_l, heads="pose").float(), j_l)
         loss = cfg.loss.w_joint * loss_j
         if equivariance:
-            loss_equi = equivariance_loss(dis, dis(x_u, heads="pose"), views, teacher)
+            loss_equi = equivariance_loss(dis, dis(x_u, heads="pose"), views, teacher,
+                                          cfg.loss.equi_target_eval)
             loss = loss + cfg.loss.w_equivariance * loss_equi
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
@@ -604,14 +625,9 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     gan = cfg.mode == "gan"
     # The real/fake head and the equivariance term are what unlabelled crops are for.
     use_unlabeled = (gan or cfg.loss.w_equivariance > 0) and len(unlabeled) > 0
-    # Equivariance pairs each unlabelled crop with an augmented copy: rotation, scale and shift
-    # at once (the configured amounts), so that the pair always differs.
-    # loss.equi_view_dropout makes B's copy harder to read than the target's (missing depth).
     view_augment = target_augment = None
     if use_unlabeled and cfg.loss.w_equivariance > 0:
-        target_augment = dataclasses.replace(cfg.data.augment, combine=True)
-        view_augment = dataclasses.replace(target_augment,
-                                           pixel_dropout_p=cfg.loss.equi_view_dropout)
+        view_augment, target_augment = equivariance_augments(cfg)
 
     seed_everything(cfg.seed)
     gen, dis = build_models(cfg, device)  # the same initial weights in every process
