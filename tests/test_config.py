@@ -213,3 +213,10 @@ def test_missing_yaml_file(tmp_path):
 def test_config_files_are_the_presets(name):
     assert load_yaml(CONFIGS / f"{name}.yaml") == PRESETS[name]
     assert load_yaml(CONFIGS / f"{name}.yaml") == from_dict(to_dict(PRESETS[name]))
+
+
+def test_few_labels_config_is_the_studied_variant():
+    # configs/few-labels.yaml = quick + the study's gan-equi2-r45-cos overrides (docs/results.md)
+    expected = apply_overrides(preset("quick"), [
+        "loss.w_equivariance=2", "loss.equi_rotation_deg=45", "optim.lr_schedule=cosine"])
+    assert load_yaml(CONFIGS / "few-labels.yaml") == expected
