@@ -364,6 +364,27 @@ def test_equivariance_views_and_eval_mode_target(workdir):
     assert train_mod.equivariance_loss(dis, pose_b, (x_a, maps)).item() < 1e-10
 
 
+def test_equivariance_target_is_clipped_to_the_cube(workdir):
+    # A pose outside the crop cube is no target: it is clipped to [-1, 1] before the map.
+    from handgan.camera import NYU
+    from handgan.dataset import ViewMaps
+    from handgan.preprocess import CropTransform
+
+    class Wild(torch.nn.Module):
+        def forward(self, x, heads="both"):
+            pose = torch.full((len(x), 14, 3), 0.5)
+            pose[:, 0] = torch.tensor([7.0, -9.0, 0.25])
+            return pose
+
+    x_a = torch.zeros(3, 1, 64, 64)
+    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
+    maps = ViewMaps([(t, t)] * 3)
+    pose_b = torch.zeros(3, 14, 3)
+    loss = train_mod.equivariance_loss(Wild(), pose_b, (x_a, maps))
+    expected = 13 * 3 * 0.25 + (1.0 + 1.0 + 0.0625)  # joint 0 -> (1, -1, 0.25)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_unlabeled_ratio_batches(workdir, tmp_path):
     # optim.unlabeled_ratio = 2: each batch holds twice as many unlabelled crops as labelled
     # ones, consecutive windows of the epoch's unlabelled order, each rank its share of both.

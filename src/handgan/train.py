@@ -384,7 +384,8 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     """||Dis_pose(x_b) - map(T_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
     The target T is the network's own (fixed) pose on the unaugmented crop, or with ``teacher``
-    that of its moving average: no label is used. When ``views`` holds augmented copies of x_a
+    that of its moving average (clipped to the crop cube): no label is used. When ``views``
+    holds augmented copies of x_a
     after it (``loss.equi_target_views`` > 1), the target is the mean of the poses on x_a and
     on each copy, each carried back into A's frame first: an ensemble, less noisy than one."""
     x_a, maps = views
@@ -402,6 +403,11 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     if maps.copies:
         pose_a = (pose_a + sum(maps.copy_to_a(poses[n * (1 + c):n * (2 + c)], c)
                                for c in range(maps.copies))) / (1 + maps.copies)
+    # The crop is centred on the hand, so its joints lie inside the cube ([-1, 1] normalised).
+    # Clipping the target there keeps a wild prediction (few labels, early training) from
+    # becoming a wild target: mapped through the camera projection, a joint far outside the
+    # cube can land anywhere, and such targets fed back on themselves made runs diverge.
+    pose_a = np.clip(pose_a, -1.0, 1.0)
     target = torch.as_tensor(maps.apply(pose_a), dtype=torch.float32, device=pose_b.device)
     return joint_loss(pose_b.float(), target)
 
