@@ -341,6 +341,12 @@ def test_equivariance_views_and_eval_mode_target(workdir):
     assert view.combine and target.combine and view.rotation_deg == target.rotation_deg == 45
     assert (view.pixel_dropout_p, target.pixel_dropout_p) == (0.1, 0.0)
     assert cfg.data.augment.rotation_deg == 180 and not cfg.data.augment.combine  # untouched
+    assert (view.translation_sigma_mm, view.scale_sigma) == (cfg.data.augment.translation_sigma_mm,
+                                                             cfg.data.augment.scale_sigma)
+    stronger = apply_overrides(cfg, ["loss.equi_translation_mm=15", "loss.equi_scale_sigma=0.05"])
+    view, target = train_mod.equivariance_augments(stronger)
+    assert view.translation_sigma_mm == target.translation_sigma_mm == 15
+    assert view.scale_sigma == target.scale_sigma == 0.05 and view.rotation_deg == 45
     # loss.equi_target_eval: the target is Dis's pose in eval mode (running batch-norm
     # statistics), and Dis is back in training mode afterwards.
     from handgan.camera import NYU

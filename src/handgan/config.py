@@ -111,6 +111,8 @@ class LossConfig:
     equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies
     equi_view_dropout: float = 0.0   # share of view B's pixels dropped (the student's view only)
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
+    equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
+    equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
     equi_target_eval: bool = False   # equivariance target from Dis in eval mode (running BN stats)
 
     def __post_init__(self) -> None:
@@ -121,8 +123,9 @@ class LossConfig:
         _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
         _check(self.equi_target_views >= 1,
                f"equi_target_views must be >= 1, got {self.equi_target_views}")
-        _check(self.equi_rotation_deg is None or self.equi_rotation_deg >= 0,
-               f"equi_rotation_deg must be >= 0, got {self.equi_rotation_deg}")
+        for name in ("equi_rotation_deg", "equi_translation_mm", "equi_scale_sigma"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
         _check(0.0 <= self.equi_view_dropout < 1.0,
                f"equi_view_dropout must be in [0, 1), got {self.equi_view_dropout}")
 

@@ -368,12 +368,15 @@ def equivariance_augments(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfi
     """How the equivariance term's views are drawn: (view B's, the target copies').
 
     Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
-    amounts, with the rotation range ``loss.equi_rotation_deg`` when set; view B alone also
-    loses ``loss.equi_view_dropout`` of its pixels (the student reads a harder view).
+    amounts, with the rotation range ``loss.equi_rotation_deg``, the centre shift
+    ``loss.equi_translation_mm`` and the cube scale ``loss.equi_scale_sigma`` where set; view B
+    alone also loses ``loss.equi_view_dropout`` of its pixels (the student reads a harder view).
     """
-    target = dataclasses.replace(cfg.data.augment, combine=True)
-    if cfg.loss.equi_rotation_deg is not None:
-        target = dataclasses.replace(target, rotation_deg=cfg.loss.equi_rotation_deg)
+    w = cfg.loss
+    amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
+               "scale_sigma": w.equi_scale_sigma}
+    target = dataclasses.replace(cfg.data.augment, combine=True,
+                                 **{k: v for k, v in amounts.items() if v is not None})
     return dataclasses.replace(target, pixel_dropout_p=cfg.loss.equi_view_dropout), target
 
 
