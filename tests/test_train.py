@@ -370,6 +370,44 @@ def test_equivariance_views_and_eval_mode_target(workdir):
     assert train_mod.equivariance_loss(dis, pose_b, (x_a, maps)).item() < 1e-10
 
 
+def test_teacher_target_uses_batch_statistics_unless_eval_mode(workdir):
+    # The mean teacher's target is computed like the self-target: the batch's statistics, none
+    # of its running statistics moved, the teacher back in eval mode; eval_mode=True takes the
+    # running statistics instead.
+    from handgan.camera import NYU
+    from handgan.dataset import ViewMaps
+    from handgan.losses import joint_loss
+    from handgan.preprocess import CropTransform
+    cfg = make_cfg(workdir, "loss.w_equivariance=1", "loss.teacher_ema=0.9")
+    _, dis, _, _ = models(cfg)
+    _, _, x_a = batch()
+    with torch.no_grad():
+        dis(x_a + 0.3)  # running statistics that differ from this batch's
+    teacher = train_mod.make_teacher(dis)
+    with torch.no_grad():
+        teacher.pose[0][0][0].weight.mul_(1.5)  # a teacher that is not the student
+    running = [b.clone() for b in teacher.buffers()]
+    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
+    maps = ViewMaps([(t, t)] * len(x_a))
+    pose_b = torch.zeros(len(x_a), 14, 3)
+    with torch.no_grad():
+        teacher.train()
+        on_batch = teacher(x_a, heads="pose")
+        for b, r in zip(teacher.buffers(), running):  # restore what the reference pass moved
+            b.copy_(r)
+        teacher.eval()
+        on_running = teacher(x_a, heads="pose")
+    assert not torch.allclose(on_batch, on_running, atol=1e-3)
+    loss = train_mod.equivariance_loss(dis, pose_b, (x_a, maps), teacher)
+    assert loss.item() == pytest.approx(joint_loss(pose_b, on_batch.clamp(-1, 1)).item(), rel=1e-5)
+    assert not teacher.training and all(torch.equal(b, r)  # (num_batches_tracked still counts)
+                                        for b, r in zip(teacher.buffers(), running)
+                                        if b.is_floating_point())
+    loss = train_mod.equivariance_loss(dis, pose_b, (x_a, maps), teacher, eval_mode=True)
+    expected = joint_loss(pose_b, on_running.clamp(-1, 1)).item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_equivariance_target_is_clipped_to_the_cube(workdir):
     # A pose outside the crop cube is no target: it is clipped to [-1, 1] before the map.
     from handgan.camera import NYU

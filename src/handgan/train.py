@@ -388,16 +388,18 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
     The target T is the network's own (fixed) pose on the unaugmented crop, or with ``teacher``
     that of its moving average (clipped to the crop cube): no label is used. When ``views``
-    holds augmented copies of x_a
-    after it (``loss.equi_target_views`` > 1), the target is the mean of the poses on x_a and
-    on each copy, each carried back into A's frame first: an ensemble, less noisy than one."""
+    holds augmented copies of x_a after it (``loss.equi_target_views`` > 1), the target is the
+    mean of the poses on x_a and on each copy, each carried back into A's frame first: an
+    ensemble, less noisy than one."""
     x_a, maps = views
     net = teacher if teacher is not None else unwrap(dis)
     training = net.training
-    if eval_mode:  # the target as evaluation computes it: running batch-norm statistics
-        net.eval()
+    # The target network normalises with the batch's statistics, as the student does (the
+    # teacher too: with its running statistics it lagged the student and did worse), or with
+    # ``eval_mode`` as evaluation does, with the running statistics. Either way none move.
+    net.train(not eval_mode)
     try:
-        with torch.no_grad(), batch_norm_stats_frozen(dis):
+        with torch.no_grad(), batch_norm_stats_frozen(net):
             poses = net(x_a, heads="pose").float().cpu().numpy()
     finally:
         net.train(training)
