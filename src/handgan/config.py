@@ -113,7 +113,7 @@ class LossConfig:
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
     equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
-    equi_target_eval: bool = False   # equivariance target from Dis in eval mode (running BN stats)
+    equi_target_eval: bool = False   # target network (Dis or teacher) in eval mode (running BN stats)
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
