@@ -394,9 +394,9 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     x_a, maps = views
     net = teacher if teacher is not None else unwrap(dis)
     training = net.training
-    # The target network normalises with the batch's statistics, as the student does (the
-    # teacher too: with its running statistics it lagged the student and did worse), or with
-    # ``eval_mode`` as evaluation does, with the running statistics. Either way none move.
+    # The target network (Dis or its moving average) normalises with the batch's statistics,
+    # as the student does, or with ``eval_mode`` with the running statistics, as evaluation
+    # does. Either way the running statistics do not move.
     net.train(not eval_mode)
     try:
         with torch.no_grad(), batch_norm_stats_frozen(net):
