@@ -106,6 +106,7 @@ class LossConfig:
     fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
     pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
     w_cycle: float = 0.0             # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
+    gen_unlabeled_poses: bool = False  # Gen also renders Dis's poses of x_u (fakes, adversarial only)
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
     teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
     equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies

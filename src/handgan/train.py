@@ -438,20 +438,28 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     # (1) Update Dis: minimise L_Dis = w_joint * L_J(Dis_pose(x_l), J_l)
     #                                + w_gan * L_gan,  L_gan = BCE(Dis(x_l, x_u), 1) + BCE(Dis(Gen(J)), 0)
     #     [+ w_joint * L_J(Dis_pose(Gen(J)), J) with fake_pose_loss]
+    #     [with gen_unlabeled_poses, Gen(J) also renders J_s = Dis_pose(x_u), fixed]
     ############################
     opt_d.zero_grad(set_to_none=True)
     has_u = x_u is not None and len(x_u) > 0
     cycle = w.w_cycle > 0 and has_u
     equivariance = w.w_equivariance > 0 and has_u and views is not None
+    sampled = w.gen_unlabeled_poses and has_u
     with autocast():
-        with torch.no_grad():  # no gradient into Gen here
-            x_g = gen(j_g)
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if cycle or equivariance:
+        if cycle or equivariance or sampled:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
         elif has_u:
             real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
+        if sampled:
+            # Pose sampling for Gen: the poses Dis reads off the unlabelled crops (fixed, clipped
+            # to the crop cube) widen the poses Gen renders beyond the labelled ones. They only
+            # ever meet the real/fake head: no label exists for them.
+            j_s = pose_u.detach().float().clamp(-1.0, 1.0)
+            j_g = torch.cat([j_g, j_s])
+        with torch.no_grad():  # no gradient into Gen here
+            x_g = gen(j_g)
         if cycle:
             # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
             # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
@@ -469,8 +477,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         loss_j = joint_loss(pose_l.float(), j_l)
         loss_gan = discriminator_gan_loss(real_logits.float(), fake_logits.float())
         loss_d = w.w_joint * loss_j + w.w_gan * loss_gan
-        if w.fake_pose_loss:
-            loss_j_fake = joint_loss(pose_g.float(), j_g)
+        if w.fake_pose_loss:  # on the crops of (perturbed) labelled poses only
+            loss_j_fake = joint_loss(pose_g[:len(j_l)].float(), j_g[:len(j_l)])
             loss_d = loss_d + w.w_joint * loss_j_fake
         if cycle:
             loss_d = loss_d + w.w_cycle * loss_cycle
@@ -481,13 +489,13 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
 
     ############################
     # (2) Update Gen: minimise L_Gen = w_recons * L_recons(x_l, Gen(J_l))
-    #                                + w_gen_adv * BCE(Dis(Gen(J_l)), 1)
+    #                                + w_gen_adv * BCE(Dis(Gen(J_l [, J_s])), 1)
     #     i.e. L_recons - L_gan in the non-saturating form -log Dis(Gen(J)) (see losses.py)
     ############################
     opt_g.zero_grad(set_to_none=True)
     with autocast():
-        x_g = gen(j_l)
-        loss_rec = reconstruction_loss(x_l, x_g.float(), w.tau, w.recons_mode)
+        x_g = gen(torch.cat([j_l, j_s]) if sampled else j_l)
+        loss_rec = reconstruction_loss(x_l, x_g[:len(j_l)].float(), w.tau, w.recons_mode)
         # Dis without its DDP wrapper: its gradients here are never used (they are cleared
         # before its next step), so there is nothing to synchronise.
         with batch_norm_stats_frozen(dis):
