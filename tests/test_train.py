@@ -54,6 +54,15 @@ def batch(n_l=BATCH, n_u=5, size=64):
     return x_l, j_l, x_u
 
 
+def identity_view_maps(n):
+    """Two-view maps whose views A and B are the same crop (the map is the identity)."""
+    from handgan.camera import NYU
+    from handgan.dataset import ViewMaps
+    from handgan.preprocess import CropTransform
+    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
+    return ViewMaps([(t, t)] * n)
+
+
 def test_gan_step_updates_both_networks(workdir):
     cfg = make_cfg(workdir)
     gen, dis, opt_g, opt_d = models(cfg)
@@ -374,16 +383,12 @@ def test_equivariance_views_and_eval_mode_target(workdir):
     assert view.scale_sigma == target.scale_sigma == 0.05 and view.rotation_deg == 45
     # loss.equi_target_eval: the target is Dis's pose in eval mode (running batch-norm
     # statistics), and Dis is back in training mode afterwards.
-    from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
     from handgan.losses import joint_loss
-    from handgan.preprocess import CropTransform
     _, dis, _, _ = models(cfg)
     _, _, x_a = batch()
     with torch.no_grad():
         dis(x_a + 0.3)  # running statistics that differ from this batch's
-    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
-    maps = ViewMaps([(t, t)] * len(x_a))
+    maps = identity_view_maps(len(x_a))
     pose_b = dis(x_a, heads="pose")
     dis.eval()
     with torch.no_grad():
@@ -399,10 +404,7 @@ def test_teacher_target_uses_batch_statistics_unless_eval_mode(workdir):
     # The mean teacher's target is computed like the self-target: the batch's statistics, none
     # of its running statistics moved, the teacher back in eval mode; eval_mode=True takes the
     # running statistics instead.
-    from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
     from handgan.losses import joint_loss
-    from handgan.preprocess import CropTransform
     cfg = make_cfg(workdir, "loss.w_equivariance=1", "loss.teacher_ema=0.9")
     _, dis, _, _ = models(cfg)
     _, _, x_a = batch()
@@ -412,8 +414,7 @@ def test_teacher_target_uses_batch_statistics_unless_eval_mode(workdir):
     with torch.no_grad():
         teacher.pose[0][0][0].weight.mul_(1.5)  # a teacher that is not the student
     running = [b.clone() for b in teacher.buffers()]
-    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
-    maps = ViewMaps([(t, t)] * len(x_a))
+    maps = identity_view_maps(len(x_a))
     pose_b = torch.zeros(len(x_a), 14, 3)
     with torch.no_grad():
         teacher.train()
@@ -435,10 +436,6 @@ def test_teacher_target_uses_batch_statistics_unless_eval_mode(workdir):
 
 def test_equivariance_target_is_clipped_to_the_cube(workdir):
     # A pose outside the crop cube is no target: it is clipped to [-1, 1] before the map.
-    from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
-    from handgan.preprocess import CropTransform
-
     class Wild(torch.nn.Module):
         def forward(self, x, heads="both"):
             pose = torch.full((len(x), 14, 3), 0.5)
@@ -446,8 +443,7 @@ def test_equivariance_target_is_clipped_to_the_cube(workdir):
             return pose
 
     x_a = torch.zeros(3, 1, 64, 64)
-    t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
-    maps = ViewMaps([(t, t)] * 3)
+    maps = identity_view_maps(3)
     pose_b = torch.zeros(3, 14, 3)
     loss = train_mod.equivariance_loss(Wild(), pose_b, (x_a, maps))
     expected = 13 * 3 * 0.25 + (1.0 + 1.0 + 0.0625)  # joint 0 -> (1, -1, 0.25)
