@@ -57,6 +57,7 @@ def init_distributed(device_type: str) -> DistInfo:
     if not dist.is_available():
         raise HandganError("launched by torchrun, but this torch build has no torch.distributed")
     if not dist.is_initialized():
+        _import_before_group_exists()
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
@@ -64,9 +65,21 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
+def _import_before_group_exists() -> None:
+    """Import torch.distributed.nn.functional while no process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, bound when the module is
+    first imported; DDP imports it, so imported after init it holds the default group for good.
+    destroy_process_group then cannot free the group, gloo's worker threads outlive it, and a
+    worker that frees a Python tensor while the interpreter shuts down aborts the process
+    (SIGABRT after a finished run: torchrun reports the job failed).
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def shutdown(info: DistInfo) -> None:
-    """Leave the process group once the DDP wrappers are gone (their reducers hold the group;
-    gloo can abort at interpreter exit if one outlives it, hence the collect)."""
+    """Leave the process group once the DDP wrappers are gone (their reducers hold the group,
+    hence the collect): the group is freed and its worker threads end here, not at exit."""
     if info.enabled and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()

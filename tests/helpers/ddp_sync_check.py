@@ -1,6 +1,8 @@
 """Run under torchrun (gloo): each process trains on different crops through the DDP wrappers,
 then every parameter must be identical on all processes (gradients were averaged), and not
-equal to the initial weights (the steps did something). Prints OK from rank 0."""
+equal to the initial weights (the steps did something); and leaving the group ends gloo's worker
+threads (a worker alive at interpreter exit can abort a finished run). Prints OK from rank 0."""
+import os
 import sys
 
 import torch
@@ -9,15 +11,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import handgan.train as train_mod
 from handgan.config import apply_overrides, preset
+from handgan.distributed import init_distributed, shutdown
 
 
 def flat(module):
     return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
+def thread_count():
+    return len(os.listdir("/proc/self/task"))
+
+
 def main():
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+    threads_before = thread_count()
+    info = init_distributed("cpu")
+    rank = info.rank
     cfg = apply_overrides(preset("quick"), ["model.width=8", "model.pose_hidden=32", "device=cpu",
                                             f"mode={sys.argv[1]}"])
     train_mod.seed_everything(0)
@@ -44,10 +52,11 @@ def main():
         if name == "discriminator" or gan:
             assert not torch.equal(mine, before), name
     # Tear down as training does: DDP wrappers (their reducers hold the process group) go first,
-    # and no process leaves before every process is done talking; otherwise gloo can abort at exit.
+    # and no process leaves before every process is done talking.
     del gen_t, dis_t
     dist.barrier()
-    dist.destroy_process_group()
+    shutdown(info)
+    assert thread_count() == threads_before, f"{thread_count()} threads, {threads_before} before"
     if rank == 0:
         print("OK")
 
