@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import handgan.dataset as ds
-from handgan.augment import AugmentConfig
+from handgan.augment import AugmentConfig, map_joints
 from handgan.camera import NYU
 from handgan.data.folder import FolderFrames
 from handgan.data.nyu import NYUSplit, depth_png_name, write_depth_png
@@ -414,12 +414,14 @@ def test_argument_errors(source_dataset, tmp_path):
         UnlabeledCrops(np.zeros((2, 64, 64), np.float16), [0, 1], seed=-3)
 
 
-def test_two_views_match_augmentation_of_labelled_crops(cache):
+@pytest.mark.parametrize("tilt_deg", [0.0, 30.0])
+def test_two_views_match_augmentation_of_labelled_crops(cache, tilt_deg):
     # View B of an unlabelled crop is the crop augmented with its own seeded draw, and the map
-    # carries the true joints of view A exactly where augmenting the labelled crop puts them.
+    # carries the true joints of view A exactly where augmenting the labelled crop puts them
+    # (with a tilt too: the map turns them as the crop was turned).
     from handgan.augment import augment_crop
     from handgan.train import UnlabeledPool
-    view_aug = AugmentConfig(combine=True)
+    view_aug = AugmentConfig(combine=True, tilt_deg=tilt_deg)
     labeled, unlabeled = split_labeled(cache, 0.25, seed=2)
     unlabeled.set_epoch(3)
     positions = np.array([4, 0, 7])
@@ -437,8 +439,14 @@ def test_two_views_match_augmentation_of_labelled_crops(cache):
         assert t_b.rotation_deg != 0.0
         assert np.array_equal(x_b[i, 0].numpy(), crop_b)
         np.testing.assert_allclose(mapped[i], joints_b, atol=1e-9)
-        np.testing.assert_allclose(t_b.norm_to_xyz(mapped[i]), t.norm_to_xyz(joints_a[i]),
-                                   atol=1e-6)  # the same 3D joints, in mm
+        if tilt_deg == 0:
+            np.testing.assert_allclose(t_b.norm_to_xyz(mapped[i]), t.norm_to_xyz(joints_a[i]),
+                                       atol=1e-6)  # the same 3D joints, in mm
+        else:  # turned about the crop centre: the same distances between joints
+            assert maps.tilts[i][0] is not None
+            bones = np.linalg.norm(np.diff(mapped[i], axis=0), axis=1)
+            np.testing.assert_allclose(bones, np.linalg.norm(np.diff(joints_b, axis=0), axis=1))
+            assert not np.allclose(mapped[i], map_joints(joints_a[i], t, t_b), atol=1e-3)
     # A pool of two parts gives the same views in the order asked for.
     first, second = split_labeled(cache, 0.5, seed=2)[1], unlabeled
     second.set_epoch(3)
@@ -456,13 +464,15 @@ def test_two_views_match_augmentation_of_labelled_crops(cache):
         maps.apply(joints_a[:2])
 
 
-def test_target_copies_are_seeded_augmentations_mapped_back_to_view_a(cache):
+@pytest.mark.parametrize("tilt_deg", [0.0, 25.0])
+def test_target_copies_are_seeded_augmentations_mapped_back_to_view_a(cache, tilt_deg):
     # With copies, view A comes with augmented copies of itself laid after it batch by batch;
-    # view B is unchanged by asking for them, and each copy's map takes the true joints home.
+    # view B is unchanged by asking for them, and each copy's map takes the true joints home
+    # (tilted copies are turned back).
     from handgan.augment import augment_crop
     from handgan.train import UnlabeledPool
-    view_aug = AugmentConfig(combine=True, pixel_dropout_p=0.2)
-    target_aug = AugmentConfig(combine=True)
+    view_aug = AugmentConfig(combine=True, pixel_dropout_p=0.2, tilt_deg=tilt_deg)
+    target_aug = AugmentConfig(combine=True, tilt_deg=tilt_deg)
     labeled, unlabeled = split_labeled(cache, 0.25, seed=2)
     unlabeled.set_epoch(1)
     positions = np.array([5, 2])

@@ -10,6 +10,7 @@ import torch
 import handgan.train as train_mod
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, preset
+from handgan.errors import HandganError
 from handgan.monitor import read_jsonl
 from handgan.synth.generate import synthesize_dataset
 
@@ -381,6 +382,12 @@ def test_equivariance_views_and_eval_mode_target(workdir):
     view, target = train_mod.equivariance_augments(stronger)
     assert view.translation_sigma_mm == target.translation_sigma_mm == 15
     assert view.scale_sigma == target.scale_sigma == 0.05 and view.rotation_deg == 45
+    assert view.tilt_deg == target.tilt_deg == 0.0  # data.augment's: no tilt
+    tilted = apply_overrides(cfg, ["loss.equi_tilt_deg=20"])
+    assert [a.tilt_deg for a in train_mod.equivariance_augments(tilted)] == [20.0, 20.0]
+    assert tilted.data.augment.tilt_deg == 0.0
+    with pytest.raises(HandganError, match="equi_tilt_deg"):
+        apply_overrides(cfg, ["loss.equi_tilt_deg=95"])
     # loss.equi_target_eval: the target is Dis's pose in eval mode (running batch-norm
     # statistics), and Dis is back in training mode afterwards.
     from handgan.losses import joint_loss

@@ -114,6 +114,7 @@ class LossConfig:
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
     equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
+    equi_tilt_deg: float | None = None   # views' out-of-plane tilt range; None = data.augment's
     equi_target_eval: bool = False   # target network (Dis or teacher) in eval mode (running BN stats)
 
     def __post_init__(self) -> None:
@@ -127,6 +128,8 @@ class LossConfig:
         for name in ("equi_rotation_deg", "equi_translation_mm", "equi_scale_sigma"):
             value = getattr(self, name)
             _check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+        _check(self.equi_tilt_deg is None or 0 <= self.equi_tilt_deg <= 90,
+               f"equi_tilt_deg must be in [0, 90], got {self.equi_tilt_deg}")
         _check(0.0 <= self.equi_view_dropout < 1.0,
                f"equi_view_dropout must be in [0, 1), got {self.equi_view_dropout}")
 

@@ -60,7 +60,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from handgan import __version__
-from handgan.augment import AugmentConfig, augment_crop, map_joints
+from handgan.augment import AugmentConfig, augment_crop, augment_view, map_joints, tilt_joints
 from handgan.camera import Intrinsics
 from handgan.data.icvl import ICVLSplit
 from handgan.data.msra import JOINT_FILE, MSRADataset
@@ -930,25 +930,27 @@ class UnlabeledCrops(_CropRows):
         if copies and target_augment is None:
             raise ValueError("target copies need target_augment")
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        views_a, views_b, pairs = [], [], []
+        views_a, views_b, pairs, tilts = [], [], [], []
         views_c = [[] for _ in range(copies)]
         for k in positions:
             crop, t = self._crop(int(k)), self.transform(int(k))
             row = int(self.indices[k])
             rng = np.random.default_rng((self.seed, self.epoch, row, 1))
-            crop_b, t_b, _ = augment_crop(crop, t, None, rng, view_augment)
-            transforms = [t, t_b]
+            crop_b, t_b, tilt_b = augment_view(crop, t, rng, view_augment)
+            transforms, turns = [t, t_b], [tilt_b]
             for c in range(copies):
                 rng = np.random.default_rng((self.seed, self.epoch, row, 2 + c))
-                crop_c, t_c, _ = augment_crop(crop, t, None, rng, target_augment)
+                crop_c, t_c, tilt_c = augment_view(crop, t, rng, target_augment)
                 views_c[c].append(crop_c)
                 transforms.append(t_c)
+                turns.append(tilt_c)
             views_a.append(crop)
             views_b.append(crop_b)
             pairs.append(tuple(transforms))
+            tilts.append(tuple(turns))
         x_a = np.stack(views_a + [c for copy in views_c for c in copy])
         return (torch.from_numpy(x_a)[:, None], torch.from_numpy(np.stack(views_b))[:, None],
-                ViewMaps(pairs))
+                ViewMaps(pairs, tilts))
 
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
         """Items ``positions`` as one (B, 1, S, S) batch (one memmap read without augmentation)."""
@@ -964,11 +966,16 @@ class UnlabeledCrops(_CropRows):
 
 class ViewMaps:
     """Per crop, its views' crop transforms (A, B, then any target copies of A; see
-    :meth:`UnlabeledCrops.sample_views`), and the maps of normalised joints between them. Not a
-    sequence, so a DataLoader passes it through."""
+    :meth:`UnlabeledCrops.sample_views`) and the tilts of B and the copies (a (3, 3) rotation or
+    None each, :func:`~handgan.augment.augment_view`), and the maps of normalised joints between
+    them. Not a sequence, so a DataLoader passes it through."""
 
-    def __init__(self, pairs: list[tuple[CropTransform, ...]]) -> None:
+    def __init__(self, pairs: list[tuple[CropTransform, ...]],
+                 tilts: list[tuple[np.ndarray | None, ...]] | None = None) -> None:
         self.pairs = pairs
+        self.tilts = tilts if tilts is not None else [(None,) * (len(p) - 1) for p in pairs]
+        if len(self.tilts) != len(pairs):
+            raise ValueError(f"{len(self.tilts)} tilts for {len(pairs)} view pairs")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -982,19 +989,29 @@ class ViewMaps:
         """(B, J, 3) joints in view A's normalised frame -> (B, J, 3) in view B's."""
         if len(joints_a) != len(self.pairs):
             raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
-        return np.stack([map_joints(j, p[0], p[1]) for j, p in zip(joints_a, self.pairs)])
+        out = []
+        for j, p, tilt in zip(joints_a, self.pairs, self.tilts):
+            j = map_joints(j, p[0], p[1])
+            out.append(j if tilt[0] is None else tilt_joints(j, tilt[0]))
+        return np.stack(out)
 
     def copy_to_a(self, joints_c: np.ndarray, copy: int) -> np.ndarray:
         """(B, J, 3) joints in target copy ``copy``'s frame -> (B, J, 3) in view A's."""
         if len(joints_c) != len(self.pairs):
             raise ValueError(f"{len(joints_c)} poses for {len(self.pairs)} view pairs")
-        return np.stack([map_joints(j, p[2 + copy], p[0]) for j, p in zip(joints_c, self.pairs)])
+        out = []
+        for j, p, tilt in zip(joints_c, self.pairs, self.tilts):
+            if tilt[1 + copy] is not None:
+                j = tilt_joints(j, tilt[1 + copy].T)  # the inverse turn
+            out.append(map_joints(j, p[2 + copy], p[0]))
+        return np.stack(out)
 
     @staticmethod
     def concat(parts: list[ViewMaps], order: np.ndarray) -> ViewMaps:
         """The pairs of ``parts`` laid end to end, then taken in ``order``."""
         pairs = [p for part in parts for p in part.pairs]
-        return ViewMaps([pairs[int(k)] for k in order])
+        tilts = [t for part in parts for t in part.tilts]
+        return ViewMaps([pairs[int(k)] for k in order], [tilts[int(k)] for k in order])
 
 
 def split_labeled(cache: CropCache, labeled_fraction: float | None = None,

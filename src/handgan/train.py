@@ -369,12 +369,13 @@ def equivariance_augments(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfi
 
     Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
     amounts, with the rotation range ``loss.equi_rotation_deg``, the centre shift
-    ``loss.equi_translation_mm`` and the cube scale ``loss.equi_scale_sigma`` where set; view B
-    alone also loses ``loss.equi_view_dropout`` of its pixels (the student reads a harder view).
+    ``loss.equi_translation_mm``, the cube scale ``loss.equi_scale_sigma`` and the out-of-plane
+    tilt ``loss.equi_tilt_deg`` where set; view B alone also loses ``loss.equi_view_dropout`` of
+    its pixels (the student reads a harder view).
     """
     w = cfg.loss
     amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
-               "scale_sigma": w.equi_scale_sigma}
+               "scale_sigma": w.equi_scale_sigma, "tilt_deg": w.equi_tilt_deg}
     target = dataclasses.replace(cfg.data.augment, combine=True,
                                  **{k: v for k, v in amounts.items() if v is not None})
     return dataclasses.replace(target, pixel_dropout_p=cfg.loss.equi_view_dropout), target
