@@ -116,10 +116,11 @@ class LossConfig:
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
     equi_tilt_deg: float | None = None   # views' out-of-plane tilt range; None = data.augment's
     equi_target_eval: bool = False   # target network (Dis or teacher) in eval mode (running BN stats)
+    w_bone_prior: float = 0.0        # Dis's loss += w * (x_u poses' bone lengths outside labelled range)^2
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
-                     "w_cycle", "w_equivariance"):
+                     "w_cycle", "w_equivariance", "w_bone_prior"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
         _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")

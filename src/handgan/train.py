@@ -66,7 +66,9 @@ from handgan.distributed import (
     shutdown,
 )
 from handgan.errors import HandganError
+from handgan.joints import NYU14_EDGES, NYU36_EDGES
 from handgan.losses import (
+    bone_prior_loss,
     discriminator_gan_loss,
     generator_adversarial_loss,
     joint_loss,
@@ -381,6 +383,23 @@ def equivariance_augments(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfi
     return dataclasses.replace(target, pixel_dropout_p=cfg.loss.equi_view_dropout), target
 
 
+BoneRange = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # edges (E, 2), low (E,), high (E,)
+
+
+def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRange:
+    """The skeleton's edges and each bone's shortest and longest length over the labelled poses
+    (N, J, 3) normalised: the range ``loss.w_bone_prior`` keeps unlabelled poses in."""
+    edges = {14: NYU14_EDGES, 36: NYU36_EDGES}.get(joints_norm.shape[1])
+    if edges is None:
+        raise HandganError(f"loss.w_bone_prior needs the 14- or 36-joint NYU skeleton, "
+                           f"got {joints_norm.shape[1]} joints")
+    e = np.asarray(edges, dtype=np.int64)
+    length = np.linalg.norm(joints_norm[:, e[:, 0]] - joints_norm[:, e[:, 1]], axis=-1)
+    return (torch.from_numpy(e).to(device),
+            torch.as_tensor(length.min(axis=0), dtype=torch.float32, device=device),
+            torch.as_tensor(length.max(axis=0), dtype=torch.float32, device=device))
+
+
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
                       views: tuple[torch.Tensor, ViewMaps],
                       teacher: nn.Module | None = None, eval_mode: bool = False
@@ -422,13 +441,15 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
              views: tuple[torch.Tensor, ViewMaps] | None = None,
-             teacher: nn.Module | None = None) -> dict[str, float]:
+             teacher: nn.Module | None = None,
+             bones: BoneRange | None = None) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
     crops ``x_u`` never reach L_J: by default they only go through the real/fake head; the
-    options ``loss.w_cycle`` and ``loss.w_equivariance`` (with ``views``: the unaugmented crops
-    of ``x_u`` and the maps between the two) also train the pose branch on them without labels.
+    options ``loss.w_cycle``, ``loss.w_equivariance`` (with ``views``: the unaugmented crops
+    of ``x_u`` and the maps between the two) and ``loss.w_bone_prior`` (with ``bones``:
+    :func:`labelled_bone_range`) also train the pose branch on them without labels.
     """
     w = cfg.loss
     j_g = j_l
@@ -446,9 +467,10 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     cycle = w.w_cycle > 0 and has_u
     equivariance = w.w_equivariance > 0 and has_u and views is not None
     sampled = w.gen_unlabeled_poses and has_u
+    prior = w.w_bone_prior > 0 and has_u and bones is not None
     with autocast():
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if cycle or equivariance or sampled:
+        if cycle or equivariance or sampled or prior:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
         elif has_u:
@@ -470,6 +492,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
                                                  w.recons_mode)
         if equivariance:
             loss_equi = equivariance_loss(dis, pose_u, views, teacher, w.equi_target_eval)
+        if prior:
+            loss_prior = bone_prior_loss(pose_u.float(), *bones)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
             if w.fake_pose_loss:
                 fake_logits, pose_g = dis(x_g)
@@ -485,6 +509,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             loss_d = loss_d + w.w_cycle * loss_cycle
         if equivariance:
             loss_d = loss_d + w.w_equivariance * loss_equi
+        if prior:
+            loss_d = loss_d + w.w_bone_prior * loss_prior
     loss_d.backward()
     opt_d.step()
 
@@ -514,6 +540,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         out["loss_cycle"] = loss_cycle.item()
     if equivariance:
         out["loss_equivariance"] = loss_equi.item()
+    if prior:
+        out["loss_bone_prior"] = loss_prior.item()
     return out
 
 
@@ -521,28 +549,37 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Ten
                     j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext,
                     x_u: torch.Tensor | None = None,
                     views: tuple[torch.Tensor, ViewMaps] | None = None,
-                    teacher: nn.Module | None = None) -> dict[str, float]:
+                    teacher: nn.Module | None = None,
+                    bones: BoneRange | None = None) -> dict[str, float]:
     """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone
     (plus, with ``loss.w_equivariance`` and unlabelled ``x_u`` + ``views``, the equivariance
-    term: an ablation that shows what consistency alone does without the GAN)."""
+    term, and with ``loss.w_bone_prior`` + ``bones`` the bone-length prior on ``x_u``:
+    ablations that show what these terms do without the GAN)."""
     ############################
     # Update Dis trunk + pose: minimise w_joint * L_J(Dis_pose(x_l), J_l)
     ############################
     opt_d.zero_grad(set_to_none=True)
-    equivariance = (cfg.loss.w_equivariance > 0 and x_u is not None and len(x_u) > 0
-                    and views is not None)
+    has_u = x_u is not None and len(x_u) > 0
+    equivariance = cfg.loss.w_equivariance > 0 and has_u and views is not None
+    prior = cfg.loss.w_bone_prior > 0 and has_u and bones is not None
     with autocast():
         loss_j = joint_loss(dis(x_l, heads="pose").float(), j_l)
         loss = cfg.loss.w_joint * loss_j
+        if equivariance or prior:
+            pose_u = dis(x_u, heads="pose")
         if equivariance:
-            loss_equi = equivariance_loss(dis, dis(x_u, heads="pose"), views, teacher,
-                                          cfg.loss.equi_target_eval)
+            loss_equi = equivariance_loss(dis, pose_u, views, teacher, cfg.loss.equi_target_eval)
             loss = loss + cfg.loss.w_equivariance * loss_equi
+        if prior:
+            loss_prior = bone_prior_loss(pose_u.float(), *bones)
+            loss = loss + cfg.loss.w_bone_prior * loss_prior
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
     out = {"loss_dis": loss.item(), "loss_joint": loss_j.item()}
     if equivariance:
         out["loss_equivariance"] = loss_equi.item()
+    if prior:
+        out["loss_bone_prior"] = loss_prior.item()
     return out
 
 
@@ -643,11 +680,17 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     if cfg.optim.max_steps is not None:
         total_steps = min(total_steps, cfg.optim.max_steps)
     gan = cfg.mode == "gan"
-    # The real/fake head and the equivariance term are what unlabelled crops are for.
-    use_unlabeled = (gan or cfg.loss.w_equivariance > 0) and len(unlabeled) > 0
+    # The real/fake head, the equivariance term and the bone prior are what unlabelled crops
+    # are for.
+    use_unlabeled = ((gan or cfg.loss.w_equivariance > 0 or cfg.loss.w_bone_prior > 0)
+                     and len(unlabeled) > 0)
     view_augment = target_augment = None
     if use_unlabeled and cfg.loss.w_equivariance > 0:
         view_augment, target_augment = equivariance_augments(cfg)
+    bones = None
+    if use_unlabeled and cfg.loss.w_bone_prior > 0:
+        bones = labelled_bone_range(
+            np.asarray(data.train_cache.joints_norm[labeled.indices], np.float64), device)
 
     seed_everything(cfg.seed)
     gen, dis = build_models(cfg, device)  # the same initial weights in every process
@@ -802,10 +845,10 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                     views = (views[0].to(device, non_blocking=True, memory_format=mf), views[1])
                 if gan:
                     losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
-                                      views, teacher)
+                                      views, teacher, bones)
                 else:
                     losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views,
-                                             teacher)
+                                             teacher, bones)
                 if teacher is not None:
                     update_teacher(teacher, dis, cfg.loss.teacher_ema)
                 train_seconds += time.perf_counter() - t0
