@@ -68,6 +68,7 @@ from handgan.distributed import (
 from handgan.errors import HandganError
 from handgan.joints import NYU14_EDGES, NYU36_EDGES
 from handgan.losses import (
+    bone_lengths,
     bone_prior_loss,
     discriminator_gan_loss,
     generator_adversarial_loss,
@@ -393,11 +394,9 @@ def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRa
     if edges is None:
         raise HandganError(f"loss.w_bone_prior needs the 14- or 36-joint NYU skeleton, "
                            f"got {joints_norm.shape[1]} joints")
-    e = np.asarray(edges, dtype=np.int64)
-    length = np.linalg.norm(joints_norm[:, e[:, 0]] - joints_norm[:, e[:, 1]], axis=-1)
-    return (torch.from_numpy(e).to(device),
-            torch.as_tensor(length.min(axis=0), dtype=torch.float32, device=device),
-            torch.as_tensor(length.max(axis=0), dtype=torch.float32, device=device))
+    e = torch.tensor(edges, dtype=torch.int64, device=device)
+    length = bone_lengths(torch.as_tensor(joints_norm, dtype=torch.float32, device=device), e)
+    return e, length.amin(dim=0), length.amax(dim=0)
 
 
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
