@@ -66,6 +66,7 @@ from handgan.distributed import (
     shutdown,
 )
 from handgan.errors import HandganError
+from handgan.evaluation.metrics import crops_mean_error_mm
 from handgan.joints import NYU14_EDGES, NYU36_EDGES
 from handgan.losses import (
     bone_lengths,
@@ -603,15 +604,8 @@ def predict(dis: Discriminator, crops: LabeledCrops, device: torch.device,
 
 
 def mean_joint_error_mm(pred_norm: np.ndarray, crops: LabeledCrops) -> float:
-    """Mean 3D joint error in mm over frames and joints; normalised -> mm with each row's exact
-    crop transform (``norm_to_xyz``)."""
-    errors = []
-    target = np.asarray(crops.joints_norm[crops.indices], np.float64)
-    for k in range(len(crops)):
-        t = crops.transform(k)
-        p = pred_norm if pred_norm.ndim == 2 else pred_norm[k]
-        errors.append(np.linalg.norm(t.norm_to_xyz(p) - t.norm_to_xyz(target[k]), axis=-1))
-    return float(np.mean(errors))
+    """Mean 3D joint error in mm over frames and joints (see ``crops_mean_error_mm``)."""
+    return crops_mean_error_mm(pred_norm, crops)
 
 
 # --------------------------------------------------------------------------------------------

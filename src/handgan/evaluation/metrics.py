@@ -136,6 +136,19 @@ def mean_error_mm(errors: np.ndarray) -> float:
     return float(np.mean(_check_errors(errors)))
 
 
+def crops_mean_error_mm(pred_norm: np.ndarray, crops) -> float:
+    """Mean 3D joint error (mm) of normalised predictions (N, J, 3), or one pose (J, 3) for every
+    row, against the labels of ``crops`` (a LabeledCrops); normalised -> mm with each row's exact
+    crop transform (``norm_to_xyz``)."""
+    target = np.asarray(crops.joints_norm[crops.indices], np.float64)
+    errors = []
+    for k in range(len(crops)):
+        t = crops.transform(k)
+        p = pred_norm if pred_norm.ndim == 2 else pred_norm[k]
+        errors.append(np.linalg.norm(t.norm_to_xyz(p) - t.norm_to_xyz(target[k]), axis=-1))
+    return float(np.mean(errors))
+
+
 def per_joint_error_mm(errors: np.ndarray) -> np.ndarray:
     """Mean error of each joint over frames.
 
