@@ -86,9 +86,9 @@ def test_generator_renders_the_poses_read_off_unlabelled_crops(workdir, monkeypa
     gen.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
     recons = []
     real_recons = train_mod.reconstruction_loss
-    def spy(real, generated, tau, mode):
+    def spy(real, generated, tau, mode, weight=None):
         recons.append((real.shape[0], generated.shape[0]))
-        return real_recons(real, generated, tau, mode)
+        return real_recons(real, generated, tau, mode, weight)
     monkeypatch.setattr(train_mod, "reconstruction_loss", spy)
     losses = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg)
     assert len(inputs) == 2 and all(t.shape == (len(j_l) + 5, 14, 3) for t in inputs)

@@ -250,6 +250,9 @@ def _add_study(sub) -> None:
     s.add_argument("--max-steps", type=_positive, help="steps per run (smoke studies)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every run (repeatable)")
+    s.add_argument("--jobs", type=_positive, default=1,
+                   help="runs trained at once, one thread each (default 1; e.g. the core count, "
+                        "or several runs sharing one GPU)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(run=_run_study_labels)
 
@@ -268,7 +271,7 @@ def _run_study_labels(args) -> int:
     plan = StudyPlan(base, parse_fractions(args.fractions),
                      parse_variants(args.modes, args.variant), args.seeds,
                      extra={"command": "handgan " + shlex.join(args.argv)})
-    study = run_study(plan, args.out, progress=not args.quiet)
+    study = run_study(plan, args.out, progress=not args.quiet, jobs=args.jobs)
     from handgan.study import format_table
 
     print(format_table(study), end="")

@@ -38,7 +38,9 @@ from handgan.models import ModelConfig
 TRAIN_MODES = ("gan", "supervised")
 CENTRES = ("gt", "com")
 ON_BAD = ("stop", "skip")
-RECONS_MODES = ("sample_floor", "pixel_truncate")
+RECONS_MODES = ("sample_floor", "pixel_truncate", "pixel_sum")
+GEN_ADV_KINDS = ("bce", "feature_matching")
+SYNTH_POSE_SOURCES = ("mix", "finger", "rotate", "unlabeled")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -117,12 +119,32 @@ class LossConfig:
     equi_tilt_deg: float | None = None   # views' out-of-plane tilt range; None = data.augment's
     equi_target_eval: bool = False   # target network (Dis or teacher) in eval mode (running BN stats)
     w_bone_prior: float = 0.0        # Dis's loss += w * (x_u poses' bone lengths outside labelled range)^2
+    # The generator's fidelity (see losses.reconstruction_loss and docs/training.md):
+    w_hand: float = 1.0              # weight of hand-region pixels in L_recons (1 = all pixels alike)
+    gen_adv: str = "bce"             # Gen's adversarial term: "bce" (non-saturating) | "feature_matching"
+    gen_warmup_epochs: float = 0.0   # Gen trains on L_recons alone (no adversarial term) this long
+    # Skeleton-space augmentation: the pose head also learns from (Gen(J'), J') for new poses J'.
+    w_synth: float = 0.0             # Dis's loss += w * L_J(Dis_pose(Gen(J')), J'), ramped in
+    synth_poses: str = "mix+finger+rotate"  # sources of J' ('+'-joined: mix, finger, rotate, unlabeled)
+    synth_ramp_epochs: float = 5.0   # w_synth ramps linearly from 0 over this many epochs
+    synth_turn_deg: float = 30.0     # largest 3D turn of a "rotate" pose about its palm centre
+    synth_gate: float = 0.0          # drop pairs read back worse than this x the batch median; 0 = keep
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
                      "w_cycle", "w_equivariance", "w_bone_prior"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
+        _choice("gen_adv", self.gen_adv, GEN_ADV_KINDS)
+        for name in ("w_hand", "gen_warmup_epochs", "w_synth", "synth_ramp_epochs", "synth_gate"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 <= self.synth_turn_deg <= 180,
+               f"synth_turn_deg must be in [0, 180], got {self.synth_turn_deg}")
+        sources = self.synth_pose_sources
+        _check(bool(sources) and all(x in SYNTH_POSE_SOURCES for x in sources)
+               and len(set(sources)) == len(sources),
+               f"synth_poses must be '+'-joined names from {', '.join(SYNTH_POSE_SOURCES)}, "
+               f"each once; got {self.synth_poses!r}")
         _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
         _check(self.equi_target_views >= 1,
                f"equi_target_views must be >= 1, got {self.equi_target_views}")
@@ -133,6 +155,11 @@ class LossConfig:
                f"equi_tilt_deg must be in [0, 90], got {self.equi_tilt_deg}")
         _check(0.0 <= self.equi_view_dropout < 1.0,
                f"equi_view_dropout must be in [0, 1), got {self.equi_view_dropout}")
+
+
+    @property
+    def synth_pose_sources(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.synth_poses.split("+") if x.strip())
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@
   Gen(J_i) (the seed's "clipped" error, floored per sample: errors under the sensor-noise floor tau
   give no gradient); or the per-pixel truncation (1/N) sum_i mean_p min(e_ip, tau_px), which bounds
   what one sensor outlier can contribute ("golden energy" style).
+  The seed writes L_recons as a squared norm, a sum over pixels ("pixel_sum"): the per-pixel
+  mean ("sample_floor", the first implementation) scales it down by S^2 against L_gan, and Gen
+  then learned almost nothing from it (docs/results.md).
 * L_J = (1/N) sum_i ||Dis_pose(X_i) - J_i||^2 on labelled crops (sum over the J x 3 coordinates).
 
 Pixel errors are in normalised depth units: 1.0 = half the crop cube (150 mm for a 300 mm cube).
@@ -32,18 +35,40 @@ def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(real: torch.Tensor, generated: torch.Tensor, tau: float,
-                        mode: str = "sample_floor") -> torch.Tensor:
+                        mode: str = "sample_floor", weight: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """L_recons between real crops and Gen(their joints), both (B, 1, S, S).
 
-    mode "sample_floor": mean_i max(mean_p (x - g)^2, tau)  (the seed, as written);
-    mode "pixel_truncate": mean_i mean_p min((x - g)^2, tau)  (tau is then per pixel).
+    mode "sample_floor": mean_i max(mean_p (x - g)^2, tau)  (per-pixel mean, floored per sample);
+    mode "pixel_truncate": mean_i mean_p min((x - g)^2, tau)  (tau is then per pixel);
+    mode "pixel_sum": mean_i sum_p w_ip min((x - g)^2, tau)  (the seed's squared norm, a *sum*
+    over pixels, each pixel's error clipped from above at tau as in the "golden energy"
+    reference, tau = 1.0 there; ``weight`` (B, 1, S, S) emphasises pixels, e.g. the hand region).
+    The sum is S^2 times the per-pixel mean: it is what puts L_recons on the scale of L_gan.
     """
-    sq = (real - generated).pow(2).flatten(1)  # (B, S*S)
+    sq = (real - generated).pow(2)
+    if mode == "pixel_sum":
+        sq = sq.clamp(max=tau)
+        if weight is not None:
+            sq = sq * weight
+        return sq.flatten(1).sum(dim=1).mean()
+    sq = sq.flatten(1)  # (B, S*S)
     if mode == "sample_floor":
         return sq.mean(dim=1).clamp(min=tau).mean()
     if mode == "pixel_truncate":
         return sq.clamp(max=tau).mean()
-    raise ValueError(f"unknown reconstruction mode {mode!r} (sample_floor or pixel_truncate)")
+    raise ValueError(f"unknown reconstruction mode {mode!r} (sample_floor, pixel_truncate, "
+                     "pixel_sum)")
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor
+                          ) -> torch.Tensor:
+    """Gen's adversarial term as feature matching (Salimans et al. 2016): the squared distance
+    between the batch means of Dis's shared-trunk features on real and on generated crops,
+    ||mean_i f(x_i) - mean_i f(Gen(J_i))||^2 averaged over feature entries. Real features are
+    a fixed target (no gradient)."""
+    return (real_features.detach().float().mean(dim=0)
+            - fake_features.float().mean(dim=0)).pow(2).mean()
 
 
 def joint_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

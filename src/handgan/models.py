@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,6 +21,7 @@ class ModelConfig:
     noise_dim: int = 0       # optional noise vector appended to the generator's joints
     shared_layers: int = 2   # conv layers shared by the real/fake and pose branches (0 .. depth)
     pose_hidden: int = 1024  # fully connected width of the pose head
+    gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps), at every scale
 
     def __post_init__(self):
         if self.size < 32 or self.size & (self.size - 1):
@@ -37,6 +39,45 @@ class ModelConfig:
         return self.width * min(2 ** layer, 8)
 
 
+BONE_SIGMA = 1.5  # width of a drawn bone, in px of a 64 px crop (scaled with the crop)
+
+
+def skeleton_edges(num_joints: int) -> tuple[tuple[int, int], ...]:
+    """Bones of a joint layout (NYU 14 or 36 points); other layouts: each joint to the next."""
+    from handgan.joints import NYU14_EDGES, NYU36_EDGES
+
+    return {14: NYU14_EDGES, 36: NYU36_EDGES}.get(
+        num_joints, tuple((k, k + 1) for k in range(num_joints - 1)))
+
+
+def bone_map_channels(num_joints: int) -> int:
+    """Channels of :func:`bone_maps`: a presence and a depth map per bone."""
+    return 2 * len(skeleton_edges(num_joints))
+
+
+def bone_maps(joints: torch.Tensor, size: int, edges) -> torch.Tensor:
+    """(B, J, 3) normalised joints -> (B, 2E, S, S): per bone a soft line exp(-d^2 / 2 sigma^2)
+    (d = a pixel's distance to the bone in the crop plane, joints placed orthographically:
+    x right, y up, the cube's side spanning the crop) and the same line times the bone's depth
+    there (interpolated between its two joints). Differentiable in the joints."""
+    b = joints.shape[0]
+    j = joints.float()
+    px = torch.stack([(j[..., 0] + 1.0) * (size / 2), (1.0 - j[..., 1]) * (size / 2)], dim=-1)
+    e = torch.as_tensor(edges, dtype=torch.int64, device=joints.device)
+    a, c = px[:, e[:, 0]], px[:, e[:, 1]]                       # (B, E, 2) bone ends
+    za, zc = j[:, e[:, 0], 2], j[:, e[:, 1], 2]                 # (B, E) their depths
+    coords = torch.arange(size, dtype=torch.float32, device=joints.device) + 0.5
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    p = torch.stack([xs, ys], dim=-1).view(1, 1, size * size, 2)
+    ab = (c - a).unsqueeze(2)                                   # (B, E, 1, 2)
+    t = (((p - a.unsqueeze(2)) * ab).sum(-1) / ab.pow(2).sum(-1).clamp(min=1e-6)).clamp(0, 1)
+    d2 = (p - (a.unsqueeze(2) + t.unsqueeze(-1) * ab)).pow(2).sum(-1)  # (B, E, S*S)
+    sigma = BONE_SIGMA * size / 64
+    line = torch.exp(-d2 / (2 * sigma * sigma))
+    depth = line * (za.unsqueeze(-1) + t * (zc - za).unsqueeze(-1))
+    return torch.cat([line, depth], dim=1).view(b, -1, size, size)
+
+
 def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm)]
     if batch_norm:
@@ -47,7 +88,14 @@ def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
 
 class Generator(nn.Module):
     """Gen(J): joints (B, J, 3) [+ noise (B, Z)] -> FC -> (C, 4, 4) -> stride-2 transposed convs
-    (batch norm, ReLU), each doubling the resolution -> (B, 1, S, S) in [-1, 1] (tanh)."""
+    (batch norm, ReLU), each doubling the resolution -> (B, 1, S, S) in [-1, 1] (tanh).
+
+    With ``gen_skeleton`` every transposed conv also reads the pose drawn in the crop at its
+    input's resolution (:func:`bone_maps`, average-pooled from S x S): where each bone lies and
+    how deep. The FC path alone must learn where 42 numbers put every finger's pixels from the
+    labelled poses, and from a few hundred it draws unseen poses poorly; a drawn bone is local,
+    so the convolutions can render each finger where the pose puts it, whatever the other
+    fingers do."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -55,13 +103,15 @@ class Generator(nn.Module):
         top = cfg.channels(cfg.depth - 1)
         self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3 + cfg.noise_dim, top * 16, bias=False),
                                 nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
+        self.edges = skeleton_edges(cfg.num_joints) if cfg.gen_skeleton else ()
+        extra = bone_map_channels(cfg.num_joints) if cfg.gen_skeleton else 0
         ups: list[nn.Module] = []
         for layer in range(cfg.depth - 1, 0, -1):  # (top, 4, 4) -> ... -> (width, S/2, S/2)
             c_in, c_out = cfg.channels(layer), cfg.channels(layer - 1)
-            ups += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+            ups += [nn.ConvTranspose2d(c_in + extra, c_out, 4, stride=2, padding=1, bias=False),
                     nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        ups += [nn.ConvTranspose2d(cfg.width, 1, 4, stride=2, padding=1), nn.Tanh()]  # -> (1, S, S)
-        self.up = nn.Sequential(*ups)
+        ups += [nn.ConvTranspose2d(cfg.width + extra, 1, 4, stride=2, padding=1), nn.Tanh()]
+        self.up = nn.Sequential(*ups)  # one flat Sequential: the seed layout's parameter names
 
     def forward(self, joints: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         x = joints.flatten(1)  # (B, J*3)
@@ -70,7 +120,15 @@ class Generator(nn.Module):
                 noise = torch.randn(x.shape[0], self.cfg.noise_dim, device=x.device, dtype=x.dtype)
             x = torch.cat([x, noise], dim=1)
         top = self.cfg.channels(self.cfg.depth - 1)
-        return self.up(self.fc(x).view(-1, top, 4, 4))  # (B, 1, S, S)
+        h = self.fc(x).view(-1, top, 4, 4)
+        if not self.cfg.gen_skeleton:
+            return self.up(h)  # (B, 1, S, S)
+        maps = bone_maps(joints, self.cfg.size, self.edges)
+        for layer in self.up:
+            if isinstance(layer, nn.ConvTranspose2d):  # with the pose drawn at h's resolution
+                h = torch.cat([h, F.adaptive_avg_pool2d(maps, h.shape[-1]).to(h.dtype)], dim=1)
+            h = layer(h)
+        return h  # (B, 1, S, S)
 
 
 class Discriminator(nn.Module):

@@ -43,7 +43,7 @@ from handgan.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from handgan.config import OptimConfig, TrainConfig, save_yaml, to_dict
+from handgan.config import LossConfig, OptimConfig, TrainConfig, save_yaml, to_dict
 from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
 from handgan.dataset import (
     CropCache,
@@ -72,13 +72,16 @@ from handgan.losses import (
     bone_lengths,
     bone_prior_loss,
     discriminator_gan_loss,
+    feature_matching_loss,
     generator_adversarial_loss,
     joint_loss,
     reconstruction_loss,
 )
+from handgan.fidelity import training_hand_mask
 from handgan.models import Discriminator, Generator, init_weights
 from handgan.monitor import JsonlWriter, ScalarWriter, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
+from handgan.posespace import new_poses
 
 EVAL_BATCH = 256
 
@@ -437,12 +440,57 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     return joint_loss(pose_b.float(), target)
 
 
+@dataclass(frozen=True)
+class StepPhase:
+    """What a GAN step includes at this point of the schedule (see :func:`step_phase`)."""
+
+    gen_adversarial: bool = True  # Gen's adversarial term (off during the reconstruction warm-up)
+    synth_weight: float = 0.0     # weight of the skeleton-space term L_synth now
+
+
+def step_phase(loss: LossConfig, step: int, steps_per_epoch: int) -> StepPhase:
+    """The phase of step ``step`` (0-based): a pure function of the step, so resume is exact.
+
+    Gen trains on L_recons alone for ``gen_warmup_epochs``; L_synth is off while Gen warms up,
+    then its weight ramps linearly from 0 to ``w_synth`` over ``synth_ramp_epochs`` (Gen's crops
+    of new poses start poor, and a pose head trained hard on them early learns Gen's errors).
+    """
+    epoch = step / max(steps_per_epoch, 1)
+    warm = epoch < loss.gen_warmup_epochs
+    weight = 0.0
+    if loss.w_synth > 0 and not warm:
+        since = epoch - loss.gen_warmup_epochs
+        ramp = 1.0 if loss.synth_ramp_epochs <= 0 else min(1.0, since / loss.synth_ramp_epochs)
+        weight = loss.w_synth * ramp
+    return StepPhase(gen_adversarial=not warm, synth_weight=weight)
+
+
+def recons_weight(joints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None:
+    """Per-pixel weights of L_recons: ``loss.w_hand`` in the hand region of ``joints``, 1
+    elsewhere (None when w_hand = 1)."""
+    if cfg.loss.w_hand == 1.0:
+        return None
+    mask = training_hand_mask(joints.detach().float(), cfg.model.size, cfg.data.cube_mm or 300.0)
+    return 1.0 + (cfg.loss.w_hand - 1.0) * mask
+
+
+def synth_pose_loss(predicted: torch.Tensor, target: torch.Tensor, gate: float) -> torch.Tensor:
+    """L_J on generated pairs; with ``gate`` > 0, pairs whose error exceeds ``gate`` x the
+    batch's median error are left out (mean over the pairs kept)."""
+    per_pair = (predicted - target).pow(2).flatten(1).sum(dim=1)
+    if gate <= 0:
+        return per_pair.mean()
+    keep = (per_pair <= gate * per_pair.detach().median()).float()
+    return (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
+
+
 def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
              views: tuple[torch.Tensor, ViewMaps] | None = None,
              teacher: nn.Module | None = None,
-             bones: BoneRange | None = None) -> dict[str, float]:
+             bones: BoneRange | None = None,
+             phase: StepPhase = StepPhase()) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
@@ -450,6 +498,11 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     options ``loss.w_cycle``, ``loss.w_equivariance`` (with ``views``: the unaugmented crops
     of ``x_u`` and the maps between the two) and ``loss.w_bone_prior`` (with ``bones``:
     :func:`labelled_bone_range`) also train the pose branch on them without labels.
+    ``phase`` (:func:`step_phase`) switches Gen's adversarial term on after the warm-up and
+    weighs the skeleton-space term ``loss.w_synth``: new poses J' (:mod:`handgan.posespace`,
+    and with ``unlabeled`` among ``loss.synth_poses`` Dis's poses of ``x_u``) rendered by Gen,
+    whose pairs (Gen(J'), J') train the pose head and whose crops are fakes for the real/fake
+    head.
     """
     w = cfg.loss
     j_g = j_l
@@ -468,9 +521,12 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     equivariance = w.w_equivariance > 0 and has_u and views is not None
     sampled = w.gen_unlabeled_poses and has_u
     prior = w.w_bone_prior > 0 and has_u and bones is not None
+    synth = phase.synth_weight > 0
+    synth_sources = [x for x in w.synth_pose_sources if x != "unlabeled"]
+    synth_from_u = synth and has_u and "unlabeled" in w.synth_pose_sources
     with autocast():
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if cycle or equivariance or sampled or prior:
+        if cycle or equivariance or sampled or prior or synth_from_u:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
         elif has_u:
@@ -481,8 +537,16 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             # ever meet the real/fake head: no label exists for them.
             j_s = pose_u.detach().float().clamp(-1.0, 1.0)
             j_g = torch.cat([j_g, j_s])
+        if synth:
+            # New poses J' (fixed): from the labelled poses, and the ones Dis reads off the
+            # unlabelled crops (clipped to the crop cube); Gen turns each into a labelled pair.
+            j_new = [new_poses(j_l.float(), synth_sources)] if synth_sources else []
+            if synth_from_u:
+                j_new.append(pose_u.detach().float().clamp(-1.0, 1.0))
+            j_syn = torch.cat(j_new) if j_new else j_l[:0]
+            synth = len(j_syn) > 0
         with torch.no_grad():  # no gradient into Gen here
-            x_g = gen(j_g)
+            x_g = gen(torch.cat([j_g, j_syn]) if synth else j_g)
         if cycle:
             # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
             # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
@@ -495,13 +559,18 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if prior:
             loss_prior = bone_prior_loss(pose_u.float(), *bones)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
-            if w.fake_pose_loss:
+            if w.fake_pose_loss or synth:
                 fake_logits, pose_g = dis(x_g)
             else:
                 fake_logits = dis(x_g, heads="real_fake")
         loss_j = joint_loss(pose_l.float(), j_l)
         loss_gan = discriminator_gan_loss(real_logits.float(), fake_logits.float())
         loss_d = w.w_joint * loss_j + w.w_gan * loss_gan
+        if synth:
+            # L_synth = L_J on the pairs (Gen(J'), J'), pairs read back worse than synth_gate x
+            # the batch median left out (Gen drew something else there).
+            loss_synth = synth_pose_loss(pose_g[len(j_g):].float(), j_syn, w.synth_gate)
+            loss_d = loss_d + phase.synth_weight * loss_synth
         if w.fake_pose_loss:  # on the crops of (perturbed) labelled poses only
             loss_j_fake = joint_loss(pose_g[:len(j_l)].float(), j_g[:len(j_l)])
             loss_d = loss_d + w.w_joint * loss_j_fake
@@ -521,13 +590,24 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     ############################
     opt_g.zero_grad(set_to_none=True)
     with autocast():
-        x_g = gen(torch.cat([j_l, j_s]) if sampled else j_l)
-        loss_rec = reconstruction_loss(x_l, x_g[:len(j_l)].float(), w.tau, w.recons_mode)
-        # Dis without its DDP wrapper: its gradients here are never used (they are cleared
-        # before its next step), so there is nothing to synchronise.
-        with batch_norm_stats_frozen(dis):
-            loss_adv = generator_adversarial_loss(unwrap(dis)(x_g, heads="real_fake").float())
-        loss_g = w.w_recons * loss_rec + w.w_gen_adv * loss_adv
+        j_gen = [j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else [])
+        x_g = gen(torch.cat(j_gen))
+        loss_rec = reconstruction_loss(x_l, x_g[:len(j_l)].float(), w.tau, w.recons_mode,
+                                       recons_weight(j_l, cfg))
+        loss_g = w.w_recons * loss_rec
+        loss_adv = torch.zeros((), device=x_l.device)
+        if phase.gen_adversarial:
+            # Dis without its DDP wrapper: its gradients here are never used (they are cleared
+            # before its next step), so there is nothing to synchronise.
+            d = unwrap(dis)
+            with batch_norm_stats_frozen(dis):
+                if w.gen_adv == "feature_matching":
+                    with torch.no_grad():
+                        real_features = d.trunk(x_l)
+                    loss_adv = feature_matching_loss(real_features, d.trunk(x_g))
+                else:
+                    loss_adv = generator_adversarial_loss(d(x_g, heads="real_fake").float())
+            loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
     opt_g.step()
 
@@ -542,6 +622,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         out["loss_equivariance"] = loss_equi.item()
     if prior:
         out["loss_bone_prior"] = loss_prior.item()
+    if synth:
+        out["loss_synth"] = loss_synth.item()
     return out
 
 
@@ -838,7 +920,8 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                     views = (views[0].to(device, non_blocking=True, memory_format=mf), views[1])
                 if gan:
                     losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
-                                      views, teacher, bones)
+                                      views, teacher, bones,
+                                      step_phase(cfg.loss, step, steps_per_epoch))
                 else:
                     losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views,
                                              teacher, bones)
