@@ -161,10 +161,7 @@ def _run_train(args) -> int:
     out = Path(args.out)
     if args.resume:
         cfg = load_yaml(out / "config.yaml")
-    else:
-        if (out / "checkpoints").exists():
-            raise HandganError(f"{out}: already holds a run (use --resume to continue it, "
-                               "or choose another --out)")
+    else:  # train() refuses a folder that holds an earlier run
         cfg = load_yaml(args.config) if args.config else preset(args.preset)
     flags = {"data.source": args.data, "data.unlabeled": args.unlabeled,
              "data.labeled_fraction": args.labeled_fraction, "mode": args.mode,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 from handgan.atomic import atomic_write_text
 from handgan.config import TrainConfig, apply_overrides, to_dict
 from handgan.errors import HandganError
+from handgan.runlock import FolderLock
 
 BASE_MODES = ("gan", "supervised")
 
@@ -99,10 +101,14 @@ def run_name(variant: Variant, fraction: float, seed: int) -> str:
 
 def run_study(plan: StudyPlan, out: str | os.PathLike, progress: bool = True) -> dict:
     """Train and evaluate every (fraction, line, seed); returns the study dict (also written)."""
+    out = Path(out)
+    with FolderLock(out, "study folder"):  # one study per folder: it restarts unfinished runs
+        return _run_study(plan, out, progress)
+
+
+def _run_study(plan: StudyPlan, out: Path, progress: bool) -> dict:
     from handgan.train import train
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, v, s) for f in plan.fractions for v in plan.variants for s in range(plan.seeds)]
     rows = []
     for k, (fraction, variant, seed) in enumerate(jobs, 1):
@@ -113,6 +119,8 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, progress: bool = True) ->
             if progress:
                 print(f"[{k}/{len(jobs)}] {run_dir.name}", flush=True)
             resume = (run_dir / "checkpoints" / "last.pt").is_file()
+            if not resume and run_dir.exists():
+                shutil.rmtree(run_dir)  # killed before its first checkpoint: start it again
             train(cfg, run_dir, resume=resume, progress=progress)
         s = json.loads(summary_path.read_text())
         error = s.get("best_mean_error_mm") or s["final_mean_error_mm"]
