@@ -5,11 +5,16 @@ Every user mistake (a ``HandganError`` or a bad argument) ends as one line on st
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from handgan import __version__
 from handgan.errors import HandganError
+
+# What the user's machine or paths cause, not handgan: one line, exit 2, like a HandganError.
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,7 +192,10 @@ def _add_evaluate(sub) -> None:
                     "3D error, per joint, success curves, mean-pose baseline), plots and "
                     "report.md into --out.")
     p.add_argument("checkpoint", metavar="RUN|CHECKPOINT", help="run folder or checkpoint file")
-    p.add_argument("--data", help="data source (default: the run's training source)")
+    p.add_argument("--data", help="data source (default: the run's training source, if it is "
+                   "here; a missing synthetic set is not generated)")
+    p.add_argument("--cache-dir", help="crop cache folder (default .handgan-cache in the working "
+                   "folder, never the checkpoint's)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
     p.add_argument("--centre", choices=("gt", "com"),
@@ -206,7 +214,7 @@ def _run_evaluate(args) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                             centre=args.centre, device=args.device,
-                            progress=not (args.quiet or args.json))
+                            progress=not (args.quiet or args.json), cache_dir=args.cache_dir)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -369,10 +377,10 @@ def _add_generate(sub) -> None:
                     "OUT/interpolation.png (a strip), interpolation.gif and interpolation.npy.")
     p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--poses", metavar="FILE", help="pose file")
+    group.add_argument("--poses", metavar="FILE", help="pose file (at most 1000 poses)")
     group.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="interpolate A -> B")
     p.add_argument("--steps", type=_positive, default=8,
-                   help="interpolation steps, A and B included (default 8)")
+                   help="interpolation steps, A and B included (default 8, at most 1000)")
     p.add_argument("--seed", type=int, default=0, help="generator noise seed (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_run_generate)
@@ -441,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except HandganError as e:
         print(f"handgan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only folder, disk full, a file where a folder should be...
+        if e.errno not in _USER_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"handgan {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"handgan {args.command}: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ from torch import nn
 from handgan.atomic import atomic_write
 from handgan.errors import HandganError
 from handgan.inference import load_networks
+from handgan.outputs import check_outputs
 
 DEFAULT_OPSET = 17
 WHATS = ("estimator", "generator")
@@ -96,6 +97,7 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
     """
     if what not in WHATS:
         raise HandganError(f"what must be one of {', '.join(WHATS)}, got {what!r}")
+    check_outputs([path], inputs=[checkpoint], option="--onnx")
     onnx = _require("onnx")
     if verify:
         _require("onnxruntime")

@@ -27,9 +27,11 @@ from handgan.atomic import atomic_write
 from handgan.errors import HandganError
 from handgan.inference import CropSpec, load_networks
 from handgan.models import Generator
+from handgan.outputs import check_outputs
 from handgan.preprocess import CropTransform
 
 SPACES = ("uvd", "xyz", "norm")
+MAX_FRAMES = 1000  # crops per run: all are held in memory and drawn into one picture
 _MIN_IMAGE_PX = 128  # smaller crops are scaled up (nearest) in the PNG / GIF so they are visible
 
 
@@ -305,11 +307,21 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
     """
     if (poses is None) == (interpolate is None):
         raise HandganError("give poses or interpolate=(A, B), not both or neither")
-    gen, spec = load_generator(checkpoint)
+    if interpolate is not None and steps > MAX_FRAMES:
+        raise HandganError(f"--steps {steps}: at most {MAX_FRAMES} (every crop is held in "
+                           "memory and drawn into one strip)")
     out = Path(out)
+    names = ("generated.png", "generated.npy") if poses is not None else (
+        "interpolation.png", "interpolation.gif", "interpolation.npy")
+    pose_files = [_split_line_spec(str(p))[0] for p in ([poses] if poses else interpolate)]
+    check_outputs([out / n for n in names], [checkpoint, *pose_files])
+    gen, spec = load_generator(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if poses is not None:
         joints, space = read_poses(poses)
+        if len(joints) > MAX_FRAMES:  # the grid and the crops are held in memory
+            raise HandganError(f"{poses}: {len(joints)} poses; at most {MAX_FRAMES} per run "
+                               "(split the file)")
         crops = generate_crops(gen, normalise_poses(joints, space, spec), noise_seed=noise_seed)
         return [write_png(out / "generated.png", tile(crops_to_rgb(crops), cols=8)),
                 _save_crops(out / "generated.npy", crops)]
