@@ -50,7 +50,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--train", type=_count, default=2000, help="training frames (default 2000)")
     p.add_argument("--test", type=_count, default=500, help="test frames (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
+    p.add_argument("--seed", type=_count, default=0, help="random seed: same seed, same bytes (default 0)")
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores)")
     p.add_argument("--background", choices=("none", "wall", "table", "clutter", "mixed"),
@@ -64,12 +64,17 @@ def _add_synth(sub) -> None:
 
 def _run_synth(args) -> int:
     from handgan.synth.frame import SynthConfig
-    from handgan.synth.generate import synthesize_dataset
+    from handgan.synth.generate import read_manifest, synthesize_dataset
     from handgan.synth.render import SensorConfig
 
     cfg = SynthConfig(background=args.background, sensor=SensorConfig(enabled=not args.no_noise))
+    complete = read_manifest(args.out) is not None and not args.overwrite
     out = synthesize_dataset(args.out, args.train, args.test, seed=args.seed, workers=args.workers,
                              config=cfg, overwrite=args.overwrite, progress=not args.quiet)
+    if complete:  # synthesize_dataset refuses a complete dataset made with other settings
+        print(f"{out}: the dataset is complete ({args.train} train + {args.test} test frames); "
+              "nothing to do")
+        return 0
     print(f"wrote {args.train} train + {args.test} test frames to {out}")
     return 0
 
@@ -85,7 +90,7 @@ def _add_show_samples(sub) -> None:
     p.add_argument("--split", default="train", help="split folder (default train)")
     p.add_argument("--count", type=_positive, default=16, help="frames to draw (default 16)")
     p.add_argument("--cols", type=_positive, default=4, help="grid columns (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="which frames are picked (default 0)")
+    p.add_argument("--seed", type=_count, default=0, help="which frames are picked (default 0)")
     p.add_argument("--full", action="store_true", help="draw whole 640x480 frames, not zoomed crops")
     p.set_defaults(run=_run_show_samples)
 
@@ -381,7 +386,7 @@ def _add_generate(sub) -> None:
     group.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="interpolate A -> B")
     p.add_argument("--steps", type=_positive, default=8,
                    help="interpolation steps, A and B included (default 8, at most 1000)")
-    p.add_argument("--seed", type=int, default=0, help="generator noise seed (default 0)")
+    p.add_argument("--seed", type=_count, default=0, help="generator noise seed (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_run_generate)
 

@@ -32,6 +32,8 @@ from handgan.preprocess import CropTransform
 
 SPACES = ("uvd", "xyz", "norm")
 MAX_FRAMES = 1000  # crops per run: all are held in memory and drawn into one picture
+MAX_POSE_VALUE = 1e6  # px or mm: larger is a unit mistake (or an overflow to come)
+MAX_NORM = 10.0  # normalised joints (1 = half the crop cube); real hands lie within 1
 _MIN_IMAGE_PX = 128  # smaller crops are scaled up (nearest) in the PNG / GIF so they are visible
 
 
@@ -139,8 +141,11 @@ def normalise_poses(joints: np.ndarray, space: str, spec: CropSpec) -> np.ndarra
     if joints.ndim != 3 or joints.shape[1:] != (len(spec.joint_names), 3):
         raise HandganError(f"poses must be (N, {len(spec.joint_names)}, 3) for this checkpoint's "
                            f"{len(spec.joint_names)} joints, got shape {joints.shape}")
+    if np.abs(joints).max(initial=0.0) > MAX_POSE_VALUE:  # transforms would overflow
+        raise HandganError(f"pose values up to {np.abs(joints).max():.3g}: not pixels or mm "
+                           f"(at most {MAX_POSE_VALUE:g})")
     if space == "norm":
-        return joints
+        return _near_the_cube(joints)
     if space not in SPACES:
         raise HandganError(f"pose space must be one of {', '.join(SPACES)}, got {space!r}")
     centre = spec.centre_joint
@@ -152,7 +157,16 @@ def normalise_poses(joints: np.ndarray, space: str, spec: CropSpec) -> np.ndarra
         centre_uvd = pose[centre] if space == "uvd" else spec.intrinsics.xyz_to_uvd(pose[centre])
         t = CropTransform(centre_uvd, spec.cube_mm, spec.size, spec.intrinsics)
         out[k] = t.uvd_to_norm(pose) if space == "uvd" else t.xyz_to_norm(pose)
-    return out
+    return _near_the_cube(out)
+
+
+def _near_the_cube(norm: np.ndarray) -> np.ndarray:
+    """Normalised poses, if their joints lie within a few cube sizes of the crop."""
+    far = np.abs(norm).max(initial=0.0)
+    if not far <= MAX_NORM:
+        raise HandganError(f"a pose's joints lie {far:.3g} half-cubes from the crop centre (at "
+                           f"most {MAX_NORM:g}): not a hand pose for this camera and cube")
+    return norm
 
 
 def interpolate_poses(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
