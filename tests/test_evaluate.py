@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 def test_report_folder_and_agreement(run, capsys):
     out = run / "report"
     assert main(["evaluate", str(run / "checkpoints" / "last.pt"), "--out", str(out),
-                 "--quiet"]) == 0
+                 "--cache-dir", str(run.parent / "cache"), "--quiet"]) == 0
     assert "mean 3D joint error" in capsys.readouterr().out
     for name in ("predictions.txt", "groundtruth.txt", "metrics.json", "success.png",
                  "per_joint.png", "predictions.png", "generated.png", "report.md"):
@@ -50,7 +50,8 @@ def test_report_folder_and_agreement(run, capsys):
 
 
 def test_run_folder_defaults_to_best_and_eval_dir(run, capsys):
-    assert main(["evaluate", str(run), "--json", "--split", "train"]) == 0
+    assert main(["evaluate", str(run), "--json", "--split", "train",
+                 "--cache-dir", str(run.parent / "cache")]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["checkpoint"].endswith("best.pt") and m["split"] == "train" and m["frames"] == 40
     assert (run / "eval-train" / "metrics.json").is_file()
@@ -62,6 +63,28 @@ def test_run_folder_defaults_to_best_and_eval_dir(run, capsys):
 ])
 def test_bad_input_is_one_line(run, capsys, args, message):
     args = [str(run) if a == "RUN" else a for a in args]
-    assert main(["evaluate", *args, "--quiet"]) == 2
+    assert main(["evaluate", *args, "--quiet", "--cache-dir", str(run.parent / "cache")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_paths_in_a_checkpoint_are_never_written_to(run, tmp_path, monkeypatch, capsys):
+    from handgan.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    elsewhere = tmp_path / "elsewhere"  # where a received checkpoint would have data go
+    ckpt["config"]["data"]["source"] = f"synthetic:{elsewhere / 'data'}"
+    ckpt["config"]["data"]["cache_dir"] = str(elsewhere / "cache")
+    received = tmp_path / "received.pt"
+    save_checkpoint(received, ckpt)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(received), "--out", "report", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not here" in err and "--data" in err and len(err.strip().splitlines()) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    source = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["data"]["source"]
+    assert main(["evaluate", str(received), "--data", source, "--out", "report", "--quiet"]) == 0
+    assert not elsewhere.exists()
+    assert (tmp_path / ".handgan-cache").is_dir()  # the local default cache
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["mean_error_mm"] == pytest.approx(summary["final_mean_error_mm"], rel=1e-9)

@@ -26,8 +26,10 @@ def _train_cmd(run, data, *extra):
 
 
 def _losses(run):
-    """step -> losses; a resumed run logs the steps after its checkpoint again: keep the last."""
-    return {r["step"]: r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"}
+    """step -> losses (a resumed run drops what was logged after its checkpoint: each step once)."""
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
+    assert len({r["step"] for r in records}) == len(records)
+    return {r["step"]: r for r in records}
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ def test_predict_matches_evaluate_on_rendered_frames(tmp_path, capsys):
         "data.centre=com", "model.width=8", "model.pose_hidden=32", "optim.batch_size=8",
         "optim.max_steps=3", "device=cpu", "data.val_fraction=0"])
     run = train(cfg, tmp_path / "run", progress=False)
-    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
     assert main(["predict", str(run / "checkpoints" / "last.pt"), str(data / "test"),
                  "--out", str(tmp_path / "pred"), "--quiet", "--no-overlay"]) == 0
     capsys.readouterr()

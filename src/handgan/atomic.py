@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+# The temp files below: ".NAME.PID.HEX.tmp" (a kill mid-write leaves one; see train's clean-up).
+ATOMIC_TMP = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], durable: bool = True) -> None:

@@ -61,7 +61,36 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     state = {**state, "format_version": FORMAT_VERSION, "handgan_version": __version__}
     _check_plain(state, "state")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: _torch_save(state, f, path))
+
+
+def _torch_save(state: Mapping[str, Any], f, path: Path) -> None:
+    """torch.save, with a failed write (disk full) raised as that OSError: torch reports it
+    as "unexpected pos ..." and loses the cause."""
+    sink = _WriteErrors(f)
+    try:
+        torch.save(state, sink)
+    except RuntimeError:
+        if sink.error is not None:
+            raise OSError(sink.error.errno, sink.error.strerror, str(path)) from None
+        raise
+
+
+class _WriteErrors:
+    """A file wrapper that remembers the OSError of a failed write."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -81,6 +110,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise HandganError(f"{path}: is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise HandganError(f"{path}: no such checkpoint file")
+    _check_container(path)
     try:
         with warnings.catch_warnings():  # a plain pickle (protocol > 2) warns before it fails
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
@@ -107,6 +137,45 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise HandganError(f"{path}: checkpoint format {version}, this handgan reads "
                            f"{FORMAT_VERSION}")
     return ckpt
+
+
+def _check_container(path: Path) -> None:
+    """Say what a file is when it is not a torch.save zip archive (torch.load's own message for
+    random bytes is "would run code", which is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise HandganError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # zip, or legacy pickle
+        return
+    if not head:
+        raise HandganError(f"{path}: not a torch checkpoint (an empty file)")
+    if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower()):
+        raise HandganError(f"{path}: an ONNX model, not a checkpoint (give the .pt file it was "
+                           "exported from)")
+    if head.startswith(b"\x89PNG"):
+        raise HandganError(f"{path}: a PNG image, not a checkpoint")
+    try:
+        what = "a text file" if head.decode("utf-8").isprintable() or b"\n" in head else None
+    except UnicodeDecodeError:
+        what = None
+    what = what or f"not a zip archive; it starts with bytes {head[:8].hex(' ')}"
+    raise HandganError(f"{path}: not a torch checkpoint ({what})")
+
+
+def check_networks(ckpt: Mapping[str, Any], path: str | os.PathLike,
+                   keys: tuple[str, ...] = ("generator", "discriminator")) -> None:
+    """A one-line HandganError unless the checkpoint holds its config and finite ``keys``
+    weights (NaN weights would give NaN joints, and NaN is not valid JSON)."""
+    for key in ("config", *keys):
+        if not isinstance(ckpt.get(key), dict):
+            raise HandganError(f"{path}: not a training checkpoint (no {key!r} dict)")
+    for key in keys:
+        for name, t in ckpt[key].items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.isfinite().all():
+                raise HandganError(f"{path}: the {key} weights hold NaN or inf ({name}); the "
+                                   "run diverged, use an earlier checkpoint")
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -5,11 +5,16 @@ Every user mistake (a ``HandganError`` or a bad argument) ends as one line on st
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from handgan import __version__
 from handgan.errors import HandganError
+
+# What the user's machine or paths cause, not handgan: one line, exit 2, like a HandganError.
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +50,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--train", type=_count, default=2000, help="training frames (default 2000)")
     p.add_argument("--test", type=_count, default=500, help="test frames (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
+    p.add_argument("--seed", type=_count, default=0, help="random seed: same seed, same bytes (default 0)")
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores)")
     p.add_argument("--background", choices=("none", "wall", "table", "clutter", "mixed"),
@@ -59,12 +64,17 @@ def _add_synth(sub) -> None:
 
 def _run_synth(args) -> int:
     from handgan.synth.frame import SynthConfig
-    from handgan.synth.generate import synthesize_dataset
+    from handgan.synth.generate import read_manifest, synthesize_dataset
     from handgan.synth.render import SensorConfig
 
     cfg = SynthConfig(background=args.background, sensor=SensorConfig(enabled=not args.no_noise))
+    complete = read_manifest(args.out) is not None and not args.overwrite
     out = synthesize_dataset(args.out, args.train, args.test, seed=args.seed, workers=args.workers,
                              config=cfg, overwrite=args.overwrite, progress=not args.quiet)
+    if complete:  # synthesize_dataset refuses a complete dataset made with other settings
+        print(f"{out}: the dataset is complete ({args.train} train + {args.test} test frames); "
+              "nothing to do")
+        return 0
     print(f"wrote {args.train} train + {args.test} test frames to {out}")
     return 0
 
@@ -80,7 +90,7 @@ def _add_show_samples(sub) -> None:
     p.add_argument("--split", default="train", help="split folder (default train)")
     p.add_argument("--count", type=_positive, default=16, help="frames to draw (default 16)")
     p.add_argument("--cols", type=_positive, default=4, help="grid columns (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="which frames are picked (default 0)")
+    p.add_argument("--seed", type=_count, default=0, help="which frames are picked (default 0)")
     p.add_argument("--full", action="store_true", help="draw whole 640x480 frames, not zoomed crops")
     p.set_defaults(run=_run_show_samples)
 
@@ -161,10 +171,7 @@ def _run_train(args) -> int:
     out = Path(args.out)
     if args.resume:
         cfg = load_yaml(out / "config.yaml")
-    else:
-        if (out / "checkpoints").exists():
-            raise HandganError(f"{out}: already holds a run (use --resume to continue it, "
-                               "or choose another --out)")
+    else:  # train() refuses a folder that holds an earlier run
         cfg = load_yaml(args.config) if args.config else preset(args.preset)
     flags = {"data.source": args.data, "data.unlabeled": args.unlabeled,
              "data.labeled_fraction": args.labeled_fraction, "mode": args.mode,
@@ -190,7 +197,10 @@ def _add_evaluate(sub) -> None:
                     "3D error, per joint, success curves, mean-pose baseline), plots and "
                     "report.md into --out.")
     p.add_argument("checkpoint", metavar="RUN|CHECKPOINT", help="run folder or checkpoint file")
-    p.add_argument("--data", help="data source (default: the run's training source)")
+    p.add_argument("--data", help="data source (default: the run's training source, if it is "
+                   "here; a missing synthetic set is not generated)")
+    p.add_argument("--cache-dir", help="crop cache folder (default .handgan-cache in the working "
+                   "folder, never the checkpoint's)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
     p.add_argument("--centre", choices=("gt", "com"),
@@ -209,7 +219,7 @@ def _run_evaluate(args) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                             centre=args.centre, device=args.device,
-                            progress=not (args.quiet or args.json))
+                            progress=not (args.quiet or args.json), cache_dir=args.cache_dir)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -375,11 +385,11 @@ def _add_generate(sub) -> None:
                     "OUT/interpolation.png (a strip), interpolation.gif and interpolation.npy.")
     p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--poses", metavar="FILE", help="pose file")
+    group.add_argument("--poses", metavar="FILE", help="pose file (at most 1000 poses)")
     group.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="interpolate A -> B")
     p.add_argument("--steps", type=_positive, default=8,
-                   help="interpolation steps, A and B included (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="generator noise seed (default 0)")
+                   help="interpolation steps, A and B included (default 8, at most 1000)")
+    p.add_argument("--seed", type=_count, default=0, help="generator noise seed (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_run_generate)
 
@@ -447,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except HandganError as e:
         print(f"handgan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only folder, disk full, a file where a folder should be...
+        if e.errno not in _USER_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"handgan {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"handgan {args.command}: interrupted", file=sys.stderr)

@@ -210,6 +210,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, TRAIN_MODES)
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.data.size == self.model.size,
                f"data.size ({self.data.size}) and model.size ({self.model.size}) differ; "
                "set both to the same crop size")

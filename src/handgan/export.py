@@ -28,8 +28,12 @@ from torch import nn
 from handgan.atomic import atomic_write
 from handgan.errors import HandganError
 from handgan.inference import load_networks
+from handgan.outputs import check_outputs
 
 DEFAULT_OPSET = 17
+# What torch's TorchScript exporter supports (9: the graph's ops need at least that).
+MIN_OPSET = 9
+MAX_OPSET = getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 WHATS = ("estimator", "generator")
 MAX_ABS_DIFF = 1e-4  # normalised units (1e-4 x 150 mm = 0.015 mm for a 300 mm cube)
 _INSTALL_HINT = "install the export extra: pip install 'handgan[export]'"
@@ -96,6 +100,10 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
     """
     if what not in WHATS:
         raise HandganError(f"what must be one of {', '.join(WHATS)}, got {what!r}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise HandganError(f"--opset {opset}: this torch exports opsets {MIN_OPSET} to "
+                           f"{MAX_OPSET}")
+    check_outputs([path], inputs=[checkpoint], option="--onnx")
     onnx = _require("onnx")
     if verify:
         _require("onnxruntime")

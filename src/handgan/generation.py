@@ -27,9 +27,13 @@ from handgan.atomic import atomic_write
 from handgan.errors import HandganError
 from handgan.inference import CropSpec, load_networks
 from handgan.models import Generator
+from handgan.outputs import check_outputs
 from handgan.preprocess import CropTransform
 
 SPACES = ("uvd", "xyz", "norm")
+MAX_FRAMES = 1000  # crops per run: all are held in memory and drawn into one picture
+MAX_POSE_VALUE = 1e6  # px or mm: larger is a unit mistake (or an overflow to come)
+MAX_NORM = 10.0  # normalised joints (1 = half the crop cube); real hands lie within 1
 _MIN_IMAGE_PX = 128  # smaller crops are scaled up (nearest) in the PNG / GIF so they are visible
 
 
@@ -137,8 +141,11 @@ def normalise_poses(joints: np.ndarray, space: str, spec: CropSpec) -> np.ndarra
     if joints.ndim != 3 or joints.shape[1:] != (len(spec.joint_names), 3):
         raise HandganError(f"poses must be (N, {len(spec.joint_names)}, 3) for this checkpoint's "
                            f"{len(spec.joint_names)} joints, got shape {joints.shape}")
+    if np.abs(joints).max(initial=0.0) > MAX_POSE_VALUE:  # transforms would overflow
+        raise HandganError(f"pose values up to {np.abs(joints).max():.3g}: not pixels or mm "
+                           f"(at most {MAX_POSE_VALUE:g})")
     if space == "norm":
-        return joints
+        return _near_the_cube(joints)
     if space not in SPACES:
         raise HandganError(f"pose space must be one of {', '.join(SPACES)}, got {space!r}")
     centre = spec.centre_joint
@@ -150,7 +157,16 @@ def normalise_poses(joints: np.ndarray, space: str, spec: CropSpec) -> np.ndarra
         centre_uvd = pose[centre] if space == "uvd" else spec.intrinsics.xyz_to_uvd(pose[centre])
         t = CropTransform(centre_uvd, spec.cube_mm, spec.size, spec.intrinsics)
         out[k] = t.uvd_to_norm(pose) if space == "uvd" else t.xyz_to_norm(pose)
-    return out
+    return _near_the_cube(out)
+
+
+def _near_the_cube(norm: np.ndarray) -> np.ndarray:
+    """Normalised poses, if their joints lie within a few cube sizes of the crop."""
+    far = np.abs(norm).max(initial=0.0)
+    if not far <= MAX_NORM:
+        raise HandganError(f"a pose's joints lie {far:.3g} half-cubes from the crop centre (at "
+                           f"most {MAX_NORM:g}): not a hand pose for this camera and cube")
+    return norm
 
 
 def interpolate_poses(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
@@ -305,11 +321,21 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
     """
     if (poses is None) == (interpolate is None):
         raise HandganError("give poses or interpolate=(A, B), not both or neither")
-    gen, spec = load_generator(checkpoint)
+    if interpolate is not None and steps > MAX_FRAMES:
+        raise HandganError(f"--steps {steps}: at most {MAX_FRAMES} (every crop is held in "
+                           "memory and drawn into one strip)")
     out = Path(out)
+    names = ("generated.png", "generated.npy") if poses is not None else (
+        "interpolation.png", "interpolation.gif", "interpolation.npy")
+    pose_files = [_split_line_spec(str(p))[0] for p in ([poses] if poses else interpolate)]
+    check_outputs([out / n for n in names], [checkpoint, *pose_files])
+    gen, spec = load_generator(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if poses is not None:
         joints, space = read_poses(poses)
+        if len(joints) > MAX_FRAMES:  # the grid and the crops are held in memory
+            raise HandganError(f"{poses}: {len(joints)} poses; at most {MAX_FRAMES} per run "
+                               "(split the file)")
         crops = generate_crops(gen, normalise_poses(joints, space, spec), noise_seed=noise_seed)
         return [write_png(out / "generated.png", tile(crops_to_rgb(crops), cols=8)),
                 _save_crops(out / "generated.npy", crops)]

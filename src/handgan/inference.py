@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from handgan.camera import NYU, Intrinsics
-from handgan.checkpoint import load_checkpoint
+from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
 from handgan.joints import NYU14_NAMES, NYU14_PALM, NYU_EVAL_IDS, NYU_JOINT_NAMES
@@ -149,9 +149,7 @@ def load_networks(path: str | os.PathLike, what: str, device: str | torch.device
     from handgan.config import from_dict
 
     ckpt = load_checkpoint(path)
-    for key in ("config", "generator" if what == "generator" else "discriminator"):
-        if not isinstance(ckpt.get(key), dict):
-            raise HandganError(f"{path}: not a training checkpoint (no {key!r} dict)")
+    check_networks(ckpt, path, ("generator" if what == "generator" else "discriminator",))
     try:
         model_cfg = from_dict(ckpt["config"]).model
     except (ValueError, TypeError) as e:  # from_dict reports bad keys itself as HandganError
@@ -539,6 +537,7 @@ def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
 
     from handgan.atomic import atomic_write_text
     from handgan.evaluation.predfile import write_predictions
+    from handgan.outputs import check_outputs
 
     files = list_depth_files(inputs)
     out_dir = Path(out) if out is not None else None
@@ -546,9 +545,13 @@ def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
         if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
             raise HandganError(f"{out_dir}: --out must not be an input folder (its overlay PNGs "
                                "would be read as frames next time)")
+    names = _unique_stems(files)
+    if out_dir is not None:  # outputs never replace inputs (a glob may include old overlays)
+        check_outputs([out_dir / f"{stem}{ext}" for stem in names
+                       for ext in (".json", ".overlay.png")]
+                      + [out_dir / "predictions.txt", out_dir / "predictions_frames.txt"], files)
         out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
-    names = _unique_stems(files)
     # disable=None: tqdm shows the bar only on a terminal, so logs and pipes stay clean.
     bar = tqdm(list(zip(files, names)), desc="predict", unit="frame", dynamic_ncols=True,
                disable=None if progress and len(files) > 1 else True)

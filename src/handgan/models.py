@@ -26,6 +26,11 @@ class ModelConfig:
     def __post_init__(self):
         if self.size < 32 or self.size & (self.size - 1):
             raise ValueError(f"size must be a power of two >= 32, got {self.size}")
+        for name in ("num_joints", "width", "pose_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.noise_dim < 0:
+            raise ValueError(f"noise_dim must be >= 0, got {self.noise_dim}")
         if not 0 <= self.shared_layers <= self.depth:
             raise ValueError(f"shared_layers must be in 0..{self.depth}, got {self.shared_layers}")
 

@@ -2,17 +2,20 @@
 
 ``metrics.jsonl`` is the record of a run: one JSON object per line (a training log event or an
 evaluation), appended and flushed as it happens, so a killed run keeps everything logged so far
-and a resumed run appends to the same file. TensorBoard is used only if it is installed.
+and a resumed run appends to the same file, after dropping what was logged past its checkpoint.
+TensorBoard is used only if it is installed.
 """
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from handgan.atomic import atomic_write_text
 
 
 class JsonlWriter:
@@ -35,6 +38,23 @@ class JsonlWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def keep_records(path: str | Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSON-lines file atomically with only the records ``keep`` accepts (a line cut
+    short by a kill is dropped too); no file, nothing to do."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and keep(record):
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

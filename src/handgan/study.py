@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 from handgan.atomic import atomic_write_text
 from handgan.config import TrainConfig, apply_overrides, to_dict
 from handgan.errors import HandganError
+from handgan.runlock import FolderLock
 
 BASE_MODES = ("gan", "supervised")
 
@@ -106,6 +108,8 @@ def _train_run(cfg: TrainConfig, run_dir: Path, progress: bool, threads: int | N
 
         torch.set_num_threads(threads)
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: start it again
     train(cfg, run_dir, resume=resume, progress=progress)
 
 
@@ -118,7 +122,11 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, progress: bool = True,
     The rows and files are the same as with one job; only the runs' timings differ.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "study folder"):  # one study per folder: it restarts unfinished runs
+        return _run_study(plan, out, progress, jobs)
+
+
+def _run_study(plan: StudyPlan, out: Path, progress: bool, jobs: int) -> dict:
     todo = [(f, v, s) for f in plan.fractions for v in plan.variants for s in range(plan.seeds)]
     pending = []
     for k, (fraction, variant, seed) in enumerate(todo, 1):

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from handgan.atomic import atomic_write
+from handgan.atomic import ATOMIC_TMP, atomic_write
 from handgan.augment import AugmentConfig
 from handgan.checkpoint import (
     CheckpointManager,
@@ -43,7 +43,7 @@ from handgan.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from handgan.config import LossConfig, OptimConfig, TrainConfig, save_yaml, to_dict
+from handgan.config import LossConfig, OptimConfig, TrainConfig, from_dict, save_yaml, to_dict
 from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
 from handgan.dataset import (
     CropCache,
@@ -79,9 +79,10 @@ from handgan.losses import (
 )
 from handgan.fidelity import training_hand_mask
 from handgan.models import Discriminator, Generator, init_weights
-from handgan.monitor import JsonlWriter, ScalarWriter, progress_bar
+from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
 from handgan.posespace import new_poses
+from handgan.runlock import FolderLock
 
 EVAL_BATCH = 256
 
@@ -719,9 +720,67 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
-        return _train(cfg, run_dir, manager, resume, progress, device, info)
+        # One writer per run folder (rank 0 writes it); checked under the lock, so two commands
+        # started together cannot both pass the checks.
+        with FolderLock(run_dir) if info.is_main else nullcontext():
+            if info.is_main:
+                check_run_folder(cfg, run_dir, manager, resume)
+            return _train(cfg, run_dir, manager, resume, progress, device, info)
     finally:
         shutdown(info)
+
+
+# What a resumed run cannot change: the networks' shapes and the crops they were trained on.
+FIXED_ON_RESUME = ("mode", "seed", "model", "data.source", "data.unlabeled",
+                   "data.labeled_fraction", "data.labeled_count", "data.split_seed",
+                   "data.val_fraction", "data.size", "data.cube_mm", "data.centre",
+                   "optim.batch_size")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+def check_run_folder(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager,
+                     resume: bool) -> None:
+    """Refuse, before anything is written, a fresh run into a folder holding an earlier run's
+    files, or a resume whose config changes what :data:`FIXED_ON_RESUME` lists; then remove the
+    temp files that killed writers left (the caller holds the folder's lock)."""
+    if not resume:
+        found = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if "checkpoints" in found:
+            raise HandganError(f"{run_dir}: already holds a run (use --resume to continue it, "
+                               "or choose another --out)")
+        if found:
+            raise HandganError(f"{run_dir}: holds files of an earlier run that saved no "
+                               f"checkpoint ({', '.join(found)}); remove them or choose another "
+                               "--out")
+    else:
+        last = manager.last_path
+        ckpt = load_checkpoint(last)
+        missing = [k for k in ("config", "generator", "discriminator", "opt_g", "opt_d", "step",
+                               "epoch", "batch_in_epoch", "rng", "rng_epoch_start")
+                   if k not in ckpt]
+        if missing:
+            raise HandganError(f"{last}: not a training checkpoint (no {', '.join(missing)}); "
+                               "cannot resume from it")
+        saved, now = _flat(to_dict(from_dict(ckpt["config"]))), _flat(to_dict(cfg))
+        for key in saved:
+            if key.startswith(FIXED_ON_RESUME) and saved[key] != now.get(key):
+                raise HandganError(f"{run_dir}: --resume cannot change {key} (the run has "
+                                   f"{saved[key]!r}, asked {now.get(key)!r}); it shapes the "
+                                   "networks or their data: start a new run with another --out")
+    for folder in (run_dir, manager.run_dir):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if ATOMIC_TMP.fullmatch(tmp.name):  # atomic_write's, left by a kill mid-write
+                tmp.unlink(missing_ok=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: bool,
@@ -784,11 +843,16 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     best_test = None  # test error of the best checkpoint (chosen on validation)
     if resume:
         ckpt = load_checkpoint(manager.last_path, map_location=device)
-        gen.load_state_dict(ckpt["generator"])
-        dis.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
+        try:
+            gen.load_state_dict(ckpt["generator"])
+            dis.load_state_dict(ckpt["discriminator"])
+            opt_g.load_state_dict(ckpt["opt_g"])
+            opt_d.load_state_dict(ckpt["opt_d"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise HandganError(f"{manager.last_path}: its weights do not fit the run's config "
+                               f"({str(e).splitlines()[0]})") from None
         epoch, batch_in_epoch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        epoch_start_state = ckpt["rng_epoch_start"]  # a run with nothing left to train saves it
         best = ckpt["best_metric"] if ckpt["best_metric"] is not None else math.inf
         best_epoch, best_test = ckpt.get("best_epoch"), ckpt.get("best_test_error")
         rng = ckpt["rng"]
@@ -814,6 +878,15 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         # Supervised mode never uses the real/fake head: DDP must be told to expect that.
         dis_t = DDP(dis, device_ids=ids, find_unused_parameters=not gan)
 
+    finished = step >= total_steps or epoch >= cfg.optim.epochs
+    if resume and finished and (run_dir / "summary.json").is_file():
+        return run_dir  # a finished run: nothing to train, nothing to rewrite
+    if resume and main:
+        # Drop what was logged after the checkpoint (the resumed run logs those steps again);
+        # a run with nothing left to train evaluates its checkpoint's step again too.
+        keep_records(run_dir / "metrics.jsonl",
+                     lambda r: r.get("step", 0) < step
+                     or (r.get("step") == step and not (finished and r.get("event") == "eval")))
     gen.train()
     dis.train()
     metrics = JsonlWriter(run_dir / "metrics.jsonl") if main else None

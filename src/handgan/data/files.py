@@ -14,6 +14,9 @@ from handgan.errors import HandganError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
+# Depth cameras give at most a few megapixels; a larger "frame" is a mistake or a decompression
+# bomb, refused from its header before any pixel is decoded.
+MAX_FRAME_PIXELS = 4096 * 4096
 
 
 def one_line(e: BaseException) -> str:
@@ -35,16 +38,29 @@ def png_header(data: bytes, path: Path, expected: str) -> tuple[int, int]:
     """(bit depth, colour type) from the IHDR, read by us: Pillow silently converts some modes."""
     if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         raise HandganError(f"{path}: not a PNG file (expected {expected})")
+    check_frame_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"),
+                       path)
     return data[24], data[25]
+
+
+def check_frame_pixels(width: int, height: int, path: Path) -> None:
+    """A one-line error for a frame bigger than any depth camera's (before reading it)."""
+    if width * height > MAX_FRAME_PIXELS:
+        raise HandganError(f"{path}: a {width}x{height} image is too large for a depth frame "
+                           f"(at most {MAX_FRAME_PIXELS:,} pixels)")
 
 
 def decode_png(data: bytes, path: Path) -> np.ndarray:
     """Pixels of an in-memory PNG; truncated or corrupt files become a HandganError."""
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR":
+        check_frame_pixels(int.from_bytes(data[16:20], "big"),
+                           int.from_bytes(data[20:24], "big"), path)
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:  # BytesIO shares, not copies
             image.load()
             return np.asarray(image)
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error,
+            Image.DecompressionBombError) as e:
         raise HandganError(f"{path}: truncated or corrupt PNG ({one_line(e)})") from None
 
 

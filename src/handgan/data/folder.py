@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import CAMERAS, Intrinsics
-from handgan.data.files import check_frame_size, one_line
+from handgan.data.files import MAX_FRAME_PIXELS, check_frame_pixels, check_frame_size, one_line
 from handgan.data.icvl import read_depth_png16
 from handgan.errors import HandganError
 
 FRAME_SUFFIXES = (".png", ".npy")
+# Focal lengths of real depth cameras are a few hundred px; these bounds only catch unit mistakes.
+MIN_FOCAL_PX, MAX_FOCAL_PX = 1.0, 1e5
 DEFAULT_SIZE = (640, 480)  # width, height when parse_intrinsics is given only fx,fy,cx,cy
 _INTRINSICS_HELP = "expected nyu, icvl, msra or fx,fy,cx,cy[,width,height]"
 
@@ -48,6 +50,9 @@ def parse_intrinsics(text: str) -> Intrinsics:
         raise HandganError(f"bad intrinsics {text!r}: fx,fy,cx,cy must be numbers") from None
     if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
         raise HandganError(f"bad intrinsics {text!r}: fx and fy must be > 0, all values finite")
+    if not (MIN_FOCAL_PX <= fx <= MAX_FOCAL_PX and MIN_FOCAL_PX <= fy <= MAX_FOCAL_PX):
+        raise HandganError(f"bad intrinsics {text!r}: fx and fy must be {MIN_FOCAL_PX:g} to "
+                           f"{MAX_FOCAL_PX:g} px")
     width, height = DEFAULT_SIZE
     if len(fields) == 6:
         try:
@@ -58,6 +63,12 @@ def parse_intrinsics(text: str) -> Intrinsics:
             ) from None
         if width <= 0 or height <= 0:
             raise HandganError(f"bad intrinsics {text!r}: width and height must be > 0")
+        if width * height > MAX_FRAME_PIXELS:
+            raise HandganError(f"bad intrinsics {text!r}: {width}x{height} is larger than any "
+                               "depth camera")
+    if not (0 <= cx <= width and 0 <= cy <= height):
+        raise HandganError(f"bad intrinsics {text!r}: the principal point (cx, cy) must lie "
+                           f"in the {width}x{height} image")
     return Intrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height, y_up=True)
 
 
@@ -65,7 +76,16 @@ def read_depth_npy(path: str | Path) -> np.ndarray:
     """Read a 2-D integer/float .npy of depth mm -> (H, W) float32. Bad files raise HandganError."""
     path = Path(path)
     try:
-        array = np.load(path, allow_pickle=False)  # never unpickle objects from a data folder
+        # Never unpickle objects from a data folder; map first, so a header that claims a huge
+        # array costs nothing (a file too short for it fails here).
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        if isinstance(array, np.ndarray):
+            if array.ndim == 2:
+                check_frame_pixels(array.shape[1], array.shape[0], path)
+            elif array.size > MAX_FRAME_PIXELS:
+                raise HandganError(f"{path}: depth must be a 2-D (H, W) array, got shape "
+                                   f"{array.shape}")
+            array = np.array(array)
     except FileNotFoundError:
         raise HandganError(f"{path}: depth .npy not found") from None
     except (OSError, ValueError, EOFError) as e:

@@ -16,6 +16,9 @@ def describe_source(spec: SourceSpec, check: int | None = 200, progress: bool = 
     frames when ``check`` is None): reading all 72k NYU frames takes minutes.
     """
     report = {"source": str(spec), "splits": {}}
+    if not split_names(spec):
+        raise HandganError(f"{spec}: no splits found (expected train/ and test/ folders of "
+                           "frames)")
     for split in split_names(spec):
         reader = open_split(spec, split)
         n = len(reader)

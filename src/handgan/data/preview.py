@@ -8,6 +8,7 @@ import numpy as np
 from handgan.data.nyu import NYUSplit
 from handgan.errors import HandganError
 from handgan.joints import NYU_EVAL_IDS
+from handgan.outputs import check_outputs
 from handgan.plots import sample_grid
 
 
@@ -16,6 +17,7 @@ def show_samples(root: str | Path, out: str | Path, count: int = 16, split: str 
     """Draw ``count`` frames (picked with ``seed``) of ``root/split`` with their 14-joint skeletons."""
     if count < 1:
         raise HandganError(f"--count must be >= 1, got {count}")
+    check_outputs([out])
     data = NYUSplit(Path(root), split, joints="all36")
     n = len(data)
     pick = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))

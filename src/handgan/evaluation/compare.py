@@ -33,6 +33,7 @@ from handgan.evaluation.metrics import (
     thresholds_mm,
 )
 from handgan.evaluation.predfile import check_frame_count, read_predictions
+from handgan.outputs import check_outputs
 
 SUCCESS_PNG = "success.png"
 PER_JOINT_PNG = "per_joint.png"
@@ -153,8 +154,8 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
     from handgan.evaluation.figures import plot_per_joint_errors, plot_success_curves
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise HandganError(f"{out}: exists and is not a folder")
+    check_outputs([out / SUCCESS_PNG, out / PER_JOINT_PNG, out / "compare.json"],
+                  [result["gt"], *(m["file"] for m in result["methods"].values())])
     out.mkdir(parents=True, exist_ok=True)
     methods = result["methods"]
     means = {name: m["mean_error_mm"] for name, m in methods.items()}

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from handgan.atomic import atomic_write_text
-from handgan.checkpoint import load_checkpoint
-from handgan.config import CENTRES, TrainConfig, from_dict
+from handgan.checkpoint import check_networks, load_checkpoint
+from handgan.config import CENTRES, DataConfig, TrainConfig, from_dict
 from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
 from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
 from handgan.errors import HandganError
@@ -43,6 +43,7 @@ from handgan.evaluation.metrics import (
 )
 from handgan.evaluation.predfile import write_predictions
 from handgan.models import Discriminator, Generator
+from handgan.outputs import check_output_folder
 from handgan.plots import crop_pairs_image, crop_skeleton_grid, write_grey_png
 
 GRID_FRAMES = 16
@@ -86,17 +87,22 @@ def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Genera
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
                         split: str = "test", out: str | os.PathLike | None = None,
                         centre: str | None = None, device: str = "auto",
-                        progress: bool = True) -> dict:
+                        progress: bool = True, cache_dir: str | os.PathLike | None = None
+                        ) -> dict:
     """Evaluate a run (or checkpoint) on a labelled split and write the report folder.
 
     Args:
         checkpoint: a run folder (uses its best.pt, else last.pt) or a checkpoint file.
-        data: data source spec; default the run's training source.
+        data: data source spec; default the run's training source, if it is here (a
+            checkpoint's paths are read, never written to: a synthetic set it names that is
+            missing is not generated).
         split: the split to evaluate (default ``test``).
         out: report folder; default RUN/eval-SPLIT. None-like "" writes nothing.
         centre: crop centre rule, "gt" or "com"; default the run's (``data.centre``).
         device: "auto", "cpu", "cuda", ...
         progress: progress bars.
+        cache_dir: crop cache folder; default the local default (``.handgan-cache``), never
+            the checkpoint's.
 
     Returns:
         The metrics dict written to metrics.json.
@@ -104,10 +110,16 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     from handgan.train import predict, resolve_device
 
     path = resolve_checkpoint(checkpoint)
+    if out != "":
+        check_output_folder(out if out is not None else default_out_dir(path, split))
     ckpt = load_checkpoint(path)
+    check_networks(ckpt, path)
     dev = resolve_device(device)
     cfg, gen, dis = load_networks(ckpt, dev)
     source = data or cfg.data.source
+    if data is None and _missing_synthetic(parse_source(source)):
+        raise HandganError(f"{source}: the checkpoint's training data is not here (give --data; "
+                           "--data synthetic makes the default set in data/synthetic)")
     centre = centre or cfg.data.centre
     if centre not in CENTRES:
         raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
@@ -116,7 +128,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     if split not in split_names(spec):
         raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(split_names(spec))})")
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
-    cache = load_or_build_cache(open_split(spec, split), cfg.data.cache_dir, params,
+    if cache_dir is None:
+        cache_dir = DataConfig.cache_dir  # the local default, not the checkpoint's
+    cache = load_or_build_cache(open_split(spec, split), cache_dir, params,
                                 progress=progress, on_bad=cfg.data.on_bad)
     if not cache.labeled:
         raise HandganError(f"{spec} split {split!r} has no labels to evaluate against")
@@ -159,6 +173,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, true_norm,
                       pred_uvd, true_uvd, gen, dev)
     return metrics
+
+
+def _missing_synthetic(spec) -> bool:
+    from handgan.synth.generate import read_manifest
+
+    return spec.kind == "synthetic" and read_manifest(spec.root) is None
 
 
 def _to_frame(cache: CropCache, pred_norm: np.ndarray, true_norm: np.ndarray):

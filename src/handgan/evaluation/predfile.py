@@ -26,7 +26,7 @@ _NUMBER_RE = re.compile(_NUMBER)
 # A whole line of numbers: one regex call per line keeps an 8252-line file fast.
 _LINE_RE = re.compile(rf"[ \t]*{_NUMBER}(?:[ \t]+{_NUMBER})*[ \t]*")
 _NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
-
+MAX_VALUE = 1e6  # px or mm; larger is a unit mistake
 
 def read_predictions(path: str | os.PathLike, n_joints: int | None = None) -> np.ndarray:
     """Read a prediction or ground-truth file strictly.
@@ -75,6 +75,11 @@ def read_predictions(path: str | os.PathLike, n_joints: int | None = None) -> np
         row, col = bad[0]
         raise HandganError(f"{path}: line {row + 1}: number {col + 1} ({rows[row][col]!r}) "
                            "is not finite")
+    bad = np.argwhere(np.abs(values) > MAX_VALUE)  # errors would overflow to inf
+    if bad.size:
+        row, col = bad[0]
+        raise HandganError(f"{path}: line {row + 1}: number {col + 1} ({rows[row][col]!r}) "
+                           f"is not pixels or mm (at most {MAX_VALUE:g} in size)")
     return values.reshape(len(rows), expected // 3, 3)
 
 

@@ -36,6 +36,19 @@ MANIFEST = "handgan_synth.json"
 EXTRA = "handgan_extra.npz"
 PARTIAL = ".partial"
 CHUNK = 32
+MAX_FRAMES = 9_999_999  # per split: NYU's depth_1_NNNNNNN.png names
+# A lower bound of the bytes a frame takes (PNG + labels; measured: about 52 kB a frame with the
+# default sensor model and backgrounds): a dataset that cannot fit even so is refused up front.
+MIN_FRAME_BYTES = 20_000
+
+
+def _check_free_space(out: Path, frames: int) -> None:
+    folder = next((p for p in (out, *out.parents) if p.is_dir()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if frames * MIN_FRAME_BYTES > free:
+        raise HandganError(f"{out}: {frames:,} frames need at least "
+                           f"{frames * MIN_FRAME_BYTES / 1e9:,.1f} GB, {folder} has "
+                           f"{free / 1e9:,.1f} GB free")
 
 
 def synthesize_dataset(out: str | Path, n_train: int, n_test: int, seed: int = 0, workers: int = 1,
@@ -50,8 +63,18 @@ def synthesize_dataset(out: str | Path, n_train: int, n_test: int, seed: int = 0
         raise HandganError("nothing to generate: --train and --test are both 0")
     if workers < 1:
         raise HandganError(f"--workers must be >= 1, got {workers}")
+    if seed < 0:
+        raise HandganError(f"--seed must be >= 0, got {seed}")
+    if max(n_train, n_test) > MAX_FRAMES:
+        raise HandganError(f"at most {MAX_FRAMES:,} frames per split (NYU's file names have 7 "
+                           f"digits), got train={n_train} test={n_test}")
     params = {"version": __version__, "seed": seed, "train": n_train, "test": n_test,
               "config": _config_dict(cfg)}
+    manifest = read_manifest(out) if out.is_dir() else None
+    if manifest is not None and not overwrite and all(manifest.get(k) == v
+                                                      for k, v in params.items()):
+        return out  # the same command ran to the end before: the dataset is complete
+    _check_free_space(out, n_train + n_test)
     _prepare_output(out, params, overwrite)
 
     splits = [("train", n_train), ("test", n_test)]
@@ -104,6 +127,9 @@ def _prepare_output(out: Path, params: dict, overwrite: bool) -> None:
         resumable = state.exists() and json.loads(state.read_text()) == params
         if overwrite:
             _clear_dataset_dir(out)
+        elif read_manifest(out) is not None:
+            raise HandganError(f"{out}: holds a complete dataset made with other settings (use "
+                               "--overwrite to replace it, or choose another --out)")
         elif not resumable:
             raise HandganError(f"{out}: directory is not empty (use --overwrite to replace it, "
                                "or rerun the same command to resume an interrupted run)")
