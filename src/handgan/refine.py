@@ -23,9 +23,10 @@ from torch import nn
 
 from handgan.fidelity import training_hand_mask
 
-# Chosen on a quick-preset GAN checkpoint (64 px, 10 % labels, synthetic test split; see
-# docs/inference.md "Refinement"): lr 0.01 moves a joint at most ~1.5 mm a step.
-DEFAULT_LR = 0.01
+# The best of benchmarks/refine_grid.py's grid on crops a quick-preset generator drew itself (a
+# faithful generator by construction: 16.0 -> 14.2 mm in 10 steps from J + 10 mm noise). On real
+# crops that generator (not faithful) makes every setting worse; see docs/inference.md.
+DEFAULT_LR = 0.01  # Adam moves a joint coordinate at most ~lr a step: 1.5 mm of a 300 mm cube
 DEFAULT_PRIOR_WEIGHT = 1.0
 BACKGROUND_WEIGHT = 0.1
 
