@@ -105,6 +105,11 @@ def test_reference_with_other_joints_is_one_line(run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--quiet", "--reference", str(path)]) == 2
     err = capsys.readouterr().err
     assert "predicts 16 joints, the run 14" in err and len(err.strip().splitlines()) == 1
+    small = tmp_path / "size32.pt"
+    save_tiny_checkpoint(small, ModelConfig(size=32, width=8, pose_hidden=32), crop=None)
+    assert main(["evaluate", str(run), "--quiet", "--reference", str(small)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 32 px crops" in err and len(err.strip().splitlines()) == 1
 
 
 def test_refine_zero_is_plain_evaluation_and_refine_changes_the_poses(run, capsys):

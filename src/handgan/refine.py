@@ -37,6 +37,13 @@ def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor,
                  ) -> torch.Tensor:
     """Refine (B, J, 3) normalised joints on their (B, 1, S, S) crops by ``steps`` Adam steps.
 
+    Per crop x it lowers, over J (Adam on J alone)::
+
+        E(J) = sum_p w_p (Gen(J)_p - x_p)^2 / sum_p w_p + prior_weight * mean_j ||J_j - J0_j||^2
+
+    with w_p = 1 in the hand region of J0 (``fidelity.training_hand_mask``) and
+    ``background_weight`` elsewhere; the loss of a batch is the sum over its crops.
+
     Args:
         gen: the generator (joints -> crop). Used in eval mode with its weights frozen; its mode
             and ``requires_grad`` flags are restored afterwards, and it gets no gradients.
