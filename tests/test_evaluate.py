@@ -1,6 +1,7 @@
 """`handgan evaluate`: the report folder, agreement with training's own evaluation and with the
 field's evaluator on the written files, and one-line errors."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,15 +14,23 @@ from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
+def _tiny_run(root, mode: str):
     data = synthesize_dataset(root / "ds", 40, 12, seed=0, workers=1, progress=False)
     cfg = apply_overrides(preset("quick"), [
         f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8",
         "model.pose_hidden=32", "optim.batch_size=8", "optim.max_steps=6", "device=cpu",
-        "num_workers=0", "data.val_fraction=0.2"])
+        "num_workers=0", "data.val_fraction=0.2", f"mode={mode}"])
     return train(cfg, root / "run", progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return _tiny_run(tmp_path_factory.mktemp("evaluate"), "gan")
+
+
+@pytest.fixture(scope="module")
+def supervised_run(tmp_path_factory):
+    return _tiny_run(tmp_path_factory.mktemp("evaluate-supervised"), "supervised")
 
 
 def test_report_folder_and_agreement(run, capsys):
@@ -46,7 +55,77 @@ def test_report_folder_and_agreement(run, capsys):
     result = compare_methods("synthetic", out / "groundtruth.txt", {"run": out / "predictions.txt"})
     assert result["methods"]["run"]["mean_error_mm"] == pytest.approx(m["mean_error_mm"], abs=1e-3)
     assert read_predictions(out / "predictions.txt").shape == (12, 14, 3)
-    assert "![" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "![" in report and "## Generator fidelity" in report
+    g = m["generator"]
+    assert m["refine_steps"] == 0 and g["hand_radius_mm"] == 20
+    for key in ("hand_depth_error_mm", "full_depth_error_mm", "blank_hand_depth_error_mm",
+                "readback_mean_error_mm"):
+        assert math.isfinite(g[key]) and g[key] > 0, key
+    assert g["real_mean_error_mm"] == pytest.approx(m["mean_error_mm"], rel=1e-9)
+    assert "reference_readback_mean_error_mm" not in g
+    from PIL import Image
+    assert Image.open(out / "generated.png").size[0] >= 600
+
+
+def test_supervised_run_has_no_generator_block_and_refuses_refine(supervised_run, capsys):
+    assert main(["evaluate", str(supervised_run), "--json", "--out", ""]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["mode"] == "supervised" and "generator" not in m and m["refine_steps"] == 0
+    for flags in (["--refine", "1"], ["--reference", str(supervised_run)]):
+        assert main(["evaluate", str(supervised_run), "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "needs a trained generator" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reference_reads_back_with_its_own_network(run, supervised_run, capsys):
+    # the run as its own reference: the same network, so the same numbers
+    assert main(["evaluate", str(run), "--json", "--out", "", "--reference", str(run)]) == 0
+    g = json.loads(capsys.readouterr().out)["generator"]
+    assert g["reference_readback_mean_error_mm"] == pytest.approx(g["readback_mean_error_mm"],
+                                                                  rel=1e-9)
+    assert g["reference_real_mean_error_mm"] == pytest.approx(g["real_mean_error_mm"], rel=1e-9)
+    assert g["reference_checkpoint"].endswith("best.pt")
+    # another network (the supervised run's) reads differently
+    assert main(["evaluate", str(run), "--json", "--out", "",
+                 "--reference", str(supervised_run / "checkpoints" / "last.pt")]) == 0
+    other = json.loads(capsys.readouterr().out)["generator"]
+    assert other["readback_mean_error_mm"] == pytest.approx(g["readback_mean_error_mm"])
+    assert other["reference_real_mean_error_mm"] != pytest.approx(g["real_mean_error_mm"])
+
+
+def test_reference_with_other_joints_is_one_line(run, tmp_path, capsys):
+    from test_inference import save_tiny_checkpoint
+
+    from handgan.models import ModelConfig
+
+    path = tmp_path / "icvl16.pt"
+    save_tiny_checkpoint(path, ModelConfig(size=64, num_joints=16, width=8, pose_hidden=32),
+                         crop=None)
+    assert main(["evaluate", str(run), "--quiet", "--reference", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "predicts 16 joints, the run 14" in err and len(err.strip().splitlines()) == 1
+    small = tmp_path / "size32.pt"
+    save_tiny_checkpoint(small, ModelConfig(size=32, width=8, pose_hidden=32), crop=None)
+    assert main(["evaluate", str(run), "--quiet", "--reference", str(small)]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 32 px crops" in err and len(err.strip().splitlines()) == 1
+
+
+def test_refine_zero_is_plain_evaluation_and_refine_changes_the_poses(run, capsys):
+    assert main(["evaluate", str(run), "--json", "--out", ""]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run), "--json", "--out", "", "--refine", "0"]) == 0
+    zero = json.loads(capsys.readouterr().out)
+    assert zero == plain
+    assert main(["evaluate", str(run), "--json", "--out", "", "--refine", "3"]) == 0
+    refined = json.loads(capsys.readouterr().out)
+    assert refined["refine_steps"] == 3 and math.isfinite(refined["mean_error_mm"])
+    assert refined["mean_error_mm"] != pytest.approx(plain["mean_error_mm"], abs=1e-3)
+    assert refined["generator"] == plain["generator"]  # fidelity is the generator's, unrefined
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(run), "--refine", "-2"])
+    assert e.value.code == 2 and "--refine: must be >= 0" in capsys.readouterr().err
 
 
 def test_run_folder_defaults_to_best_and_eval_dir(run, capsys):

@@ -39,7 +39,7 @@ def crop_meta(cfg: ModelConfig = TINY, cube=CUBE, intr=NYU, names=None) -> dict:
 
 
 def save_tiny_checkpoint(path, cfg: ModelConfig = TINY, crop: dict | None | str = "default",
-                         seed: int = 0) -> None:
+                         seed: int = 0, mode: str = "gan") -> None:
     """A checkpoint with the training contract's keys, from random (DCGAN-initialised) nets.
     Batch-norm statistics are randomised too, so eval-mode batch norm is not an identity."""
     torch.manual_seed(seed)
@@ -50,7 +50,7 @@ def save_tiny_checkpoint(path, cfg: ModelConfig = TINY, crop: dict | None | str 
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 m.running_mean.normal_(0.0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
-    train_cfg = dataclasses.replace(preset("quick"), model=cfg,
+    train_cfg = dataclasses.replace(preset("quick"), model=cfg, mode=mode,
                                     data=dataclasses.replace(preset("quick").data, size=cfg.size))
     state = {"config": to_dict(train_cfg), "generator": gen.state_dict(),
              "discriminator": dis.state_dict()}
@@ -307,3 +307,58 @@ def test_predict_intrinsics_option(ckpt, frames, tmp_path, capsys):
     assert main(["predict", str(ckpt), str(tmp_path / "small.npy"), "--json",
                  "--intrinsics", "241.42,241.42,160,120,320,240"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Refinement (analysis by synthesis with the generator)
+# --------------------------------------------------------------------------------------------
+
+def test_refining_estimator_is_the_network_then_refine_poses(ckpt, est, frames):
+    from handgan.inference import load_networks
+    from handgan.refine import refine_poses
+
+    refining = Estimator.from_checkpoint(ckpt, device="cpu", refine=3)
+    assert refining.refine == 3 and not refining.generator.training
+    crops, transforms = zip(*(crop_depth(d, localize_hand(d, NYU, cube_mm=250.0), 250.0, 64,
+                                         intr=NYU) for d in frames))
+    crops = np.stack(crops)
+    gen = load_networks(ckpt, "generator")[0]
+    x = torch.as_tensor(crops).unsqueeze(1)
+    expected = refine_poses(gen, x, torch.as_tensor(est.predict_norm(crops)), 3,
+                            cube_mm=250.0).numpy()
+    np.testing.assert_allclose(refining.pose_norm(crops), expected, atol=1e-6)
+    preds = refining.estimate_crops(crops, transforms)
+    np.testing.assert_allclose(preds[0].xyz, transforms[0].norm_to_xyz(expected[0]), atol=1e-3)
+    # refinement moved the joints: the plain estimator's differ by more than 0.1 mm
+    assert np.abs(est.estimate_crops(crops, transforms)[0].xyz - preds[0].xyz).max() > 0.1
+    assert np.array_equal(Estimator.from_checkpoint(ckpt, device="cpu", refine=0)
+                          .pose_norm(crops), est.predict_norm(crops))
+
+
+def test_refinement_with_the_onnxruntime_backend_runs_the_generator_in_torch(ckpt, frames):
+    pytest.importorskip("onnxruntime")
+    crop = crop_depth(frames[0], localize_hand(frames[0], NYU, cube_mm=250.0), 250.0, 64,
+                      intr=NYU)[0][None]
+    by_torch = Estimator.from_checkpoint(ckpt, device="cpu", refine=2).pose_norm(crop)
+    by_ort = Estimator.from_checkpoint(ckpt, backend="onnxruntime", refine=2).pose_norm(crop)
+    np.testing.assert_allclose(by_ort, by_torch, atol=1e-4)
+
+
+def test_predict_refine_errors_are_one_line(ckpt, frames_dir, tmp_path, capsys):
+    png = str(frames_dir / "depth_1_0000001.png")
+    with pytest.raises(SystemExit) as e:  # argparse's own exit
+        main(["predict", str(ckpt), png, "--refine", "-1"])
+    assert e.value.code == 2 and "--refine: must be >= 0" in capsys.readouterr().err
+    supervised = tmp_path / "supervised.pt"
+    save_tiny_checkpoint(supervised, mode="supervised")
+    assert main(["predict", str(supervised), png, "--refine", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "refinement needs a trained generator" in err and len(err.strip().splitlines()) == 1
+    assert main(["predict", str(supervised), png, "--quiet"]) == 0  # no refinement: fine
+    assert main(["predict", str(ckpt), png, "--refine", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["joints"]) == 14
+    plain = Estimator.from_checkpoint(ckpt, device="cpu")
+    with pytest.raises(HandganError, match="needs the checkpoint's generator"):
+        Estimator(plain.network, plain.spec, refine=1)
+    with pytest.raises(HandganError, match="refine must be >= 0"):
+        Estimator.from_checkpoint(ckpt, refine=-1)

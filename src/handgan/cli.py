@@ -195,7 +195,8 @@ def _add_evaluate(sub) -> None:
                     "a checkpoint file over a labelled split, cropped as in training, and write "
                     "predictions.txt + groundtruth.txt (the field's format), metrics.json (mean "
                     "3D error, per joint, success curves, mean-pose baseline), plots and "
-                    "report.md into --out.")
+                    "report.md into --out. GAN runs also get the generator's fidelity (depth "
+                    "error of Gen(J) in the hand region, read-back error) and generated.png.")
     p.add_argument("checkpoint", metavar="RUN|CHECKPOINT", help="run folder or checkpoint file")
     p.add_argument("--data", help="data source (default: the run's training source, if it is "
                    "here; a missing synthetic set is not generated)")
@@ -205,6 +206,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
     p.add_argument("--centre", choices=("gt", "com"),
                    help="crop centre: ground-truth palm or localised hand (default: as trained)")
+    p.add_argument("--reference", metavar="CKPT_OR_RUN",
+                   help="GAN runs: also read Gen(J) back with this checkpoint's pose network "
+                        "(same joints, crop size and cube)")
+    p.add_argument("--refine", type=_count, default=0, metavar="N",
+                   help="GAN runs: refine each pose by N analysis-by-synthesis steps (Gen(J) "
+                        "against the crop) before scoring (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -219,7 +226,8 @@ def _run_evaluate(args) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                             centre=args.centre, device=args.device,
-                            progress=not (args.quiet or args.json), cache_dir=args.cache_dir)
+                            progress=not (args.quiet or args.json), cache_dir=args.cache_dir,
+                            reference=args.reference, refine=args.refine)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -228,7 +236,13 @@ def _run_evaluate(args) -> int:
     out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), args.split)
     base = m["mean_pose_baseline_mm"]
     print(f"{m['data']} {m['split']}: mean 3D joint error {m['mean_error_mm']:.2f} mm over "
-          f"{m['frames']} frames" + (f" (mean-pose baseline {base:.2f} mm)" if base else ""))
+          f"{m['frames']} frames" + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
+          + (f", refined by {m['refine_steps']} steps" if m["refine_steps"] else ""))
+    g = m.get("generator")
+    if g:
+        print(f"generator: hand-region depth error {g['hand_depth_error_mm']:.2f} mm (blank "
+              f"crop {g['blank_hand_depth_error_mm']:.2f} mm), read-back error "
+              f"{g['readback_mean_error_mm']:.2f} mm")
     print(f"report: {Path(out) / 'report.md'}")
     return 0
 
@@ -347,6 +361,9 @@ def _add_predict(sub) -> None:
                         "handgan[export])")
     p.add_argument("--threads", type=_positive,
                    help="CPU threads for the network (default: the library's, all cores)")
+    p.add_argument("--refine", type=_count, default=0, metavar="N",
+                   help="GAN checkpoints: refine each pose by N analysis-by-synthesis steps "
+                        "with the generator (PyTorch, also with --backend onnxruntime; default 0)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(run=_run_predict)
@@ -358,7 +375,7 @@ def _run_predict(args) -> int:
 
     intr = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     est = Estimator.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads,
-                                    backend=args.backend)
+                                    backend=args.backend, refine=args.refine)
     report = predict_files(est, args.inputs, out=args.out, intrinsics=intr,
                            overlay=not args.no_overlay, progress=not (args.quiet or args.json),
                            on_failure=lambda line: print(f"handgan predict: error: {line}",

@@ -6,7 +6,9 @@
 
 A frame goes through: hand localisation (``localize_hand``, skipped when a centre is given) ->
 cube crop with the checkpoint's cube and size (``crop_depth``) -> the pose network (normalised
-joints) -> back to full-frame uvd and camera xyz with the crop's exact ``CropTransform``.
+joints) -> optionally ``refine`` steps of analysis by synthesis with the generator
+(``refine.refine_poses``) -> back to full-frame uvd and camera xyz with the crop's exact
+``CropTransform``.
 
 The command ``handgan predict`` is :func:`predict_files` over files and folders.
 """
@@ -29,6 +31,7 @@ from handgan.errors import HandganError
 from handgan.joints import NYU14_NAMES, NYU14_PALM, NYU_EVAL_IDS, NYU_JOINT_NAMES
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
+from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
 
 BACKENDS = ("torch", "onnxruntime")
 DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
@@ -130,7 +133,8 @@ def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.Path
     return CropSpec(size, cube, intrinsics, names, centre, source)
 
 
-def load_networks(path: str | os.PathLike, what: str, device: str | torch.device = "cpu"
+def load_networks(path: str | os.PathLike, what: str, device: str | torch.device = "cpu",
+                  ckpt: dict[str, Any] | None = None
                   ) -> tuple[torch.nn.Module, CropSpec, ModelConfig]:
     """Load one network of a training checkpoint, in eval mode with gradients off.
 
@@ -139,6 +143,7 @@ def load_networks(path: str | os.PathLike, what: str, device: str | torch.device
         what: "estimator" (the discriminator's trunk + pose branch, as a ``PoseEstimator``; the
             generator and the real/fake head are neither built nor needed) or "generator".
         device: where the network lives.
+        ckpt: the checkpoint ``path`` holds, if already loaded (not read again).
 
     Returns:
         (network, crop spec, model config).
@@ -148,7 +153,7 @@ def load_networks(path: str | os.PathLike, what: str, device: str | torch.device
     """
     from handgan.config import from_dict
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     check_networks(ckpt, path, ("generator" if what == "generator" else "discriminator",))
     try:
         model_cfg = from_dict(ckpt["config"]).model
@@ -230,17 +235,29 @@ class Estimator:
         spec: how crops are made (size, cube, default camera, joint names).
         device: where the torch network runs (CPU for the onnxruntime backend).
         backend: "torch" or "onnxruntime".
+        generator: the checkpoint's generator when ``refine`` > 0 (always run with PyTorch, on
+            ``device``; with the onnxruntime backend only the pose network runs there), else None.
+        refine: analysis-by-synthesis steps after the pose network (0 = none).
     """
 
     def __init__(self, network: torch.nn.Module, spec: CropSpec,
                  device: str | torch.device = "cpu", backend: str = "torch",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, generator: torch.nn.Module | None = None,
+                 refine: int = 0, refine_lr: float = DEFAULT_LR,
+                 refine_prior: float = DEFAULT_PRIOR_WEIGHT) -> None:
         if backend not in BACKENDS:
             raise HandganError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if refine < 0:
+            raise HandganError(f"refine must be >= 0 steps, got {refine}")
+        if refine and generator is None:
+            raise HandganError("refinement needs the checkpoint's generator")
         self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.spec = spec
         self.backend = backend
+        self.refine, self.refine_lr, self.refine_prior = int(refine), refine_lr, refine_prior
+        self.generator = (generator.to(self.device).eval().requires_grad_(False)
+                          if refine else None)
         self._session = None
         if backend == "onnxruntime":
             from handgan.export import onnx_bytes, onnxruntime_session
@@ -256,8 +273,9 @@ class Estimator:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-                        threads: int | None = None, backend: str = "torch") -> Estimator:
-        """Load the pose branch of a training checkpoint.
+                        threads: int | None = None, backend: str = "torch", refine: int = 0
+                        ) -> Estimator:
+        """Load the pose branch of a training checkpoint (and its generator, to refine).
 
         Args:
             path: checkpoint file (``last.pt`` / ``best.pt``).
@@ -268,18 +286,33 @@ class Estimator:
                 avoids waiting for a descheduled worker thread at every layer).
             backend: "torch", or "onnxruntime" (CPU; the same network exported to ONNX in
                 memory, usually faster for one frame; needs ``pip install 'handgan[export]'``).
+            refine: analysis-by-synthesis steps per estimate with the checkpoint's generator
+                (``refine.refine_poses``, default lr and prior; always PyTorch). GAN checkpoints
+                only: a ``mode: supervised`` run's generator was never trained.
 
         Returns:
             An Estimator, warmed up (the first real frame does not pay for kernel set-up).
 
         Raises:
             HandganError: missing, corrupt, foreign or code-carrying checkpoint (one line naming
-                the file), or onnxruntime missing for that backend.
+                the file), onnxruntime missing for that backend, ``refine`` < 0, or ``refine``
+                with a supervised checkpoint.
         """
+        if refine < 0:
+            raise HandganError(f"refine must be >= 0 steps, got {refine}")
         if threads is not None and backend == "torch":
             torch.set_num_threads(int(threads))
-        network, spec, _ = load_networks(path, "estimator", "cpu")
-        return cls(network, spec, device, backend=backend, threads=threads)
+        ckpt = load_checkpoint(path)
+        network, spec, _ = load_networks(path, "estimator", "cpu", ckpt=ckpt)
+        generator = None
+        if refine:
+            mode = ckpt["config"].get("mode", "gan")
+            if mode != "gan":
+                raise HandganError(f"{path}: refinement needs a trained generator; this is a "
+                                   f"mode {mode!r} checkpoint, whose generator was never trained")
+            generator = load_networks(path, "generator", "cpu", ckpt=ckpt)[0]
+        return cls(network, spec, device, backend=backend, threads=threads, generator=generator,
+                   refine=refine)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -329,6 +362,19 @@ class Estimator:
         with torch.inference_mode():
             joints = self.network(x.to(self.device, non_blocking=True))
         return joints.cpu().numpy()  # (B, J, 3)
+
+    def pose_norm(self, crops: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The normalised joints the estimates use: :meth:`predict_norm`, then ``refine``
+        analysis-by-synthesis steps when the estimator refines."""
+        joints = self.predict_norm(crops)
+        if not self.refine:
+            return joints
+        x = torch.as_tensor(crops, dtype=torch.float32).reshape(-1, 1, self.size, self.size)
+        refined = refine_poses(self.generator, x.to(self.device),
+                               torch.as_tensor(joints, device=self.device), self.refine,
+                               lr=self.refine_lr, prior_weight=self.refine_prior,
+                               cube_mm=float(self.spec.cube_mm[0]))
+        return refined.cpu().numpy()
 
     # ---- public estimates ------------------------------------------------------------------
 
@@ -398,7 +444,7 @@ class Estimator:
             raise ValueError(f"{len(crops)} crops but {len(transforms)} transforms")
         if len(crops) == 0:
             return []
-        norm = self.predict_norm(crops)
+        norm = self.pose_norm(crops)
         return [self._to_prediction(n, t) for n, t in zip(norm, transforms)]
 
     def _to_prediction(self, norm: np.ndarray, transform: CropTransform) -> Prediction:

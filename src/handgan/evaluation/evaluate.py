@@ -13,8 +13,14 @@ exact crop transform maps them back to full-frame ``u v d`` and to mm. The outpu
     success.png       success-rate curve, the run against the mean-pose baseline
     per_joint.png     per-joint mean errors, the run against the baseline
     predictions.png   test crops with true (white) and predicted (coloured) skeletons
-    generated.png     GAN runs: real test crops beside Gen(their true joints)
+    generated.png     GAN runs: 8 test crops | Gen(their true joints) | |difference| in mm
     report.md         all of the above, linked
+
+GAN runs also get ``metrics["generator"]``: how faithful Gen(J) is to the test crops
+(``fidelity.generator_fidelity``: depth errors in the hand region and over the whole crop, the
+read-back error of the run's pose network and of an optional ``reference`` network). With
+``refine=N`` the poses are refined by N analysis-by-synthesis steps (``refine.refine_poses``)
+and every error is that of the refined poses.
 """
 from __future__ import annotations
 
@@ -31,7 +37,11 @@ from handgan.config import CENTRES, DataConfig, TrainConfig, from_dict
 from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
 from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
 from handgan.errors import HandganError
-from handgan.evaluation.figures import plot_per_joint_errors, plot_success_curves
+from handgan.evaluation.figures import (
+    plot_generated,
+    plot_per_joint_errors,
+    plot_success_curves,
+)
 from handgan.evaluation.metrics import (
     CURVE_KINDS,
     joint_errors_xyz,
@@ -42,11 +52,15 @@ from handgan.evaluation.metrics import (
     thresholds_mm,
 )
 from handgan.evaluation.predfile import write_predictions
+from handgan.fidelity import generator_fidelity, hand_region_mask, radius_px, skeleton_edges
 from handgan.models import Discriminator, Generator
 from handgan.outputs import check_output_folder
-from handgan.plots import crop_pairs_image, crop_skeleton_grid, write_grey_png
+from handgan.plots import crop_skeleton_grid
+from handgan.refine import refine_poses
 
 GRID_FRAMES = 16
+GENERATED_FRAMES = 8
+REFINE_BATCH = 256
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -87,8 +101,8 @@ def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Genera
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
                         split: str = "test", out: str | os.PathLike | None = None,
                         centre: str | None = None, device: str = "auto",
-                        progress: bool = True, cache_dir: str | os.PathLike | None = None
-                        ) -> dict:
+                        progress: bool = True, cache_dir: str | os.PathLike | None = None,
+                        reference: str | os.PathLike | None = None, refine: int = 0) -> dict:
     """Evaluate a run (or checkpoint) on a labelled split and write the report folder.
 
     Args:
@@ -103,9 +117,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         progress: progress bars.
         cache_dir: crop cache folder; default the local default (``.handgan-cache``), never
             the checkpoint's.
+        reference: GAN runs: a run folder or checkpoint whose pose network also reads Gen(J)
+            back (``metrics["generator"]["reference_readback_mean_error_mm"]``); it must
+            predict the same joints from crops of the same size and cube.
+        refine: analysis-by-synthesis steps on each estimate (GAN runs; 0 = none).
 
     Returns:
         The metrics dict written to metrics.json.
+
+    Raises:
+        HandganError: bad checkpoint, data, split or centre; ``refine`` < 0; ``refine`` or
+            ``reference`` on a supervised run (its generator was never trained); a reference
+            that does not fit the run.
     """
     from handgan.train import predict, resolve_device
 
@@ -116,6 +139,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     check_networks(ckpt, path)
     dev = resolve_device(device)
     cfg, gen, dis = load_networks(ckpt, dev)
+    if refine < 0:
+        raise HandganError(f"refine must be >= 0 steps, got {refine}")
+    if cfg.mode != "gan" and (refine or reference is not None):
+        what = "refinement" if refine else "a reference (it reads back Gen(J))"
+        raise HandganError(f"{path}: {what} needs a trained generator; this is a mode "
+                           f"{cfg.mode!r} run, whose generator was never trained")
+    ref = _load_reference(reference, cfg, dev) if reference is not None else None
     source = data or cfg.data.source
     if data is None and _missing_synthetic(parse_source(source)):
         raise HandganError(f"{source}: the checkpoint's training data is not here (give --data; "
@@ -138,7 +168,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         raise HandganError(f"{spec}: {cache.joints_norm.shape[1]} joints per frame, the model "
                            f"predicts {cfg.model.num_joints} (trained on another dataset?)")
     crops = all_labeled(cache)
+    if ref is not None:
+        _check_reference(ref, cache)
     pred_norm = predict(dis, crops, dev, progress=progress)
+    if refine:
+        pred_norm = _refine(gen, crops, pred_norm, refine, dev, progress)
     true_norm = np.asarray(cache.joints_norm, np.float64)
     pred_uvd, true_uvd, pred_xyz, true_xyz = _to_frame(cache, pred_norm, true_norm)
     errors = joint_errors_xyz(pred_xyz, true_xyz)
@@ -166,7 +200,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         "mean_pose_baseline_mm": (mean_error_mm(baseline_errors)
                                   if baseline_errors is not None else None),
         "success": success,
+        "refine_steps": refine,
     }
+    if cfg.mode == "gan":
+        metrics["generator"] = _fidelity(gen, dis, ref, crops, dev, cfg.seed)
     if out is None:
         out = default_out_dir(path, split)
     if out != "":
@@ -192,6 +229,65 @@ def _to_frame(cache: CropCache, pred_norm: np.ndarray, true_norm: np.ndarray):
         pred_uvd[i], true_uvd[i] = t.norm_to_uvd(pred_norm[i]), t.norm_to_uvd(true_norm[i])
         pred_xyz[i], true_xyz[i] = t.norm_to_xyz(pred_norm[i]), t.norm_to_xyz(true_norm[i])
     return pred_uvd, true_uvd, pred_xyz, true_xyz
+
+
+def _load_reference(reference: str | os.PathLike, cfg: TrainConfig, device: torch.device):
+    """(path, pose network, crop spec) of a reference checkpoint that predicts the run's joints."""
+    from handgan.inference import load_networks as load_network
+
+    path = resolve_checkpoint(reference)
+    net, spec, model = load_network(path, "estimator", device)
+    if model.num_joints != cfg.model.num_joints:
+        raise HandganError(f"{path}: the reference predicts {model.num_joints} joints, the run "
+                           f"{cfg.model.num_joints}")
+    return path, net, spec
+
+
+def _check_reference(ref, cache: CropCache) -> None:
+    """The reference reads the run's crops only if it was trained on crops of the same size and
+    cube (its normalised joints are fractions of its own cube)."""
+    path, _, spec = ref
+    cube = tuple(float(c) for c in cache.transform(0).cube_mm) if len(cache) else spec.cube_mm
+    if spec.size != cache.crops.shape[-1] or not np.allclose(spec.cube_mm, cube):
+        raise HandganError(f"{path}: the reference was trained on {spec.size} px crops of a "
+                           f"{list(spec.cube_mm)} mm cube, the run's are {cache.crops.shape[-1]} "
+                           f"px of {list(cube)} mm")
+
+
+def _refine(gen: Generator, crops, pred_norm: np.ndarray, steps: int, device: torch.device,
+            progress: bool) -> np.ndarray:
+    """The estimates refined by ``steps`` analysis-by-synthesis steps, a batch at a time."""
+    from tqdm import tqdm
+
+    cube_x = float(crops.transform(0).cube_mm[0]) if len(crops) else 300.0
+    out = []
+    for start in tqdm(range(0, len(crops), REFINE_BATCH), desc="refine", unit="batch",
+                      disable=not progress, dynamic_ncols=True):
+        rows = np.arange(start, min(start + REFINE_BATCH, len(crops)))
+        x, _ = crops.sample_batch(rows)
+        j0 = torch.as_tensor(pred_norm[rows], dtype=torch.float32, device=device)
+        out.append(refine_poses(gen, x.to(device), j0, steps, cube_mm=cube_x).cpu().numpy())
+    return np.concatenate(out).astype(np.float64) if out else pred_norm
+
+
+def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.device,
+              seed: int) -> dict:
+    """``metrics["generator"]``: Gen(J) against the split's crops (fidelity.generator_fidelity)."""
+    estimators = {"run": dis} if ref is None else {"run": dis, "reference": ref[1]}
+    # A generator with a noise input draws random noise: seeded, so metrics.json is repeatable.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        f = generator_fidelity(gen, crops, estimators, device)
+    block = {k: f[k] for k in ("hand_depth_error_mm", "full_depth_error_mm",
+                               "blank_hand_depth_error_mm")}
+    block["readback_mean_error_mm"] = f["readback_mean_error_mm"]["run"]
+    block["real_mean_error_mm"] = f["real_mean_error_mm"]["run"]
+    if ref is not None:
+        block["reference_checkpoint"] = str(ref[0])
+        block["reference_readback_mean_error_mm"] = f["readback_mean_error_mm"]["reference"]
+        block["reference_real_mean_error_mm"] = f["real_mean_error_mm"]["reference"]
+    block["hand_radius_mm"] = f["hand_radius_mm"]
+    return block
 
 
 def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray,
@@ -226,15 +322,34 @@ def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray
     crop_skeleton_grid(crops, pred_px, true_px, out / "predictions.png", titles)
     files = ["success.png", "per_joint.png", "predictions.png"]
     if metrics["mode"] == "gan":
-        with torch.no_grad():
-            joints = torch.as_tensor(true_norm[rows[:8]], dtype=torch.float32, device=device)
-            noise = torch.zeros(len(joints), gen.cfg.noise_dim, device=device)
-            fake = gen(joints, noise).float().cpu().numpy()[:, 0]
-        write_grey_png(out / "generated.png", crop_pairs_image(crops[:8], fake))
+        _plot_generated(out / "generated.png", cache, true_norm, gen, device)
         files.append("generated.png")
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "report.md", _report_markdown(metrics, files))
+
+
+def _plot_generated(path: Path, cache: CropCache, true_norm: np.ndarray, gen: Generator,
+                    device: torch.device) -> None:
+    """8 evenly spread frames: real crop | Gen(true joints) | |difference| in mm, hand region
+    outlined."""
+    rows = np.unique(np.linspace(0, len(cache) - 1, min(GENERATED_FRAMES, len(cache)))
+                     .round().astype(int))
+    real = np.asarray(cache.crops[rows], np.float32)  # (N, S, S)
+    transforms = [cache.transform(int(i)) for i in rows]
+    half = np.array([t.half_depth_mm for t in transforms]).reshape(-1, 1, 1)
+    with torch.no_grad():
+        joints = torch.as_tensor(true_norm[rows], dtype=torch.float32, device=device)
+        noise = torch.zeros(len(joints), gen.cfg.noise_dim, device=device)
+        fake = gen(joints, noise).float().cpu().numpy()[:, 0]
+    diff_mm = np.abs(real - fake) * half
+    size = real.shape[-1]
+    px = np.stack([t.norm_to_crop_px(true_norm[i]) for t, i in zip(transforms, rows)])
+    region = hand_region_mask(torch.as_tensor(px), size, skeleton_edges(true_norm.shape[1]),
+                              radius_px(size, float(transforms[0].cube_mm[0])))[:, 0].numpy()
+    hand = (diff_mm * region).sum((1, 2)) / np.maximum(region.sum((1, 2)), 1.0)
+    labels = [f"frame {int(cache.frame_index[i])}\nhand {e:.0f} mm" for i, e in zip(rows, hand)]
+    plot_generated(path, real, fake, diff_mm, region, labels, vmax_mm=float(half.max()))
 
 
 def _report_markdown(m: dict, files: list[str]) -> str:
@@ -249,7 +364,9 @@ def _report_markdown(m: dict, files: list[str]) -> str:
         "",
         f"Checkpoint `{m['checkpoint']}` (step {m['step']}, mode {m['mode']}); {m['frames']} "
         f"frames cropped around the {'ground-truth palm' if m['centre'] == 'gt' else 'localised hand'}"
-        + (f", {m['skipped_frames']} skipped" if m["skipped_frames"] else "") + ".",
+        + (f", {m['skipped_frames']} skipped" if m["skipped_frames"] else "") + "."
+        + (f" Poses refined by {m['refine_steps']} analysis-by-synthesis steps."
+           if m.get("refine_steps") else ""),
         "",
         "| metric | value |",
         "|---|---|",
@@ -273,16 +390,43 @@ def _report_markdown(m: dict, files: list[str]) -> str:
         "|---|---|",
         *[f"| {n} | {e:.2f} |" for n, e in zip(m["joints"], m["per_joint_mm"])],
         "",
+        *_generator_markdown(m.get("generator")),
         "## Figures",
         "",
     ]
     captions = {"success.png": "Success rate: frames whose worst joint is within D mm",
                 "per_joint.png": "Mean error per joint",
                 "predictions.png": "Test crops: true skeleton (white) and prediction (colours)",
-                "generated.png": "Real test crops (left) beside Gen(their true joints) (right)"}
+                "generated.png": "Real test crops, Gen(their true joints) and their absolute "
+                                 "difference in mm (cyan outline: the hand region)"}
     for f in files:
         lines += [f"![{captions[f]}]({f})", "", f"*{captions[f]}.*", ""]
     lines += ["Files: `predictions.txt` and `groundtruth.txt` (the field's format; compare with "
               "`handgan compare --gt groundtruth.txt NAME=predictions.txt ...`), `metrics.json`.",
               ""]
     return "\n".join(lines)
+
+
+def _generator_markdown(g: dict | None) -> list[str]:
+    if g is None:
+        return []
+    lines = [
+        "## Generator fidelity",
+        "",
+        f"Gen(J) drawn for every frame's true joints J, against the real crop. The hand region "
+        f"is every pixel within {g['hand_radius_mm']:.0f} mm of a bone of the projected skeleton.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| depth error in the hand region | **{g['hand_depth_error_mm']:.2f} mm** (a blank crop: "
+        f"{g['blank_hand_depth_error_mm']:.2f} mm) |",
+        f"| depth error over the whole crop | {g['full_depth_error_mm']:.2f} mm |",
+        f"| read-back error: the run's pose network on Gen(J), against J | "
+        f"{g['readback_mean_error_mm']:.2f} mm (on the real crops: "
+        f"{g['real_mean_error_mm']:.2f} mm) |",
+    ]
+    if "reference_readback_mean_error_mm" in g:
+        lines.append(f"| read-back error of the reference `{g['reference_checkpoint']}` | "
+                     f"{g['reference_readback_mean_error_mm']:.2f} mm (on the real crops: "
+                     f"{g['reference_real_mean_error_mm']:.2f} mm) |")
+    return [*lines, ""]

@@ -1,4 +1,5 @@
-"""The field's two comparison figures: success-rate curves and per-joint mean errors (PNG).
+"""The field's two comparison figures (success-rate curves, per-joint mean errors) and the
+generator's real | Gen(J) | difference grid, as PNGs.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: no global figure
 registry and no backend to select, so nothing leaks between calls and no screen is ever needed.
@@ -96,6 +97,45 @@ def plot_per_joint_errors(out: str | os.PathLike, joint_names: Sequence[str],
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_generated(out: str | os.PathLike, real: np.ndarray, fake: np.ndarray,
+                   diff_mm: np.ndarray, regions: np.ndarray | None, row_labels: Sequence[str],
+                   vmax_mm: float) -> Path:
+    """One row per frame: real crop | Gen(J) | |real - Gen(J)| as a heat map in mm.
+
+    Args:
+        out: PNG path to write (atomically).
+        real, fake: (N, S, S) normalised crops in [-1, 1] (near = dark, background = white).
+        diff_mm: (N, S, S) absolute depth differences in mm.
+        regions: (N, S, S) hand-region masks, outlined on the difference, or None.
+        row_labels: N labels, left of each row.
+        vmax_mm: top of the difference colour scale (larger differences saturate).
+
+    Returns:
+        The PNG path.
+    """
+    n = len(real)
+    fig = Figure(figsize=(6.4, 0.4 + 2.0 * n), layout="constrained")  # >= 700 px wide
+    axes = fig.subplots(n, 3, squeeze=False)
+    heat = None
+    for i in range(n):
+        axes[i, 0].imshow(real[i], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        axes[i, 1].imshow(fake[i], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        heat = axes[i, 2].imshow(diff_mm[i], cmap="inferno", vmin=0.0, vmax=vmax_mm,
+                                 interpolation="nearest")
+        if regions is not None and regions[i].any() and not regions[i].all():
+            axes[i, 2].contour(regions[i], levels=[0.5], colors="cyan", linewidths=0.8)
+        axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, title in zip(axes[0], ("real crop", "Gen(J)", "|real - Gen(J)|")):
+        ax.set_title(title, fontsize=10)
+    if heat is not None:
+        fig.colorbar(heat, ax=list(axes[:, 2]), label="depth difference (mm)", extend="max",
+                     shrink=0.5, aspect=30)
     return _save(fig, out)
 
 
