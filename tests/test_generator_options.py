@@ -1,0 +1,146 @@
+"""The generator issue's options, each against its formula: L_recons as a clipped, weighted sum
+over pixels, feature matching, the bone maps Gen reads, new poses in a palm-aligned frame, the
+warm-up and ramp of the schedule, the gate on generated pairs, and their wiring in a GAN step."""
+import math
+
+import pytest
+import torch
+
+import handgan.train as train_mod
+from handgan.config import LossConfig, apply_overrides, preset
+from handgan.errors import HandganError
+from handgan.losses import feature_matching_loss, reconstruction_loss
+from handgan.models import Generator, ModelConfig, bone_maps
+from handgan.posespace import new_poses, palm_align, random_rotations
+
+
+def test_pixel_sum_reconstruction_is_the_clipped_weighted_sum_over_pixels():
+    real = torch.zeros(2, 1, 4, 4)
+    gen = torch.zeros(2, 1, 4, 4)
+    gen[0, 0, 0, 0] = 0.5    # squared error 0.25
+    gen[0, 0, 1, 1] = 2.0    # squared error 4, clipped to tau = 1
+    gen[1, 0, 2, 2] = -1.0   # squared error 1
+    weight = torch.ones(2, 1, 4, 4)
+    weight[1, 0, 2, 2] = 3.0
+    # sample 0: 0.25 + 1 = 1.25; sample 1: 3 * 1 = 3; mean over the batch
+    assert reconstruction_loss(real, gen, 1.0, "pixel_sum", weight).item() == pytest.approx(2.125)
+    assert reconstruction_loss(real, gen, 1.0, "pixel_sum").item() == pytest.approx(1.125)
+    # the per-pixel mean of the first implementation is the same errors / S^2
+    assert reconstruction_loss(real, gen, 0.0, "pixel_truncate").item() == 0.0
+
+
+def test_feature_matching_is_the_distance_between_batch_means():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])      # mean (2, 3)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]], requires_grad=True)  # mean (1, 1)
+    loss = feature_matching_loss(real, fake)
+    assert loss.item() == pytest.approx((1 + 4) / 2)
+    loss.backward()
+    assert fake.grad is not None
+
+
+def test_bone_maps_draw_each_bone_where_the_pose_puts_it():
+    joints = torch.zeros(1, 14, 3)
+    joints[0, 13] = torch.tensor([0.0, 0.0, 0.2])    # palm centre at the crop centre
+    joints[0, 1] = torch.tensor([0.5, 0.0, 0.4])     # little pip: right of centre
+    maps = bone_maps(joints, 64, [(13, 1)])          # one bone: presence, depth
+    line, depth = maps[0, 0], maps[0, 1]
+    # the bone runs along row 32 from x = 32 to x = 48 (orthographic: x right, y up)
+    assert line[31, 40].item() > 0.8 and line[31, 20].item() < 1e-3 and line[10, 40] < 1e-3
+    # depth is interpolated along the bone: 0.2 at the palm end, 0.4 at the pip
+    assert depth[31, 33].item() / line[31, 33].item() == pytest.approx(0.2, abs=0.02)
+    assert depth[31, 47].item() / line[31, 47].item() == pytest.approx(0.4, abs=0.02)
+
+
+def test_skeleton_generator_shapes_and_the_seed_layout_keeps_its_parameter_names():
+    plain = Generator(ModelConfig(size=64, width=8))
+    drawn = Generator(ModelConfig(size=64, width=8, gen_skeleton=True))
+    assert list(plain.state_dict()) == list(drawn.state_dict())  # same names, wider inputs
+    assert "up.0.weight" in plain.state_dict()
+    joints = torch.rand(3, 14, 3) - 0.5
+    assert drawn(joints).shape == (3, 1, 64, 64)
+    joints.requires_grad_(True)
+    drawn.eval()(joints).sum().backward()            # the maps are differentiable in J
+    assert joints.grad.abs().sum() > 0
+
+
+def test_palm_alignment_undoes_a_rotation_and_a_shift():
+    g = torch.Generator().manual_seed(0)
+    pose = torch.rand(4, 14, 3, generator=g, dtype=torch.float64) - 0.5
+    rot = random_rotations(4, 60.0, g)
+    moved = pose @ rot.transpose(1, 2) + 0.1
+    assert torch.allclose(palm_align(moved, pose), pose, atol=1e-9)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(4, dtype=torch.float64))
+
+
+def test_new_poses_recombine_labelled_hands():
+    g = torch.Generator().manual_seed(1)
+    poses = torch.rand(64, 14, 3, generator=g) - 0.5
+    fingers = new_poses(poses, ("finger",), generator=torch.Generator().manual_seed(2))
+    # each finger comes from the pose itself or from a palm-aligned partner; the palm stays
+    assert torch.equal(fingers[:, 11:14], poses[:, 11:14])
+    turned = new_poses(poses, ("rotate",), max_turn_deg=30.0,
+                       generator=torch.Generator().manual_seed(3))
+    # a turn about the palm centre keeps every joint's distance to it
+    d0 = (poses - poses[:, 13:14]).norm(dim=-1)
+    d1 = (turned - turned[:, 13:14]).norm(dim=-1)
+    assert torch.allclose(d0, d1, atol=1e-5) and not torch.allclose(poses, turned)
+    mixed = new_poses(poses, ("mix",), generator=torch.Generator().manual_seed(4))
+    assert mixed.shape == poses.shape and torch.isfinite(mixed).all()
+    with pytest.raises(HandganError):
+        new_poses(poses, ("unlabeled",))
+
+
+def test_step_phase_warm_up_then_ramp():
+    loss = LossConfig(gen_warmup_epochs=2, w_synth=4.0, synth_ramp_epochs=2)
+    phase = train_mod.step_phase
+    assert phase(loss, 0, 10) == train_mod.StepPhase(gen_adversarial=False, synth_weight=0.0)
+    assert phase(loss, 19, 10).gen_adversarial is False
+    assert phase(loss, 20, 10) == train_mod.StepPhase(True, 0.0)
+    assert phase(loss, 30, 10).synth_weight == pytest.approx(2.0)
+    assert phase(loss, 400, 10).synth_weight == pytest.approx(4.0)
+    assert phase(LossConfig(), 0, 10) == train_mod.StepPhase(True, 0.0)  # the seed: no phases
+
+
+def test_synth_gate_drops_pairs_read_back_far_worse_than_the_median():
+    target = torch.zeros(4, 1, 3)
+    pred = torch.tensor([1.0, 1.0, 1.0, 10.0]).view(4, 1, 1) * torch.tensor([1.0, 0, 0])
+    errors = [1.0, 1.0, 1.0, 100.0]
+    assert train_mod.synth_pose_loss(pred, target, 0.0).item() == pytest.approx(sum(errors) / 4)
+    assert train_mod.synth_pose_loss(pred, target, 3.0).item() == pytest.approx(1.0)
+
+
+def test_synth_poses_are_checked():
+    cfg = preset("quick")
+    with pytest.raises(HandganError, match="synth_poses"):
+        apply_overrides(cfg, ["loss.synth_poses=mix+wobble"])
+    assert apply_overrides(cfg, ["loss.synth_poses=finger+unlabeled"]).loss.synth_pose_sources \
+        == ("finger", "unlabeled")
+
+
+def test_gan_step_trains_the_pose_head_on_generated_pairs(monkeypatch):
+    cfg = apply_overrides(preset("quick"), [
+        "model.width=8", "model.pose_hidden=32", "model.gen_skeleton=true",
+        "loss.recons_mode=pixel_sum", "loss.tau=1", "loss.w_hand=5",
+        "loss.synth_poses=mix+finger+rotate+unlabeled", "loss.w_synth=1",
+        "loss.gen_adv=feature_matching"])
+    train_mod.seed_everything(0)
+    gen, dis = train_mod.build_models(cfg)
+    opt_g, opt_d = train_mod.build_optimizers(cfg, gen, dis)
+    g = torch.Generator().manual_seed(0)
+    x_l = torch.rand(6, 1, 64, 64, generator=g) * 2 - 1
+    j_l = torch.randn(6, 14, 3, generator=g) * 0.3
+    x_u = torch.rand(5, 1, 64, 64, generator=g) * 2 - 1
+    seen = []
+    real = train_mod.synth_pose_loss
+    monkeypatch.setattr(train_mod, "synth_pose_loss",
+                        lambda p, t, gate: seen.append((p.shape[0], t)) or real(p, t, gate))
+    losses = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg,
+                                phase=train_mod.StepPhase(True, 0.5))
+    # 6 new poses from the labelled ones + 5 read off the unlabelled crops, never their labels
+    assert seen[0][0] == 11 and "loss_synth" in losses and math.isfinite(losses["loss_synth"])
+    assert not torch.equal(seen[0][1][:6], j_l)
+    # in the warm-up nothing is generated for the pose head and Gen has no adversarial term
+    seen.clear()
+    losses = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg,
+                                phase=train_mod.StepPhase(False, 0.0))
+    assert not seen and losses["loss_gen_adv"] == 0.0
