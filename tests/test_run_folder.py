@@ -153,3 +153,23 @@ def test_study_restarts_a_run_killed_before_its_first_checkpoint(data, tmp_path)
                  "--quiet", *[a for kv in sets for a in ("--set", kv)]]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 1
     shutil.rmtree(out)
+
+
+def test_resume_into_an_unwritable_checkpoint_folder_is_refused_before_training(
+        data, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert train(data, run, "--max-steps", "2") == 0
+    before = snapshot(run)
+    capsys.readouterr()
+    real_write = type(run).write_bytes
+
+    def read_only(path, payload):  # root ignores chmod, so the file system's answer is faked
+        if path.name.startswith(".handgan-write-probe"):
+            raise OSError(30, "Read-only file system")
+        return real_write(path, payload)
+
+    monkeypatch.setattr(type(run), "write_bytes", read_only)
+    assert train(data, run, "--resume", "--max-steps", "5") == 2
+    err = one_line_error(capsys)
+    assert "checkpoints" in err and "Read-only file system" in err
+    assert snapshot(run) == before

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -771,6 +772,18 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager
         for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
             if ATOMIC_TMP.fullmatch(tmp.name):  # atomic_write's, left by a kill mid-write
                 tmp.unlink(missing_ok=True)
+    if resume:  # a checkpoint folder we cannot write to would only fail after an epoch's work
+        _check_writable(manager.run_dir)
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / f".handgan-write-probe.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise HandganError(f"{folder}: cannot write checkpoints there ({e.strerror or e})"
+                           ) from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
