@@ -12,6 +12,7 @@ import torch
 from handgan.checkpoint import _torch_save, load_checkpoint, save_checkpoint
 from handgan.cli import main
 from handgan.config import apply_overrides, preset
+from handgan.errors import HandganError
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
@@ -193,3 +194,25 @@ def test_rerunning_a_finished_synth_says_it_is_complete(tmp_path, capsys):
     assert main(args) == 0
     assert "the dataset is complete" in capsys.readouterr().out
     assert snapshot(tmp_path / "s") == before
+
+
+def test_a_damaged_first_frame_does_not_stop_a_folder_from_opening(tmp_path):
+    from handgan.camera import NYU
+    from handgan.data.folder import FolderFrames
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    huge = folder / "a_huge.npy"  # sorts first; its header claims (200000, 200000)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    header["shape"] = (200000, 200000)
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(bytes(1024))
+    np.save(folder / "b_good.npy", np.full((480, 640), 700, np.uint16))
+    frames = FolderFrames(folder, NYU)
+    assert len(frames) == 2 and frames.depth(1).shape == (480, 640)
+    with pytest.raises(HandganError, match="a_huge.npy"):
+        frames.depth(0)
+    (folder / "b_good.npy").unlink()
+    with pytest.raises(HandganError, match="a_huge.npy"):  # nothing readable: the first error
+        FolderFrames(folder, NYU)

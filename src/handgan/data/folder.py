@@ -107,6 +107,7 @@ def read_depth_npy(path: str | Path) -> np.ndarray:
 
 
 _READERS = {".png": read_depth_png16, ".npy": read_depth_npy}
+PROBE_FRAMES = 8  # leading frames tried when a folder is opened
 
 
 class FolderFrames:
@@ -144,7 +145,17 @@ class FolderFrames:
             raise HandganError(f"{self.root}: no depth frames {what} in the folder")
         self._paths = [self.root / n for n in names]
         # Reading one frame now catches the usual mistake (wrong camera/size) before any work.
-        self.depth(0)
+        # A damaged first frame is a bad frame like any other (skipped with on_bad=skip), so
+        # the check reads the first of the leading frames that can be read.
+        first_error = None
+        for i in range(min(len(self._paths), PROBE_FRAMES)):
+            try:
+                self.depth(i)
+                break
+            except HandganError as e:
+                first_error = first_error or e
+        else:
+            raise first_error
 
     def __len__(self) -> int:
         return len(self._paths)
