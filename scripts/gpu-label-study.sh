@@ -14,9 +14,10 @@ PY=${PY:-python3}
 WORK=${WORK:-/tmp/handgan-gpu-study}
 RESULTS=${RESULTS:-results-gpu}
 BUDGET=${BUDGET:-480}           # seconds for the studies; unfinished runs are left out
+REPO=$PWD
+case "$RESULTS" in /*) ;; *) RESULTS=$REPO/$RESULTS ;; esac   # absolute or repo-relative
 mkdir -p "$WORK" "$RESULTS"
 cd "$WORK"
-REPO=$OLDPWD
 EPOCHS=20
 EXTRA=()
 if [ -n "${SMOKE:-}" ]; then EXTRA=(--max-steps 3); fi
@@ -56,15 +57,15 @@ if [ -f "$REF/summary.json" ]; then
 fi
 
 for f in base few gen gen1; do
-  mkdir -p "$REPO/$RESULTS/$f"
-  cp "$f"/study.json "$f"/table.md "$f".log "$REPO/$RESULTS/$f/" 2>/dev/null
+  mkdir -p "$RESULTS/$f"
+  cp "$f"/study.json "$f"/table.md "$f".log "$RESULTS/$f/" 2>/dev/null
   for run in "$f"/runs/*; do
     [ -f "$run/summary.json" ] || continue
-    mkdir -p "$REPO/$RESULTS/$run"
-    cp "$run/summary.json" "$run/config.yaml" "$REPO/$RESULTS/$run/"
-    cp "$run"/samples/epoch_020.png "$REPO/$RESULTS/$run/" 2>/dev/null
+    mkdir -p "$RESULTS/$run"
+    cp "$run/summary.json" "$run/config.yaml" "$RESULTS/$run/"
+    cp "$run"/samples/epoch_020.png "$RESULTS/$run/" 2>/dev/null
   done
 done
-cp fidelity.jsonl "$REPO/$RESULTS/"
-nvidia-smi --query-gpu=name --format=csv,noheader > "$REPO/$RESULTS/gpu.txt" 2>/dev/null
+cp fidelity.jsonl "$RESULTS/"
+nvidia-smi --query-gpu=name --format=csv,noheader > "$RESULTS/gpu.txt" 2>/dev/null
 echo "elapsed $(( $(date +%s) - started )) s"
