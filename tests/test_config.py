@@ -220,3 +220,10 @@ def test_few_labels_config_is_the_studied_variant():
     expected = apply_overrides(preset("quick"), [
         "loss.w_equivariance=2", "loss.equi_rotation_deg=45", "optim.lr_schedule=cosine"])
     assert load_yaml(CONFIGS / "few-labels.yaml") == expected
+
+
+def test_seed_literal_config_is_the_seed_preset_with_the_generator_options_off():
+    literal = load_yaml(CONFIGS / "seed-literal.yaml")
+    assert literal == preset("seed")
+    assert literal.loss.recons_mode == "sample_floor" and literal.loss.w_synth == 0
+    assert not literal.model.gen_skeleton
