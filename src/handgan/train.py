@@ -486,6 +486,32 @@ def synth_pose_loss(predicted: torch.Tensor, target: torch.Tensor, gate: float) 
     return (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+def synth_targets(j_l: torch.Tensor, pose_u: torch.Tensor | None,
+                  sources: list[str]) -> torch.Tensor:
+    """New poses J' (fixed) for the skeleton-space term: drawn from the labelled poses, plus
+    the poses Dis reads off the unlabelled crops (clipped to the crop cube) when given; Gen
+    turns each into a labelled pair."""
+    j_new = [new_poses(j_l.float(), sources)] if sources else []
+    if pose_u is not None:
+        j_new.append(pose_u.detach().float().clamp(-1.0, 1.0))
+    return torch.cat(j_new) if j_new else j_l[:0]
+
+
+def generator_adversarial_term(dis: nn.Module, x_l: torch.Tensor, x_g: torch.Tensor,
+                               kind: str) -> torch.Tensor:
+    """Gen's adversarial term on its crops ``x_g``: the non-saturating BCE (``"bce"``), or
+    feature matching against the real crops ``x_l`` on the shared trunk. Dis is used without
+    its DDP wrapper: its gradients here are never used (they are cleared before its next
+    step), so there is nothing to synchronise."""
+    d = unwrap(dis)
+    with batch_norm_stats_frozen(dis):
+        if kind == "feature_matching":
+            with torch.no_grad():
+                real_features = d.trunk(x_l)
+            return feature_matching_loss(real_features, d.trunk(x_g))
+        return generator_adversarial_loss(d(x_g, heads="real_fake").float())
+
+
 def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
@@ -540,12 +566,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             j_s = pose_u.detach().float().clamp(-1.0, 1.0)
             j_g = torch.cat([j_g, j_s])
         if synth:
-            # New poses J' (fixed): from the labelled poses, and the ones Dis reads off the
-            # unlabelled crops (clipped to the crop cube); Gen turns each into a labelled pair.
-            j_new = [new_poses(j_l.float(), synth_sources)] if synth_sources else []
-            if synth_from_u:
-                j_new.append(pose_u.detach().float().clamp(-1.0, 1.0))
-            j_syn = torch.cat(j_new) if j_new else j_l[:0]
+            j_syn = synth_targets(j_l, pose_u if synth_from_u else None, synth_sources)
             synth = len(j_syn) > 0
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(torch.cat([j_g, j_syn]) if synth else j_g)
@@ -599,16 +620,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         loss_g = w.w_recons * loss_rec
         loss_adv = torch.zeros((), device=x_l.device)
         if phase.gen_adversarial:
-            # Dis without its DDP wrapper: its gradients here are never used (they are cleared
-            # before its next step), so there is nothing to synchronise.
-            d = unwrap(dis)
-            with batch_norm_stats_frozen(dis):
-                if w.gen_adv == "feature_matching":
-                    with torch.no_grad():
-                        real_features = d.trunk(x_l)
-                    loss_adv = feature_matching_loss(real_features, d.trunk(x_g))
-                else:
-                    loss_adv = generator_adversarial_loss(d(x_g, heads="real_fake").float())
+            loss_adv = generator_adversarial_term(dis, x_l, x_g, w.gen_adv)
             loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
     opt_g.step()
