@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
+import handgan.models as models
 import handgan.train as train_mod
 from handgan.config import LossConfig, apply_overrides, preset
 from handgan.errors import HandganError
 from handgan.losses import feature_matching_loss, reconstruction_loss
-from handgan.models import Generator, ModelConfig, bone_maps
+from handgan.models import RENDER_FOCUS, Generator, ModelConfig, bone_maps, skeleton_depth
 from handgan.posespace import new_poses, palm_align, random_rotations
 
 
@@ -61,6 +62,80 @@ def test_skeleton_generator_shapes_and_the_seed_layout_keeps_its_parameter_names
     joints.requires_grad_(True)
     drawn.eval()(joints).sum().backward()            # the maps are differentiable in J
     assert joints.grad.abs().sum() > 0
+
+
+def test_skeleton_depth_renders_a_sphere_in_perspective():
+    # A bone of length 0 at (0.5, 0, 0.4) with radius 0.1: one sphere.
+    joints = torch.tensor([[[0.5, 0.0, 0.4], [0.5, 0.0, 0.4]]])
+    radii = torch.tensor([[0.1, 0.1]])
+    depth = skeleton_depth(joints, 64, [(0, 1)], radii)[0, 0]
+    k = RENDER_FOCUS / (RENDER_FOCUS + 0.4)           # perspective: nearer the centre, smaller
+    col = (0.5 * k + 1) * 32                          # crop px of its centre (x right)
+    c = int(col)                                      # the pixel whose centre is nearest
+    dx = ((c + 0.5) / 32 - 1) - 0.5 * k               # crop-plane offset of that pixel centre
+    dy = 1 - 31.5 / 32                                # row 31: just above the centre line
+    expected = 0.4 - math.sqrt(0.1 ** 2 - (dx ** 2 + dy ** 2) / k ** 2)
+    assert depth[31, c].item() == pytest.approx(expected, abs=1e-5)
+    assert depth[31, 2].item() == 1.0 and depth[2, c].item() == 1.0  # background elsewhere
+    # the silhouette is the sphere's projected radius, 0.1 * k * 32 px = 3.1 px
+    assert (depth[31] < 1).sum().item() in (6, 7)
+
+
+def test_skeleton_depth_keeps_the_nearest_surface_and_passes_gradients():
+    joints = torch.tensor([[[0.0, 0.0, 0.5], [0.0, 0.0, 0.5], [0.0, 0.0, -0.3], [0.0, 0.0, -0.3]]],
+                          requires_grad=True)
+    radii = torch.tensor([[0.1, 0.1], [0.05, 0.05]], requires_grad=True)
+    depth = skeleton_depth(joints, 32, [(0, 1), (2, 3)], radii)
+    k = RENDER_FOCUS / (RENDER_FOCUS - 0.3)
+    d2 = 2 * (0.5 / 16) ** 2 / k ** 2                # pixel (15, 15) is half a px off both axes
+    nearer = -0.3 - math.sqrt(0.05 ** 2 - d2)
+    assert depth[0, 0, 15, 15].item() == pytest.approx(nearer, abs=1e-5)  # the nearer sphere wins
+    depth.sum().backward()
+    assert joints.grad[0, 2, 2] > 0 and radii.grad.abs().sum() > 0
+
+
+def test_skeleton_depth_windows_match_a_whole_crop_z_buffer():
+    torch.manual_seed(0)
+    joints = (torch.rand(3, 14, 3) - 0.5) * 1.6
+    radii = 0.03 + 0.06 * torch.rand(13, 2)
+    depth = skeleton_depth(joints, 32, models.skeleton_edges(14), radii, torch.tensor(0.14))
+    # every sphere against every pixel centre, the nearest surface kept
+    t = torch.linspace(0, 1, models.RENDER_SAMPLES)
+    e = torch.tensor(models.skeleton_edges(14))
+    a, c = joints[:, e[:, 0]], joints[:, e[:, 1]]
+    centres = (a[:, :, None] + t[None, None, :, None] * (c - a)[:, :, None]).reshape(3, -1, 3)
+    r = (radii[:, :1] + t * (radii[:, 1:] - radii[:, :1])).reshape(1, -1).expand(3, -1)
+    wrist = 0.5 * (joints[:, 11] + joints[:, 12])
+    away = torch.nn.functional.normalize(wrist - joints[:, 13], dim=-1)
+    s = torch.linspace(0, models.FOREARM_LENGTH, models.FOREARM_SAMPLES)
+    centres = torch.cat([centres, wrist[:, None] + s[None, :, None] * away[:, None]], dim=1)
+    r = torch.cat([r, torch.full((3, models.FOREARM_SAMPLES), 0.14)], dim=1)
+    k = RENDER_FOCUS / (RENDER_FOCUS + centres[..., 2])
+    grid = (torch.arange(32) + 0.5) / 16
+    xs, ys = (grid - 1).view(1, 1, 1, -1), (1 - grid).view(1, 1, -1, 1)
+    d2 = ((xs - (centres[..., 0] * k)[..., None, None]) ** 2
+          + (ys - (centres[..., 1] * k)[..., None, None]) ** 2) / k[..., None, None] ** 2
+    h2 = r[..., None, None] ** 2 - d2
+    dense = torch.where(h2 > 0, centres[..., 2, None, None] - h2.clamp(min=1e-6).sqrt(),
+                        torch.ones_like(h2)).amin(dim=1, keepdim=True).clamp(-1, 1)
+    assert (depth < 1).float().mean() > 0.05         # a hand was drawn
+    assert torch.allclose(depth, dense, atol=1e-5)
+
+
+def test_render_generator_starts_as_the_render_and_checkpoints_its_radii():
+    cfg = ModelConfig(size=64, width=8, gen_render=True)
+    gen = Generator(cfg).eval()
+    joints = (torch.rand(2, 14, 3) - 0.5) * 0.6
+    with torch.no_grad():
+        out = gen(joints)
+        render = skeleton_depth(joints, 64, gen.edges, gen.radii, gen.forearm_radius)
+    assert torch.allclose(out, render.clamp(-0.98, 0.98), atol=1e-5)  # correction gain 0
+    assert {"radii", "forearm_radius", "correction_gain"} <= set(gen.state_dict())
+    # the forearm leaves the crop from the wrist, away from the palm
+    joints = torch.zeros(1, 14, 3)
+    joints[0, 11:13, 1] = -0.3                      # wrist points below the palm centre
+    arm = skeleton_depth(joints, 64, (), torch.zeros(0, 2), torch.tensor(0.14))[0, 0]
+    assert arm[63, 32] < 1 and arm[0, 32] == 1       # reaches the bottom edge, not the top
 
 
 def test_palm_alignment_undoes_a_rotation_and_a_shift():

@@ -6,6 +6,7 @@ The networks know nothing about devices, precision or distribution; training wra
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ class ModelConfig:
     shared_layers: int = 2   # conv layers shared by the real/fake and pose branches (0 .. depth)
     pose_hidden: int = 1024  # fully connected width of the pose head
     gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps), at every scale
+    gen_render: bool = False    # Gen corrects a depth render of the skeleton (spheres along bones)
 
     def __post_init__(self):
         if self.size < 32 or self.size & (self.size - 1):
@@ -83,6 +85,83 @@ def bone_maps(joints: torch.Tensor, size: int, edges) -> torch.Tensor:
     return torch.cat([line, depth], dim=1).view(b, -1, size, size)
 
 
+# The skeleton render (``gen_render``): spheres swept along each bone, seen by a camera looking at
+# the crop's centre from RENDER_FOCUS cube half-sides away (850 mm for a 300 mm cube: the middle of
+# the NYU test range, 650-1107 mm). A crop's real centre can sit off the optical axis; that shift
+# (up to ~x/z of the centre times a joint's depth) is not known from J and is left to the network.
+RENDER_FOCUS = 850.0 / 150.0
+RENDER_SAMPLES = 6        # spheres per bone, ends included
+RENDER_RADIUS = 0.06      # initial bone radius, cube half-sides (9 mm for a 300 mm cube)
+FOREARM_RADIUS = 0.14     # 21 mm: the synthetic hand's mean forearm radius
+FOREARM_LENGTH = 2.0      # a cube's side: the forearm leaves the crop
+FOREARM_SAMPLES = 12
+# (palm centre, the two wrist points) of the layouts whose forearm we can place.
+FOREARM_JOINTS = {14: (13, 11, 12), 36: (32, 30, 31)}
+
+
+def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
+                   forearm_radius: torch.Tensor | None = None, focus: float = RENDER_FOCUS
+                   ) -> torch.Tensor:
+    """(B, J, 3) normalised joints -> (B, 1, S, S) normalised depth of the skeleton as round
+    cones (``RENDER_SAMPLES`` spheres per bone, radii (E, 2) at the bone's two ends, linear in
+    between) and, for NYU layouts, a forearm continuing from the wrist away from the palm.
+
+    A sphere at (X, Y, Z) of radius r, seen from ``focus`` in front of the crop centre, lands at
+    (X, Y) * k with k = focus / (focus + Z) in the crop plane (x right, y up, the cube spanning
+    [-1, 1]); at a pixel whose crop-plane distance to it is d, its surface is at depth
+    Z - sqrt(r^2 - (d / k)^2). Each pixel keeps the nearest surface (a z-buffer); pixels no sphere
+    covers are background (+1). Differentiable in the joints and radii where a sphere is seen."""
+    b = joints.shape[0]
+    j = joints.float()
+    e = torch.as_tensor(edges, dtype=torch.int64, device=joints.device).view(-1, 2)
+    t = torch.linspace(0.0, 1.0, RENDER_SAMPLES, device=joints.device)       # (K,)
+    a, c = j[:, e[:, 0]], j[:, e[:, 1]]                                         # (B, E, 3)
+    centres = a.unsqueeze(2) + t.view(1, 1, -1, 1) * (c - a).unsqueeze(2)       # (B, E, K, 3)
+    r = radii[:, :1] + t.view(1, -1) * (radii[:, 1:] - radii[:, :1])            # (E, K)
+    centres, r = centres.reshape(b, -1, 3), r.reshape(1, -1).expand(b, -1)
+    hand = centres.shape[1]  # bone spheres first, then the forearm's (wider windows)
+    if forearm_radius is not None and joints.shape[1] in FOREARM_JOINTS:
+        palm, w1, w2 = FOREARM_JOINTS[joints.shape[1]]
+        wrist = 0.5 * (j[:, w1] + j[:, w2])                                       # (B, 3)
+        away = F.normalize(wrist - j[:, palm], dim=-1, eps=1e-6)
+        s = torch.linspace(0.0, FOREARM_LENGTH, FOREARM_SAMPLES, device=joints.device)
+        arm = wrist.unsqueeze(1) + s.view(1, -1, 1) * away.unsqueeze(1)          # (B, A, 3)
+        centres = torch.cat([centres, arm], dim=1)
+        r = torch.cat([r, forearm_radius.reshape(1, 1).expand(b, FOREARM_SAMPLES)], dim=1)
+    k = focus / (focus + centres[..., 2]).clamp(min=0.25 * focus)              # (B, N)
+    depth = torch.ones(b, size * size, device=joints.device)
+    for group in (slice(0, hand), slice(hand, None)):  # small windows for the fingers
+        if centres[:, group].shape[1]:
+            depth = _splat_spheres(depth, centres[:, group], r[:, group], k[:, group], size)
+    return depth.clamp(-1.0, 1.0).view(b, 1, size, size)
+
+
+def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor,
+                   size: int) -> torch.Tensor:
+    """Z-buffer spheres (B, N, 3) of radii r (B, N) and perspective factors k (B, N) into
+    ``depth`` (B, S*S): each sphere only visits the pixels of a square window around its
+    projection wide enough for the largest sphere (40x fewer pixels than the whole crop)."""
+    half = size / 2.0
+    reach = int(math.ceil(float((r * k).detach().max()) * half)) + 1           # window half-side, px
+    offsets = torch.arange(-reach, reach + 1, device=centres.device)
+    cx, cy = centres[..., 0] * k, centres[..., 1] * k                           # crop plane
+    col0 = torch.floor((cx.detach() + 1.0) * half).long()                       # (B, N)
+    row0 = torch.floor((1.0 - cy.detach()) * half).long()
+    cols = (col0[..., None, None] + offsets.view(1, 1, 1, -1))                  # (B, N, 1, W)
+    rows = (row0[..., None, None] + offsets.view(1, 1, -1, 1))                  # (B, N, W, 1)
+    xs = (cols.float() + 0.5) / half - 1.0                                      # pixel centres
+    ys = 1.0 - (rows.float() + 0.5) / half
+    d2 = ((xs - cx[..., None, None]).pow(2) + (ys - cy[..., None, None]).pow(2)
+          ) / k[..., None, None].pow(2)                                         # (B, N, W, W)
+    h2 = r.pow(2)[..., None, None] - d2
+    inside = (h2 > 0) & (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size)
+    surface = torch.where(inside, centres[..., 2, None, None] - h2.clamp(min=1e-6).sqrt(),
+                          torch.ones_like(h2))
+    index = (rows.clamp(0, size - 1) * size + cols.clamp(0, size - 1)).expand_as(h2)
+    return depth.scatter_reduce(1, index.reshape(depth.shape[0], -1),
+                                surface.reshape(depth.shape[0], -1), "amin")
+
+
 def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm)]
     if batch_norm:
@@ -108,8 +187,14 @@ class Generator(nn.Module):
         top = cfg.channels(cfg.depth - 1)
         self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3 + cfg.noise_dim, top * 16, bias=False),
                                 nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
-        self.edges = skeleton_edges(cfg.num_joints) if cfg.gen_skeleton else ()
+        self.edges = skeleton_edges(cfg.num_joints) if cfg.gen_skeleton or cfg.gen_render else ()
         extra = bone_map_channels(cfg.num_joints) if cfg.gen_skeleton else 0
+        if cfg.gen_render:
+            extra += 1  # the skeleton render, at every scale
+            self.radii = nn.Parameter(torch.full((len(self.edges), 2), RENDER_RADIUS))
+            self.forearm_radius = nn.Parameter(torch.tensor(FOREARM_RADIUS))
+            # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
+            self.correction_gain = nn.Parameter(torch.zeros(()))
         ups: list[nn.Module] = []
         for layer in range(cfg.depth - 1, 0, -1):  # (top, 4, 4) -> ... -> (width, S/2, S/2)
             c_in, c_out = cfg.channels(layer), cfg.channels(layer - 1)
@@ -126,12 +211,22 @@ class Generator(nn.Module):
             x = torch.cat([x, noise], dim=1)
         top = self.cfg.channels(self.cfg.depth - 1)
         h = self.fc(x).view(-1, top, 4, 4)
-        if not self.cfg.gen_skeleton:
+        if not (self.cfg.gen_skeleton or self.cfg.gen_render):
             return self.up(h)  # (B, 1, S, S)
-        maps = bone_maps(joints, self.cfg.size, self.edges)
+        maps = []
+        if self.cfg.gen_skeleton:
+            maps.append(bone_maps(joints, self.cfg.size, self.edges))
+        if self.cfg.gen_render:
+            render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
+                                    self.forearm_radius)                       # (B, 1, S, S)
+            maps.append(render)
+        maps = torch.cat(maps, dim=1)
         for layer in self.up:
             if isinstance(layer, nn.ConvTranspose2d):  # with the pose drawn at h's resolution
                 h = torch.cat([h, F.adaptive_avg_pool2d(maps, h.shape[-1]).to(h.dtype)], dim=1)
+            if self.cfg.gen_render and isinstance(layer, nn.Tanh):
+                # Gen(J) = tanh(atanh(render) + g * correction): the network corrects the render.
+                h = self.correction_gain * h + torch.atanh(render.clamp(-0.98, 0.98)).to(h.dtype)
             h = layer(h)
         return h  # (B, 1, S, S)
 
