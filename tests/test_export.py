@@ -60,9 +60,11 @@ def test_dynamic_batch_axis(ckpt, estimator_onnx, batch):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("noise_dim", [0, 5])
-def test_generator_export(tmp_path, noise_dim):
-    cfg = ModelConfig(size=64, width=8, pose_hidden=32, noise_dim=noise_dim)
+@pytest.mark.parametrize("noise_dim,render", [(0, False), (5, False), (0, True)])
+def test_generator_export(tmp_path, noise_dim, render):
+    # render: the skeleton render's z-buffer and forearm survive tracing (every pixel in ONNX)
+    cfg = ModelConfig(size=64, width=8, pose_hidden=32, noise_dim=noise_dim, gen_render=render,
+                      gen_skeleton=render)
     save_tiny_checkpoint(tmp_path / "g.pt", cfg=cfg)
     result = export_onnx(tmp_path / "g.pt", tmp_path / "gen.onnx", what="generator")
     assert result.max_abs_diff < 1e-5 and result.max_abs_diff_mm is None

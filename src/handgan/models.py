@@ -120,8 +120,9 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     r = radii[:, :1] + t.view(1, -1) * (radii[:, 1:] - radii[:, :1])            # (E, K)
     centres, r = centres.reshape(b, -1, 3), r.reshape(1, -1).expand(b, -1)
     hand = centres.shape[1]  # bone spheres first, then the forearm's (wider windows)
-    if forearm_radius is not None and joints.shape[1] in FOREARM_JOINTS:
-        palm, w1, w2 = FOREARM_JOINTS[joints.shape[1]]
+    layout = int(joints.shape[1])  # an int also while traced for export (a dict key)
+    if forearm_radius is not None and layout in FOREARM_JOINTS:
+        palm, w1, w2 = FOREARM_JOINTS[layout]
         wrist = 0.5 * (j[:, w1] + j[:, w2])                                       # (B, 3)
         away = F.normalize(wrist - j[:, palm], dim=-1, eps=1e-6)
         s = torch.linspace(0.0, FOREARM_LENGTH, FOREARM_SAMPLES, device=joints.device)
@@ -130,10 +131,26 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
         r = torch.cat([r, forearm_radius.reshape(1, 1).expand(b, FOREARM_SAMPLES)], dim=1)
     k = focus / (focus + centres[..., 2]).clamp(min=0.25 * focus)              # (B, N)
     depth = torch.ones(b, size * size, device=joints.device)
+    if torch.onnx.is_in_onnx_export():  # ONNX has no scatter-min that matches: every pixel
+        return _all_pixels(centres, r, k, size).clamp(-1.0, 1.0).view(b, 1, size, size)
     for group in (slice(0, hand), slice(hand, None)):  # small windows for the fingers
         if centres[:, group].shape[1]:
             depth = _splat_spheres(depth, centres[:, group], r[:, group], k[:, group], size)
     return depth.clamp(-1.0, 1.0).view(b, 1, size, size)
+
+
+def _all_pixels(centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor, size: int
+                ) -> torch.Tensor:
+    """The same z-buffer as :func:`_splat_spheres`, every sphere against every pixel: (B, S*S).
+    For export only (40x the work)."""
+    grid = (torch.arange(size, dtype=torch.float32, device=centres.device) + 0.5) * (2.0 / size)
+    xs, ys = (grid - 1.0).view(1, 1, 1, -1), (1.0 - grid).view(1, 1, -1, 1)
+    d2 = ((xs - (centres[..., 0] * k)[..., None, None]).pow(2)
+          + (ys - (centres[..., 1] * k)[..., None, None]).pow(2)) / k[..., None, None].pow(2)
+    h2 = r.pow(2)[..., None, None] - d2                                         # (B, N, S, S)
+    surface = torch.where(h2 > 0, centres[..., 2, None, None] - h2.clamp(min=1e-6).sqrt(),
+                          torch.ones_like(h2))
+    return surface.amin(dim=1).clamp(max=1.0).flatten(1)
 
 
 def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor,
@@ -160,6 +177,11 @@ def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, 
     index = (rows.clamp(0, size - 1) * size + cols.clamp(0, size - 1)).expand_as(h2)
     return depth.scatter_reduce(1, index.reshape(depth.shape[0], -1),
                                 surface.reshape(depth.shape[0], -1), "amin")
+
+
+def _atanh(x: torch.Tensor) -> torch.Tensor:
+    """atanh written with log: the ONNX exporter has no atanh."""
+    return 0.5 * torch.log((1.0 + x) / (1.0 - x))
 
 
 def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
@@ -221,12 +243,15 @@ class Generator(nn.Module):
                                     self.forearm_radius)                       # (B, 1, S, S)
             maps.append(render)
         maps = torch.cat(maps, dim=1)
+        res = 4  # h's side, a Python int: static shapes for tracing and export
         for layer in self.up:
             if isinstance(layer, nn.ConvTranspose2d):  # with the pose drawn at h's resolution
-                h = torch.cat([h, F.adaptive_avg_pool2d(maps, h.shape[-1]).to(h.dtype)], dim=1)
+                pooled = F.avg_pool2d(maps, self.cfg.size // res) if res < self.cfg.size else maps
+                h = torch.cat([h, pooled.to(h.dtype)], dim=1)
+                res *= 2
             if self.cfg.gen_render and isinstance(layer, nn.Tanh):
                 # Gen(J) = tanh(atanh(render) + g * correction): the network corrects the render.
-                h = self.correction_gain * h + torch.atanh(render.clamp(-0.98, 0.98)).to(h.dtype)
+                h = self.correction_gain * h + _atanh(render.clamp(-0.98, 0.98)).to(h.dtype)
             h = layer(h)
         return h  # (B, 1, S, S)
 
