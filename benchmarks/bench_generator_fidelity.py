@@ -40,12 +40,12 @@ def train_generator(cfg, data, steps: int, device: torch.device) -> torch.nn.Mod
     for step in range(steps):
         if step % steps_per_epoch == 0:
             labeled.set_epoch(step // steps_per_epoch)
-        x, j = labeled.sample_batch(rng.integers(0, len(labeled), batch))
-        x, j = x.to(device), j.to(device)
+        x, j, ray = labeled.sample_batch(rng.integers(0, len(labeled), batch), rays=True)
+        x, j, ray = x.to(device), j.to(device), ray.to(device)
         lr = cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = reconstruction_loss(x, gen(j).float(), cfg.loss.tau, cfg.loss.recons_mode,
+        loss = reconstruction_loss(x, gen(j, ray=ray).float(), cfg.loss.tau, cfg.loss.recons_mode,
                                    recons_weight(j, cfg))
         opt.zero_grad(set_to_none=True)
         loss.backward()

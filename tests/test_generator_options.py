@@ -3,6 +3,7 @@ over pixels, feature matching, the bone maps Gen reads, new poses in a palm-alig
 warm-up and ramp of the schedule, the gate on generated pairs, and their wiring in a GAN step."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,22 @@ def test_skeleton_depth_renders_a_sphere_in_perspective():
     assert depth[31, 2].item() == 1.0 and depth[2, c].item() == 1.0  # background elsewhere
     # the silhouette is the sphere's projected radius, 0.1 * k * 32 px = 3.1 px
     assert (depth[31] < 1).sum().item() in (6, 7)
+
+
+def test_skeleton_depth_with_a_centre_ray_draws_where_an_off_axis_crop_shows_the_joint():
+    from handgan.camera import NYU
+    from handgan.preprocess import CropTransform
+
+    t = CropTransform(np.array([90.0, 70.0, 700.0]), 300.0, 64, NYU)  # up left
+    joint = np.array([0.2, -0.1, -0.6])        # 90 mm in front of the centre
+    col, row = t.norm_to_crop_px(joint)        # where the crop shows it
+    joints = torch.tensor(np.stack([joint, joint]), dtype=torch.float32)[None]
+    ray = torch.tensor(t.ray)[None]
+    for r, expect_hit in ((ray, True), (None, False)):
+        depth = skeleton_depth(joints, 64, [(0, 1)], torch.tensor([[0.03, 0.03]]), ray=r)[0, 0]
+        nearest = divmod(int(depth.argmin()), 64)          # (row, col) of the nearest surface
+        hit = abs(nearest[0] + 0.5 - row) < 1 and abs(nearest[1] + 0.5 - col) < 1
+        assert hit == expect_hit  # without the ray the on-axis guess misses by pixels
 
 
 def test_skeleton_depth_keeps_the_nearest_surface_and_passes_gradients():

@@ -476,8 +476,8 @@ def test_unlabeled_ratio_batches(workdir, tmp_path):
     batches = EpochBatches(data.labeled, data.unlabeled, np.arange(8), order_u, 4,
                            slice(2, 4), 2, unlabeled_ratio=2)
     expected = data.unlabeled.sample_batch(order_u[8:16][4:8])
-    x_l, _, x_u, views = batches[1]
-    assert len(x_l) == 2 and views is None and torch.equal(x_u, expected)
+    x_l, _, x_u, views, ray_l = batches[1]
+    assert len(x_l) == 2 and views is None and ray_l is None and torch.equal(x_u, expected)
     cfg = apply_overrides(cfg, ["optim.unlabeled_ratio=2", "loss.w_equivariance=1",
                                 "mode=supervised", "optim.max_steps=2"])
     run = train_mod.train(cfg, tmp_path / "run", progress=False)

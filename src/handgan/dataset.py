@@ -66,7 +66,7 @@ from handgan.data.icvl import ICVLSplit
 from handgan.data.msra import JOINT_FILE, MSRADataset
 from handgan.data.nyu import JOINT_DATA_NAME, NYUSplit
 from handgan.errors import HandganError
-from handgan.preprocess import BACKGROUND, CropTransform, crop_depth, localize_hand
+from handgan.preprocess import BACKGROUND, CropTransform, centre_rays, crop_depth, localize_hand
 
 log = logging.getLogger(__name__)
 
@@ -865,31 +865,50 @@ class LabeledCrops(_CropRows):
         self.joints_norm = cache.joints_norm
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crop, joints, _ = self._item(k)
+        return crop, joints
+
+    def _item(self, k: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """Item k's crop, joints and centre ray (None without transforms)."""
         row = self.indices[k]
         crop = self._crop(k)
         joints = np.asarray(self.joints_norm[row], dtype=np.float64)  # (J, 3)
+        ray = None
         if self.augment is not None:
-            crop, _, joints = augment_crop(crop, self.transform(k), joints, self._rng(row),
+            crop, t, joints = augment_crop(crop, self.transform(k), joints, self._rng(row),
                                            self.augment)
-        return torch.from_numpy(crop[None]), torch.from_numpy(joints.astype(np.float32))
+            ray = t.ray
+        elif self.transforms is not None:
+            ray = self.transform(k).ray
+        return torch.from_numpy(crop[None]), torch.from_numpy(joints.astype(np.float32)), ray
 
-    def sample_batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Items ``positions`` as one batch: (B, 1, S, S) crops and (B, J, 3) joints.
+    def sample_batch(self, positions: np.ndarray, rays: bool = False
+                     ) -> tuple[torch.Tensor, ...]:
+        """Items ``positions`` as one batch: (B, 1, S, S) crops and (B, J, 3) joints, and with
+        ``rays`` their (B, 3) centre rays (:func:`~handgan.preprocess.centre_rays`, after
+        augmentation).
 
         Without augmentation the rows are gathered from the memmaps in one read each (in file
         order) instead of item by item: the fast path for a training loop.
         """
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         if self.augment is not None:
-            items = [self[int(k)] for k in positions]
-            return torch.stack([c for c, _ in items]), torch.stack([j for _, j in items])
+            items = [self._item(int(k)) for k in positions]
+            batch = torch.stack([c for c, _, _ in items]), torch.stack([j for _, j, _ in items])
+            if rays:
+                batch += (torch.from_numpy(np.stack([r for _, _, r in items])),)
+            return batch
         rows = self.indices[positions]
         order = np.argsort(rows, kind="stable")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         crops = torch.from_numpy(self.crops[rows[order]])[inverse]  # (B, S, S) float16
         joints = torch.from_numpy(self.joints_norm[rows[order]])[inverse]  # (B, J, 3)
-        return crops.float().unsqueeze(1), joints
+        if not rays:
+            return crops.float().unsqueeze(1), joints
+        t = self.transforms[positions]  # (B, 8): centre uvd, cube, size, rotation
+        centre_ray = torch.from_numpy(centre_rays(t[:, 0:3], t[:, 5], self.intrinsics))
+        return crops.float().unsqueeze(1), joints, centre_ray
 
 
 class UnlabeledCrops(_CropRows):

@@ -111,9 +111,9 @@ def generator_fidelity(gen: nn.Module, crops, estimators: Mapping[str, nn.Module
     try:
         for start in range(0, len(crops), FIDELITY_BATCH):
             rows = np.arange(start, min(start + FIDELITY_BATCH, len(crops)))
-            x, j = crops.sample_batch(rows)
+            x, j, ray = crops.sample_batch(rows, rays=True)
             x, j = x.to(device), j.to(device)
-            g = gen(j).float()
+            g = gen(j, ray=ray.to(device)).float()  # each crop's J seen from its own centre
             half = torch.as_tensor([crops.transform(int(k)).half_depth_mm for k in rows],
                                    dtype=torch.float32, device=device).view(-1, 1, 1, 1)
             joints64 = j.double().cpu().numpy()

@@ -363,9 +363,11 @@ class Estimator:
             joints = self.network(x.to(self.device, non_blocking=True))
         return joints.cpu().numpy()  # (B, J, 3)
 
-    def pose_norm(self, crops: np.ndarray | torch.Tensor) -> np.ndarray:
+    def pose_norm(self, crops: np.ndarray | torch.Tensor, rays: np.ndarray | None = None
+                  ) -> np.ndarray:
         """The normalised joints the estimates use: :meth:`predict_norm`, then ``refine``
-        analysis-by-synthesis steps when the estimator refines."""
+        analysis-by-synthesis steps when the estimator refines (``rays``: the crops' centre
+        rays, for a generator that renders the skeleton)."""
         joints = self.predict_norm(crops)
         if not self.refine:
             return joints
@@ -373,7 +375,9 @@ class Estimator:
         refined = refine_poses(self.generator, x.to(self.device),
                                torch.as_tensor(joints, device=self.device), self.refine,
                                lr=self.refine_lr, prior_weight=self.refine_prior,
-                               cube_mm=float(self.spec.cube_mm[0]))
+                               cube_mm=float(self.spec.cube_mm[0]),
+                               rays=None if rays is None
+                               else torch.as_tensor(rays, device=self.device))
         return refined.cpu().numpy()
 
     # ---- public estimates ------------------------------------------------------------------
@@ -444,7 +448,7 @@ class Estimator:
             raise ValueError(f"{len(crops)} crops but {len(transforms)} transforms")
         if len(crops) == 0:
             return []
-        norm = self.pose_norm(crops)
+        norm = self.pose_norm(crops, np.stack([t.ray for t in transforms]))
         return [self._to_prediction(n, t) for n, t in zip(norm, transforms)]
 
     def _to_prediction(self, norm: np.ndarray, transform: CropTransform) -> Prediction:

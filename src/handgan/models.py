@@ -100,16 +100,18 @@ FOREARM_JOINTS = {14: (13, 11, 12), 36: (32, 30, 31)}
 
 
 def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
-                   forearm_radius: torch.Tensor | None = None, focus: float = RENDER_FOCUS
+                   forearm_radius: torch.Tensor | None = None, ray: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """(B, J, 3) normalised joints -> (B, 1, S, S) normalised depth of the skeleton as round
     cones (``RENDER_SAMPLES`` spheres per bone, radii (E, 2) at the bone's two ends, linear in
     between) and, for NYU layouts, a forearm continuing from the wrist away from the palm.
 
-    A sphere at (X, Y, Z) of radius r, seen from ``focus`` in front of the crop centre, lands at
-    (X, Y) * k with k = focus / (focus + Z) in the crop plane (x right, y up, the cube spanning
-    [-1, 1]); at a pixel whose crop-plane distance to it is d, its surface is at depth
-    Z - sqrt(r^2 - (d / k)^2). Each pixel keeps the nearest surface (a z-buffer); pixels no sphere
+    ``ray`` (B, 3) is each crop's centre ray (a_x, a_y, f) = (x/z, y/z, z / half cube) of its
+    centre (:func:`handgan.preprocess.centre_rays`); without it, the centre is on the optical axis
+    at f = ``RENDER_FOCUS``. A sphere at (X, Y, Z) of radius r lands in the crop plane (x right,
+    y up, the cube spanning [-1, 1]) at k (X - a_x Z, Y - a_y Z) with k = f / (f + Z), exactly
+    where the crop shows that point; at a pixel whose crop-plane distance to it is d, its surface
+    is at depth Z - sqrt(r^2 - (d / k)^2) (the sphere's outline taken as a circle). Each pixel keeps the nearest surface (a z-buffer); pixels no sphere
     covers are background (+1). Differentiable in the joints and radii where a sphere is seen."""
     b = joints.shape[0]
     j = joints.float()
@@ -129,7 +131,15 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
         arm = wrist.unsqueeze(1) + s.view(1, -1, 1) * away.unsqueeze(1)          # (B, A, 3)
         centres = torch.cat([centres, arm], dim=1)
         r = torch.cat([r, forearm_radius.reshape(1, 1).expand(b, FOREARM_SAMPLES)], dim=1)
-    k = focus / (focus + centres[..., 2]).clamp(min=0.25 * focus)              # (B, N)
+    if ray is None:
+        ray = torch.tensor([0.0, 0.0, RENDER_FOCUS], device=joints.device).expand(b, 3)
+    ray = ray.float()
+    focus = ray[:, 2:3]                                                         # (B, 1)
+    z = centres[..., 2]
+    k = focus / (focus + z).clamp(min=0.25 * focus)                            # (B, N)
+    # the crop-plane position, as if the sphere sat on the centre's ray
+    centres = torch.stack([centres[..., 0] - ray[:, :1] * z, centres[..., 1] - ray[:, 1:2] * z,
+                           z], dim=-1)
     depth = torch.ones(b, size * size, device=joints.device)
     if torch.onnx.is_in_onnx_export():  # ONNX has no scatter-min that matches: every pixel
         return _all_pixels(centres, r, k, size).clamp(-1.0, 1.0).view(b, 1, size, size)
@@ -225,7 +235,10 @@ class Generator(nn.Module):
         ups += [nn.ConvTranspose2d(cfg.width + extra, 1, 4, stride=2, padding=1), nn.Tanh()]
         self.up = nn.Sequential(*ups)  # one flat Sequential: the seed layout's parameter names
 
-    def forward(self, joints: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, joints: torch.Tensor, noise: torch.Tensor | None = None,
+                ray: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, J, 3) joints [+ noise] -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays,
+        used by the skeleton render (``gen_render``; default: a centre on the optical axis)."""
         x = joints.flatten(1)  # (B, J*3)
         if self.cfg.noise_dim:
             if noise is None:
@@ -240,7 +253,7 @@ class Generator(nn.Module):
             maps.append(bone_maps(joints, self.cfg.size, self.edges))
         if self.cfg.gen_render:
             render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
-                                    self.forearm_radius)                       # (B, 1, S, S)
+                                    self.forearm_radius, ray)                  # (B, 1, S, S)
             maps.append(render)
         maps = torch.cat(maps, dim=1)
         res = 4  # h's side, a Python int: static shapes for tracing and export

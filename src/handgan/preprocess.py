@@ -150,6 +150,14 @@ class CropTransform:
         out[crop >= BACKGROUND] = BACKGROUND
         return out
 
+    @property
+    def ray(self) -> np.ndarray:
+        """(3,) where the crop looks from: the centre's x/z, y/z and z / half_depth_mm. With it,
+        a normalised point (X, Y, Z) lands in the crop plane at k (X - Z x/z, Y - Z y/z),
+        k = f / (f + Z), f = z / half_depth_mm (the cube spanning [-1, 1]; y up). See
+        :func:`centre_rays`."""
+        return centre_rays(self.centre_uvd, self.cube_mm[2], self.intr)
+
     # ---- joints ------------------------------------------------------------------------------
 
     def xyz_to_norm(self, xyz: np.ndarray) -> np.ndarray:
@@ -206,6 +214,18 @@ class CropTransform:
         u = self.centre_uvd[0] + c * du - s * dv
         v = self.centre_uvd[1] + s * du + c * dv
         return np.stack([u, v, uvd[..., 2]], axis=-1)
+
+
+def centre_rays(centre_uvd: np.ndarray, cube_z_mm: np.ndarray | float, intr: Intrinsics
+                ) -> np.ndarray:
+    """(..., 3) crop centres (u, v px, d mm) and their cubes' depth sides -> (..., 3) float32
+    rays (x/z, y/z, z / (cube_z / 2)): what a renderer needs besides the normalised joints to put
+    them where a crop of that centre shows them (perspective: a crop off the optical axis sees a
+    joint in front of its centre shifted by the centre's x/z times the joint's depth)."""
+    xyz = intr.uvd_to_xyz(np.asarray(centre_uvd, dtype=np.float64))
+    z = xyz[..., 2]
+    return np.stack([xyz[..., 0] / z, xyz[..., 1] / z, z / (0.5 * np.asarray(cube_z_mm))],
+                    axis=-1).astype(np.float32)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

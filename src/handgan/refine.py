@@ -33,8 +33,8 @@ BACKGROUND_WEIGHT = 0.1
 
 def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor, steps: int,
                  lr: float = DEFAULT_LR, prior_weight: float = DEFAULT_PRIOR_WEIGHT,
-                 background_weight: float = BACKGROUND_WEIGHT, cube_mm: float = 300.0
-                 ) -> torch.Tensor:
+                 background_weight: float = BACKGROUND_WEIGHT, cube_mm: float = 300.0,
+                 rays: torch.Tensor | None = None) -> torch.Tensor:
     """Refine (B, J, 3) normalised joints on their (B, 1, S, S) crops by ``steps`` Adam steps.
 
     Per crop x it lowers, over J (Adam on J alone)::
@@ -54,6 +54,8 @@ def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor,
         prior_weight: weight of the pull towards J0 (see the module docstring's formula).
         background_weight: pixel weight outside J0's hand region (1 inside).
         cube_mm: the crop cube's x side, which sets the 20 mm hand radius in px.
+        rays: (B, 3) the crops' centre rays (:func:`handgan.preprocess.centre_rays`), for a
+            generator that renders the skeleton; None: centred on the optical axis.
 
     Returns:
         (B, J, 3) refined joints, detached, on ``init_joints``' device and dtype.
@@ -84,7 +86,7 @@ def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor,
             opt = torch.optim.Adam([joints], lr=lr)
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                data = (w * (gen(joints, noise) - x).pow(2)).sum(dim=(1, 2, 3)) / w_sum  # (B,)
+                data = (w * (gen(joints, noise, rays) - x).pow(2)).sum(dim=(1, 2, 3)) / w_sum  # (B,)
                 prior = (joints - start).pow(2).sum(-1).mean(-1)  # (B,) mean over joints
                 (data + prior_weight * prior).sum().backward()  # sum: crops stay independent
                 opt.step()

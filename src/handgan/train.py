@@ -262,8 +262,9 @@ class EpochBatches(Dataset):
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
                  steps: int, view_augment: AugmentConfig | None = None,
                  target_augment: AugmentConfig | None = None, target_copies: int = 0,
-                 unlabeled_ratio: int = 1):
+                 unlabeled_ratio: int = 1, rays: bool = False):
         self.labeled, self.unlabeled = labeled, unlabeled
+        self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
         self.ratio = unlabeled_ratio  # unlabelled crops per labelled crop in a batch
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
         self.steps = steps
@@ -275,7 +276,8 @@ class EpochBatches(Dataset):
 
     def __getitem__(self, b: int):
         window = slice(b * self.batch, (b + 1) * self.batch)
-        x_l, j_l = self.labeled.sample_batch(self.order[window][self.share])
+        x_l, j_l, *ray_l = self.labeled.sample_batch(self.order[window][self.share], self.rays)
+        ray_l = ray_l[0] if ray_l else None
         x_u = views = None
         if self.order_u is not None:
             r = self.ratio
@@ -288,7 +290,7 @@ class EpochBatches(Dataset):
                 views = (x_a, maps)
             else:
                 x_u = self.unlabeled.sample_batch(rows)
-        return x_l, j_l, x_u, views
+        return x_l, j_l, x_u, views, ray_l
 
 
 def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):
@@ -518,7 +520,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              views: tuple[torch.Tensor, ViewMaps] | None = None,
              teacher: nn.Module | None = None,
              bones: BoneRange | None = None,
-             phase: StepPhase = StepPhase()) -> dict[str, float]:
+             phase: StepPhase = StepPhase(),
+             ray_l: torch.Tensor | None = None) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
@@ -530,7 +533,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     weighs the skeleton-space term ``loss.w_synth``: new poses J' (:mod:`handgan.posespace`,
     and with ``unlabeled`` among ``loss.synth_poses`` Dis's poses of ``x_u``) rendered by Gen,
     whose pairs (Gen(J'), J') train the pose head and whose crops are fakes for the real/fake
-    head.
+    head. ``ray_l`` (B, 3): the labelled crops' centre rays, for the skeleton render
+    (``model.gen_render``); Gen draws every other pose it renders with these rays in turn.
     """
     w = cfg.loss
     j_g = j_l
@@ -568,8 +572,9 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if synth:
             j_syn = synth_targets(j_l, pose_u if synth_from_u else None, synth_sources)
             synth = len(j_syn) > 0
+        j_gen = torch.cat([j_g, j_syn]) if synth else j_g
         with torch.no_grad():  # no gradient into Gen here
-            x_g = gen(torch.cat([j_g, j_syn]) if synth else j_g)
+            x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
         if cycle:
             # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
             # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
@@ -613,8 +618,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     ############################
     opt_g.zero_grad(set_to_none=True)
     with autocast():
-        j_gen = [j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else [])
-        x_g = gen(torch.cat(j_gen))
+        j_gen = torch.cat([j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else []))
+        x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
         loss_rec = reconstruction_loss(x_l, x_g[:len(j_l)].float(), w.tau, w.recons_mode,
                                        recons_weight(j_l, cfg))
         loss_g = w.w_recons * loss_rec
@@ -639,6 +644,14 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     if synth:
         out["loss_synth"] = loss_synth.item()
     return out
+
+
+def rays_for(ray_l: torch.Tensor | None, count: int) -> torch.Tensor | None:
+    """Centre rays for ``count`` poses rendered beside the labelled ones: the labelled crops'
+    rays, repeated in order (a new pose is drawn as if seen where a real crop was)."""
+    if ray_l is None or count == len(ray_l):
+        return ray_l
+    return ray_l.repeat(-(-count // len(ray_l)), 1)[:count]
 
 
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Tensor,
@@ -939,11 +952,11 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         return errors[f"{selection}_mean_error_mm"]
 
     def draw_samples(epoch_done: int) -> None:
-        x, j = samples.sample_batch(np.arange(len(samples)))
+        x, j, ray = samples.sample_batch(np.arange(len(samples)), rays=True)
         gen.eval()
         with torch.no_grad():
             noise = torch.zeros(len(j), cfg.model.noise_dim, device=device)  # no RNG draw
-            fake = gen(j.to(device), noise).float().cpu().numpy()[:, 0]
+            fake = gen(j.to(device), noise, ray.to(device)).float().cpu().numpy()[:, 0]
         gen.train()
         image = crop_pairs_image(x.numpy()[:, 0], fake)
         write_grey_png(run_dir / "samples" / f"epoch_{epoch_done:03d}.png", image)
@@ -1002,16 +1015,19 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             n_batches = min(steps_per_epoch - start_batch, total_steps - step)
             batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share,
                                    start_batch + n_batches, view_augment, target_augment,
-                                   cfg.loss.equi_target_views - 1, cfg.optim.unlabeled_ratio)
+                                   cfg.loss.equi_target_views - 1, cfg.optim.unlabeled_ratio,
+                                   rays=gan and cfg.model.gen_render)
             loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
                                      pin)
             for b in range(start_batch, start_batch + n_batches):
-                x_l, j_l, x_u, views = next(loader)
+                x_l, j_l, x_u, views, ray_l = next(loader)
                 t0 = time.perf_counter()
                 mf = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
                 set_learning_rate((opt_g, opt_d), learning_rate(cfg.optim, step, planned_steps))
                 x_l = x_l.to(device, non_blocking=True, memory_format=mf)
                 j_l = j_l.to(device, non_blocking=True)
+                if ray_l is not None:
+                    ray_l = ray_l.to(device, non_blocking=True)
                 if x_u is not None:
                     x_u = x_u.to(device, non_blocking=True, memory_format=mf)
                 if views is not None:
@@ -1019,7 +1035,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 if gan:
                     losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
                                       views, teacher, bones,
-                                      step_phase(cfg.loss, step, steps_per_epoch))
+                                      step_phase(cfg.loss, step, steps_per_epoch), ray_l)
                 else:
                     losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views,
                                              teacher, bones)

@@ -264,9 +264,10 @@ def _refine(gen: Generator, crops, pred_norm: np.ndarray, steps: int, device: to
     for start in tqdm(range(0, len(crops), REFINE_BATCH), desc="refine", unit="batch",
                       disable=not progress, dynamic_ncols=True):
         rows = np.arange(start, min(start + REFINE_BATCH, len(crops)))
-        x, _ = crops.sample_batch(rows)
+        x, _, rays = crops.sample_batch(rows, rays=True)
         j0 = torch.as_tensor(pred_norm[rows], dtype=torch.float32, device=device)
-        out.append(refine_poses(gen, x.to(device), j0, steps, cube_mm=cube_x).cpu().numpy())
+        out.append(refine_poses(gen, x.to(device), j0, steps, cube_mm=cube_x,
+                                rays=rays.to(device)).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else pred_norm
 
 
@@ -341,7 +342,8 @@ def _plot_generated(path: Path, cache: CropCache, true_norm: np.ndarray, gen: Ge
     with torch.no_grad():
         joints = torch.as_tensor(true_norm[rows], dtype=torch.float32, device=device)
         noise = torch.zeros(len(joints), gen.cfg.noise_dim, device=device)
-        fake = gen(joints, noise).float().cpu().numpy()[:, 0]
+        rays = torch.as_tensor(np.stack([t.ray for t in transforms]), device=device)
+        fake = gen(joints, noise, rays).float().cpu().numpy()[:, 0]
     diff_mm = np.abs(real - fake) * half
     size = real.shape[-1]
     px = np.stack([t.norm_to_crop_px(true_norm[i]) for t, i in zip(transforms, rows)])
