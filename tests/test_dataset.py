@@ -376,6 +376,13 @@ def test_dataloader_and_batched_path(cache):
     items = [data[int(k)] for k in positions]
     assert torch.equal(batch_crops, torch.stack([c for c, _ in items]))
     assert torch.equal(batch_joints, torch.stack([j for _, j in items]))
+    # with rays: each crop's centre ray, the batched path and the item path alike
+    _, _, rays = data.sample_batch(positions, rays=True)
+    assert np.allclose(rays.numpy(), [data.transform(int(k)).ray for k in positions])
+    aug = all_labeled(cache, augment=AugmentConfig(), seed=3)
+    _, joints_a, rays_a = aug.sample_batch(positions, rays=True)
+    assert torch.equal(joints_a, aug.sample_batch(positions)[1])
+    assert not np.allclose(rays_a.numpy(), rays.numpy())  # the augmented crops' new centres
     _, unlabeled = split_labeled(cache, 0.5)
     assert torch.equal(unlabeled.sample_batch([3, 1]),
                        torch.stack([unlabeled[3], unlabeled[1]]))

@@ -31,6 +31,27 @@ def test_pixel_sum_reconstruction_is_the_clipped_weighted_sum_over_pixels():
     assert reconstruction_loss(real, gen, 0.0, "pixel_truncate").item() == 0.0
 
 
+def test_pixel_l1_reconstruction_is_the_clipped_weighted_absolute_sum():
+    real = torch.zeros(2, 1, 4, 4)
+    gen = torch.zeros(2, 1, 4, 4)
+    gen[0, 0, 0, 0] = 0.5    # |e| 0.5
+    gen[0, 0, 1, 1] = -2.0   # |e| 2, clipped to tau = 1
+    gen[1, 0, 2, 2] = 0.25
+    weight = torch.ones(2, 1, 4, 4)
+    weight[1, 0, 2, 2] = 4.0
+    # sample 0: 0.5 + 1 = 1.5; sample 1: 4 * 0.25 = 1; mean 1.25
+    assert reconstruction_loss(real, gen, 1.0, "pixel_l1", weight).item() == pytest.approx(1.25)
+    # a blur between hand (-0.4) and background (+1) costs the same absolute error as either
+    # guess when each is equally likely; squared error prefers the blur
+    hand, back = torch.full((1, 1, 1, 1), -0.4), torch.ones(1, 1, 1, 1)
+    blur = (hand + back) / 2
+
+    def cost(guess, mode):
+        return sum(reconstruction_loss(t, guess, 9.0, mode).item() for t in (hand, back))
+    assert cost(blur, "pixel_l1") == pytest.approx(cost(hand, "pixel_l1"))
+    assert cost(blur, "pixel_sum") < cost(hand, "pixel_sum")
+
+
 def test_feature_matching_is_the_distance_between_batch_means():
     real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])      # mean (2, 3)
     fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]], requires_grad=True)  # mean (1, 1)
@@ -153,6 +174,37 @@ def test_render_generator_starts_as_the_render_and_checkpoints_its_radii():
     joints[0, 11:13, 1] = -0.3                      # wrist points below the palm centre
     arm = skeleton_depth(joints, 64, (), torch.zeros(0, 2), torch.tensor(0.14))[0, 0]
     assert arm[63, 32] < 1 and arm[0, 32] == 1       # reaches the bottom edge, not the top
+
+
+def test_render_only_generator_is_the_render_with_learned_radii():
+    cfg = ModelConfig(size=32, width=8, gen_render=True, gen_correction=False)
+    gen = Generator(cfg)
+    assert set(gen.state_dict()) == {"radii", "forearm_radius"}
+    joints = (torch.rand(2, 14, 3) - 0.5) * 0.6
+    out = gen(joints)
+    render = skeleton_depth(joints, 32, gen.edges, gen.radii, gen.forearm_radius)
+    assert torch.equal(out, render.clamp(-0.98, 0.98))
+    out.sum().backward()
+    assert gen.radii.grad.abs().sum() > 0
+
+
+def test_rays_for_new_poses_repeat_the_labelled_rays():
+    ray_l = torch.arange(6.0).view(2, 3)
+    assert train_mod.rays_for(None, 5) is None
+    assert train_mod.rays_for(ray_l, 2) is ray_l
+    assert train_mod.rays_for(ray_l, 5).tolist() == [ray_l[i % 2].tolist() for i in range(5)]
+
+
+def test_centre_rays_are_the_centre_direction_and_depth_in_half_cubes():
+    from handgan.camera import NYU
+    from handgan.preprocess import CropTransform, centre_rays
+
+    t = CropTransform(np.array([400.0, 100.0, 900.0]), 300.0, 64, NYU)
+    x, y, z = t.centre_xyz
+    assert t.ray == pytest.approx([x / z, y / z, 6.0], rel=1e-6)
+    rows = np.array([[400.0, 100.0, 900.0], [320.0, 240.0, 600.0]])
+    rays = centre_rays(rows, np.array([300.0, 200.0]), NYU)
+    assert rays[1] == pytest.approx([0.0, 0.0, 6.0])
 
 
 def test_palm_alignment_undoes_a_rotation_and_a_shift():

@@ -179,10 +179,13 @@ GEN = ("model.gen_skeleton=true", "loss.recons_mode=pixel_sum", "loss.tau=1", "l
        "loss.gen_adv=feature_matching", "loss.gen_warmup_epochs=0.5", "loss.w_synth=1",
        "loss.synth_ramp_epochs=1", "loss.synth_poses=mix+finger+rotate+unlabeled",
        "loss.synth_gate=3")
+# the rendered generator (its rays travel with the labelled batches)
+RENDER = ("model.gen_render=true", "loss.recons_mode=pixel_l1", "loss.tau=1", "loss.w_hand=3",
+          "loss.w_synth=1", "loss.synth_ramp_epochs=1", "loss.synth_poses=mix+unlabeled")
 
 
 @pytest.mark.parametrize("stop_mid_epoch, extra",
-                         [(False, ()), (True, ()), (True, SEMI), (True, GEN)])
+                         [(False, ()), (True, ()), (True, SEMI), (True, GEN), (True, RENDER)])
 def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch, extra):
     # labelled half: the unlabelled rows and their own permutation take part too
     cfg = make_cfg(workdir, "data.labeled_fraction=0.5", "loss.pose_perturb_std=0.02", *extra)

@@ -38,7 +38,7 @@ from handgan.models import ModelConfig
 TRAIN_MODES = ("gan", "supervised")
 CENTRES = ("gt", "com")
 ON_BAD = ("stop", "skip")
-RECONS_MODES = ("sample_floor", "pixel_truncate", "pixel_sum")
+RECONS_MODES = ("sample_floor", "pixel_truncate", "pixel_sum", "pixel_l1")
 GEN_ADV_KINDS = ("bce", "feature_matching")
 SYNTH_POSE_SOURCES = ("mix", "finger", "rotate", "unlabeled")
 LR_SCHEDULES = ("constant", "cosine")
@@ -104,7 +104,7 @@ class LossConfig:
     w_recons: float = 1.0            # weight of L_recons in the generator's loss
     w_gen_adv: float = 1.0           # weight of the generator's non-saturating adversarial term
     tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
-    recons_mode: str = "sample_floor"  # "sample_floor" (seed: max(e_i, tau)) | "pixel_truncate"
+    recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
     fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
     pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
     w_cycle: float = 0.0             # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed

@@ -24,6 +24,7 @@ class ModelConfig:
     pose_hidden: int = 1024  # fully connected width of the pose head
     gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps), at every scale
     gen_render: bool = False    # Gen corrects a depth render of the skeleton (spheres along bones)
+    gen_correction: bool = True  # with gen_render: False = Gen(J) is the render alone (radii learn)
 
     def __post_init__(self):
         if self.size < 32 or self.size & (self.size - 1):
@@ -216,17 +217,19 @@ class Generator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.edges = skeleton_edges(cfg.num_joints) if cfg.gen_skeleton or cfg.gen_render else ()
+        if cfg.gen_render:
+            self.radii = nn.Parameter(torch.full((len(self.edges), 2), RENDER_RADIUS))
+            self.forearm_radius = nn.Parameter(torch.tensor(FOREARM_RADIUS))
+            if not cfg.gen_correction:
+                return  # Gen(J) is the render: a hand model whose bone radii are learned
+            # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
+            self.correction_gain = nn.Parameter(torch.zeros(()))
         top = cfg.channels(cfg.depth - 1)
         self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3 + cfg.noise_dim, top * 16, bias=False),
                                 nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
-        self.edges = skeleton_edges(cfg.num_joints) if cfg.gen_skeleton or cfg.gen_render else ()
         extra = bone_map_channels(cfg.num_joints) if cfg.gen_skeleton else 0
-        if cfg.gen_render:
-            extra += 1  # the skeleton render, at every scale
-            self.radii = nn.Parameter(torch.full((len(self.edges), 2), RENDER_RADIUS))
-            self.forearm_radius = nn.Parameter(torch.tensor(FOREARM_RADIUS))
-            # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
-            self.correction_gain = nn.Parameter(torch.zeros(()))
+        extra += 1 if cfg.gen_render else 0  # the skeleton render, at every scale
         ups: list[nn.Module] = []
         for layer in range(cfg.depth - 1, 0, -1):  # (top, 4, 4) -> ... -> (width, S/2, S/2)
             c_in, c_out = cfg.channels(layer), cfg.channels(layer - 1)
@@ -239,6 +242,10 @@ class Generator(nn.Module):
                 ray: torch.Tensor | None = None) -> torch.Tensor:
         """(B, J, 3) joints [+ noise] -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays,
         used by the skeleton render (``gen_render``; default: a centre on the optical axis)."""
+        if self.cfg.gen_render and not self.cfg.gen_correction:
+            render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
+                                    self.forearm_radius, ray)
+            return render.clamp(-0.98, 0.98)  # as tanh's range below
         x = joints.flatten(1)  # (B, J*3)
         if self.cfg.noise_dim:
             if noise is None:
