@@ -166,9 +166,10 @@ def test_render_generator_starts_as_the_render_and_checkpoints_its_radii():
     joints = (torch.rand(2, 14, 3) - 0.5) * 0.6
     with torch.no_grad():
         out = gen(joints)
-        render = skeleton_depth(joints, 64, gen.edges, gen.radii, gen.forearm_radius)
+        render = skeleton_depth(joints, 64, gen.edges, gen.radii, gen.forearm_radius,
+                                palm_radius=gen.palm_radius)
     assert torch.allclose(out, render.clamp(-0.98, 0.98), atol=1e-5)  # correction gain 0
-    assert {"radii", "forearm_radius", "correction_gain"} <= set(gen.state_dict())
+    assert {"radii", "forearm_radius", "palm_radius", "correction_gain"} <= set(gen.state_dict())
     # the forearm leaves the crop from the wrist, away from the palm
     joints = torch.zeros(1, 14, 3)
     joints[0, 11:13, 1] = -0.3                      # wrist points below the palm centre
@@ -179,10 +180,11 @@ def test_render_generator_starts_as_the_render_and_checkpoints_its_radii():
 def test_render_only_generator_is_the_render_with_learned_radii():
     cfg = ModelConfig(size=32, width=8, gen_render=True, gen_correction=False)
     gen = Generator(cfg)
-    assert set(gen.state_dict()) == {"radii", "forearm_radius"}
+    assert set(gen.state_dict()) == {"radii", "forearm_radius", "palm_radius"}
     joints = (torch.rand(2, 14, 3) - 0.5) * 0.6
     out = gen(joints)
-    render = skeleton_depth(joints, 32, gen.edges, gen.radii, gen.forearm_radius)
+    render = skeleton_depth(joints, 32, gen.edges, gen.radii, gen.forearm_radius,
+                            palm_radius=gen.palm_radius)
     assert torch.equal(out, render.clamp(-0.98, 0.98))
     out.sum().backward()
     assert gen.radii.grad.abs().sum() > 0

@@ -98,14 +98,23 @@ FOREARM_LENGTH = 2.0      # a cube's side: the forearm leaves the crop
 FOREARM_SAMPLES = 12
 # (palm centre, the two wrist points) of the layouts whose forearm we can place.
 FOREARM_JOINTS = {14: (13, 11, 12), 36: (32, 30, 31)}
+# The palm as a plate: (palm centre, the four fingers' bases little..index, ulnar and radial wrist
+# points). The 14-joint layout has no knuckles: a finger's base is taken halfway from the palm
+# centre to its PIP joint (PALM_KNUCKLE); the 36-point layout has them.
+PALM_JOINTS = {14: (13, (1, 3, 5, 7), 11, 12), 36: (32, (5, 11, 17, 23), 30, 31)}
+PALM_KNUCKLE = {14: 0.5, 36: 1.0}
+PALM_RADIUS = 0.08        # half the palm's thickness, 12 mm
+PALM_GRID = 3             # spheres per triangle side: 10 per triangle
 
 
 def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
-                   forearm_radius: torch.Tensor | None = None, ray: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+                   forearm_radius: torch.Tensor | None = None, ray: torch.Tensor | None = None,
+                   palm_radius: torch.Tensor | None = None) -> torch.Tensor:
     """(B, J, 3) normalised joints -> (B, 1, S, S) normalised depth of the skeleton as round
     cones (``RENDER_SAMPLES`` spheres per bone, radii (E, 2) at the bone's two ends, linear in
-    between) and, for NYU layouts, a forearm continuing from the wrist away from the palm.
+    between) and, for NYU layouts, a forearm continuing from the wrist away from the palm and
+    (``palm_radius``) the palm as a plate of spheres filling the triangles between the palm
+    centre, the fingers' bases and the wrist points (:func:`palm_plate`).
 
     ``ray`` (B, 3) is each crop's centre ray (a_x, a_y, f) = (x/z, y/z, z / half cube) of its
     centre (:func:`handgan.preprocess.centre_rays`); without it, the centre is on the optical axis
@@ -122,8 +131,12 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     centres = a.unsqueeze(2) + t.view(1, 1, -1, 1) * (c - a).unsqueeze(2)       # (B, E, K, 3)
     r = radii[:, :1] + t.view(1, -1) * (radii[:, 1:] - radii[:, :1])            # (E, K)
     centres, r = centres.reshape(b, -1, 3), r.reshape(1, -1).expand(b, -1)
-    hand = centres.shape[1]  # bone spheres first, then the forearm's (wider windows)
     layout = int(joints.shape[1])  # an int also while traced for export (a dict key)
+    if palm_radius is not None and layout in PALM_JOINTS:
+        plate = palm_plate(j, layout)                                           # (B, P, 3)
+        centres = torch.cat([centres, plate], dim=1)
+        r = torch.cat([r, palm_radius.reshape(1, 1).expand(b, plate.shape[1])], dim=1)
+    hand = centres.shape[1]  # bone and palm spheres first, then the forearm's (wider windows)
     if forearm_radius is not None and layout in FOREARM_JOINTS:
         palm, w1, w2 = FOREARM_JOINTS[layout]
         wrist = 0.5 * (j[:, w1] + j[:, w2])                                       # (B, 3)
@@ -148,6 +161,22 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
         if centres[:, group].shape[1]:
             depth = _splat_spheres(depth, centres[:, group], r[:, group], k[:, group], size)
     return depth.clamp(-1.0, 1.0).view(b, 1, size, size)
+
+
+def palm_plate(joints: torch.Tensor, layout: int) -> torch.Tensor:
+    """(B, J, 3) joints -> (B, 60, 3) sphere centres on six triangles spanning the palm: the palm
+    centre with each pair of neighbouring finger bases, with each outer base and its wrist
+    point, and with the two wrist points (barycentric grid of ``PALM_GRID`` steps)."""
+    palm_i, bases_i, ulnar_i, radial_i = PALM_JOINTS[layout]
+    palm = joints[:, palm_i]
+    bases = [palm + PALM_KNUCKLE[layout] * (joints[:, k] - palm) for k in bases_i]
+    ulnar, radial = joints[:, ulnar_i], joints[:, radial_i]
+    triangles = [(bases[i], bases[i + 1]) for i in range(3)]
+    triangles += [(ulnar, bases[0]), (radial, bases[3]), (ulnar, radial)]
+    n = PALM_GRID
+    weights = [(i / n, k / n) for i in range(n + 1) for k in range(n + 1 - i)]  # 10 points
+    points = [palm + u * (b - palm) + v * (c - palm) for b, c in triangles for u, v in weights]
+    return torch.stack(points, dim=1)
 
 
 def _all_pixels(centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor, size: int
@@ -221,6 +250,7 @@ class Generator(nn.Module):
         if cfg.gen_render:
             self.radii = nn.Parameter(torch.full((len(self.edges), 2), RENDER_RADIUS))
             self.forearm_radius = nn.Parameter(torch.tensor(FOREARM_RADIUS))
+            self.palm_radius = nn.Parameter(torch.tensor(PALM_RADIUS))
             if not cfg.gen_correction:
                 return  # Gen(J) is the render: a hand model whose bone radii are learned
             # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
@@ -244,7 +274,7 @@ class Generator(nn.Module):
         used by the skeleton render (``gen_render``; default: a centre on the optical axis)."""
         if self.cfg.gen_render and not self.cfg.gen_correction:
             render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
-                                    self.forearm_radius, ray)
+                                    self.forearm_radius, ray, self.palm_radius)
             return render.clamp(-0.98, 0.98)  # as tanh's range below
         x = joints.flatten(1)  # (B, J*3)
         if self.cfg.noise_dim:
@@ -260,7 +290,7 @@ class Generator(nn.Module):
             maps.append(bone_maps(joints, self.cfg.size, self.edges))
         if self.cfg.gen_render:
             render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
-                                    self.forearm_radius, ray)                  # (B, 1, S, S)
+                                    self.forearm_radius, ray, self.palm_radius)  # (B, 1, S, S)
             maps.append(render)
         maps = torch.cat(maps, dim=1)
         res = 4  # h's side, a Python int: static shapes for tracing and export
