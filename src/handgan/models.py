@@ -121,8 +121,11 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     at f = ``RENDER_FOCUS``. A sphere at (X, Y, Z) of radius r lands in the crop plane (x right,
     y up, the cube spanning [-1, 1]) at k (X - a_x Z, Y - a_y Z) with k = f / (f + Z), exactly
     where the crop shows that point; at a pixel whose crop-plane distance to it is d, its surface
-    is at depth Z - sqrt(r^2 - (d / k)^2) (the sphere's outline taken as a circle). Each pixel keeps the nearest surface (a z-buffer); pixels no sphere
-    covers are background (+1). Differentiable in the joints and radii where a sphere is seen."""
+    is at depth Z - sqrt(r^2 - (d / k)^2) (the sphere's outline taken as a circle). Each pixel
+    keeps the nearest surface (a z-buffer); pixels no sphere covers are background (+1). Crop
+    pixel (row, col) shows the crop-plane point (col / (S/2) - 1, 1 - row / (S/2)), as the crop
+    itself samples the frame at its pixel index (``CropTransform.M``).
+    Differentiable in the joints and radii where a sphere is seen."""
     b = joints.shape[0]
     j = joints.float()
     e = torch.as_tensor(edges, dtype=torch.int64, device=joints.device).view(-1, 2)
@@ -183,7 +186,7 @@ def _all_pixels(centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor, size: i
                 ) -> torch.Tensor:
     """The same z-buffer as :func:`_splat_spheres`, every sphere against every pixel: (B, S*S).
     For export only (40x the work)."""
-    grid = (torch.arange(size, dtype=torch.float32, device=centres.device) + 0.5) * (2.0 / size)
+    grid = torch.arange(size, dtype=torch.float32, device=centres.device) * (2.0 / size)
     xs, ys = (grid - 1.0).view(1, 1, 1, -1), (1.0 - grid).view(1, 1, -1, 1)
     d2 = ((xs - (centres[..., 0] * k)[..., None, None]).pow(2)
           + (ys - (centres[..., 1] * k)[..., None, None]).pow(2)) / k[..., None, None].pow(2)
@@ -202,12 +205,12 @@ def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, 
     reach = int(math.ceil(float((r * k).detach().max()) * half)) + 1           # window half-side, px
     offsets = torch.arange(-reach, reach + 1, device=centres.device)
     cx, cy = centres[..., 0] * k, centres[..., 1] * k                           # crop plane
-    col0 = torch.floor((cx.detach() + 1.0) * half).long()                       # (B, N)
-    row0 = torch.floor((1.0 - cy.detach()) * half).long()
+    col0 = torch.round((cx.detach() + 1.0) * half).long()                       # (B, N)
+    row0 = torch.round((1.0 - cy.detach()) * half).long()
     cols = (col0[..., None, None] + offsets.view(1, 1, 1, -1))                  # (B, N, 1, W)
     rows = (row0[..., None, None] + offsets.view(1, 1, -1, 1))                  # (B, N, W, 1)
-    xs = (cols.float() + 0.5) / half - 1.0                                      # pixel centres
-    ys = 1.0 - (rows.float() + 0.5) / half
+    xs = cols.float() / half - 1.0                    # where pixel (row, col) samples the frame
+    ys = 1.0 - rows.float() / half
     d2 = ((xs - cx[..., None, None]).pow(2) + (ys - cy[..., None, None]).pow(2)
           ) / k[..., None, None].pow(2)                                         # (B, N, W, W)
     h2 = r.pow(2)[..., None, None] - d2
