@@ -57,11 +57,11 @@ def main() -> None:
                                                                centre="gt"), progress=False)
     rows = np.unique(np.linspace(0, len(cache) - 1, args.frames).round().astype(int))
     crops = LabeledCrops(cache, rows)
-    x, j = crops.sample_batch(np.arange(len(crops)))
+    x, j, rays = crops.sample_batch(np.arange(len(crops)), rays=True)
     cube_x = float(cache.transform(0).cube_mm[0])
     torch.manual_seed(0)
     with torch.no_grad():
-        fake = gen(j, torch.zeros(len(j), cfg.model.noise_dim))
+        fake = gen(j, torch.zeros(len(j), cfg.model.noise_dim), rays)
         starts = {"real crops, J0 = network": (x, dis.estimate(x)),
                   f"Gen(J), J0 = J + {NOISE_MM:.0f} mm noise":
                       (fake, j + torch.randn_like(j) * (NOISE_MM / (cube_x / 2))),
@@ -77,7 +77,7 @@ def main() -> None:
         rows_out = out["results"][name] = {"initial_mm": error(j0), "grid": []}
         for steps, lr, prior in grid:
             t0 = time.perf_counter()
-            refined = refine_poses(gen, target, j0, steps, lr=lr, prior_weight=prior,
+            refined = refine_poses(gen, target, j0, steps, lr=lr, prior_weight=prior, rays=rays,
                                    cube_mm=cube_x)
             ms = 1e3 * (time.perf_counter() - t0) / len(target)
             print(f"  steps {steps:3d}  lr {lr:<6g} prior {prior:<6g} -> {error(refined):.2f} mm "
