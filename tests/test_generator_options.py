@@ -175,6 +175,22 @@ def test_render_generator_starts_as_the_render_and_checkpoints_its_radii():
     assert arm[63, 32] < 1 and arm[0, 32] == 1       # reaches the bottom edge, not the top
 
 
+def test_palm_plate_fills_the_triangles_between_palm_knuckles_and_wrist():
+    joints = torch.zeros(1, 14, 3)
+    for k, x in zip((1, 3, 5, 7), (-0.3, -0.1, 0.1, 0.3)):   # PIPs little..index, above the palm
+        joints[0, k] = torch.tensor([x, 0.6, 0.0])
+    joints[0, 11] = torch.tensor([-0.2, -0.4, 0.0])           # wrist, ulnar and radial
+    joints[0, 12] = torch.tensor([0.2, -0.4, 0.0])
+    plate = models.palm_plate(joints, 14)[0]
+    assert plate.shape == (60, 3)
+    # bases halfway to the PIPs: the plate spans x -0.2..0.2 at y 0.3, down to the wrist at -0.4
+    assert plate[:, 1].max().item() == pytest.approx(0.3) and plate[:, 1].min().item() == pytest.approx(-0.4)
+    assert plate[:, 0].abs().max().item() == pytest.approx(0.2)
+    assert torch.all(plate[:, 2] == 0)                          # a flat hand, a flat plate
+    # a third of the way from the middle finger's base (0.05) to the index finger's (0.15)
+    assert any(torch.allclose(q, torch.tensor([0.05 + 0.1 / 3, 0.3, 0.0])) for q in plate)
+
+
 def test_render_only_generator_is_the_render_with_learned_radii():
     cfg = ModelConfig(size=32, width=8, gen_render=True, gen_correction=False)
     gen = Generator(cfg)
