@@ -244,7 +244,12 @@ class Generator(nn.Module):
     how deep. The FC path alone must learn where 42 numbers put every finger's pixels from the
     labelled poses, and from a few hundred it draws unseen poses poorly; a drawn bone is local,
     so the convolutions can render each finger where the pose puts it, whatever the other
-    fingers do."""
+    fingers do.
+
+    With ``gen_render`` Gen starts from :func:`skeleton_depth`, the skeleton rendered as each
+    crop sees it (``ray``): the transposed convs read the render at every scale and add a
+    correction, from zero (``correction_gain``), or with ``gen_correction=False`` Gen(J) is the
+    render alone and only the bone radii learn (the best line of docs/results.md round 5)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
