@@ -868,19 +868,20 @@ class LabeledCrops(_CropRows):
         crop, joints, _ = self._item(k)
         return crop, joints
 
-    def _item(self, k: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-        """Item k's crop, joints and centre ray (None without transforms)."""
+    def _item(self, k: int, ray: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """Item k's crop, joints and (``ray``) centre ray, else None."""
         row = self.indices[k]
         crop = self._crop(k)
         joints = np.asarray(self.joints_norm[row], dtype=np.float64)  # (J, 3)
-        ray = None
+        t = None
         if self.augment is not None:
             crop, t, joints = augment_crop(crop, self.transform(k), joints, self._rng(row),
                                            self.augment)
-            ray = t.ray
-        elif self.transforms is not None:
-            ray = self.transform(k).ray
-        return torch.from_numpy(crop[None]), torch.from_numpy(joints.astype(np.float32)), ray
+        elif ray:
+            t = self.transform(k)
+        return (torch.from_numpy(crop[None]), torch.from_numpy(joints.astype(np.float32)),
+                t.ray if ray else None)
 
     def sample_batch(self, positions: np.ndarray, rays: bool = False
                      ) -> tuple[torch.Tensor, ...]:
@@ -893,7 +894,7 @@ class LabeledCrops(_CropRows):
         """
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         if self.augment is not None:
-            items = [self._item(int(k)) for k in positions]
+            items = [self._item(int(k), rays) for k in positions]
             batch = torch.stack([c for c, _, _ in items]), torch.stack([j for _, j, _ in items])
             if rays:
                 batch += (torch.from_numpy(np.stack([r for _, _, r in items])),)
