@@ -188,12 +188,21 @@ def _all_pixels(centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor, size: i
     For export only (40x the work)."""
     grid = torch.arange(size, dtype=torch.float32, device=centres.device) * (2.0 / size)
     xs, ys = (grid - 1.0).view(1, 1, 1, -1), (1.0 - grid).view(1, 1, -1, 1)
+    surface = _sphere_surface(xs, ys, centres, r, k)                            # (B, N, S, S)
+    return surface.amin(dim=1).clamp(max=1.0).flatten(1)
+
+
+def _sphere_surface(xs: torch.Tensor, ys: torch.Tensor, centres: torch.Tensor, r: torch.Tensor,
+                    k: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Depth of each sphere's front surface at crop-plane points (xs, ys) (broadcast against
+    (B, N, ...)): Z - sqrt(r^2 - (d / k)^2) where the point lies inside its outline (and
+    ``seen``), background (+1) elsewhere."""
     d2 = ((xs - (centres[..., 0] * k)[..., None, None]).pow(2)
           + (ys - (centres[..., 1] * k)[..., None, None]).pow(2)) / k[..., None, None].pow(2)
-    h2 = r.pow(2)[..., None, None] - d2                                         # (B, N, S, S)
-    surface = torch.where(h2 > 0, centres[..., 2, None, None] - h2.clamp(min=1e-6).sqrt(),
-                          torch.ones_like(h2))
-    return surface.amin(dim=1).clamp(max=1.0).flatten(1)
+    h2 = r.pow(2)[..., None, None] - d2
+    inside = h2 > 0 if seen is None else (h2 > 0) & seen
+    return torch.where(inside, centres[..., 2, None, None] - h2.clamp(min=1e-6).sqrt(),
+                       torch.ones_like(h2))
 
 
 def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor,
@@ -211,13 +220,9 @@ def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, 
     rows = (row0[..., None, None] + offsets.view(1, 1, -1, 1))                  # (B, N, W, 1)
     xs = cols.float() / half - 1.0                    # where pixel (row, col) samples the frame
     ys = 1.0 - rows.float() / half
-    d2 = ((xs - cx[..., None, None]).pow(2) + (ys - cy[..., None, None]).pow(2)
-          ) / k[..., None, None].pow(2)                                         # (B, N, W, W)
-    h2 = r.pow(2)[..., None, None] - d2
-    inside = (h2 > 0) & (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size)
-    surface = torch.where(inside, centres[..., 2, None, None] - h2.clamp(min=1e-6).sqrt(),
-                          torch.ones_like(h2))
-    index = (rows.clamp(0, size - 1) * size + cols.clamp(0, size - 1)).expand_as(h2)
+    in_crop = (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size)
+    surface = _sphere_surface(xs, ys, centres, r, k, in_crop)                   # (B, N, W, W)
+    index = (rows.clamp(0, size - 1) * size + cols.clamp(0, size - 1)).expand_as(surface)
     return depth.scatter_reduce(1, index.reshape(depth.shape[0], -1),
                                 surface.reshape(depth.shape[0], -1), "amin")
 
