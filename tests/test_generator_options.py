@@ -165,9 +165,11 @@ def test_render_generator_starts_as_the_render_and_checkpoints_its_radii():
     with torch.no_grad():
         out = gen(joints)
         render = skeleton_depth(joints, 64, gen.edges, gen.radii, gen.forearm_radius,
-                                palm_radius=gen.palm_radius)
+                                palm_radius=gen.palm_radius, forearm_spread=gen.forearm_spread,
+                                bases=gen.bases)
     assert torch.allclose(out, render.clamp(-0.98, 0.98), atol=1e-5)  # correction gain 0
-    assert {"radii", "forearm_radius", "palm_radius", "correction_gain"} <= set(gen.state_dict())
+    assert {"radii", "forearm_radius", "palm_radius", "forearm_spread", "bases",
+            "correction_gain"} <= set(gen.state_dict())
     # the forearm leaves the crop from the wrist, away from the palm
     joints = torch.zeros(1, 14, 3)
     joints[0, 11:13, 1] = -0.3                      # wrist points below the palm centre
@@ -194,14 +196,100 @@ def test_palm_plate_fills_the_triangles_between_palm_knuckles_and_wrist():
 def test_render_only_generator_is_the_render_with_learned_radii():
     cfg = ModelConfig(size=32, width=8, gen_render=True, gen_correction=False)
     gen = Generator(cfg)
-    assert set(gen.state_dict()) == {"radii", "forearm_radius", "palm_radius"}
+    assert set(gen.state_dict()) == {"radii", "forearm_radius", "palm_radius", "forearm_spread",
+                                     "bases"}
     joints = (torch.rand(2, 14, 3) - 0.5) * 0.6
     out = gen(joints)
     render = skeleton_depth(joints, 32, gen.edges, gen.radii, gen.forearm_radius,
-                            palm_radius=gen.palm_radius)
+                            palm_radius=gen.palm_radius, forearm_spread=gen.forearm_spread,
+                            bases=gen.bases)
     assert torch.equal(out, render.clamp(-0.98, 0.98))
     out.sum().backward()
-    assert gen.radii.grad.abs().sum() > 0
+    assert gen.radii.grad.abs().sum() > 0 and gen.bases.grad.abs().sum() > 0
+
+
+def _flat_hand() -> torch.Tensor:
+    """A flat hand in the crop plane: palm centre at 0, wrist points 0.4 below it."""
+    joints = torch.zeros(1, 14, 3)
+    joints[0, 11] = torch.tensor([-0.2, -0.4, 0.0])  # ulnar wrist point
+    joints[0, 12] = torch.tensor([0.2, -0.4, 0.0])   # radial
+    return joints
+
+
+def test_hand_bases_sit_in_the_palm_frame():
+    joints = _flat_hand()
+    # frame: u = +x (ulnar -> radial), v = +y (wrist -> palm centre), w = u x v = +z; L = 0.4
+    bases = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+                          [0.5, 0.5, 0.0], [0.0, -0.5, 0.25]])
+    points = models.hand_bases(joints, bases)[0]
+    expected = 0.4 * bases
+    assert torch.allclose(points, expected, atol=1e-6)
+    # the frame turns and scales with the hand: rotate 90 degrees about z, double the size
+    turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    moved = models.hand_bases(2 * joints @ turn.T + 0.1, bases)[0]
+    assert torch.allclose(moved, 2 * expected @ turn.T + 0.1, atol=1e-6)
+
+
+def test_fingers_are_drawn_from_their_knuckles_not_the_palm_centre():
+    joints = _flat_hand()
+    joints[0, 5] = torch.tensor([0.0, 0.6, 0.0])     # middle PIP straight up, its tip above
+    joints[0, 4] = torch.tensor([0.0, 0.9, 0.0])
+    bases = torch.tensor(models.HAND_BASES_14)
+    bases[2] = torch.tensor([0.8, 0.5, 0.0])           # middle knuckle moved to x = 0.32, y = 0.2
+    radii = torch.full((len(models.skeleton_edges(14)), 2), 0.06)  # 2 px: spheres overlap
+    depth = skeleton_depth(joints, 64, models.skeleton_edges(14), radii, bases=bases)[0, 0]
+    plain = skeleton_depth(joints, 64, models.skeleton_edges(14), radii)[0, 0]
+    # the bone knuckle -> PIP crosses y = 0.4 halfway, at x = 0.16 (col 37); palm -> PIP at x = 0
+    row = round((1 - 0.4) * 32)
+    assert depth[row, 37] < 1 and depth[row, 32] == 1
+    assert plain[row, 32] < 1 and plain[row, 37] == 1
+
+
+def test_forearm_rows_spread_across_the_wrist():
+    joints = _flat_hand()
+    one = skeleton_depth(joints, 64, (), torch.zeros(0, 2), torch.tensor(0.15))[0, 0]
+    two = skeleton_depth(joints, 64, (), torch.zeros(0, 2), torch.tensor(0.15),
+                         forearm_spread=torch.tensor(0.1))[0, 0]
+    rows = slice(48, 64)  # below the wrist: the forearm, running down the crop along -y
+    wider = ((two[rows] < 1).sum(1) - (one[rows] < 1).sum(1)).float()
+    # two rows 0.1 either side of the wrist's middle, along the wrist points: 0.2 (6.4 px) wider
+    assert wider.mean().item() == pytest.approx(6.4, abs=1.0)
+    # symmetric about the hand's axis x = 0 (col 32): col 32 - c mirrors col 32 + c
+    assert torch.allclose(two[:, 1:32].flip(1), two[:, 33:], atol=1e-6)
+
+
+def test_sensor_dropout_loses_edge_and_hand_pixels_at_their_rates():
+    crops = torch.full((64, 1, 32, 32), 1.0)
+    crops[:, :, 8:24, 8:24] = 0.0                      # a square hand, 16 x 16 px
+    crops[:, :, 8:24, 16:24] = 0.4                     # its right half 60 mm further away
+    torch.manual_seed(0)
+    out = models.sensor_dropout(crops, 0.5, 0.1)
+    lost = (out != crops)
+    assert torch.all(out[lost] == models.SENSOR_BACKGROUND)          # holes show background
+    assert not lost[:, :, :8].any() and not lost[:, :, 24:].any()    # never the background
+    edge = torch.zeros(32, 32, dtype=torch.bool)
+    edge[8, 8:24] = edge[23, 8:24] = edge[8:24, 8] = edge[8:24, 23] = True   # silhouette
+    edge[8:24, 15:17] = True                           # the 60 mm step (> 20 mm) inside
+    inner = torch.zeros(32, 32, dtype=torch.bool)
+    inner[8:24, 8:24] = True
+    inner &= ~edge
+    assert lost[:, 0, edge].float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert lost[:, 0, inner].float().mean().item() == pytest.approx(0.1, abs=0.02)
+    assert models.sensor_dropout(crops, 0.0, 0.0) is crops
+
+
+def test_generator_sensor_only_where_asked_and_reconstruction_sees_the_clean_crop():
+    cfg = ModelConfig(size=32, width=8, gen_render=True, gen_correction=False,
+                      gen_edge_dropout=0.5, gen_pixel_dropout=0.2)
+    gen = Generator(cfg)
+    joints = (torch.rand(4, 14, 3) - 0.5) * 0.6
+    clean = gen(joints, clean=True)
+    noisy = gen(joints)
+    assert torch.equal(clean, gen.render(joints, None).clamp(-0.98, 0.98))
+    changed = noisy != clean
+    assert changed.any() and torch.all(noisy[changed] == models.SENSOR_BACKGROUND)
+    with pytest.raises(ValueError, match="gen_edge_dropout"):
+        ModelConfig(gen_edge_dropout=1.0)
 
 
 def test_rays_for_new_poses_repeat_the_labelled_rays():

@@ -5,7 +5,8 @@
 
 The estimator graph maps ``crops`` (B, 1, S, S) normalised depth to ``joints`` (B, J, 3)
 normalised joints; the generator graph maps ``joints`` (B, J, 3) [and ``noise`` (B, Z)] to
-``crops`` (B, 1, S, S). The batch axis is dynamic. Cropping and mapping joints back to mm stay in
+``crops`` (B, 1, S, S), clean (without the sensor model's random missing pixels). The batch axis
+is dynamic. Cropping and mapping joints back to mm stay in
 Python (``inference.Estimator``): they depend on the frame, not on learned weights.
 
 Needs the ``export`` extra (``pip install 'handgan[export]'``: onnx, onnxruntime). The graph is
@@ -62,16 +63,17 @@ class ExportResult:
     max_abs_diff_mm: float | None = None
 
 
-class _GeneratorWithNoise(nn.Module):
-    """The generator with its noise as an explicit input (Generator draws it itself otherwise,
-    which would bake one random vector into the graph)."""
+class _ExportedGenerator(nn.Module):
+    """The generator as exported: its noise (if any) an explicit input (Generator draws it
+    itself otherwise, which would bake one random vector into the graph), and clean crops,
+    without the random missing pixels of its sensor model (``model.gen_edge_dropout``)."""
 
     def __init__(self, gen: nn.Module):
         super().__init__()
         self.gen = gen
 
-    def forward(self, joints: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.gen(joints, noise)
+    def forward(self, joints: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+        return self.gen(joints, noise[0] if noise else None, clean=True)
 
 
 def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
@@ -115,9 +117,8 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
         outputs = ["joints"]
     else:
         example = {"joints": torch.randn(batch, cfg.num_joints, 3, generator=g) * 0.5}
-        module = net
+        module = _ExportedGenerator(net).eval()
         if cfg.noise_dim:
-            module = _GeneratorWithNoise(net).eval()
             example["noise"] = torch.randn(batch, cfg.noise_dim, generator=g)
         outputs = ["crops"]
     model_bytes = onnx_bytes(module, example, outputs, opset)

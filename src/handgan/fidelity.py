@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from handgan.joints import NYU14_EDGES, NYU36_EDGES
+from handgan.models import sensor_dropout
 
 HAND_RADIUS_MM = 20.0  # hand region: pixels within this distance (crop plane) of a bone
 FIDELITY_BATCH = 256
@@ -92,8 +93,10 @@ def generator_fidelity(gen: nn.Module, crops, estimators: Mapping[str, nn.Module
     ``full_depth_error_mm`` (over every pixel), ``blank_hand_depth_error_mm`` (what a blank crop
     scores on the same region: the floor a generator must beat), and for each named estimator
     (a Discriminator or PoseEstimator) ``readback_mean_error_mm[name]`` on Gen(J) beside
-    ``real_mean_error_mm[name]`` on the real crops, both against J. Networks are used in eval
-    mode and left in the mode they were in.
+    ``real_mean_error_mm[name]`` on the real crops, both against J. The depth errors compare
+    Gen's clean crop; the estimators read the crop as Gen makes it, with its sensor model's
+    missing pixels (``model.gen_edge_dropout``; drawn from seed 0, so repeatable). Networks are
+    used in eval mode and left in the mode they were in.
     """
     from handgan.evaluation.metrics import crops_mean_error_mm
 
@@ -108,31 +111,37 @@ def generator_fidelity(gen: nn.Module, crops, estimators: Mapping[str, nn.Module
     full_px = 0
     preds_real = {name: [] for name in estimators}
     preds_gen = {name: [] for name in estimators}
-    try:
-        for start in range(0, len(crops), FIDELITY_BATCH):
-            rows = np.arange(start, min(start + FIDELITY_BATCH, len(crops)))
-            x, j, ray = crops.sample_batch(rows, rays=True)
-            x, j = x.to(device), j.to(device)
-            g = gen(j, ray=ray.to(device)).float()  # each crop's J seen from its own centre
-            half = torch.as_tensor([crops.transform(int(k)).half_depth_mm for k in rows],
-                                   dtype=torch.float32, device=device).view(-1, 1, 1, 1)
-            joints64 = j.double().cpu().numpy()
-            px = np.stack([crops.transform(int(k)).norm_to_crop_px(joints64[i])
-                           for i, k in enumerate(rows)])
-            region = hand_region_mask(torch.as_tensor(px, device=device), size, edges,
-                                      radius_px(size, 2 * float(half.mean())))
-            err = (x - g).abs() * half
-            hand_sum += float((err * region).sum())
-            hand_blank += float(((x - 1.0).abs() * half * region).sum())
-            hand_px += float(region.sum())
-            full_sum += float(err.sum())
-            full_px += err.numel()
-            for name, net in estimators.items():
-                preds_real[name].append(_pose(net, x))
-                preds_gen[name].append(_pose(net, g))
-    finally:
-        for m in [gen, *estimators.values()]:
-            m.train(modes[id(m)])
+    # The sensor's missing pixels are random: the same ones every time, training's RNG untouched.
+    with torch.random.fork_rng(devices=[] if torch.device(device).type == "cpu" else None):
+        torch.manual_seed(0)
+        try:
+            for start in range(0, len(crops), FIDELITY_BATCH):
+                rows = np.arange(start, min(start + FIDELITY_BATCH, len(crops)))
+                x, j, ray = crops.sample_batch(rows, rays=True)
+                x, j = x.to(device), j.to(device)
+                # each crop's J seen from its own centre; the depth error on the clean crop, the
+                # read-back on the crop as Gen makes it (with its sensor's missing pixels, if any)
+                g = gen(j, ray=ray.to(device), clean=True).float()
+                seen = sensor_dropout(g, gen.cfg.gen_edge_dropout, gen.cfg.gen_pixel_dropout)
+                half = torch.as_tensor([crops.transform(int(k)).half_depth_mm for k in rows],
+                                       dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+                joints64 = j.double().cpu().numpy()
+                px = np.stack([crops.transform(int(k)).norm_to_crop_px(joints64[i])
+                               for i, k in enumerate(rows)])
+                region = hand_region_mask(torch.as_tensor(px, device=device), size, edges,
+                                          radius_px(size, 2 * float(half.mean())))
+                err = (x - g).abs() * half
+                hand_sum += float((err * region).sum())
+                hand_blank += float(((x - 1.0).abs() * half * region).sum())
+                hand_px += float(region.sum())
+                full_sum += float(err.sum())
+                full_px += err.numel()
+                for name, net in estimators.items():
+                    preds_real[name].append(_pose(net, x))
+                    preds_gen[name].append(_pose(net, seen))
+        finally:
+            for m in [gen, *estimators.values()]:
+                m.train(modes[id(m)])
     out = {
         "hand_depth_error_mm": hand_sum / max(hand_px, 1.0),
         "full_depth_error_mm": full_sum / max(full_px, 1),

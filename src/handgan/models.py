@@ -25,6 +25,8 @@ class ModelConfig:
     gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps), at every scale
     gen_render: bool = False    # Gen corrects a depth render of the skeleton (spheres along bones)
     gen_correction: bool = True  # with gen_render: False = Gen(J) is the render alone (radii learn)
+    gen_edge_dropout: float = 0.0   # Gen's sensor: P(a pixel on a depth edge loses its depth)
+    gen_pixel_dropout: float = 0.0  # Gen's sensor: P(any other hand pixel loses its depth)
 
     def __post_init__(self):
         if self.size < 32 or self.size & (self.size - 1):
@@ -34,6 +36,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.noise_dim < 0:
             raise ValueError(f"noise_dim must be >= 0, got {self.noise_dim}")
+        for name in ("gen_edge_dropout", "gen_pixel_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.shared_layers <= self.depth:
             raise ValueError(f"shared_layers must be in 0..{self.depth}, got {self.shared_layers}")
 
@@ -88,33 +93,51 @@ def bone_maps(joints: torch.Tensor, size: int, edges) -> torch.Tensor:
 
 # The skeleton render (``gen_render``): spheres swept along each bone, seen by a camera looking at
 # the crop's centre from RENDER_FOCUS cube half-sides away (850 mm for a 300 mm cube: the middle of
-# the NYU test range, 650-1107 mm). A crop's real centre can sit off the optical axis; that shift
-# (up to ~x/z of the centre times a joint's depth) is not known from J and is left to the network.
+# the NYU test range, 650-1107 mm), or along the crop's own centre ray when it is given.
 RENDER_FOCUS = 850.0 / 150.0
 RENDER_SAMPLES = 6        # spheres per bone, ends included
 RENDER_RADIUS = 0.06      # initial bone radius, cube half-sides (9 mm for a 300 mm cube)
 FOREARM_RADIUS = 0.14     # 21 mm: the synthetic hand's mean forearm radius
 FOREARM_LENGTH = 2.0      # a cube's side: the forearm leaves the crop
-FOREARM_SAMPLES = 12
+FOREARM_SAMPLES = 12      # per row; two rows side by side give the forearm an oval section
+FOREARM_SPREAD = 0.073    # 11 mm: each row's offset across the wrist (the synthetic forearm's)
 # (palm centre, the two wrist points) of the layouts whose forearm we can place.
 FOREARM_JOINTS = {14: (13, 11, 12), 36: (32, 30, 31)}
 # The palm as a plate: (palm centre, the four fingers' bases little..index, ulnar and radial wrist
 # points). The 14-joint layout has no knuckles: a finger's base is taken halfway from the palm
 # centre to its PIP joint (PALM_KNUCKLE); the 36-point layout has them.
-PALM_JOINTS = {14: (13, (1, 3, 5, 7), 11, 12), 36: (32, (5, 11, 17, 23), 30, 31)}
-PALM_KNUCKLE = {14: 0.5, 36: 1.0}
+PALM_JOINTS = {14: (13, (1, 3, 5, 7), 11, 12), 36: (32, (5, 11, 17, 23), 30, 31),
+               19: (13, (14, 15, 16, 17), 11, 12)}  # 19: 14 joints + hand_bases
+PALM_KNUCKLE = {14: 0.5, 36: 1.0, 19: 1.0}
+NYU14_PALM_INDEX = 13
 PALM_RADIUS = 0.08        # half the palm's thickness, 12 mm
+# The 14-joint layout's fingers and thumb start at the palm centre. Their real bases (the four
+# knuckles, the thumb's carpometacarpal joint) sit at nearly fixed places in the palm's frame:
+# origin the palm centre, axes across the wrist (ulnar -> radial), wrist -> palm centre, and
+# their cross product, in units of the wrist-to-palm-centre distance. Initial places: the means
+# over the synthetic default's 4,000 training hands (6-7 mm from the true knuckle on average,
+# against 15-17 mm for the point halfway to the PIP joint). Gen learns them (``gen.bases``).
+HAND_BASES_14 = ((-0.500, 0.353, 0.054), (-0.266, 0.507, 0.028), (-0.001, 0.610, 0.001),
+                 (0.274, 0.592, 0.014), (0.233, -0.269, 0.120))  # little..index knuckle, thumb
+BASE_OF_14 = {1: 14, 3: 15, 5: 16, 7: 17, 10: 18}  # the bone palm -> joint starts at this base
 PALM_GRID = 3             # spheres per triangle side: 10 per triangle
 
 
 def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
                    forearm_radius: torch.Tensor | None = None, ray: torch.Tensor | None = None,
-                   palm_radius: torch.Tensor | None = None) -> torch.Tensor:
+                   palm_radius: torch.Tensor | None = None,
+                   forearm_spread: torch.Tensor | None = None,
+                   bases: torch.Tensor | None = None) -> torch.Tensor:
     """(B, J, 3) normalised joints -> (B, 1, S, S) normalised depth of the skeleton as round
     cones (``RENDER_SAMPLES`` spheres per bone, radii (E, 2) at the bone's two ends, linear in
-    between) and, for NYU layouts, a forearm continuing from the wrist away from the palm and
+    between) and, for NYU layouts, a forearm continuing from the wrist points away from the palm
+    (two rows of spheres ``forearm_spread`` either side of the wrist's middle, along the line
+    between the wrist points, for an oval section; one row without it) and
     (``palm_radius``) the palm as a plate of spheres filling the triangles between the palm
-    centre, the fingers' bases and the wrist points (:func:`palm_plate`).
+    centre, the fingers' bases and the wrist points (:func:`palm_plate`). ``bases`` (5, 3), for
+    the 14-joint layout: the knuckles' and the thumb's base in the palm's frame
+    (:func:`hand_bases`); the four fingers and the thumb are then drawn from there, not from the
+    palm centre, and the palm plate reaches the knuckles.
 
     ``ray`` (B, 3) is each crop's centre ray (a_x, a_y, f) = (x/z, y/z, z / half cube) of its
     centre (:func:`handgan.preprocess.centre_rays`); without it, the centre is on the optical axis
@@ -128,15 +151,20 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     Differentiable in the joints and radii where a sphere is seen."""
     b = joints.shape[0]
     j = joints.float()
+    layout = int(joints.shape[1])  # an int also while traced for export (a dict key)
+    plate_layout = layout
+    if bases is not None and layout == 14:
+        j = torch.cat([j, hand_bases(j, bases)], dim=1)                         # (B, 19, 3)
+        edges = [(BASE_OF_14.get(c, a) if a == NYU14_PALM_INDEX else a, c) for a, c in edges]
+        plate_layout = 19
     e = torch.as_tensor(edges, dtype=torch.int64, device=joints.device).view(-1, 2)
     t = torch.linspace(0.0, 1.0, RENDER_SAMPLES, device=joints.device)       # (K,)
     a, c = j[:, e[:, 0]], j[:, e[:, 1]]                                         # (B, E, 3)
     centres = a.unsqueeze(2) + t.view(1, 1, -1, 1) * (c - a).unsqueeze(2)       # (B, E, K, 3)
     r = radii[:, :1] + t.view(1, -1) * (radii[:, 1:] - radii[:, :1])            # (E, K)
     centres, r = centres.reshape(b, -1, 3), r.reshape(1, -1).expand(b, -1)
-    layout = int(joints.shape[1])  # an int also while traced for export (a dict key)
-    if palm_radius is not None and layout in PALM_JOINTS:
-        plate = palm_plate(j, layout)                                           # (B, P, 3)
+    if palm_radius is not None and plate_layout in PALM_JOINTS:
+        plate = palm_plate(j, plate_layout)                                     # (B, P, 3)
         centres = torch.cat([centres, plate], dim=1)
         r = torch.cat([r, palm_radius.reshape(1, 1).expand(b, plate.shape[1])], dim=1)
     hand = centres.shape[1]  # bone and palm spheres first, then the forearm's (wider windows)
@@ -146,8 +174,13 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
         away = F.normalize(wrist - j[:, palm], dim=-1, eps=1e-6)
         s = torch.linspace(0.0, FOREARM_LENGTH, FOREARM_SAMPLES, device=joints.device)
         arm = wrist.unsqueeze(1) + s.view(1, -1, 1) * away.unsqueeze(1)          # (B, A, 3)
+        if forearm_spread is not None:
+            across = j[:, w2] - j[:, w1]  # ulnar -> radial, made square to the forearm's axis
+            across = F.normalize(across - (across * away).sum(-1, keepdim=True) * away, dim=-1,
+                                 eps=1e-6).unsqueeze(1) * forearm_spread
+            arm = torch.cat([arm - across, arm + across], dim=1)                 # (B, 2A, 3)
         centres = torch.cat([centres, arm], dim=1)
-        r = torch.cat([r, forearm_radius.reshape(1, 1).expand(b, FOREARM_SAMPLES)], dim=1)
+        r = torch.cat([r, forearm_radius.reshape(1, 1).expand(b, arm.shape[1])], dim=1)
     if ray is None:
         ray = torch.tensor([0.0, 0.0, RENDER_FOCUS], device=joints.device).expand(b, 3)
     ray = ray.float()
@@ -166,6 +199,21 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     return depth.clamp(-1.0, 1.0).view(b, 1, size, size)
 
 
+def hand_bases(joints: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+    """(B, 14, 3) joints, (5, 3) places in the palm's frame (``HAND_BASES_14``) -> (B, 5, 3)
+    points: palm centre + L (a u + b v + c w), u across the wrist (ulnar -> radial, square to v),
+    v from the wrist points' middle to the palm centre, w = u x v, L that distance."""
+    palm, ulnar, radial = joints[:, NYU14_PALM_INDEX], joints[:, 11], joints[:, 12]
+    v = palm - 0.5 * (ulnar + radial)
+    length = v.norm(dim=-1, keepdim=True).clamp(min=1e-6)                      # (B, 1)
+    v = v / length
+    u = radial - ulnar
+    u = F.normalize(u - (u * v).sum(-1, keepdim=True) * v, dim=-1, eps=1e-6)
+    w = torch.cross(u, v, dim=-1)
+    frame = torch.stack([u, v, w], dim=1)                                       # (B, 3, 3)
+    return palm.unsqueeze(1) + length.unsqueeze(1) * (bases.float() @ frame)   # (B, 5, 3)
+
+
 def palm_plate(joints: torch.Tensor, layout: int) -> torch.Tensor:
     """(B, J, 3) joints -> (B, 60, 3) sphere centres on six triangles spanning the palm: the palm
     centre with each pair of neighbouring finger bases, with each outer base and its wrist
@@ -180,6 +228,31 @@ def palm_plate(joints: torch.Tensor, layout: int) -> torch.Tensor:
     weights = [(i / n, k / n) for i in range(n + 1) for k in range(n + 1 - i)]  # 10 points
     points = [palm + u * (b - palm) + v * (c - palm) for b, c in triangles for u, v in weights]
     return torch.stack(points, dim=1)
+
+
+SENSOR_BACKGROUND = 0.98  # where a generated crop has no depth: its background (tanh's range)
+SENSOR_EDGE_JUMP = 20.0 / 150.0  # a depth edge: a 4-neighbour 20 mm (300 mm cube) further away
+
+
+def sensor_dropout(crops: torch.Tensor, edge_p: float, pixel_p: float) -> torch.Tensor:
+    """A depth camera's missing pixels on clean crops (B, 1, S, S): a hand pixel (in front of
+    the background) on a depth edge (a 4-neighbour that is background or more than
+    ``SENSOR_EDGE_JUMP`` nearer or further, as the synthetic sensor's ``edge_dropout``) loses its depth with probability
+    ``edge_p``, any other hand pixel with ``pixel_p``; a lost pixel shows the background, as a
+    real crop's holes do. Random (torch's generator); the gradient flows through kept pixels."""
+    if edge_p <= 0 and pixel_p <= 0:
+        return crops
+    x = crops.detach()
+    hand = x < SENSOR_BACKGROUND - 0.01
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")  # the crop's border is not an edge
+    size = x.shape[-1]
+    neighbours = [padded[..., 1 + dy:1 + dy + size, 1 + dx:1 + dx + size]
+                  for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    near = torch.stack(neighbours)
+    edge = (((near - x).abs() > SENSOR_EDGE_JUMP) | (near >= SENSOR_BACKGROUND - 0.01)).any(0)
+    p = torch.where(edge, torch.full_like(x, edge_p), torch.full_like(x, pixel_p))
+    lost = hand & (torch.rand_like(x) < p)
+    return torch.where(lost, torch.full_like(crops, SENSOR_BACKGROUND), crops)
 
 
 def _all_pixels(centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor, size: int
@@ -254,7 +327,11 @@ class Generator(nn.Module):
     With ``gen_render`` Gen starts from :func:`skeleton_depth`, the skeleton rendered as each
     crop sees it (``ray``): the transposed convs read the render at every scale and add a
     correction, from zero (``correction_gain``), or with ``gen_correction=False`` Gen(J) is the
-    render alone and only the bone radii learn (the best line of docs/results.md round 5)."""
+    render alone and only the bone radii learn (the best line of docs/results.md round 5).
+
+    ``gen_edge_dropout`` / ``gen_pixel_dropout`` end Gen with a depth camera's missing pixels
+    (:func:`sensor_dropout`), as the real crops have them; ``forward(..., clean=True)`` leaves
+    them out (the reconstruction loss and refinement compare the clean crop)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -264,6 +341,9 @@ class Generator(nn.Module):
             self.radii = nn.Parameter(torch.full((len(self.edges), 2), RENDER_RADIUS))
             self.forearm_radius = nn.Parameter(torch.tensor(FOREARM_RADIUS))
             self.palm_radius = nn.Parameter(torch.tensor(PALM_RADIUS))
+            self.forearm_spread = nn.Parameter(torch.tensor(FOREARM_SPREAD))
+            self.bases = (nn.Parameter(torch.tensor(HAND_BASES_14)) if cfg.num_joints == 14
+                          else None)
             if not cfg.gen_correction:
                 return  # Gen(J) is the render: a hand model whose bone radii are learned
             # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
@@ -282,13 +362,24 @@ class Generator(nn.Module):
         self.up = nn.Sequential(*ups)  # one flat Sequential: the seed layout's parameter names
 
     def forward(self, joints: torch.Tensor, noise: torch.Tensor | None = None,
-                ray: torch.Tensor | None = None) -> torch.Tensor:
+                ray: torch.Tensor | None = None, clean: bool = False) -> torch.Tensor:
         """(B, J, 3) joints [+ noise] -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays,
-        used by the skeleton render (``gen_render``; default: a centre on the optical axis)."""
+        used by the skeleton render (``gen_render``; default: a centre on the optical axis);
+        ``clean``: without the sensor's missing pixels."""
+        crops = self._clean(joints, noise, ray)
+        if clean:
+            return crops
+        return sensor_dropout(crops, self.cfg.gen_edge_dropout, self.cfg.gen_pixel_dropout)
+
+    def render(self, joints: torch.Tensor, ray: torch.Tensor | None) -> torch.Tensor:
+        """The skeleton render (``gen_render``) of (B, J, 3) joints: (B, 1, S, S)."""
+        return skeleton_depth(joints, self.cfg.size, self.edges, self.radii, self.forearm_radius,
+                              ray, self.palm_radius, self.forearm_spread, self.bases)
+
+    def _clean(self, joints: torch.Tensor, noise: torch.Tensor | None,
+               ray: torch.Tensor | None) -> torch.Tensor:
         if self.cfg.gen_render and not self.cfg.gen_correction:
-            render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
-                                    self.forearm_radius, ray, self.palm_radius)
-            return render.clamp(-0.98, 0.98)  # as tanh's range below
+            return self.render(joints, ray).clamp(-0.98, 0.98)  # as tanh's range below
         x = joints.flatten(1)  # (B, J*3)
         if self.cfg.noise_dim:
             if noise is None:
@@ -302,8 +393,7 @@ class Generator(nn.Module):
         if self.cfg.gen_skeleton:
             maps.append(bone_maps(joints, self.cfg.size, self.edges))
         if self.cfg.gen_render:
-            render = skeleton_depth(joints, self.cfg.size, self.edges, self.radii,
-                                    self.forearm_radius, ray, self.palm_radius)  # (B, 1, S, S)
+            render = self.render(joints, ray)  # (B, 1, S, S)
             maps.append(render)
         maps = torch.cat(maps, dim=1)
         res = 4  # h's side, a Python int: static shapes for tracing and export

@@ -86,7 +86,8 @@ def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor,
             opt = torch.optim.Adam([joints], lr=lr)
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                data = (w * (gen(joints, noise, rays) - x).pow(2)).sum(dim=(1, 2, 3)) / w_sum  # (B,)
+                drawn = gen(joints, noise, rays, clean=True)  # no random missing pixels
+                data = (w * (drawn - x).pow(2)).sum(dim=(1, 2, 3)) / w_sum  # (B,)
                 prior = (joints - start).pow(2).sum(-1).mean(-1)  # (B,) mean over joints
                 (data + prior_weight * prior).sum().backward()  # sum: crops stay independent
                 opt.step()

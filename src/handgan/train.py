@@ -79,7 +79,7 @@ from handgan.losses import (
     reconstruction_loss,
 )
 from handgan.fidelity import training_hand_mask
-from handgan.models import Discriminator, Generator, init_weights
+from handgan.models import Discriminator, Generator, init_weights, sensor_dropout
 from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
 from handgan.posespace import new_poses
@@ -614,14 +614,16 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     ############################
     # (2) Update Gen: minimise L_Gen = w_recons * L_recons(x_l, Gen(J_l))
     #                                + w_gen_adv * BCE(Dis(Gen(J_l [, J_s])), 1)
-    #     i.e. L_recons - L_gan in the non-saturating form -log Dis(Gen(J)) (see losses.py)
+    #     i.e. L_recons - L_gan in the non-saturating form -log Dis(Gen(J)) (see losses.py);
+    #     L_recons compares the clean crop, Dis sees it with the sensor's missing pixels
     ############################
     opt_g.zero_grad(set_to_none=True)
     with autocast():
         j_gen = torch.cat([j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else []))
-        x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
-        loss_rec = reconstruction_loss(x_l, x_g[:len(j_l)].float(), w.tau, w.recons_mode,
+        x_clean = gen(j_gen, ray=rays_for(ray_l, len(j_gen)), clean=True)
+        loss_rec = reconstruction_loss(x_l, x_clean[:len(j_l)].float(), w.tau, w.recons_mode,
                                        recons_weight(j_l, cfg))
+        x_g = sensor_dropout(x_clean, cfg.model.gen_edge_dropout, cfg.model.gen_pixel_dropout)
         loss_g = w.w_recons * loss_rec
         loss_adv = torch.zeros((), device=x_l.device)
         if phase.gen_adversarial:
