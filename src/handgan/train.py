@@ -618,15 +618,18 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     #     L_recons compares the clean crop, Dis sees it with the sensor's missing pixels
     ############################
     opt_g.zero_grad(set_to_none=True)
+    adversarial = phase.gen_adversarial and w.w_gen_adv > 0
     with autocast():
-        j_gen = torch.cat([j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else []))
+        # Without the adversarial term only the labelled poses' crops carry a loss.
+        j_gen = (torch.cat([j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else []))
+                 if adversarial else j_l)
         x_clean = gen(j_gen, ray=rays_for(ray_l, len(j_gen)), clean=True)
         loss_rec = reconstruction_loss(x_l, x_clean[:len(j_l)].float(), w.tau, w.recons_mode,
                                        recons_weight(j_l, cfg))
-        x_g = sensor_dropout(x_clean, cfg.model.gen_edge_dropout, cfg.model.gen_pixel_dropout)
         loss_g = w.w_recons * loss_rec
         loss_adv = torch.zeros((), device=x_l.device)
-        if phase.gen_adversarial:
+        if adversarial:
+            x_g = sensor_dropout(x_clean, cfg.model.gen_edge_dropout, cfg.model.gen_pixel_dropout)
             loss_adv = generator_adversarial_term(dis, x_l, x_g, w.gen_adv)
             loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
