@@ -7,6 +7,8 @@ import pytest
 
 from handgan.config import (
     PRESETS,
+    DataConfig,
+    OptimConfig,
     TrainConfig,
     apply_overrides,
     from_dict,
@@ -81,7 +83,7 @@ def test_overrides_of_every_type():
         "mode=supervised",
     ])
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
-    assert cfg.model == ModelConfig(size=128, width=32, pose_hidden=512)
+    assert cfg.model == dataclasses.replace(base.model, width=32, pose_hidden=512)
     assert cfg.data.augment.rotation_deg == 45.0
     assert cfg.data.augment.modes == ("com", "rot")
     assert cfg.optim.betas == (0.9, 0.99)
@@ -222,8 +224,18 @@ def test_few_labels_config_is_the_studied_variant():
     assert load_yaml(CONFIGS / "few-labels.yaml") == expected
 
 
-def test_seed_literal_config_is_the_seed_preset_with_the_generator_options_off():
+def test_seed_literal_config_is_the_seed_document_with_the_generator_options_off():
     literal = load_yaml(CONFIGS / "seed-literal.yaml")
-    assert literal == preset("seed")
+    # the seed preset's sizes and optimiser, every method option at its default (off)
+    expected = TrainConfig(data=DataConfig(size=128),
+                           model=ModelConfig(size=128, width=64, pose_hidden=1024),
+                           optim=OptimConfig(lr=1e-3, epochs=50, batch_size=64))
+    assert literal == expected
     assert literal.loss.recons_mode == "sample_floor" and literal.loss.w_synth == 0
-    assert not literal.model.gen_skeleton
+    assert literal.loss.w_gen_adv == 1 and literal.optim.lr_schedule == "constant"
+    assert not (literal.model.gen_skeleton or literal.model.gen_render)
+    # the presets train the rendered generator (docs/results.md, round 6)
+    for name in ("quick", "seed"):
+        cfg = preset(name)
+        assert cfg.model.gen_render and not cfg.model.gen_correction
+        assert cfg.loss.recons_mode == "pixel_l1" and cfg.loss.w_synth == 1

@@ -2,6 +2,7 @@
 pose network in supervised mode, unlabelled crops never reach L_J, a short run leaves a complete
 run folder, and a resumed run continues exactly like an uninterrupted one."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +10,12 @@ import torch
 
 import handgan.train as train_mod
 from handgan.checkpoint import load_checkpoint
-from handgan.config import apply_overrides, preset
+from handgan.config import apply_overrides, load_yaml, preset
 from handgan.errors import HandganError
 from handgan.monitor import read_jsonl
 from handgan.synth.generate import synthesize_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 BATCH = 8
 
@@ -24,8 +27,11 @@ def workdir(tmp_path_factory):
     return root
 
 
-def make_cfg(workdir, *extra):
-    return apply_overrides(preset("quick"), [
+def make_cfg(workdir, *extra, literal=False):
+    """The quick preset (or, ``literal``, the seed document's formulation: the FC generator,
+    configs/seed-literal.yaml) at test sizes."""
+    base = load_yaml(CONFIGS / "seed-literal.yaml") if literal else preset("quick")
+    return apply_overrides(base, [
         f"data.source=synthetic:{workdir / 'synth'}", f"data.cache_dir={workdir / 'cache'}",
         "data.size=64", "model.size=64", "model.width=8", "model.pose_hidden=32",
         f"optim.batch_size={BATCH}", "optim.epochs=2", "device=cpu", "log_every=1",
@@ -77,7 +83,7 @@ def test_generator_renders_the_poses_read_off_unlabelled_crops(workdir, monkeypa
     # loss.gen_unlabeled_poses: Gen renders the labelled poses and, after them, Dis's poses of
     # the unlabelled crops (detached, clipped to the cube) in both phases; L_recons compares
     # only the labelled half with its real crops.
-    cfg = make_cfg(workdir, "loss.gen_unlabeled_poses=true")
+    cfg = make_cfg(workdir, "loss.gen_unlabeled_poses=true", literal=True)
     gen, dis, opt_g, opt_d = models(cfg)
     x_l, j_l, x_u = batch(n_u=5)
     with torch.no_grad():
@@ -265,7 +271,7 @@ def test_consistency_term_is_the_reconstruction_of_unlabelled_crops_from_their_p
     import copy
 
     from handgan.losses import reconstruction_loss
-    cfg = make_cfg(workdir, "loss.w_cycle=1", "loss.w_joint=0", "loss.w_gan=0")
+    cfg = make_cfg(workdir, "loss.w_cycle=1", "loss.w_joint=0", "loss.w_gan=0", literal=True)
     gen, dis, opt_g, opt_d = models(cfg)
     x_l, j_l, x_u = batch()
     gen_copy, dis_copy = copy.deepcopy(gen), copy.deepcopy(dis)
