@@ -12,6 +12,8 @@ import handgan.train as train_mod
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, load_yaml, preset
 from handgan.errors import HandganError
+from handgan.evaluation.evaluate import load_networks
+from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
 from handgan.synth.generate import synthesize_dataset
 
@@ -163,7 +165,17 @@ def test_short_run_writes_a_complete_run_folder(workdir, tmp_path):
     records = read_jsonl(run / "metrics.jsonl")
     train_steps = [r["step"] for r in records if r["event"] == "train"]
     assert train_steps == [1, 2, 3]
-    assert any(r["event"] == "eval" and r["mean_error_mm"] > 0 for r in records)
+    evals = [r for r in records if r["event"] == "eval"]
+    assert evals and all(r["mean_error_mm"] > 0 for r in evals)
+    # GAN runs log the generator's fidelity with every evaluation (here on the test split:
+    # this config holds out no validation frames), as handgan evaluate computes it
+    _, gen, dis = load_networks(load_checkpoint(run / "checkpoints" / "last.pt"), "cpu")
+    expected = generator_fidelity(gen, train_mod.load_data(cfg, progress=False).test,
+                                  {"run": dis})
+    assert evals[-1]["generator_hand_depth_error_mm"] == pytest.approx(
+        expected["hand_depth_error_mm"], rel=1e-5)
+    assert evals[-1]["generator_readback_mean_error_mm"] == pytest.approx(
+        expected["readback_mean_error_mm"]["run"], rel=1e-5)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3 and "generator" in ckpt and "opt_d" in ckpt
     summary = json.loads((run / "summary.json").read_text())

@@ -78,7 +78,7 @@ from handgan.losses import (
     joint_loss,
     reconstruction_loss,
 )
-from handgan.fidelity import training_hand_mask
+from handgan.fidelity import generator_fidelity, training_hand_mask
 from handgan.models import Discriminator, Generator, init_weights, sensor_dropout
 from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
@@ -950,10 +950,16 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             return None
         last_eval.clear()
         last_eval.update(errors)
+        fidelity = {}
+        if gan:  # how faithful Gen(J) is on the selection split (fidelity.py; RNG untouched)
+            f = generator_fidelity(gen, data.val if data.val is not None else data.test,
+                                   {"run": dis}, device)
+            fidelity = {"generator_hand_depth_error_mm": f["hand_depth_error_mm"],
+                        "generator_readback_mean_error_mm": f["readback_mean_error_mm"]["run"]}
         metrics.write({"event": "eval", "step": step, "epoch": epoch_done, **errors,
                        "mean_error_mm": errors.get("test_mean_error_mm"),
-                       "mean_pose_baseline_mm": baseline})
-        scalars.add_scalars(errors, step, "eval/")
+                       "mean_pose_baseline_mm": baseline, **fidelity})
+        scalars.add_scalars({**errors, **fidelity}, step, "eval/")
         return errors[f"{selection}_mean_error_mm"]
 
     def draw_samples(epoch_done: int) -> None:
