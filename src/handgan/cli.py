@@ -145,8 +145,10 @@ def _add_train(sub) -> None:
                     "checkpoints/last.pt and best.pt, summary.json). The config is a preset, "
                     "optionally a YAML file over it, then the flags below, then --set overrides.")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--preset", default="quick", help="quick (64x64, ~6 min on 2 CPU cores) or "
-                   "seed (128x128, the seed's 50 epochs); default quick")
+    p.add_argument("--preset", default="quick", help="quick (64x64, ~11 min on 2 CPU cores) or "
+                   "seed (128x128, the seed's 50 epochs); both train the rendered generator "
+                   "(docs/training.md); the seed document's GAN: --config "
+                   "configs/seed-literal.yaml; default quick")
     p.add_argument("--config", help="YAML config (full, or partial over 'preset: NAME')")
     p.add_argument("--data", help="synthetic[:DIR] | nyu:DIR | icvl:DIR | msra:DIR:FOLD")
     p.add_argument("--unlabeled", help="extra unlabelled frames, e.g. folder:DIR[:CAMERA]")
