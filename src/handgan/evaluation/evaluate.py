@@ -93,8 +93,9 @@ def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Genera
         gen.load_state_dict(ckpt["generator"])
         dis.load_state_dict(ckpt["discriminator"])
     except (KeyError, RuntimeError) as e:
-        raise HandganError(f"checkpoint weights do not fit its config ({str(e).splitlines()[0]})"
-                           ) from None
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise HandganError(f"checkpoint weights do not fit its config, written by another "
+                           f"handgan version? ({detail})") from None
     return cfg, gen.to(device).eval(), dis.to(device).eval()
 
 
