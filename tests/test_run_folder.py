@@ -173,3 +173,19 @@ def test_resume_into_an_unwritable_checkpoint_folder_is_refused_before_training(
     err = one_line_error(capsys)
     assert "checkpoints" in err and "Read-only file system" in err
     assert snapshot(run) == before
+
+
+def test_train_command_reports_validation_error_when_the_source_has_no_test_split():
+    # a source without a test split (msra:DIR without a fold, nyu:DIR with only train/) has no
+    # final test figure in summary.json: the closing line names the validation figure instead
+    from handgan.cli import _final_error
+
+    with_test = {"final_mean_error_mm": 21.5, "mean_pose_baseline_mm": 59.8,
+                 "final_val_mean_error_mm": 20.0}
+    assert _final_error(with_test) == ("mean 3D joint error 21.50 mm on the test split "
+                                       "(mean-pose baseline 59.80 mm)")
+    no_test = {"final_mean_error_mm": None, "mean_pose_baseline_mm": None,
+               "final_val_mean_error_mm": 24.25}
+    assert "24.25 mm on the validation hold-out" in _final_error(no_test)
+    nothing = {"final_mean_error_mm": None, "final_val_mean_error_mm": None}
+    assert _final_error(nothing).startswith("no labelled split")

@@ -184,10 +184,20 @@ def _run_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     summary = json.loads((run / "summary.json").read_text())
-    print(f"{run}: mean 3D joint error {summary['final_mean_error_mm']:.2f} mm on the test split "
-          f"(mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm), "
+    print(f"{run}: {_final_error(summary)}, "
           f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s")
     return 0
+
+
+def _final_error(summary: dict) -> str:
+    """The run's last test figure, or its validation figure where the source has no test split."""
+    if summary.get("final_mean_error_mm") is not None:
+        return (f"mean 3D joint error {summary['final_mean_error_mm']:.2f} mm on the test split "
+                f"(mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm)")
+    if summary.get("final_val_mean_error_mm") is not None:
+        return (f"mean 3D joint error {summary['final_val_mean_error_mm']:.2f} mm on the "
+                "validation hold-out (the source has no test split)")
+    return "no labelled split to evaluate on (no test split, no validation hold-out)"
 
 
 def _add_evaluate(sub) -> None:
