@@ -159,6 +159,14 @@ def test_icvl_invalid_depth_code_reads_as_zero(tmp_path):
     assert read_depth_png16(tmp_path / "Training" / "Depth" / rels[0])[5, 5] == 32001  # raw
     read = ICVLSplit(tmp_path).depth(0)
     assert read[5, 5:8].tolist() == [0.0, 32000.0, 0.0]
+    # the same frame in a plain folder read with the ICVL camera (folder:DIR:icvl): 32001 is no
+    # depth there too; another camera keeps the value
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    write_png16(folder / "f.png", depth)
+    assert FolderFrames(folder, ICVL).depth(0)[5, 5:8].tolist() == [0.0, 32000.0, 0.0]
+    other = Intrinsics(fx=241.42, fy=241.42, cx=160.0, cy=120.0, width=320, height=240)
+    assert FolderFrames(folder, other).depth(0)[5, 5] == 32001.0
     write_png16(tmp_path / "Training" / "Depth" / rels[0], np.zeros((240, 320)))
     assert not ICVLSplit(tmp_path).depth(0).any()  # an all-zero frame is not an error
 

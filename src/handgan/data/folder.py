@@ -2,7 +2,8 @@
 
 The folder holds frames directly (sub-folders are ignored), taken in sorted file-name order:
 
-* ``*.png``: single-channel 16-bit PNG, depth in mm (the ICVL encoding; 0 = no depth);
+* ``*.png``: single-channel 16-bit PNG, depth in mm (the ICVL encoding; 0 = no depth, and with
+  the ICVL camera its "no depth" code 32001);
 * ``*.npy``: a 2-D integer or float array of depth in mm (no NaN/inf, no negative values).
 
 Other files are ignored unless ``pattern`` selects them, in which case they are an error. Every
@@ -23,7 +24,7 @@ import numpy as np
 
 from handgan.camera import CAMERAS, Intrinsics
 from handgan.data.files import MAX_FRAME_PIXELS, check_frame_pixels, check_frame_size, one_line
-from handgan.data.icvl import read_depth_png16
+from handgan.data.icvl import ICVL_INVALID_DEPTH, read_depth_png16
 from handgan.errors import HandganError
 
 FRAME_SUFFIXES = (".png", ".npy")
@@ -167,11 +168,15 @@ class FolderFrames:
         return self._paths[i]
 
     def depth(self, i: int) -> np.ndarray:
-        """(H, W) float32 depth mm of frame ``i`` (0 = no depth)."""
+        """(H, W) float32 depth mm of frame ``i`` (0 = no depth; with the ICVL camera its
+        sensor's "no depth" code, 32001, too, as the ICVL reader does)."""
         path = self.frame_path(i)
         depth_mm = _READERS[path.suffix.lower()](path)
-        return check_frame_size(depth_mm, self.intrinsics, path,
-                                hint=" by the intrinsics (give fx,fy,cx,cy,width,height)")
+        depth_mm = check_frame_size(depth_mm, self.intrinsics, path,
+                                    hint=" by the intrinsics (give fx,fy,cx,cy,width,height)")
+        if self.intrinsics == CAMERAS["icvl"]:
+            depth_mm[depth_mm == ICVL_INVALID_DEPTH] = 0.0
+        return depth_mm
 
     def joints_uvd(self) -> None:
         return None
