@@ -574,3 +574,14 @@ def test_bone_range_of_the_labelled_poses_and_the_prior_in_both_steps(workdir, t
     run = train_mod.train(cfg, tmp_path / "run", progress=False)
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
     assert len(rows) == 2 and all(r["loss_bone_prior"] >= 0 for r in rows)
+
+
+def test_an_nyu_folder_without_train_split_is_refused(workdir, tmp_path):
+    # nyu:DIR holding only test/ must not train on the test frames without a word
+    import shutil
+
+    only_test = tmp_path / "nyu"
+    shutil.copytree(workdir / "synth" / "test", only_test / "test")
+    cfg = make_cfg(workdir, f"data.source=nyu:{only_test}")
+    with pytest.raises(HandganError, match=r"no train/ split to train on \(found: test/\)"):
+        train_mod.load_data(cfg, progress=False)

@@ -227,6 +227,11 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     spec = parse_source(cfg.data.source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
+    if spec.kind in ("synthetic", "nyu") and "train" not in names:
+        # never train on a test split by accident
+        raise HandganError(f"{spec}: no train/ split to train on (found: "
+                           f"{', '.join(f'{n}/' for n in names) or 'none'}); its frames can "
+                           f"join a run as unlabelled ones: --unlabeled {spec}")
     train_cache = _cache(spec, names[0], cfg, progress)
     test_cache = _cache(spec, "test", cfg, progress) if "test" in names[1:] else None
     d = cfg.data
