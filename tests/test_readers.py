@@ -528,3 +528,20 @@ def test_data_info_on_icvl_and_msra(tmp_path):
     assert info["test"]["joints"] == 21 and info["test"]["cube_mm"] == 180  # subject P3's cube
     lo, hi = info["test"]["depth_range_mm"]
     assert 200 <= lo < hi <= 500
+
+
+def test_icvl_splits_are_the_label_files_present(tmp_path):
+    from handgan.data.icvl import available_splits
+    from handgan.data.sources import parse_source, split_names
+
+    official, deep_prior, train_only = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_labels(official / "Training" / "labels.txt", ["201403121135/image_0000.png"], icvl_uvd(1, 0))
+    for q in (1, 2):
+        write_labels(official / "Testing" / f"test_seq_{q}.txt", ["x/image_0000.png"], icvl_uvd(1, q))
+    write_labels(deep_prior / "train.txt", ["201403121135/image_0000.png"], icvl_uvd(1, 0))
+    write_labels(deep_prior / "test_seq_1.txt", ["x/image_0000.png"], icvl_uvd(1, 1))  # no seq 2
+    write_labels(train_only / "Training" / "labels.txt", ["201403121135/image_0000.png"], icvl_uvd(1, 0))
+    assert available_splits(official) == ["train", "test"]
+    assert available_splits(deep_prior) == ["train", "test_seq_1"]
+    assert split_names(parse_source(f"icvl:{train_only}")) == ["train"]
+    assert_error(lambda: available_splits(tmp_path / "nope"), "nope", "not found")

@@ -583,5 +583,5 @@ def test_an_nyu_folder_without_train_split_is_refused(workdir, tmp_path):
     only_test = tmp_path / "nyu"
     shutil.copytree(workdir / "synth" / "test", only_test / "test")
     cfg = make_cfg(workdir, f"data.source=nyu:{only_test}")
-    with pytest.raises(HandganError, match=r"no train/ split to train on \(found: test/\)"):
+    with pytest.raises(HandganError, match=r"no train split to train on \(found: test\)"):
         train_mod.load_data(cfg, progress=False)

@@ -227,13 +227,16 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     spec = parse_source(cfg.data.source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
-    if spec.kind in ("synthetic", "nyu") and "train" not in names:
+    if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names:
         # never train on a test split by accident
-        raise HandganError(f"{spec}: no train/ split to train on (found: "
-                           f"{', '.join(f'{n}/' for n in names) or 'none'}); its frames can "
+        raise HandganError(f"{spec}: no train split to train on (found: "
+                           f"{', '.join(names) or 'none'}); its frames can "
                            f"join a run as unlabelled ones: --unlabeled {spec}")
     train_cache = _cache(spec, names[0], cfg, progress)
-    test_cache = _cache(spec, "test", cfg, progress) if "test" in names[1:] else None
+    # the test split: "test", else a single test sequence (ICVL with test_seq_1 only)
+    test_name = next((n for n in names[1:] if n == "test"),
+                     next((n for n in names[1:] if n.startswith("test_seq")), None))
+    test_cache = _cache(spec, test_name, cfg, progress) if test_name else None
     d = cfg.data
     amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None
               else {"labeled_fraction": d.labeled_fraction})

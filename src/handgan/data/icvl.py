@@ -76,6 +76,19 @@ def find_sequence(root: str | Path, sequence: str) -> tuple[Path, Path]:
     raise HandganError(f"{root}: ICVL {sequence} labels not found (looked for {tried})")
 
 
+def available_splits(root: str | Path) -> list[str]:
+    """The splits whose label files exist under ``root``: "train", then "test" when both test
+    sequences are there, else whichever one is (DeepPrior++ evaluates on test_seq_1 alone)."""
+    if not Path(root).is_dir():
+        raise HandganError(f"{root}: ICVL dataset folder not found")
+
+    def has(sequence: str) -> bool:
+        return any((Path(root) / labels).is_file() for labels, _ in _LAYOUTS[sequence])
+
+    tests = [q for q in ("test_seq_1", "test_seq_2") if has(q)]
+    return (["train"] if has("train") else []) + (["test"] if len(tests) == 2 else tests)
+
+
 # ---------------------------------------------------------------------------------------------
 # Label files
 

@@ -62,7 +62,9 @@ def split_names(spec: SourceSpec) -> list[str]:
         found = list_splits(spec.root)
         return sorted(found, key=lambda s: (s != "train", s))
     if spec.kind == "icvl":
-        return ["train", "test"]
+        from handgan.data.icvl import available_splits
+
+        return available_splits(spec.root)
     if spec.kind == "msra":
         return ["train", "test"] if spec.option is not None else ["all"]
     return ["all"]
