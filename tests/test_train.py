@@ -585,3 +585,47 @@ def test_an_nyu_folder_without_train_split_is_refused(workdir, tmp_path):
     cfg = make_cfg(workdir, f"data.source=nyu:{only_test}")
     with pytest.raises(HandganError, match=r"no train split to train on \(found: test\)"):
         train_mod.load_data(cfg, progress=False)
+
+
+def _write_icvl(root, train_frames=12, test_frames=3):
+    """A small ICVL dataset in DeepPrior++'s layout with only test_seq_1 (as it ships): label
+    lines `relpath u v d x 16` with 3 decimals, 16-bit PNG frames in mm with a blob at the palm."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in (("train.txt", train_frames), ("test_seq_1.txt", test_frames)):
+        lines = []
+        for k in range(count):
+            rel = f"{'201403121135' if name == 'train.txt' else 'test_seq_1'}/image_{k:04d}.png"
+            uvd = np.column_stack([rng.uniform(140, 180, 16), rng.uniform(100, 140, 16),
+                                   rng.uniform(380, 420, 16)])
+            lines.append(rel + " " + " ".join(f"{v:.3f}" for v in uvd.ravel()) + "\n")
+            depth = np.zeros((240, 320), np.uint16)
+            depth[90:150, 130:190] = 400
+            (root / "Depth" / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(depth).save(root / "Depth" / rel)
+        (root / name).write_text("".join(lines))
+
+
+def test_icvl_trains_with_its_16_joints_and_evaluates(tmp_path):
+    # model.num_joints follows the data (ICVL: 16), through training, the checkpoint and
+    # evaluation; the test split is test_seq_1 alone
+    from handgan.evaluation.evaluate import evaluate_checkpoint
+
+    _write_icvl(tmp_path / "icvl")
+    cfg = apply_overrides(preset("quick"), [
+        f"data.source=icvl:{tmp_path / 'icvl'}", f"data.cache_dir={tmp_path / 'cache'}",
+        "model.width=8", "model.pose_hidden=32", "optim.batch_size=4", "optim.max_steps=2",
+        "device=cpu", "data.val_fraction=0", "num_workers=0"])
+    assert cfg.model.num_joints == 14
+    run = train_mod.train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["config"]["model"]["num_joints"] == 16
+    last_layer = [v for k, v in ckpt["discriminator"].items() if k.startswith("pose")][-1]
+    assert last_layer.shape[0] == 16 * 3  # the pose head's bias: 16 joints x 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_mean_error_mm"] > 0  # evaluated on test_seq_1
+    metrics = evaluate_checkpoint(run, data=f"icvl:{tmp_path / 'icvl'}", split="test_seq_1",
+                                  out=tmp_path / "eval", device="cpu", progress=False,
+                                  cache_dir=tmp_path / "cache")
+    assert metrics["frames"] == 3 and len(metrics["per_joint_mm"]) == 16

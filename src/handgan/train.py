@@ -749,6 +749,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     process calls this; rank 0 writes the run folder.
     """
     run_dir = Path(run_dir)
+    cfg = with_data_joints(cfg)
     ckpt_dir = run_dir / "checkpoints"
     manager = CheckpointManager(ckpt_dir)
     if resume and manager.latest() is None:
@@ -767,6 +768,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             return _train(cfg, run_dir, manager, resume, progress, device, info)
     finally:
         shutdown(info)
+
+
+def with_data_joints(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``model.num_joints`` taken from the training source's joint layout (NYU 14,
+    ICVL 16, MSRA 21): the networks are built for the joints the labels hold."""
+    spec = parse_source(cfg.data.source)
+    if spec.kind not in ("nyu", "icvl", "msra"):  # synthetic: NYU's 14; folder: unlabelled
+        return cfg
+    names = split_names(spec)
+    if not names:
+        return cfg  # load_data names what is missing
+    count = len(open_split(spec, names[0]).joint_names)
+    if count in (0, cfg.model.num_joints):
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_joints=count))
 
 
 # What a resumed run cannot change: the networks' shapes and the crops they were trained on.
