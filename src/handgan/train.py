@@ -774,7 +774,7 @@ def with_data_joints(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with ``model.num_joints`` taken from the training source's joint layout (NYU 14,
     ICVL 16, MSRA 21): the networks are built for the joints the labels hold."""
     spec = parse_source(cfg.data.source)
-    if spec.kind not in ("nyu", "icvl", "msra"):  # synthetic: NYU's 14; folder: unlabelled
+    if spec.kind not in ("icvl", "msra"):  # synthetic, nyu: NYU's 14 (the default); folder: no labels
         return cfg
     names = split_names(spec)
     if not names:
