@@ -45,7 +45,8 @@ def train_generator(cfg, data, steps: int, device: torch.device) -> torch.nn.Mod
         lr = cfg.optim.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = reconstruction_loss(x, gen(j, ray=ray, clean=True).float(), cfg.loss.tau, cfg.loss.recons_mode,
+        drawn = gen(j, ray=ray, clean=True).float()
+        loss = reconstruction_loss(x, drawn, cfg.loss.tau, cfg.loss.recons_mode,
                                    recons_weight(j, cfg))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -535,12 +535,13 @@ def test_icvl_splits_are_the_label_files_present(tmp_path):
     from handgan.data.sources import parse_source, split_names
 
     official, deep_prior, train_only = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    write_labels(official / "Training" / "labels.txt", ["201403121135/image_0000.png"], icvl_uvd(1, 0))
+    frame = ["201403121135/image_0000.png"]
+    write_labels(official / "Training" / "labels.txt", frame, icvl_uvd(1, 0))
     for q in (1, 2):
-        write_labels(official / "Testing" / f"test_seq_{q}.txt", ["x/image_0000.png"], icvl_uvd(1, q))
+        write_labels(official / "Testing" / f"test_seq_{q}.txt", frame, icvl_uvd(1, q))
     write_labels(deep_prior / "train.txt", ["201403121135/image_0000.png"], icvl_uvd(1, 0))
     write_labels(deep_prior / "test_seq_1.txt", ["x/image_0000.png"], icvl_uvd(1, 1))  # no seq 2
-    write_labels(train_only / "Training" / "labels.txt", ["201403121135/image_0000.png"], icvl_uvd(1, 0))
+    write_labels(train_only / "Training" / "labels.txt", frame, icvl_uvd(1, 0))
     assert available_splits(official) == ["train", "test"]
     assert available_splits(deep_prior) == ["train", "test_seq_1"]
     assert split_names(parse_source(f"icvl:{train_only}")) == ["train"]

@@ -237,9 +237,10 @@ SENSOR_EDGE_JUMP = 20.0 / 150.0  # a depth edge: a 4-neighbour 20 mm (300 mm cub
 def sensor_dropout(crops: torch.Tensor, edge_p: float, pixel_p: float) -> torch.Tensor:
     """A depth camera's missing pixels on clean crops (B, 1, S, S): a hand pixel (in front of
     the background) on a depth edge (a 4-neighbour that is background or more than
-    ``SENSOR_EDGE_JUMP`` nearer or further, as the synthetic sensor's ``edge_dropout``) loses its depth with probability
-    ``edge_p``, any other hand pixel with ``pixel_p``; a lost pixel shows the background, as a
-    real crop's holes do. Random (torch's generator); the gradient flows through kept pixels."""
+    ``SENSOR_EDGE_JUMP`` nearer or further, as the synthetic sensor's ``edge_dropout``) loses
+    its depth with probability ``edge_p``, any other hand pixel with ``pixel_p``; a lost pixel
+    shows the background, as a real crop's holes do. Random (torch's generator); the gradient
+    flows through kept pixels."""
     if edge_p <= 0 and pixel_p <= 0:
         return crops
     x = crops.detach()

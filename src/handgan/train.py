@@ -68,6 +68,7 @@ from handgan.distributed import (
 )
 from handgan.errors import HandganError
 from handgan.evaluation.metrics import crops_mean_error_mm
+from handgan.fidelity import generator_fidelity, training_hand_mask
 from handgan.joints import NYU14_EDGES, NYU36_EDGES
 from handgan.losses import (
     bone_lengths,
@@ -78,7 +79,6 @@ from handgan.losses import (
     joint_loss,
     reconstruction_loss,
 )
-from handgan.fidelity import generator_fidelity, training_hand_mask
 from handgan.models import Discriminator, Generator, init_weights, sensor_dropout
 from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
@@ -774,7 +774,7 @@ def with_data_joints(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with ``model.num_joints`` taken from the training source's joint layout (NYU 14,
     ICVL 16, MSRA 21): the networks are built for the joints the labels hold."""
     spec = parse_source(cfg.data.source)
-    if spec.kind not in ("icvl", "msra"):  # synthetic, nyu: NYU's 14 (the default); folder: no labels
+    if spec.kind not in ("icvl", "msra"):  # synthetic, nyu: NYU's 14 (the default); folder: none
         return cfg
     names = split_names(spec)
     if not names:
