@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from handgan.joints import NYU14_EDGES, NYU36_EDGES
-from handgan.models import sensor_dropout
 
 HAND_RADIUS_MM = 20.0  # hand region: pixels within this distance (crop plane) of a bone
 FIDELITY_BATCH = 256
@@ -122,7 +121,7 @@ def generator_fidelity(gen: nn.Module, crops, estimators: Mapping[str, nn.Module
                 # each crop's J seen from its own centre; the depth error on the clean crop, the
                 # read-back on the crop as Gen makes it (with its sensor's missing pixels, if any)
                 g = gen(j, ray=ray.to(device), clean=True).float()
-                seen = sensor_dropout(g, gen.cfg.gen_edge_dropout, gen.cfg.gen_pixel_dropout)
+                seen = gen.sensor(g)
                 half = torch.as_tensor([crops.transform(int(k)).half_depth_mm for k in rows],
                                        dtype=torch.float32, device=device).view(-1, 1, 1, 1)
                 joints64 = j.double().cpu().numpy()

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handgan.joints import NYU14_PALM
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -109,7 +111,6 @@ FOREARM_JOINTS = {14: (13, 11, 12), 36: (32, 30, 31)}
 PALM_JOINTS = {14: (13, (1, 3, 5, 7), 11, 12), 36: (32, (5, 11, 17, 23), 30, 31),
                19: (13, (14, 15, 16, 17), 11, 12)}  # 19: 14 joints + hand_bases
 PALM_KNUCKLE = {14: 0.5, 36: 1.0, 19: 1.0}
-NYU14_PALM_INDEX = 13
 PALM_RADIUS = 0.08        # half the palm's thickness, 12 mm
 # The 14-joint layout's fingers and thumb start at the palm centre. Their real bases (the four
 # knuckles, the thumb's carpometacarpal joint) sit at nearly fixed places in the palm's frame:
@@ -155,7 +156,7 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     plate_layout = layout
     if bases is not None and layout == 14:
         j = torch.cat([j, hand_bases(j, bases)], dim=1)                         # (B, 19, 3)
-        edges = [(BASE_OF_14.get(c, a) if a == NYU14_PALM_INDEX else a, c) for a, c in edges]
+        edges = [(BASE_OF_14.get(c, a) if a == NYU14_PALM else a, c) for a, c in edges]
         plate_layout = 19
     e = torch.as_tensor(edges, dtype=torch.int64, device=joints.device).view(-1, 2)
     t = torch.linspace(0.0, 1.0, RENDER_SAMPLES, device=joints.device)       # (K,)
@@ -203,7 +204,7 @@ def hand_bases(joints: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     """(B, 14, 3) joints, (5, 3) places in the palm's frame (``HAND_BASES_14``) -> (B, 5, 3)
     points: palm centre + L (a u + b v + c w), u across the wrist (ulnar -> radial, square to v),
     v from the wrist points' middle to the palm centre, w = u x v, L that distance."""
-    palm, ulnar, radial = joints[:, NYU14_PALM_INDEX], joints[:, 11], joints[:, 12]
+    palm, ulnar, radial = (joints[:, k] for k in FOREARM_JOINTS[14])
     v = palm - 0.5 * (ulnar + radial)
     length = v.norm(dim=-1, keepdim=True).clamp(min=1e-6)                      # (B, 1)
     v = v / length
@@ -232,6 +233,7 @@ def palm_plate(joints: torch.Tensor, layout: int) -> torch.Tensor:
 
 SENSOR_BACKGROUND = 0.98  # where a generated crop has no depth: its background (tanh's range)
 SENSOR_EDGE_JUMP = 20.0 / 150.0  # a depth edge: a 4-neighbour 20 mm (300 mm cube) further away
+_HAND_BELOW = SENSOR_BACKGROUND - 0.01  # a pixel nearer than this shows the hand (or arm)
 
 
 def sensor_dropout(crops: torch.Tensor, edge_p: float, pixel_p: float) -> torch.Tensor:
@@ -244,13 +246,13 @@ def sensor_dropout(crops: torch.Tensor, edge_p: float, pixel_p: float) -> torch.
     if edge_p <= 0 and pixel_p <= 0:
         return crops
     x = crops.detach()
-    hand = x < SENSOR_BACKGROUND - 0.01
+    hand = x < _HAND_BELOW
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")  # the crop's border is not an edge
     size = x.shape[-1]
     neighbours = [padded[..., 1 + dy:1 + dy + size, 1 + dx:1 + dx + size]
                   for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
     near = torch.stack(neighbours)
-    edge = (((near - x).abs() > SENSOR_EDGE_JUMP) | (near >= SENSOR_BACKGROUND - 0.01)).any(0)
+    edge = (((near - x).abs() > SENSOR_EDGE_JUMP) | (near >= _HAND_BELOW)).any(0)
     p = torch.where(edge, torch.full_like(x, edge_p), torch.full_like(x, pixel_p))
     lost = hand & (torch.rand_like(x) < p)
     return torch.where(lost, torch.full_like(crops, SENSOR_BACKGROUND), crops)
@@ -368,8 +370,11 @@ class Generator(nn.Module):
         used by the skeleton render (``gen_render``; default: a centre on the optical axis);
         ``clean``: without the sensor's missing pixels."""
         crops = self._clean(joints, noise, ray)
-        if clean:
-            return crops
+        return crops if clean else self.sensor(crops)
+
+    def sensor(self, crops: torch.Tensor) -> torch.Tensor:
+        """Gen's clean crops as its depth camera records them (:func:`sensor_dropout` with
+        ``gen_edge_dropout`` / ``gen_pixel_dropout``)."""
         return sensor_dropout(crops, self.cfg.gen_edge_dropout, self.cfg.gen_pixel_dropout)
 
     def render(self, joints: torch.Tensor, ray: torch.Tensor | None) -> torch.Tensor:

@@ -79,7 +79,7 @@ from handgan.losses import (
     joint_loss,
     reconstruction_loss,
 )
-from handgan.models import Discriminator, Generator, init_weights, sensor_dropout
+from handgan.models import Discriminator, Generator, init_weights
 from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
 from handgan.posespace import new_poses
@@ -234,8 +234,8 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
                            f"join a run as unlabelled ones: --unlabeled {spec}")
     train_cache = _cache(spec, names[0], cfg, progress)
     # the test split: "test", else a single test sequence (ICVL with test_seq_1 only)
-    test_name = next((n for n in names[1:] if n == "test"),
-                     next((n for n in names[1:] if n.startswith("test_seq")), None))
+    test_name = "test" if "test" in names[1:] else next(
+        (n for n in names[1:] if n.startswith("test_seq")), None)
     test_cache = _cache(spec, test_name, cfg, progress) if test_name else None
     d = cfg.data
     amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None
@@ -637,7 +637,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         loss_g = w.w_recons * loss_rec
         loss_adv = torch.zeros((), device=x_l.device)
         if adversarial:
-            x_g = sensor_dropout(x_clean, cfg.model.gen_edge_dropout, cfg.model.gen_pixel_dropout)
+            x_g = unwrap(gen).sensor(x_clean)
             loss_adv = generator_adversarial_term(dis, x_l, x_g, w.gen_adv)
             loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
