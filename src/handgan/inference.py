@@ -29,6 +29,7 @@ from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
 from handgan.joints import NYU14_NAMES, NYU14_PALM, NYU_EVAL_IDS, NYU_JOINT_NAMES
+from handgan.localize import Localizer
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
 from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
@@ -244,7 +245,8 @@ class Estimator:
                  device: str | torch.device = "cpu", backend: str = "torch",
                  threads: int | None = None, generator: torch.nn.Module | None = None,
                  refine: int = 0, refine_lr: float = DEFAULT_LR,
-                 refine_prior: float = DEFAULT_PRIOR_WEIGHT) -> None:
+                 refine_prior: float = DEFAULT_PRIOR_WEIGHT,
+                 localizer: Localizer | None = None) -> None:
         if backend not in BACKENDS:
             raise HandganError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if refine < 0:
@@ -254,6 +256,7 @@ class Estimator:
         self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.spec = spec
+        self.localizer = localizer
         self.backend = backend
         self.refine, self.refine_lr, self.refine_prior = int(refine), refine_lr, refine_prior
         self.generator = (generator.to(self.device).eval().requires_grad_(False)
@@ -311,8 +314,10 @@ class Estimator:
                 raise HandganError(f"{path}: refinement needs a trained generator; this is a "
                                    f"mode {mode!r} checkpoint, whose generator was never trained")
             generator = load_networks(path, "generator", "cpu", ckpt=ckpt)[0]
+        localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
+                     if ckpt.get("localizer") is not None else None)
         return cls(network, spec, device, backend=backend, threads=threads, generator=generator,
-                   refine=refine)
+                   refine=refine, localizer=localizer)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -332,13 +337,16 @@ class Estimator:
     # ---- steps ----------------------------------------------------------------------------
 
     def locate(self, depth_mm: np.ndarray, intrinsics: Intrinsics | None = None) -> np.ndarray:
-        """(H, W) frame -> (3,) hand centre uvd (``localize_hand`` with the checkpoint's cube).
+        """(H, W) frame -> (3,) hand centre uvd: the checkpoint's learned localiser when it has
+        one (``localize.Localizer``), else ``localize_hand`` with the checkpoint's cube.
 
         Raises:
             HandganError: bad frame, or "no hand found: ...".
         """
         intr = intrinsics or self.spec.intrinsics
         depth = check_depth_frame(depth_mm, intr)
+        if self.localizer is not None:
+            return self.localizer.locate(depth, intr)
         return localize_hand(depth, intr, cube_mm=self.spec.cube_mm[2])
 
     def crop(self, depth_mm: np.ndarray, centre_uvd: np.ndarray,

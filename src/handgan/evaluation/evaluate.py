@@ -53,6 +53,7 @@ from handgan.evaluation.metrics import (
 )
 from handgan.evaluation.predfile import write_predictions
 from handgan.fidelity import generator_fidelity, hand_region_mask, radius_px, skeleton_edges
+from handgan.localize import Localizer, localisation_errors, localisation_summary, locate_reader
 from handgan.models import Discriminator, Generator
 from handgan.outputs import check_output_folder
 from handgan.plots import crop_skeleton_grid
@@ -161,8 +162,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
     if cache_dir is None:
         cache_dir = DataConfig.cache_dir  # the local default, not the checkpoint's
-    cache = load_or_build_cache(open_split(spec, split), cache_dir, params,
-                                progress=progress, on_bad=cfg.data.on_bad)
+    reader = open_split(spec, split)
+    localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
+                 if centre == "com" and ckpt.get("localizer") is not None else None)
+    located = locate_reader(localizer, reader, progress) if localizer is not None else None
+    cache = load_or_build_cache(reader, cache_dir, params, progress=progress,
+                                on_bad=cfg.data.on_bad, located=located)
     if not cache.labeled:
         raise HandganError(f"{spec} split {split!r} has no labels to evaluate against")
     if cache.joints_norm.shape[1] != cfg.model.num_joints:
@@ -203,6 +208,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         "success": success,
         "refine_steps": refine,
     }
+    if centre == "com":
+        metrics["localisation"] = _localisation(reader, cache, localizer)
     if cfg.mode == "gan":
         metrics["generator"] = _fidelity(gen, dis, ref, crops, dev, cfg.seed)
     if out is None:
@@ -211,6 +218,20 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, true_norm,
                       pred_uvd, true_uvd, gen, dev)
     return metrics
+
+
+def _localisation(reader, cache: CropCache, localizer: Localizer | None) -> dict | None:
+    """How far the crop centres (found by the checkpoint's localiser, else by ``localize_hand``)
+    lie from the labelled centre joint, in mm; None without a centre joint."""
+    joint = getattr(reader, "centre_joint", None)
+    if joint is None:
+        return None
+    truth = reader.joints_uvd()[np.asarray(cache.frame_index), joint]
+    errors = localisation_errors(cache.transforms[:, 0:3], truth, cache.intrinsics)
+    not_found = len(cache.bad_frames)
+    summary = localisation_summary(np.concatenate([errors, np.full(not_found, np.nan)]))
+    return {"method": "learned refiner" if localizer is not None else "centre of mass",
+            **summary}
 
 
 def _missing_synthetic(spec) -> bool:
@@ -379,6 +400,10 @@ def _report_markdown(m: dict, files: list[str]) -> str:
     ]
     if base is not None:
         lines.append(f"| mean-pose baseline (always the mean training pose) | {base:.2f} mm |")
+    loc = m.get("localisation")
+    if loc and loc["median_mm"] is not None:
+        lines.append(f"| hand centre found ({loc['method']}) to the true palm centre: median / "
+                     f"p90 | {loc['median_mm']:.1f} / {loc['p90_mm']:.1f} mm |")
     lines += [
         f"| frames with all joints within 20 / 40 mm | {rate('max-frame', 20)} / "
         f"{rate('max-frame', 40)} |",
