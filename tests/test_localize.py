@@ -19,9 +19,12 @@ from handgan.localize import (
     CentreRefiner,
     Localizer,
     LocalizerConfig,
+    decode_detections,
+    detector_input,
+    detector_target,
     localisation_errors,
     localisation_summary,
-    refiner_samples,
+    localizer_samples,
 )
 from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
@@ -48,17 +51,31 @@ def flat_frame(depth_mm=800.0):
 
 def test_refiner_targets_are_the_true_centre_in_each_crops_frame():
     cfg = LocalizerConfig(samples_per_frame=5, offset_mm=60.0)
-    truth = np.array([[20.0, -10.0, 800.0]])
-    crops, targets = refiner_samples(lambda i: flat_frame(), [0], truth, NYU, cfg, seed=3)
-    assert crops.shape == (5, 1, 64, 64) and crops.dtype == np.float16
-    # Rebuild the shifted centres as refiner_samples draws them: target = (truth - centre)
-    # / (cube / 2) on every axis, so centre = truth - target * 200 mm lies within a few
-    # offset scales of the truth, and the detection's crop is one of them.
-    centres = truth - targets.astype(np.float64) * 200.0
-    assert np.all(np.abs(targets) < 2.0)
-    assert len({tuple(np.round(c, 3)) for c in centres}) == 5
-    detection = NYU.uvd_to_xyz(np.array([319.5, 239.5, 800.0]))
-    assert np.min(np.linalg.norm(centres - detection, axis=1)) < 5.0
+    truth = NYU.xyz_to_uvd(np.array([[20.0, -10.0, 800.0]]))
+    s = localizer_samples(lambda i: flat_frame(), [0], truth, NYU, cfg, seed=3)
+    assert s.crops.shape == (5, 1, 64, 64) and s.crops.dtype == np.float16
+    assert s.frames.shape == (1, 1, 120, 160)  # every 4th pixel of 640 x 480
+    # target = (truth - centre) / (cube / 2) on every axis: the centres rebuilt from the targets
+    # are five different shifts of the truth, within a few offset scales of it
+    centres = NYU.uvd_to_xyz(truth) - s.targets.astype(np.float64) * 200.0
+    shifts = np.linalg.norm(centres - NYU.uvd_to_xyz(truth), axis=1)
+    assert len({round(x, 3) for x in shifts}) == 5 and shifts.max() < 4 * 60.0
+
+
+def test_detector_cells_decode_back_to_the_pixel():
+    uv = np.array([[0.0, 0.0], [319.5, 239.5], [637.2, 478.9], [100.3, 410.0]])
+    grid = (15, 20)  # 120 x 160 detector input, 8 px cells
+    target = detector_target(uv, 4, grid)
+    out = torch.full((len(uv), 3, *grid), -10.0, dtype=torch.float64)
+    for b, (cell, ox, oy) in enumerate(target):
+        out[b, 0].view(-1)[int(cell)] = 10.0
+        for channel, o in ((1, ox), (2, oy)):
+            o = min(max(o, 1e-12), 1 - 1e-12)
+            out[b, channel].view(-1)[int(cell)] = float(np.log(o / (1 - o)))
+    np.testing.assert_allclose(decode_detections(out, 4), uv, atol=1e-6)
+    x = detector_input(flat_frame(), 4)
+    assert x.shape == (120, 160) and x[60, 80] == pytest.approx(800 * 2 / 4000 - 1)
+    assert x[0, 0] == 1.0  # missing depth = background
 
 
 def test_refinement_moves_by_the_networks_answer_each_iteration():
@@ -147,6 +164,9 @@ def test_resume_reuses_the_runs_localiser(localised_run):
     assert (run / LOCALIZER_FILE).stat().st_mtime_ns == before
     events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert events.count("localizer") == 1
+    summary = json.loads((run / "summary.json").read_text())  # the resume's figures: whole run
+    assert summary["steps_this_session"] < summary["steps"]
+    assert summary["wall_seconds_total"] > summary["wall_seconds"]
 
 
 def test_evaluate_com_centres_with_the_localiser_and_reports_how_far_it_lands(localised_run):

@@ -181,11 +181,25 @@ def test_train_command_reports_validation_error_when_the_source_has_no_test_spli
     from handgan.cli import _final_error
 
     with_test = {"final_mean_error_mm": 21.5, "mean_pose_baseline_mm": 59.8,
-                 "final_val_mean_error_mm": 20.0}
-    assert _final_error(with_test) == ("mean 3D joint error 21.50 mm on the test split "
-                                       "(mean-pose baseline 59.80 mm)")
+                 "final_val_mean_error_mm": 20.0, "best_mean_error_mm": 20.75, "best_epoch": 7,
+                 "selection_split": "val"}
+    assert _final_error(with_test) == (
+        "mean 3D joint error on the test split 21.50 mm at the last epoch (last.pt), 20.75 mm "
+        "with best.pt (epoch 7, chosen on validation); mean-pose baseline 59.80 mm")
     no_test = {"final_mean_error_mm": None, "mean_pose_baseline_mm": None,
                "final_val_mean_error_mm": 24.25}
     assert "24.25 mm on the validation hold-out" in _final_error(no_test)
     nothing = {"final_mean_error_mm": None, "final_val_mean_error_mm": None}
     assert _final_error(nothing).startswith("no labelled split")
+
+
+def test_train_command_counts_steps_and_time_of_the_whole_run_after_a_resume():
+    from handgan.cli import _steps_and_time
+
+    fresh = {"steps": 100, "steps_this_session": 100, "wall_seconds": 50.2,
+             "wall_seconds_total": 50.2}
+    assert _steps_and_time(fresh) == "100 steps, 50 s in all"
+    resumed = {"steps": 2950, "steps_this_session": 1000, "wall_seconds": 349.4,
+               "wall_seconds_total": 711.0}
+    assert _steps_and_time(resumed) == ("2950 steps, 711 s in all (1000 steps in 349 s by this "
+                                        "command)")

@@ -184,20 +184,34 @@ def _run_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     summary = json.loads((run / "summary.json").read_text())
-    print(f"{run}: {_final_error(summary)}, "
-          f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s")
+    print(f"{run}: {_final_error(summary)}")
+    print(f"{run}: {_steps_and_time(summary)}")
     return 0
 
 
 def _final_error(summary: dict) -> str:
-    """The run's last test figure, or its validation figure where the source has no test split."""
+    """The run's test figures (last epoch and best.pt), or its validation figure where the
+    source has no test split. Crops are centred as the run trained (data.centre)."""
     if summary.get("final_mean_error_mm") is not None:
-        return (f"mean 3D joint error {summary['final_mean_error_mm']:.2f} mm on the test split "
-                f"(mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm)")
+        text = (f"mean 3D joint error on the test split {summary['final_mean_error_mm']:.2f} mm "
+                f"at the last epoch (last.pt)")
+        best, epoch = summary.get("best_mean_error_mm"), summary.get("best_epoch")
+        if best is not None and summary.get("selection_split") == "val":
+            text += f", {best:.2f} mm with best.pt (epoch {epoch}, chosen on validation)"
+        return text + f"; mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm"
     if summary.get("final_val_mean_error_mm") is not None:
         return (f"mean 3D joint error {summary['final_val_mean_error_mm']:.2f} mm on the "
                 "validation hold-out (the source has no test split)")
     return "no labelled split to evaluate on (no test split, no validation hold-out)"
+
+
+def _steps_and_time(summary: dict) -> str:
+    """Steps and wall time of the whole run; a resumed run also says what this command did."""
+    text = f"{summary['steps']} steps, {summary.get('wall_seconds_total', 0):.0f} s in all"
+    this = summary.get("steps_this_session")
+    if this is not None and this != summary["steps"]:
+        text += f" ({this} steps in {summary['wall_seconds']:.0f} s by this command)"
+    return text
 
 
 def _add_evaluate(sub) -> None:
@@ -247,9 +261,16 @@ def _run_evaluate(args) -> int:
 
     out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), args.split)
     base = m["mean_pose_baseline_mm"]
+    where = ("crops centred on the labelled palm" if m["centre"] == "gt"
+             else "crops centred where the hand was localised in the full frame")
     print(f"{m['data']} {m['split']}: mean 3D joint error {m['mean_error_mm']:.2f} mm over "
-          f"{m['frames']} frames" + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
+          f"{m['frames']} frames, {where}, {Path(m['checkpoint']).name}"
+          + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
           + (f", refined by {m['refine_steps']} steps" if m["refine_steps"] else ""))
+    loc = m.get("localisation")
+    if loc and loc.get("median_mm") is not None:
+        print(f"localisation ({loc['method']}): hand centre {loc['median_mm']:.1f} mm from the "
+              f"true palm centre (median), p90 {loc['p90_mm']:.1f} mm")
     g = m.get("generator")
     if g:
         print(f"generator: hand-region depth error {g['hand_depth_error_mm']:.2f} mm (blank "

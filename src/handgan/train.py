@@ -982,6 +982,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         # Supervised mode never uses the real/fake head: DDP must be told to expect that.
         dis_t = DDP(dis, device_ids=ids, find_unused_parameters=not gan)
 
+    first_step = step
     finished = step >= total_steps or epoch >= cfg.optim.epochs
     if resume and finished and (run_dir / "summary.json").is_file():
         return run_dir  # a finished run: nothing to train, nothing to rewrite
@@ -1004,6 +1005,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     last_eval: dict[str, float | None] = {}
     train_seconds, crops_seen = 0.0, 0
     started = time.perf_counter()
+    earlier_seconds = ckpt.get("wall_seconds_total", 0.0) if resume else 0.0  # before the resume
 
     def evaluate(epoch_done: int) -> float | None:
         """Rank 0: validation and test error; returns the error that chooses best.pt."""
@@ -1053,6 +1055,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 "rng": rng_ranks[0], "rng_ranks": rng_ranks if info.enabled else None,
                 "rng_epoch_start": epoch_start_state,
                 "localizer": localizer.state() if localizer is not None else None,
+                "wall_seconds_total": earlier_seconds + time.perf_counter() - started,
             }, is_best=is_best)
         barrier(info)
 
@@ -1156,7 +1159,9 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             "best_mean_error_mm": best_test,  # test error of best.pt
             "best_epoch": best_epoch,
             "steps": step, "epochs_done": epoch,
-            "wall_seconds": round(time.perf_counter() - started, 3),
+            "steps_this_session": step - first_step,
+            "wall_seconds": round(time.perf_counter() - started, 3),  # this session
+            "wall_seconds_total": round(earlier_seconds + time.perf_counter() - started, 3),
             "train_seconds": round(train_seconds, 3),
             "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
             "device": str(device), "world_size": info.world_size,
