@@ -187,6 +187,9 @@ def test_evaluate_com_centres_with_the_localiser_and_reports_how_far_it_lands(lo
     gt = evaluate_checkpoint(run / "checkpoints" / "best.pt", split="test", centre="gt", out="",
                              progress=False, device="cpu", cache_dir=str(work / "cache"))
     assert "localisation" not in gt
+    # labelled-centre evaluation also gives the full-frame figure: the --centre com one
+    assert gt["full_frame"]["mean_error_mm"] == pytest.approx(m["mean_error_mm"], rel=1e-9)
+    assert gt["full_frame"]["localisation"] == loc
 
 
 def test_training_crops_centred_by_the_localiser(localised_run, tmp_path):

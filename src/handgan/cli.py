@@ -267,6 +267,13 @@ def _run_evaluate(args) -> int:
           f"{m['frames']} frames, {where}, {Path(m['checkpoint']).name}"
           + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
           + (f", refined by {m['refine_steps']} steps" if m["refine_steps"] else ""))
+    full = m.get("full_frame")
+    if full:
+        loc = full["localisation"]
+        print(f"full frames: mean 3D joint error {full['mean_error_mm']:.2f} mm with crops "
+              f"centred where the run's localiser finds the hand (hand centre "
+              f"{loc['median_mm']:.1f} mm from the true palm centre, median; p90 "
+              f"{loc['p90_mm']:.1f} mm)")
     loc = m.get("localisation")
     if loc and loc.get("median_mm") is not None:
         print(f"localisation ({loc['method']}): hand centre {loc['median_mm']:.1f} mm from the "
