@@ -203,10 +203,13 @@ def train(tmp: Path, data: str, name: str) -> Path:
     return run
 
 
-def evaluate(tmp: Path, run: Path, data: str, *split) -> dict:
-    out = tmp / f"eval-{run.name}-{'-'.join(split) or 'default'}"
-    ok("evaluate", run, "--data", data, *split, "--out", out, "--cache-dir", tmp / "cache",
-       "--device", "cpu", "--quiet")
+def evaluate(tmp: Path, run: Path, data: str, *split, default_out: str | None = None) -> dict:
+    """`handgan evaluate`'s metrics.json, and "out": its folder (``default_out``: no --out, the
+    report is expected in RUN/eval-<default_out>)."""
+    out = run / f"eval-{default_out}" if default_out else tmp / f"eval-{run.name}-{len(split)}"
+    shown = ok("evaluate", run, "--data", data, *split, *([] if default_out else ["--out", out]),
+               "--cache-dir", tmp / "cache", "--device", "cpu", "--quiet")
+    assert f"report: {out / 'report.md'}" in shown
     return json.loads((out / "metrics.json").read_text()) | {"out": out}
 
 
@@ -283,8 +286,9 @@ def test_icvl_layouts_with_two_or_one_test_sequences(tmp_path, layout, sequences
     run = train(tmp_path, data, layout)
     crop = load_checkpoint(run / "checkpoints" / "last.pt")["crop"]
     assert crop["joint_names"] == list(ICVL_JOINT_NAMES)  # the dataset's own names are saved
-    m = evaluate(tmp_path, run, data)  # default: "test", or the one sequence present
-    assert m["split"] == ("test" if len(sequences) == 2 else "test_seq_1")
+    split = "test" if len(sequences) == 2 else "test_seq_1"  # the default: test, or the one
+    m = evaluate(tmp_path, run, data, default_out=split)     # sequence present
+    assert m["split"] == split
     assert m["frames"] == 2 * len(sequences) and m["joints"] == list(ICVL16_NAMES)
     depth = root / ("Testing/Depth" if layout == "official" else "Depth") / "test_seq_1"
     predict_export_compare_generate(tmp_path, run, depth, m, "icvl", ICVL16_NAMES)

@@ -142,7 +142,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     from handgan.train import predict, resolve_device
 
     path = resolve_checkpoint(checkpoint)
-    if out != "" and split is not None:  # else checked once the split is known
+    if out != "" and (out is not None or split is not None):  # RUN/eval-SPLIT: once it is known
         check_output_folder(out if out is not None else default_out_dir(path, split))
     ckpt = load_checkpoint(path)
     check_networks(ckpt, path)
@@ -170,8 +170,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         if split is None:
             raise HandganError(f"{spec}: no test split (has: {', '.join(names)}); name the "
                                "split to evaluate with --split")
-        if out != "":
-            check_output_folder(out if out is not None else default_out_dir(path, split))
+        if out is None:
+            check_output_folder(default_out_dir(path, split))
     if split not in names:
         raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(names)})")
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
