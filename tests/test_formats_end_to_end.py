@@ -107,8 +107,8 @@ def _hand(rng, cam: Intrinsics, joints: int, centre_d: float, half: int = 25):
     """Joints (uvd) scattered over a square blob of depth ``centre_d`` mm in the frame's middle:
     a crop around any joint, and the localiser, find the hand."""
     u0, v0 = cam.width // 2, cam.height // 2
-    uvd = np.column_stack([u0 + rng.uniform(-half, half, joints), v0 + rng.uniform(-half, half, joints),
-                           centre_d + rng.uniform(-20, 20, joints)])
+    offsets = rng.uniform((-half, -half, -20), (half, half, 20), (joints, 3))
+    uvd = np.array([u0, v0, centre_d]) + offsets
     depth = np.zeros((cam.height, cam.width), np.float32)
     depth[v0 - half:v0 + half, u0 - half:u0 + half] = centre_d
     return uvd, depth

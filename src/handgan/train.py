@@ -49,8 +49,8 @@ from handgan.data.sources import (
     ensure_synthetic,
     open_split,
     parse_source,
+    pick_test_split,
     split_names,
-    test_split,
 )
 from handgan.dataset import (
     CropCache,
@@ -241,7 +241,7 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
                            f"{', '.join(names) or 'none'}); its frames can "
                            f"join a run as unlabelled ones: --unlabeled {spec}{hint}")
     train_cache = _cache(spec, names[0], cfg, progress)
-    test_name = test_split(names[1:])  # none: the run reports its validation hold-out only
+    test_name = pick_test_split(names[1:])  # none: the run reports its validation hold-out only
     test_cache = _cache(spec, test_name, cfg, progress) if test_name else None
     d = cfg.data
     amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None

@@ -81,7 +81,7 @@ def split_names(spec: SourceSpec) -> list[str]:
     return ["all"]
 
 
-def test_split(names: list[str]) -> str | None:
+def pick_test_split(names: list[str]) -> str | None:
     """Of a source's splits, the one a run reports as its test figure: "test", else a single
     test sequence (ICVL as DeepPrior++ ships it, test_seq_1 alone); None where there is none
     (msra:DIR without a fold, a folder)."""

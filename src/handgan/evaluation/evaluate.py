@@ -38,8 +38,8 @@ from handgan.data.sources import (
     ensure_synthetic,
     open_split,
     parse_source,
+    pick_test_split,
     split_names,
-    test_split,
 )
 from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
 from handgan.errors import HandganError
@@ -119,7 +119,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
             checkpoint's paths are read, never written to: a synthetic set it names that is
             missing is not generated).
         split: the split to evaluate; default the source's test split ("test", or ICVL's one
-            test sequence when only one is there: ``sources.test_split``).
+            test sequence when only one is there: ``sources.pick_test_split``).
         out: report folder; default RUN/eval-SPLIT. None-like "" writes nothing.
         centre: crop centre rule, "gt" or "com"; default the run's (``data.centre``).
         device: "auto", "cpu", "cuda", ...
@@ -166,7 +166,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
     if split is None:
-        split = test_split(names)
+        split = pick_test_split(names)
         if split is None:
             raise HandganError(f"{spec}: no test split (has: {', '.join(names)}); name the "
                                "split to evaluate with --split")
