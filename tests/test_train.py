@@ -550,8 +550,10 @@ def test_bone_range_of_the_labelled_poses_and_the_prior_in_both_steps(workdir, t
                              - poses[:, [b for _, b in NYU14_EDGES]], axis=-1)
     np.testing.assert_allclose(low, lengths.min(0), rtol=1e-6)
     np.testing.assert_allclose(high, lengths.max(0), rtol=1e-6)
-    with pytest.raises(HandganError, match="14- or 36-joint"):
-        train_mod.labelled_bone_range(np.zeros((3, 16, 3)), torch.device("cpu"))  # ICVL-sized
+    icvl, _, _ = train_mod.labelled_bone_range(np.zeros((3, 16, 3)), torch.device("cpu"))
+    assert icvl.tolist()[:3] == [[0, 1], [1, 2], [2, 3]]  # ICVL: palm -> thumb root -> mid
+    with pytest.raises(HandganError, match=r"needs a known skeleton .* got 5 joints"):
+        train_mod.labelled_bone_range(np.zeros((3, 5, 3)), torch.device("cpu"))
     # The term in each step is w * the prior on Dis's poses of the unlabelled crops (before
     # the step); a range no pose can meet makes it pull.
     bones = (edges, high + 1.0, high + 2.0)

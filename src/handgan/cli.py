@@ -150,7 +150,7 @@ def _add_train(sub) -> None:
                    "(docs/training.md); the seed document's GAN: --config "
                    "configs/seed-literal.yaml; default quick")
     p.add_argument("--config", help="YAML config (full, or partial over 'preset: NAME')")
-    p.add_argument("--data", help="synthetic[:DIR] | nyu:DIR | icvl:DIR | msra:DIR:FOLD")
+    p.add_argument("--data", help="synthetic[:DIR] | nyu:DIR[:SPLIT] | icvl:DIR | msra:DIR[:FOLD]")
     p.add_argument("--unlabeled", help="extra unlabelled frames, e.g. folder:DIR[:CAMERA]")
     p.add_argument("--labeled-fraction", type=float, help="share of training frames keeping labels")
     p.add_argument("--mode", choices=("gan", "supervised"), help="default gan")
@@ -228,7 +228,8 @@ def _add_evaluate(sub) -> None:
                    "here; a missing synthetic set is not generated)")
     p.add_argument("--cache-dir", help="crop cache folder (default .handgan-cache in the working "
                    "folder, never the checkpoint's)")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", help="split to evaluate (default: the source's test split, "
+                   "ICVL's one test sequence when only one is there)")
     p.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
     p.add_argument("--centre", choices=("gt", "com"),
                    help="crop centre: ground-truth palm or localised hand (default: as trained)")
@@ -259,7 +260,7 @@ def _run_evaluate(args) -> int:
         return 0
     from handgan.evaluation.evaluate import default_out_dir, resolve_checkpoint
 
-    out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), args.split)
+    out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), m["split"])
     base = m["mean_pose_baseline_mm"]
     where = ("crops centred on the labelled palm" if m["centre"] == "gt"
              else "crops centred where the hand was localised in the full frame")
@@ -383,8 +384,8 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="3D joints from depth frames with a trained checkpoint",
         description="Localise the hand in each depth frame, crop it as in training and predict "
-                    "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, "
-                    ".npy arrays of mm, or folders of them (sorted by name). With --out: "
+                    "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, MSRA "
+                    ".bin, .npy arrays of mm, or folders of them (sorted by name). With --out: "
                     "FRAME.json (uvd and xyz per joint) and FRAME.overlay.png per frame, and for "
                     "several frames predictions.txt (the field's format, input order). A bad "
                     "frame does not stop the others; each failure is one line on stderr and the "

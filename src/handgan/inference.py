@@ -28,7 +28,7 @@ from handgan.camera import NYU, Intrinsics
 from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
-from handgan.joints import NYU14_NAMES, NYU14_PALM, NYU_EVAL_IDS, NYU_JOINT_NAMES
+from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
 from handgan.localize import Localizer
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
@@ -36,7 +36,7 @@ from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
 
 BACKENDS = ("torch", "onnxruntime")
 DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
-FRAME_SUFFIXES = (".png", ".npy")
+FRAME_SUFFIXES = (".png", ".npy", ".bin")  # .bin: MSRA 2015 frames (data.msra.read_depth_bin)
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,21 +71,15 @@ class CropSpec:
 
 
 def centre_joint_index(joint_names: Sequence[str]) -> int | None:
-    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA), else None."""
-    from handgan.data.icvl import ICVLSplit
-    from handgan.data.msra import MSRA_JOINT_NAMES, MSRADataset
-
-    names = tuple(joint_names)
-    nyu14_raw = tuple(NYU_JOINT_NAMES[i] for i in NYU_EVAL_IDS)  # what NYUSplit names them
-    known = {NYU14_NAMES: NYU14_PALM, nyu14_raw: NYU14_PALM, NYU_JOINT_NAMES: 32,
-             tuple(ICVLSplit.joint_names): ICVLSplit.centre_joint,
-             tuple(MSRA_JOINT_NAMES): MSRADataset.centre_joint}
-    return known.get(names)
+    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA; readable or
+    dataset names), else None."""
+    layout = layout_of_names(joint_names)
+    return layout.centre if layout is not None else None
 
 
 def is_nyu14(joint_names: Sequence[str]) -> bool:
-    """True for the 14 NYU evaluation joints (either naming), whose skeleton plots.py draws."""
-    return len(joint_names) == 14 and centre_joint_index(joint_names) == NYU14_PALM
+    """True for the 14 NYU evaluation joints (either naming)."""
+    return layout_of_names(joint_names) is NYU14
 
 
 def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:
@@ -131,7 +125,8 @@ def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.Path
     if len(names) != model.num_joints:
         raise HandganError(f"{path}: {len(names)} joint names but the model predicts "
                            f"{model.num_joints} joints")
-    return CropSpec(size, cube, intrinsics, names, centre, source)
+    # Checkpoints save the dataset's names (F1_KNU3_A ..., C, T1 ...): print the readable ones.
+    return CropSpec(size, cube, intrinsics, readable_names(names), centre, source)
 
 
 def load_networks(path: str | os.PathLike, what: str, device: str | torch.device = "cpu",
@@ -497,8 +492,9 @@ def check_depth_frame(depth_mm: Any, intr: Intrinsics) -> np.ndarray:
 def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
     """Read one depth frame -> (H, W) float32 mm.
 
-    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm, or a
-    2-D integer/float ``.npy`` of mm (read without pickle).
+    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm (ICVL),
+    MSRA 2015's ``*_depth.bin`` (float32 mm of the hand's box), or a 2-D integer/float ``.npy``
+    of mm (read without pickle).
 
     Raises:
         HandganError: one line naming the file (missing, not a depth image, wrong shape/dtype).
@@ -511,8 +507,12 @@ def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return read_depth_npy(path)
+    if suffix == ".bin":
+        from handgan.data.msra import read_depth_bin
+
+        return read_depth_bin(path)
     if suffix != ".png":
-        raise HandganError(f"{path}: not a depth frame file (expected .png or .npy)")
+        raise HandganError(f"{path}: not a depth frame file (expected .png, .npy or MSRA .bin)")
     data = read_bytes(path, "depth PNG")
     expected = "an NYU 8-bit RGB or a 16-bit greyscale depth PNG"
     bit_depth, colour = png_header(data, path, expected)
@@ -529,7 +529,7 @@ def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
 
 def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files and folders -> frame files in order: a folder contributes its ``*.png`` / ``*.npy``
-    files (not sub-folders) in sorted name order; a file is taken as given.
+    / ``*.bin`` files (not sub-folders) in sorted name order; a file is taken as given.
 
     Raises:
         HandganError: an input that does not exist, or a folder without frames.
@@ -540,7 +540,7 @@ def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             found = sorted(p for p in item.iterdir()
                            if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
             if not found:
-                raise HandganError(f"{item}: no depth frames (*.png, *.npy) in the folder")
+                raise HandganError(f"{item}: no depth frames (*.png, *.npy, *.bin) in the folder")
             files.extend(found)
         elif item.exists():
             files.append(item)
@@ -680,14 +680,14 @@ def _unique_stems(files: Sequence[Path]) -> list[str]:
 def save_overlay(path: str | os.PathLike, depth_mm: np.ndarray, pred: Prediction,
                  title: str = "") -> Path:
     """A PNG of the prediction: the whole frame with the crop's box, and the hand zoomed to the
-    crop's box with the skeleton (14 NYU joints) or the joints (other joint sets) drawn on it.
+    crop's box with the skeleton (NYU, ICVL, MSRA) or the joints (other joint sets) drawn on it.
 
     Depth is colour-mapped over the crop cube's depth range; pixels without depth are black.
     """
     import matplotlib.patches as patches
 
     from handgan.atomic import atomic_write
-    from handgan.plots import depth_to_rgb, draw_skeleton14, plt
+    from handgan.plots import depth_to_rgb, draw_skeleton, plt
 
     t = pred.transform
     half = t.half_depth_mm
@@ -702,10 +702,7 @@ def save_overlay(path: str | os.PathLike, depth_mm: np.ndarray, pred: Prediction
     ax_full.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                         ec="white", lw=1.0))
     ax_full.plot(pred.uvd[:, 0], pred.uvd[:, 1], ".", ms=2, color="white")
-    if is_nyu14(pred.joint_names):
-        draw_skeleton14(ax_zoom, pred.uvd)
-    else:
-        ax_zoom.plot(pred.uvd[:, 0], pred.uvd[:, 1], "o", ms=4, mec="white", color="#e41a1c")
+    draw_skeleton(ax_zoom, pred.uvd, layout_of_names(pred.joint_names))
     ax_zoom.set_xlim(x0 - 0.5, x1 - 0.5)
     ax_zoom.set_ylim(y1 - 0.5, y0 - 0.5)
     palm = t.centre_xyz

@@ -45,7 +45,13 @@ from handgan.checkpoint import (
     restore_rng_state,
 )
 from handgan.config import LossConfig, OptimConfig, TrainConfig, from_dict, save_yaml, to_dict
-from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
+from handgan.data.sources import (
+    ensure_synthetic,
+    open_split,
+    parse_source,
+    pick_test_split,
+    split_names,
+)
 from handgan.dataset import (
     CropCache,
     CropParams,
@@ -69,7 +75,7 @@ from handgan.distributed import (
 from handgan.errors import HandganError
 from handgan.evaluation.metrics import crops_mean_error_mm
 from handgan.fidelity import generator_fidelity, training_hand_mask
-from handgan.joints import NYU14_EDGES, NYU36_EDGES
+from handgan.joints import skeleton_edges
 from handgan.localize import LOCALIZER_FILE, Localizer, fit_run_localizer, locate_reader
 from handgan.losses import (
     bone_lengths,
@@ -260,15 +266,15 @@ def load_data(cfg: TrainConfig, progress: bool = True,
     spec = parse_source(cfg.data.source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
-    if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names:
-        # never train on a test split by accident
+    if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names and spec.option is None:
+        # never train on a test split by accident; nyu:DIR:SPLIT names the split to train on
+        hint = f"; to train on it, name it: {spec}:{names[0]}" if spec.kind == "nyu" and names \
+            else ""
         raise HandganError(f"{spec}: no train split to train on (found: "
                            f"{', '.join(names) or 'none'}); its frames can "
-                           f"join a run as unlabelled ones: --unlabeled {spec}")
+                           f"join a run as unlabelled ones: --unlabeled {spec}{hint}")
     train_cache = _cache(spec, names[0], cfg, progress, localizer)
-    # the test split: "test", else a single test sequence (ICVL with test_seq_1 only)
-    test_name = "test" if "test" in names[1:] else next(
-        (n for n in names[1:] if n.startswith("test_seq")), None)
+    test_name = pick_test_split(names[1:])  # none: the run reports its validation hold-out only
     test_cache = _cache(spec, test_name, cfg, progress, localizer) if test_name else None
     d = cfg.data
     amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None
@@ -439,10 +445,10 @@ BoneRange = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # edges (E, 2), low
 def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRange:
     """The skeleton's edges and each bone's shortest and longest length over the labelled poses
     (N, J, 3) normalised: the range ``loss.w_bone_prior`` keeps unlabelled poses in."""
-    edges = {14: NYU14_EDGES, 36: NYU36_EDGES}.get(joints_norm.shape[1])
-    if edges is None:
-        raise HandganError(f"loss.w_bone_prior needs the 14- or 36-joint NYU skeleton, "
-                           f"got {joints_norm.shape[1]} joints")
+    edges = skeleton_edges(joints_norm.shape[1])
+    if not edges:
+        raise HandganError(f"loss.w_bone_prior needs a known skeleton (NYU 14 or 36, ICVL 16, "
+                           f"MSRA 21 joints), got {joints_norm.shape[1]} joints")
     e = torch.tensor(edges, dtype=torch.int64, device=device)
     length = bone_lengths(torch.as_tensor(joints_norm, dtype=torch.float32, device=device), e)
     return e, length.amin(dim=0), length.amax(dim=0)
@@ -798,7 +804,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         with FolderLock(run_dir) if info.is_main else nullcontext():
             if info.is_main:
                 check_run_folder(cfg, run_dir, manager, resume)
-            return _train(cfg, run_dir, manager, resume, progress, device, info)
+            try:
+                return _train(cfg, run_dir, manager, resume, progress, device, info)
+            except HandganError:
+                if info.is_main and not resume and manager.latest() is None:
+                    # A refused start (bad data, batch size) leaves no run behind, so the same
+                    # command with the mistake fixed is not refused for "an earlier run's files":
+                    # check_run_folder found none of them, so this call wrote them.
+                    for name in RUN_FILES[:-1]:  # all but checkpoints/
+                        (run_dir / name).unlink(missing_ok=True)
+                raise
     finally:
         shutdown(info)
 

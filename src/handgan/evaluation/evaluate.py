@@ -35,7 +35,13 @@ import torch
 from handgan.atomic import atomic_write_text
 from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.config import CENTRES, DataConfig, TrainConfig, from_dict
-from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
+from handgan.data.sources import (
+    ensure_synthetic,
+    open_split,
+    parse_source,
+    pick_test_split,
+    split_names,
+)
 from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
 from handgan.errors import HandganError
 from handgan.evaluation.figures import (
@@ -54,6 +60,7 @@ from handgan.evaluation.metrics import (
 )
 from handgan.evaluation.predfile import write_predictions
 from handgan.fidelity import generator_fidelity, hand_region_mask, radius_px, skeleton_edges
+from handgan.joints import readable_names
 from handgan.localize import Localizer, localisation_errors, localisation_summary, locate_reader
 from handgan.models import Discriminator, Generator
 from handgan.outputs import check_output_folder
@@ -102,7 +109,7 @@ def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Genera
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
-                        split: str = "test", out: str | os.PathLike | None = None,
+                        split: str | None = None, out: str | os.PathLike | None = None,
                         centre: str | None = None, device: str = "auto",
                         progress: bool = True, cache_dir: str | os.PathLike | None = None,
                         reference: str | os.PathLike | None = None, refine: int = 0,
@@ -114,7 +121,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         data: data source spec; default the run's training source, if it is here (a
             checkpoint's paths are read, never written to: a synthetic set it names that is
             missing is not generated).
-        split: the split to evaluate (default ``test``).
+        split: the split to evaluate; default the source's test split ("test", or ICVL's one
+            test sequence when only one is there: ``sources.pick_test_split``).
         out: report folder; default RUN/eval-SPLIT. None-like "" writes nothing.
         centre: crop centre rule, "gt" or "com"; default the run's (``data.centre``).
         device: "auto", "cpu", "cuda", ...
@@ -140,7 +148,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     from handgan.train import predict, resolve_device
 
     path = resolve_checkpoint(checkpoint)
-    if out != "":
+    if out != "" and (out is not None or split is not None):  # RUN/eval-SPLIT: once it is known
         check_output_folder(out if out is not None else default_out_dir(path, split))
     ckpt = load_checkpoint(path)
     check_networks(ckpt, path)
@@ -162,8 +170,16 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
     spec = parse_source(source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
-    if split not in split_names(spec):
-        raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(split_names(spec))})")
+    names = split_names(spec)
+    if split is None:
+        split = pick_test_split(names)
+        if split is None:
+            raise HandganError(f"{spec}: no test split (has: {', '.join(names)}); name the "
+                               "split to evaluate with --split")
+        if out is None:
+            check_output_folder(default_out_dir(path, split))
+    if split not in names:
+        raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(names)})")
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
     if cache_dir is None:
         cache_dir = DataConfig.cache_dir  # the local default, not the checkpoint's
@@ -203,7 +219,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     metrics = {
         "checkpoint": str(path), "step": ckpt.get("step"), "mode": cfg.mode,
         "data": str(spec), "split": split, "centre": centre, "frames": len(cache),
-        "skipped_frames": len(cache.bad_frames), "joints": list(cache.joint_names),
+        "skipped_frames": len(cache.bad_frames), "joints": list(readable_names(cache.joint_names)),
         "mean_error_mm": mean_error_mm(errors),
         "median_error_mm": float(np.median(errors)),
         "per_joint_mm": per_joint_error_mm(errors).tolist(),
