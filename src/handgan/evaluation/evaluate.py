@@ -64,11 +64,12 @@ from handgan.joints import readable_names
 from handgan.localize import Localizer, localisation_errors, localisation_summary, locate_reader
 from handgan.models import Discriminator, Generator
 from handgan.outputs import check_output_folder
-from handgan.plots import crop_skeleton_grid
+from handgan.plots import crop_skeleton_grid, sample_grid
 from handgan.refine import refine_poses
 
 GRID_FRAMES = 16
 GENERATED_FRAMES = 8
+FRAME_GRID = 8  # whole frames in frames.png
 REFINE_BATCH = 256
 
 
@@ -240,7 +241,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         out = default_out_dir(path, split)
     if out != "":
         _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, true_norm,
-                      pred_uvd, true_uvd, gen, dev)
+                      pred_uvd, true_uvd, gen, dev, reader)
     return metrics
 
 
@@ -360,7 +361,7 @@ def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.devi
 def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray,
                   baseline_errors: np.ndarray | None, pred_norm: np.ndarray,
                   true_norm: np.ndarray, pred_uvd: np.ndarray, true_uvd: np.ndarray,
-                  gen: Generator, device: torch.device) -> None:
+                  gen: Generator, device: torch.device, reader=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.txt", pred_uvd)
     write_predictions(out / "groundtruth.txt", true_uvd)
@@ -388,6 +389,13 @@ def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray
     titles = [f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm" for i in rows]
     crop_skeleton_grid(crops, pred_px, true_px, out / "predictions.png", titles)
     files = ["success.png", "per_joint.png", "predictions.png"]
+    if reader is not None:
+        picks = rows[np.linspace(0, len(rows) - 1, min(FRAME_GRID, len(rows))).round().astype(int)]
+        sample_grid([reader.depth(int(cache.frame_index[i])) for i in picks],
+                    [pred_uvd[i] for i in picks], out / "frames.png", cols=4, zoom=False,
+                    titles=[f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm"
+                            for i in picks])
+        files.append("frames.png")
     if metrics["mode"] == "gan":
         _plot_generated(out / "generated.png", cache, true_norm, gen, device)
         files.append("generated.png")
@@ -477,6 +485,7 @@ def _report_markdown(m: dict, files: list[str]) -> str:
     captions = {"success.png": "Success rate: frames whose worst joint is within D mm",
                 "per_joint.png": "Mean error per joint",
                 "predictions.png": "Test crops: true skeleton (white) and prediction (colours)",
+                "frames.png": "Whole frames with the predicted skeleton",
                 "generated.png": "Real test crops, Gen(their true joints) and their absolute "
                                  "difference in mm (cyan outline: the hand region)"}
     for f in files:
