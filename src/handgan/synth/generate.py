@@ -37,8 +37,8 @@ EXTRA = "handgan_extra.npz"
 PARTIAL = ".partial"
 CHUNK = 32
 MAX_FRAMES = 9_999_999  # per split: NYU's depth_1_NNNNNNN.png names
-# A lower bound of the bytes a frame takes (PNG + labels; measured: about 52 kB a frame with the
-# default sensor model and backgrounds): a dataset that cannot fit even so is refused up front.
+# A lower bound of the bytes a frame takes (PNG + labels; measured: about 52 kB a hand-only frame
+# and 180 kB a full-scene frame): a dataset that cannot fit even so is refused up front.
 MIN_FRAME_BYTES = 20_000
 
 
@@ -113,6 +113,7 @@ def _config_dict(cfg: SynthConfig) -> dict:
 
 def config_from_dict(d: dict) -> SynthConfig:
     d = dict(d)
+    d.setdefault("scene", "hand")  # written before full scenes existed
     d["sensor"] = SensorConfig(**d.get("sensor", {}))
     d["depth_range_mm"] = tuple(d["depth_range_mm"])
     return SynthConfig(**d)

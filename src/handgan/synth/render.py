@@ -583,7 +583,10 @@ def apply_sensor(depth_mm: np.ndarray, intr: Intrinsics, rng: np.random.Generato
 def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> np.ndarray:
     """The sensor pipeline on the ROI's clean depth z (float32, modified): uint16 mm."""
     h, w = z.shape
-    valid, edge, change, near, theta = _surface_flags(z, intr, origin, cfg.edge_jump_mm)
+    # Only pixels steeper than the smaller of the two angles that matter need their angle.
+    steepest = np.float32(0.999 * min(np.pi / 3, np.radians(min(cfg.steep_dropout_deg, 90.0))))
+    valid, edge, change, near, steep, theta = _surface_flags(z, intr, origin, cfg.edge_jump_mm,
+                                                             steepest)
     drop = ~valid
     if cfg.edge_dropout > 0:
         idx = np.flatnonzero(edge)
@@ -591,7 +594,7 @@ def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> n
     if cfg.steep_dropout_deg < 90.0:
         at_risk = theta > np.radians(cfg.steep_dropout_deg)
         p = (np.degrees(theta[at_risk]) - cfg.steep_dropout_deg) / _STEEP_RAMP_DEG
-        drop.reshape(-1)[near[at_risk]] |= _bernoulli(rng, np.minimum(p, 1.0))
+        drop.reshape(-1)[steep[at_risk]] |= _bernoulli(rng, np.minimum(p, 1.0))
     if cfg.shadow:
         _projector_shadow(z, valid, near, change, intr, cfg.baseline_mm, drop)
     if cfg.axial_noise:
@@ -602,7 +605,7 @@ def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> n
         sigma += np.float32(1.2)
         oblique = theta > np.float32(np.pi / 3)
         th = np.minimum(theta[oblique], np.float32(np.radians(89.0)))
-        at = near[oblique]
+        at = steep[oblique]
         sigma.reshape(-1)[at] += np.float32(0.1) * th * th / (
             np.sqrt(z.reshape(-1)[at] * np.float32(1e-3)) * (np.float32(np.pi / 2) - th) ** 2)
         sigma *= np.take(_normal_table(), _random_u16(rng, z.size)).reshape(h, w)
@@ -628,13 +631,14 @@ def _round_mm(z: np.ndarray, max_mm: float) -> np.ndarray:
     return z.astype(np.uint16)
 
 
-def _surface_flags(z: np.ndarray, intr: Intrinsics, origin, jump_mm: float):
+def _surface_flags(z: np.ndarray, intr: Intrinsics, origin, jump_mm: float, min_theta):
     """Where the geometry matters to the sensor, from the clean depth z (h, w).
 
     Returns valid (z > 0); edge: valid pixels with a 4-neighbour that is empty or more than
     jump_mm away; change: the largest |depth change| to a 4-neighbour; near: flat indices of the
     valid pixels whose change exceeds the slope screen (_slope_screen), the only ones whose
-    incidence angle can reach 60 deg; theta: their incidence angles (rad).
+    incidence angle can reach 60 deg; steep, theta: the near pixels whose incidence angle
+    exceeds min_theta (rad, <= 60 deg) and those angles, in flat index order.
     """
     h, w = z.shape
     valid = z > 0
@@ -655,8 +659,48 @@ def _surface_flags(z: np.ndarray, intr: Intrinsics, origin, jump_mm: float):
     edge &= valid
     near = change > z * np.float32(_slope_screen(intr, origin, (w, h)) / max(intr.fx, intr.fy))
     near &= valid
-    near = np.flatnonzero(near)
-    return valid, edge, change, near, _incidence(z, near, intr, origin, jump_mm)
+    near_mask, near = near, np.flatnonzero(near)
+    if near.size > z.size // _DENSE_SHARE:  # a whole frame of walls and floor: one dense pass
+        cos = _incidence_cos_dense(z, intr, origin, jump_mm)
+        # cos(theta) computed the same way as _incidence's, so the angles are bit-identical
+        steep = np.flatnonzero(near_mask & (cos < np.float32(np.cos(min_theta) + 1e-3)))
+        theta = np.arccos(cos.reshape(-1)[steep])
+    else:
+        steep, theta = near, _incidence(z, near, intr, origin, jump_mm)
+    keep = theta > min_theta
+    return valid, edge, change, near, steep[keep], theta[keep]
+
+
+# Above 1/_DENSE_SHARE of the pixels in the slope screen, incidence angles are computed densely.
+_DENSE_SHARE = 8
+
+
+def _incidence_cos_dense(z: np.ndarray, intr: Intrinsics, origin, jump: float) -> np.ndarray:
+    """cos(incidence angle) (h, w) of every pixel, with exactly _incidence's float32 arithmetic
+    (array slices instead of gathers: several times faster when most pixels need it)."""
+    h, w = z.shape
+
+    def slope(axis):
+        d = np.diff(z, axis=axis)  # z[i + 1] - z[i]: d_next at i, d_prev at i + 1
+        ok = np.abs(d) <= jump
+        dk = d * ok
+        lo, hi = (np.s_[:, 1:], np.s_[:, :-1]) if axis else (np.s_[1:], np.s_[:-1])
+        num = np.zeros_like(z)
+        num[lo] = dk  # the previous side
+        num[hi] += dk  # plus the next side
+        sides = np.zeros(z.shape, np.float32)
+        sides[lo] = ok
+        sides[hi] += ok
+        np.maximum(sides, np.float32(1.0), out=sides)
+        return num / sides
+
+    z_u, z_v = slope(1), slope(0)
+    du = (origin[0] - intr.cx + np.arange(w)).astype(np.float32)[None, :]
+    dv = (origin[1] - intr.cy + np.arange(h)).astype(np.float32)[:, None]
+    n2 = (np.float32(intr.fx) * z_u) ** 2 + (np.float32(intr.fy) * z_v) ** 2
+    n2 += (du * z_u + dv * z_v + z) ** 2
+    n2 *= (du / np.float32(intr.fx)) ** 2 + (dv / np.float32(intr.fy)) ** 2 + np.float32(1.0)
+    return np.minimum(z / np.sqrt(n2), np.float32(1.0))
 
 
 def _slope_screen(intr: Intrinsics, origin, size) -> float:
