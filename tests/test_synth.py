@@ -12,9 +12,8 @@ from PIL import Image
 from handgan.camera import NYU
 from handgan.data.nyu import NYUSplit
 from handgan.errors import HandganError
-from handgan.synth import generate
+from handgan.synth import generate, render, scene
 from handgan.synth import hand as H
-from handgan.synth import render, scene
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
 from handgan.synth.render import SensorConfig
 
