@@ -121,7 +121,7 @@ def synthesize_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthCon
 
 
 # A hand whose forearm points at the camera leaves no room for a torso behind it: such draws
-# (about 1 in 6) are redrawn, as a person cannot hold a hand that way.
+# (about 1 in 5) are redrawn, as a person cannot hold a hand that way.
 _FULL_TRIES = 12
 
 
