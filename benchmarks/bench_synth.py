@@ -4,7 +4,9 @@
 
 Prints one human line and one JSON line. The figure includes process start-up of the workers and
 the final joint_data.mat, i.e. what a user waits for. It also prints the CPU time per frame of
-one process (render + sensor + PNG encoding, no writing), which shared machines disturb less.
+one process (render + sensor + PNG encoding, no writing), which shared machines disturb less; that
+process is set up as the workers are (generate._worker_init: on Linux, freed frame buffers stay
+in the heap) and encodes as they do (generate.PNG_DEFLATE).
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ def main() -> None:
     args = parser.parse_args()
     from handgan.data.nyu import encode_nyu_depth, encode_png_rgb
     from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
+    from handgan.synth.generate import PNG_DEFLATE, _worker_init
+
+    _worker_init()
 
     cfg = SynthConfig(scene=args.scene, background=args.background)
     people = subject_shapes(0, "train", cfg.train_subjects)
@@ -35,7 +40,7 @@ def main() -> None:
     for i in range(n_cpu):
         rng = frame_rng(0, "train", i)
         frame = synthesize_frame(rng, people[int(rng.integers(len(people)))], cfg)
-        encode_png_rgb(encode_nyu_depth(frame.depth_mm))
+        encode_png_rgb(encode_nyu_depth(frame.depth_mm), deflate=PNG_DEFLATE[cfg.scene])
     cpu_ms = (time.process_time() - cpu) / n_cpu * 1000
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ import scipy.io
 from PIL import Image
 
 from handgan.camera import NYU
-from handgan.data.nyu import NYUSplit
+from handgan.data.nyu import NYUSplit, encode_nyu_depth, encode_png_rgb
 from handgan.errors import HandganError
 from handgan.synth import generate, render, scene
 from handgan.synth import hand as H
@@ -92,6 +92,8 @@ def test_files_decode_back_to_the_rendered_depth_and_labels(tmp_path):
             assert np.all(rgb[..., 0] == 0)
             decoded = rgb[..., 1].astype(np.int64) * 256 + rgb[..., 2]
             np.testing.assert_array_equal(decoded, f.depth_mm)
+            png = (root / split / f"depth_1_{k + 1:07d}.png").read_bytes()
+            assert png == encode_png_rgb(encode_nyu_depth(f.depth_mm), deflate="isal")
             np.testing.assert_array_equal(mat["joint_xyz"][0, k], f.joints_xyz)
             np.testing.assert_array_equal(mat["joint_uvd"][0, k], f.joints_uvd)
     extra = np.load(root / "train" / "handgan_extra.npz")
@@ -99,6 +101,17 @@ def test_files_decode_back_to_the_rendered_depth_and_labels(tmp_path):
     # our synthetic dataset reads through the NYU reader unchanged
     split = NYUSplit(root, "test")
     assert len(split) == 3 and split.joints_xyz().shape == (3, 14, 3)
+
+
+def test_hand_frames_keep_their_zlib_pngs(tmp_path):
+    """Only full frames moved to ISA-L: hand frames' files stay byte for byte as before."""
+    root = generate.synthesize_dataset(tmp_path / "h", 2, 0, seed=5, config=HAND, progress=False)
+    people = subject_shapes(5, "train", HAND.train_subjects)
+    for k in range(2):
+        rng = frame_rng(5, "train", k)
+        f = synthesize_frame(rng, people[int(rng.integers(len(people)))], HAND)
+        png = (root / "train" / f"depth_1_{k + 1:07d}.png").read_bytes()
+        assert png == encode_png_rgb(encode_nyu_depth(f.depth_mm), deflate="zlib")
 
 
 def test_interrupted_run_never_looks_complete_and_resumes_to_identical_bytes(tmp_path, monkeypatch):
