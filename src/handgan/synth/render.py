@@ -702,9 +702,10 @@ def _incidence_cos_dense(z: np.ndarray, along_u, along_v, intr: Intrinsics, orig
         if step == 1:
             ok[w - 1::w] = False  # a row's last pixel has no next one
         dk = np.multiply(d, ok)
-        num = np.zeros(z.size, np.float32)
-        num[step:] = dk  # the previous side
-        num[:m] += dk  # plus the next side
+        num = np.empty(z.size, np.float32)
+        np.add(dk[:m - step], dk[step:], out=num[step:m])  # the previous side plus the next
+        num[:step] = dk[:step]  # first row or pixel: the next side only
+        num[m:] = dk[m - step:]  # last one: the previous side only
         # Central difference where both sides are usable, else the usable side, else 0:
         # x - x·0.5 is exactly x/2, the per-pixel path's division by its 2 sides.
         both = np.logical_and(ok[:m - step], ok[step:])
@@ -891,8 +892,11 @@ def _jitter(z: np.ndarray, marked: np.ndarray, sigma_px: float, rng) -> None:
         grown[:-s] |= flat[s:]
     region = grown.reshape(h, w)
     for c in range(min(k, w)):
-        np.any(marked[:, :c + k + 1], axis=1, out=region[:, c])
-        np.any(marked[:, max(w - 1 - c - k, 0):], axis=1, out=region[:, w - 1 - c])
+        for col, lo, hi in ((c, 0, c + k + 1), (w - 1 - c, w - 1 - c - k, w)):
+            lo, hi = max(lo, 0), min(hi, w)
+            region[:, col] = marked[:, lo]
+            for j in range(lo + 1, hi):
+                region[:, col] |= marked[:, j]
     grown = region.copy()
     for s in range(1, k + 1):
         grown[s:] |= region[:-s]
