@@ -15,7 +15,10 @@ from handgan.checkpoint import load_checkpoint
 from handgan.cli import main
 from handgan.monitor import read_jsonl
 from handgan.runlock import LOCK_NAME, FolderLock
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 # 24 training frames, batch 8, no hold-out: 3 steps per epoch.
 STEPS_PER_EPOCH = 3
@@ -24,7 +27,7 @@ STEPS_PER_EPOCH = 3
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("runfolder")
-    synthesize_dataset(root / "ds", 24, 8, seed=0, workers=1, progress=False)
+    synthesize_dataset(root / "ds", 24, 8, seed=0, workers=1, config=HAND, progress=False)
     return root
 
 

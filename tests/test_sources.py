@@ -9,12 +9,16 @@ import pytest
 
 from handgan.data.sources import open_split, parse_source, pick_test_split, split_names
 from handgan.errors import HandganError
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    return synthesize_dataset(tmp_path_factory.mktemp("src") / "ds", 6, 3, seed=2, progress=False)
+    return synthesize_dataset(tmp_path_factory.mktemp("src") / "ds", 6, 3, seed=2, config=HAND,
+                              progress=False)
 
 
 @pytest.mark.parametrize("text, kind, root, option", [

@@ -15,7 +15,10 @@ from handgan.errors import HandganError
 from handgan.evaluation.evaluate import load_networks
 from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,7 +28,7 @@ BATCH = 8
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    synthesize_dataset(root / "synth", 48, 16, seed=0, workers=1, progress=False)
+    synthesize_dataset(root / "synth", 48, 16, seed=0, workers=1, config=HAND, progress=False)
     return root
 
 

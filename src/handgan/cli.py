@@ -53,8 +53,11 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=_count, default=0, help="random seed: same seed, same bytes (default 0)")
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores)")
+    p.add_argument("--scene", choices=("full", "hand"), default="full",
+                   help="full: the whole frame (person, table, room; default) | hand: only a "
+                        "350 mm cube around the hand, as before")
     p.add_argument("--background", choices=("none", "wall", "table", "clutter", "mixed"),
-                   default="mixed", help="what lies behind the hand (default mixed)")
+                   default="mixed", help="--scene hand: what lies behind the hand (default mixed)")
     p.add_argument("--no-noise", action="store_true",
                    help="turn the sensor model off (clean renders, integer mm)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -67,7 +70,8 @@ def _run_synth(args) -> int:
     from handgan.synth.generate import read_manifest, synthesize_dataset
     from handgan.synth.render import SensorConfig
 
-    cfg = SynthConfig(background=args.background, sensor=SensorConfig(enabled=not args.no_noise))
+    cfg = SynthConfig(scene=args.scene, background=args.background,
+                      sensor=SensorConfig(enabled=not args.no_noise))
     complete = read_manifest(args.out) is not None and not args.overwrite
     out = synthesize_dataset(args.out, args.train, args.test, seed=args.seed, workers=args.workers,
                              config=cfg, overwrite=args.overwrite, progress=not args.quiet)
