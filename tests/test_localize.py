@@ -111,8 +111,8 @@ def test_localisation_summary_counts_frames_without_a_hand():
 
 
 def test_located_centres_centre_the_crops_and_name_frames_without_a_hand(tmp_path):
-    synthesize_dataset(tmp_path / "s", 0, 6, seed=1, config=SynthConfig(scene="hand")
-                       if "scene" in SynthConfig.__dataclass_fields__ else None, progress=False)
+    synthesize_dataset(tmp_path / "s", 0, 6, seed=1, config=SynthConfig(scene="hand"),
+                       progress=False)
     reader = open_split(parse_source(f"synthetic:{tmp_path / 's'}"), "test")
     truth = reader.joints_uvd()[:, reader.centre_joint]
     centres = truth + [0.0, 0.0, 7.0]

@@ -350,9 +350,35 @@ def localizer_samples(depth_of: Callable[[int], np.ndarray], frames: Sequence[in
                             np.stack(targets))
 
 
+def shift_frames(x: torch.Tensor, cells: torch.Tensor, grid: tuple[int, int],
+                 generator: torch.Generator, max_cells: int = 2) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """Detector augmentation: each frame moved by a whole number of cells (up to ``max_cells``
+    each way; uncovered pixels = background) with its target cell, so the detector learns the
+    hand's look rather than where hands tend to be in the training frames."""
+    b = len(x)
+    gh, gw = grid
+    cell_y, cell_x = cells[:, 0].long() // gw, cells[:, 0].long() % gw
+    dy = torch.randint(-max_cells, max_cells + 1, (b,), generator=generator)
+    dx = torch.randint(-max_cells, max_cells + 1, (b,), generator=generator)
+    dy = torch.clamp(cell_y + dy, 0, gh - 1) - cell_y  # the target stays in the frame
+    dx = torch.clamp(cell_x + dx, 0, gw - 1) - cell_x
+    out = torch.ones_like(x)
+    h, w = x.shape[-2:]
+    for k in range(b):
+        sy, sx = int(dy[k]) * CELL, int(dx[k]) * CELL
+        src = x[k, :, max(-sy, 0):h - max(sy, 0), max(-sx, 0):w - max(sx, 0)]
+        out[k, :, max(sy, 0):max(sy, 0) + src.shape[1], max(sx, 0):max(sx, 0) + src.shape[2]] = src
+    moved = cells.clone()
+    moved[:, 0] = ((cell_y + dy) * gw + cell_x + dx).to(cells.dtype)
+    return out, moved
+
+
 def _fit(network: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
          x_all: torch.Tensor, y_all: torch.Tensor, epochs: int, batch_size: int, lr: float,
-         device: torch.device, seed: int, desc: str, progress: bool) -> float:
+         device: torch.device, seed: int, desc: str, progress: bool,
+         augment: Callable[[torch.Tensor, torch.Tensor, torch.Generator],
+                           tuple[torch.Tensor, torch.Tensor]] | None = None) -> float:
     """Adam with a cosine decay over ``epochs`` passes; returns the last epoch's mean loss."""
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(network.parameters(), lr=lr)
@@ -368,7 +394,10 @@ def _fit(network: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], tor
             idx = order[b * batch_size:(b + 1) * batch_size]
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = loss_of(network(x_all[idx].to(device).float()), y_all[idx].to(device))
+            x, y = x_all[idx].float(), y_all[idx]
+            if augment is not None:
+                x, y = augment(x, y, generator)
+            loss = loss_of(network(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -424,9 +453,11 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
         torch.manual_seed(seed)
         detector = HandDetector(config.detector_width).to(device)
         refiner = CentreRefiner(config.size, config.width).to(device)
+    grid = (-(-samples.frames.shape[2] // CELL), -(-samples.frames.shape[3] // CELL))
     _fit(detector, detector_loss, torch.from_numpy(samples.frames),
          torch.from_numpy(samples.cells), config.detector_epochs, config.batch_size // 2,
-         config.lr, device, seed, "hand detector", progress)
+         config.lr, device, seed, "hand detector", progress,
+         augment=lambda x, y, g: shift_frames(x, y, grid, g))
     _fit(refiner, refiner_loss, torch.from_numpy(samples.crops),
          torch.from_numpy(samples.targets), config.epochs, config.batch_size, config.lr,
          device, seed + 1, "centre refiner", progress)
