@@ -55,14 +55,14 @@ class LocalizerConfig:
     #                             see the hand when the estimate is off by tens of mm)
     iterations: int = 3         # refinement steps at inference (each re-crops at the estimate)
     width: int = 16             # refiner: channels of the first conv; doubles per layer
-    detector_width: int = 8     # detector: channels of the first conv
-    detector_epochs: int = 15
+    detector_width: int = 16    # detector: channels of the first conv
+    detector_epochs: int = 20
     epochs: int = 15            # refiner epochs
     batch_size: int = 128
     lr: float = 1e-3
     samples_per_frame: int = 4  # refiner crops per labelled frame (shifted true centres)
     offset_mm: float = 80.0     # scale of the random 3D shifts of the true centre (see _offsets)
-    max_frames: int = 4000      # labelled frames used at most (a random subset beyond)
+    max_frames: int = 2000      # labelled frames used at most (a random subset beyond)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
