@@ -323,3 +323,114 @@ def test_dense_and_sparse_incidence_give_the_same_bytes(monkeypatch):
         monkeypatch.setattr(render, "_DENSE_SHARE", share)
         outs.append(render.apply_sensor(clean, NYU, np.random.default_rng(0), SensorConfig()))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+# Recorded with main at 398879e (before the full frames' half-resolution sensor): hand-only frames
+# must not change. Like any byte-level check of float arithmetic, it holds for a given numpy build
+# and CPU family (the recording: numpy of .venv on x86_64).
+HAND_FRAMES_SHA256 = "48390019734d28d45cfb3c7d3a4951e76e6e8d04725afea63cba9d0ed373fbf9"
+
+
+def test_hand_frames_are_byte_identical_to_before():
+    import hashlib
+
+    people = subject_shapes(3, "train", HAND.train_subjects)
+    digest = hashlib.sha256()
+    for i in range(6):
+        rng = frame_rng(3, "train", i)
+        f = synthesize_frame(rng, people[int(rng.integers(len(people)))], HAND)
+        digest.update(f.depth_mm.tobytes())
+        digest.update(f.visible.tobytes())
+    assert digest.hexdigest() == HAND_FRAMES_SHA256
+
+
+def _layers_of(i):
+    """A full frame's clean layers (frame._Layers) and its hand box, as _full_frame makes them."""
+    from handgan.synth import frame as F
+
+    got = {}
+
+    def spy(layers, intr, rng, cfg, box):
+        got["layers"], got["box"] = layers, box
+        return np.zeros((intr.height, intr.width), np.uint16)
+
+    orig = F._full_sensor
+    F._full_sensor = spy
+    try:
+        _full(i, cfg=SynthConfig())
+    finally:
+        F._full_sensor = orig
+    return got["layers"], got["box"]
+
+
+def test_full_frame_layers_compose_the_clean_render():
+    """The half-resolution sensor's input is the clean frame's top-left pixel of each 2x2 block,
+    the full-resolution one's is the clean frame itself, and visibility reads the same pixels."""
+    for i in range(4):
+        layers, box = _layers_of(i)
+        clean = _full(i).depth_mm  # no sensor: the clean frame in integer mm
+        whole, labels = layers.full((0, 0, 640, 480))
+        np.testing.assert_array_equal(np.floor(whole + 0.5).astype(np.uint16), clean)
+        np.testing.assert_array_equal(layers.half(), whole[::2, ::2])
+        u0, v0, u1, v1 = box
+        for b in ((u0, v0, u1, v1), (u0 - 3, v0 - 1, u1 + 5, v1 + 2)):
+            b = (max(b[0], 0), max(b[1], 0), min(b[2], 640), min(b[3], 480))
+            d, lab = layers.full(b)
+            np.testing.assert_array_equal(d, whole[b[1]:b[3], b[0]:b[2]])
+            np.testing.assert_array_equal(lab, labels[b[1]:b[3], b[0]:b[2]])
+        v, u = np.mgrid[0:480:7, 0:640:5]
+        d, lab = layers.at(v.ravel(), u.ravel())
+        np.testing.assert_array_equal(d, whole[v, u].ravel())
+        np.testing.assert_array_equal(lab, labels[v, u].ravel())
+
+
+def test_full_frames_sense_the_hand_box_at_full_resolution_and_the_rest_in_2x2_blocks():
+    from handgan.synth import frame as F
+
+    blocky_inside = []
+    for i in range(6):
+        _, box = _layers_of(i)
+        f = _full(i, cfg=SynthConfig())
+        d = f.depth_mm.astype(np.int32)
+        same = (d[0::2, 0::2] == d[1::2, 0::2]) & (d[0::2, 0::2] == d[0::2, 1::2]) & (
+            d[0::2, 0::2] == d[1::2, 1::2])
+        outside = np.ones(same.shape, bool)
+        u0, v0, u1, v1 = box
+        outside[v0 // 2:(v1 + 1) // 2, u0 // 2:(u1 + 1) // 2] = False
+        assert same[outside].all()
+        inner = same[(v0 + 1) // 2:v1 // 2, (u0 + 1) // 2:u1 // 2]
+        valid = d[v0:v1, u0:u1] > 0
+        blocky_inside.append(inner.mean())
+        assert valid.mean() > 0.3
+        # the box holds the whole hand, with a margin
+        uv = f.joints_uvd[:30, :2]
+        assert np.all(uv[:, 0] >= u0 + 5) and np.all(uv[:, 0] < u1 - 5)
+        assert np.all(uv[:, 1] >= v0 + 5) and np.all(uv[:, 1] < v1 - 5)
+    assert np.mean(blocky_inside) < 0.9  # per-pixel noise there (flat 2x2 blocks only by chance)
+    assert F.HAND_BOX_MARGIN_MM > 0
+
+
+def test_full_frame_sensor_statistics_match_inside_and_outside_the_hand_box():
+    """No seam in character at the box's border: noise and edge dropouts alike on both sides."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    err = {"in": [], "out": []}
+    edge_missing = {"in": [], "out": []}
+    for i in range(10):
+        _, box = _layers_of(i)
+        clean = _full(i).depth_mm.astype(np.float32)
+        d = _full(i, cfg=SynthConfig()).depth_mm.astype(np.float32)
+        inside = np.zeros(clean.shape, bool)
+        u0, v0, u1, v1 = box
+        inside[v0:v1, u0:u1] = True
+        spread = maximum_filter(clean, 5) - minimum_filter(clean, 5)
+        flat = (clean > 0) & (spread < 15) & (clean < 1500)
+        edge = (maximum_filter(clean, 3) - minimum_filter(clean, 3) > 20) & (clean > 0)
+        for k, m in (("in", inside), ("out", ~inside)):
+            sel = flat & m & (d > 0)
+            err[k].append(np.abs(d[sel] - clean[sel]))
+            edge_missing[k].append(((d == 0) & edge & m).sum() / max((edge & m).sum(), 1))
+    e_in, e_out = np.concatenate(err["in"]).mean(), np.concatenate(err["out"]).mean()
+    assert 0.6 < e_in / e_out < 1.6
+    m_in, m_out = np.mean(edge_missing["in"]), np.mean(edge_missing["out"])
+    assert 0.3 < m_in < 0.9 and 0.3 < m_out < 0.9 and abs(m_in - m_out) < 0.15

@@ -72,9 +72,10 @@ def encode_nyu_depth(depth_mm: np.ndarray) -> np.ndarray:
         if kind == "f" and np.any(depth_mm != np.round(depth_mm)):
             raise ValueError("depth must be whole mm (the format stores integers); round it first")
         depth_mm = depth_mm.astype(np.uint16)
-    rgb = np.zeros(depth_mm.shape + (3,), dtype=np.uint8)
-    rgb[..., 1] = depth_mm >> 8
-    rgb[..., 2] = depth_mm & 0xFF
+    rgb = np.empty(depth_mm.shape + (3,), dtype=np.uint8)
+    rgb[..., 0] = 0
+    # G, B = the big-endian bytes of the depth
+    rgb[..., 1:] = depth_mm.astype(">u2").view(np.uint8).reshape(depth_mm.shape + (2,))
     return rgb
 
 

@@ -8,19 +8,27 @@ Two kinds of scene (``SynthConfig.scene``):
   head and other arm, sometimes a table with objects, the room). The hand, its forearm and the
   other hand are rendered exactly at full resolution; the big smooth rest at half resolution
   (each ray cast fills 2x2 pixels), which is 4x cheaper and, after the sensor's jitter and edge
-  dropouts, looks the same. The sensor model runs on the whole frame.
+  dropouts, looks the same. The sensor model runs at half resolution too, except in a box
+  around the hand, where it runs at full resolution (_full_sensor).
 * ``hand``: the original frames: only a 350 mm cube around the hand is rendered, exactly, in
   front of an optional background (``SynthConfig.background``); the rest of the frame is 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from handgan.camera import NYU, Intrinsics
 from handgan.synth import hand as H
-from handgan.synth.render import Scene, SensorConfig, apply_sensor, render_depth
+from handgan.synth.render import (
+    Scene,
+    SensorConfig,
+    _punch_holes,
+    apply_sensor,
+    render_depth,
+    sense,
+)
 from handgan.synth.scene import (
     LABEL_BACKGROUND,
     LABEL_TABLE,
@@ -114,7 +122,7 @@ def synthesize_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthCon
     joints_xyz = skeleton.nyu36()
     joints_uvd = intr.xyz_to_uvd(joints_xyz)
     radii = skeleton.nyu36_radii()
-    visible = _visibility(joints_uvd, radii, clean, labels, intr)
+    visible = _visibility(joints_uvd, radii, lambda v, u: (clean[v, u], labels[v, u]), intr)
     depth = apply_sensor(clean, intr, rng, cfg.sensor, roi)
     return SynthFrame(depth, joints_xyz, joints_uvd, visible, radii, angles, rotation,
                       shape.to_vector(), background)
@@ -141,23 +149,119 @@ def _full_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthConfig,
     coarse, coarse_labels = render_depth(around.coarse, half)
     if around.table is not None:
         render_table(around.table, half, coarse, coarse_labels)
-    clean, labels = _upsample2(coarse), _upsample2(coarse_labels)
     fine = Scene.concat(_hand_scene(geometry), around.fine)
     roi = _solids_box(fine, intr)
-    fine_depth, fine_labels = render_depth(fine, intr, roi)
-    box = np.s_[roi[1]:roi[3], roi[0]:roi[2]]
-    f_d, d = fine_depth[box], clean[box]
-    nearer = (f_d > 0) & ((d == 0) | (f_d < d))
-    np.copyto(d, f_d, where=nearer)
-    np.copyto(labels[box], fine_labels[box], where=nearer)
+    layers = _Layers(coarse, coarse_labels, *render_depth(fine, intr, roi), roi)
 
     joints_xyz = skeleton.nyu36()
     joints_uvd = intr.xyz_to_uvd(joints_xyz)
     radii = skeleton.nyu36_radii()
-    visible = _visibility(joints_uvd, radii, clean, labels, intr)
-    depth = apply_sensor(clean, intr, rng, cfg.sensor)
+    visible = _visibility(joints_uvd, radii, layers.at, intr)
+    if cfg.sensor.enabled:
+        depth = _full_sensor(layers, intr, rng, cfg.sensor, _hand_box(geometry, skeleton, intr))
+    else:
+        depth = apply_sensor(layers.full((0, 0, intr.width, intr.height))[0], intr, rng, cfg.sensor)
     return SynthFrame(depth, joints_xyz, joints_uvd, visible, radii, angles, rotation,
                       shape.to_vector(), "+".join(around.tags))
+
+
+@dataclass
+class _Layers:
+    """A full frame's clean render in two layers: the coarse one (half resolution: each pixel
+    stands for a 2x2 block) and the fine one (full resolution, inside `roi` only); a fine pixel
+    shows where it has a surface nearer than the coarse one's. Full-resolution images are only
+    assembled where needed."""
+
+    coarse: np.ndarray          # (H/2, W/2) float32 mm, 0 = no surface
+    coarse_labels: np.ndarray   # (H/2, W/2) int16
+    fine: np.ndarray            # (H, W) float32 mm, 0 outside roi
+    fine_labels: np.ndarray     # (H, W) int16
+    roi: tuple[int, int, int, int]
+
+    def at(self, v: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clean depth and label at full-resolution pixels (v, u)."""
+        c, f = self.coarse[v // 2, u // 2], self.fine[v, u]
+        nearer = (f > 0) & ((c == 0) | (f < c))
+        return (np.where(nearer, f, c),
+                np.where(nearer, self.fine_labels[v, u], self.coarse_labels[v // 2, u // 2]))
+
+    def full(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Clean depth and labels at full resolution inside box (u0, v0, u1, v1)."""
+        u0, v0, u1, v1 = box
+        d = _upsample2(self.coarse[v0 // 2:(v1 + 1) // 2, u0 // 2:(u1 + 1) // 2])
+        lab = _upsample2(self.coarse_labels[v0 // 2:(v1 + 1) // 2, u0 // 2:(u1 + 1) // 2])
+        d, lab = d[v0 % 2:v0 % 2 + v1 - v0, u0 % 2:u0 % 2 + u1 - u0], lab[v0 % 2:v0 % 2 + v1 - v0,
+                                                                         u0 % 2:u0 % 2 + u1 - u0]
+        self._merge(d, lab, self.fine, self.fine_labels, box, 1)
+        return d, lab
+
+    def half(self) -> np.ndarray:
+        """Clean depth at half resolution: each 2x2 block's top-left full-resolution pixel."""
+        d = self.coarse.copy()
+        self._merge(d, None, self.fine[::2, ::2], None, (0, 0, d.shape[1], d.shape[0]), 2)
+        return d
+
+    def _merge(self, d, lab, fine, fine_labels, box, step: int) -> None:
+        """Composite the fine layer (sampled every `step` pixels; box in its pixels, d's origin)
+        into d (and lab) where it is nearer, within roi."""
+        u0, v0, u1, v1 = box
+        r = self.roi
+        a0, b0 = max(u0, -(-r[0] // step)), max(v0, -(-r[1] // step))
+        a1, b1 = min(u1, -(-r[2] // step)), min(v1, -(-r[3] // step))
+        if a1 <= a0 or b1 <= b0:
+            return
+        f = fine[b0:b1, a0:a1]
+        t = d[b0 - v0:b1 - v0, a0 - u0:a1 - u0]
+        nearer = (f > 0) & ((t == 0) | (f < t))
+        np.copyto(t, f, where=nearer)
+        if lab is not None:
+            np.copyto(lab[b0 - v0:b1 - v0, a0 - u0:a1 - u0], fine_labels[b0:b1, a0:a1],
+                      where=nearer)
+
+
+# The full-resolution sensor's box: the hand's own solids plus this margin (mm at the palm's
+# depth) on every side ...
+HAND_BOX_MARGIN_MM = 30.0
+# ... and the full-resolution pass reads this many more pixels around the box (right: projector
+# shadows cast into the box from beyond it; elsewhere the lateral jitter's reach).
+_SENSOR_PAD_PX = (4, 4, 32, 4)  # left, top, right, bottom
+
+
+def _hand_box(g: H.HandGeometry, sk: H.Skeleton, intr: Intrinsics) -> tuple[int, int, int, int]:
+    """The hand's own solids (not its forearm) plus HAND_BOX_MARGIN_MM, in pixels."""
+    hand = g.labels == H.LABEL_HAND
+    box = _box_of(np.concatenate([g.a[hand], g.b[hand]]),
+                  np.concatenate([g.ra[hand], g.rb[hand]]), intr)
+    m = int(np.ceil(HAND_BOX_MARGIN_MM * max(intr.fx, intr.fy) / max(sk.palm_centre[2], 50.0)))
+    return (max(box[0] - m, 0), max(box[1] - m, 0), min(box[2] + m, intr.width),
+            min(box[3] + m, intr.height))
+
+
+def _full_sensor(layers: _Layers, intr: Intrinsics, rng: np.random.Generator,
+                 cfg: SensorConfig, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The sensor model on a full frame: at half resolution (on each 2x2 block's top-left clean
+    pixel, the result filling the block) everywhere, then at full resolution in `box` around the
+    hand, which replaces the half-resolution result there.
+
+    The half-resolution pass sees the camera with 2x2 pixels merged, so effects set in pixels
+    keep their size in full pixels: its disparity steps are 1/(2·steps) of its pixels (the same
+    1/steps full px) and its lateral jitter sigma is halved; noise, dropouts and shadows fall on
+    whole 2x2 blocks. Random holes are punched once, into the final frame.
+    """
+    fine_cfg = replace(cfg, holes_per_frame=0.0)
+    coarse_cfg = replace(fine_cfg, subpixel_steps=2 * cfg.subpixel_steps,
+                         lateral_jitter_px=cfg.lateral_jitter_px / 2)
+    out = _upsample2(sense(layers.half(), _half_resolution(intr), (0, 0), rng, coarse_cfg))
+    u0, v0, u1, v1 = box
+    if u1 > u0 and v1 > v0:
+        pl, pt, pr, pb = _SENSOR_PAD_PX
+        padded = (max(u0 - pl, 0), max(v0 - pt, 0), min(u1 + pr, intr.width),
+                  min(v1 + pb, intr.height))
+        z = layers.full(padded)[0]
+        fine = sense(z, intr, padded[:2], rng, fine_cfg)
+        out[v0:v1, u0:u1] = fine[v0 - padded[1]:v1 - padded[1], u0 - padded[0]:u1 - padded[0]]
+    _punch_holes(out, cfg.holes_per_frame, rng)
+    return out
 
 
 def _upsample2(image: np.ndarray) -> np.ndarray:
@@ -178,8 +282,12 @@ def _half_resolution(intr: Intrinsics) -> Intrinsics:
 
 def _solids_box(scene: Scene, intr: Intrinsics) -> tuple[int, int, int, int]:
     """A pixel box holding every sphere and round cone of the scene (all in front of the camera)."""
-    pts = np.concatenate([scene.sphere_centers, scene.cone_a, scene.cone_b])
-    r = np.concatenate([scene.sphere_radii, scene.cone_ra, scene.cone_rb])
+    return _box_of(np.concatenate([scene.sphere_centers, scene.cone_a, scene.cone_b]),
+                   np.concatenate([scene.sphere_radii, scene.cone_ra, scene.cone_rb]), intr)
+
+
+def _box_of(pts: np.ndarray, r: np.ndarray, intr: Intrinsics) -> tuple[int, int, int, int]:
+    """A pixel box holding the spheres (pts (N, 3), r (N,)), all in front of the camera."""
     uvd = intr.xyz_to_uvd(pts)
     r_px = r * max(intr.fx, intr.fy) / np.maximum(pts[:, 2] - r, 1.0) + 2.0
     u0, v0 = np.floor((uvd[:, :2] - r_px[:, None]).min(0)).astype(int)
@@ -290,10 +398,11 @@ def _background_scene(kind: str, sk: H.Skeleton, g: H.HandGeometry, rng: np.rand
     )
 
 
-def _visibility(uvd, radii, clean, labels, intr, tol_mm: float = 3.0) -> np.ndarray:
-    """A joint is visible when nothing lies in front of its own body part along its pixel's ray."""
+def _visibility(uvd, radii, clean_at, intr, tol_mm: float = 3.0) -> np.ndarray:
+    """A joint is visible when nothing lies in front of its own body part along its pixel's ray.
+    clean_at(v, u): the clean depth and render label at those pixels."""
     u = np.clip(np.rint(uvd[:, 0]).astype(int), 0, intr.width - 1)
     v = np.clip(np.rint(uvd[:, 1]).astype(int), 0, intr.height - 1)
-    depth = clean[v, u]
-    on_body = (labels[v, u] == H.LABEL_HAND) | (labels[v, u] == H.LABEL_FOREARM)
+    depth, labels = clean_at(v, u)
+    on_body = (labels == H.LABEL_HAND) | (labels == H.LABEL_FOREARM)
     return on_body & (depth >= uvd[:, 2] - radii - tol_mm)

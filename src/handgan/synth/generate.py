@@ -38,7 +38,7 @@ PARTIAL = ".partial"
 CHUNK = 32
 MAX_FRAMES = 9_999_999  # per split: NYU's depth_1_NNNNNNN.png names
 # A lower bound of the bytes a frame takes (PNG + labels; measured: about 58 kB a hand-only frame
-# and 198 kB a full-scene frame): a dataset that cannot fit even so is refused up front.
+# and 96 kB a full-scene frame): a dataset that cannot fit even so is refused up front.
 MIN_FRAME_BYTES = 20_000
 # PNG deflate per scene: full frames use ISA-L (3-4x faster than zlib, ~10 % smaller files on
 # them); hand frames keep zlib, so they stay byte for byte those of datasets made before.

@@ -571,13 +571,20 @@ def apply_sensor(depth_mm: np.ndarray, intr: Intrinsics, rng: np.random.Generato
     out = np.zeros(depth.shape, np.uint16)
     if u1 <= u0 or v1 <= v0:
         return out
-    z = depth[v0:v1, u0:u1].astype(np.float32)  # a copy: the work buffer
-    if not cfg.enabled:
-        out[v0:v1, u0:u1] = _round_mm(z, 65535.0)
-        return out
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        out[v0:v1, u0:u1] = _sense(z, intr, (u0, v0), cfg, rng)
+    out[v0:v1, u0:u1] = sense(depth[v0:v1, u0:u1], intr, (u0, v0), rng, cfg)
     return out
+
+
+def sense(depth_mm: np.ndarray, intr: Intrinsics, origin: tuple[int, int],
+          rng: np.random.Generator, cfg: SensorConfig) -> np.ndarray:
+    """apply_sensor on a box of the image only: depth_mm (h, w) holds the clean depth of the
+    pixels from (u0, v0) = origin on (the camera's geometry needs to know where they are).
+    Returns (h, w) uint16 mm; depth_mm is not modified."""
+    z = np.asarray(depth_mm).astype(np.float32)  # a copy: the work buffer
+    if not cfg.enabled:
+        return _round_mm(z, 65535.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _sense(z, intr, origin, cfg, rng)
 
 
 def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> np.ndarray:

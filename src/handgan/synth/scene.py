@@ -111,10 +111,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.cross of two 3-vectors, the same arithmetic without np.cross's per-call overhead."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
+                     a[0] * b[1] - a[1] * b[0]])
+
+
 def _turn(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
     """v rotated by deg about the unit axis (Rodrigues)."""
     t = np.radians(deg)
-    return v * np.cos(t) + np.cross(axis, v) * np.sin(t) + axis * (axis @ v) * (1 - np.cos(t))
+    return v * np.cos(t) + _cross(axis, v) * np.sin(t) + axis * (axis @ v) * (1 - np.cos(t))
 
 
 def _hand_points(g: H.HandGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +154,7 @@ def _frame_axes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nd
     up = _unit(np.array([np.sin(roll), np.cos(tilt), -np.sin(tilt)]))
     level = _unit(np.array([0.0, 0.0, -1.0]) + up[2] * up)  # towards the camera, horizontal
     forward = _turn(level, up, rng.uniform(-25.0, 25.0))
-    lateral = np.cross(forward, up)
+    lateral = _cross(forward, up)
     return up, forward, lateral
 
 
@@ -289,9 +295,9 @@ def _mirrored_hand(angles, roll, wrist, elbow, sk: H.Skeleton, s: float) -> H.Ha
     """A left hand: hand.py's right hand posed along elbow -> wrist, mirrored across its own
     palm's mid-plane (radial axis flipped); its forearm runs back to the elbow."""
     distal = _unit(wrist - elbow)
-    volar = _unit(np.cross(distal, np.array([0.0, 0.0, 1.0])) + 1e-6)
+    volar = _unit(_cross(distal, np.array([0.0, 0.0, 1.0])) + 1e-6)
     volar = _turn(volar, distal, roll)
-    rot = np.stack([np.cross(distal, volar), distal, volar], axis=1)  # columns x, y, z
+    rot = np.stack([_cross(distal, volar), distal, volar], axis=1)  # columns x, y, z
     a = np.array(angles, dtype=np.float64)
     a[20:22] = 0.0  # the wrist is straight: the forearm continues the hand's axis
     shape = H.HandShape(scale=s)
@@ -355,7 +361,7 @@ def _room(rng, body: _Parts, hands: _Parts, up, fwd, lat, floor: float) -> None:
     rr = np.concatenate([r, r])
     back = float((-(pts @ facing) + rr).max())  # the person's farthest point from the camera
     body.plane(facing, -max(rng.uniform(1500.0, 4500.0), back + rng.uniform(100.0, 400.0)))
-    side = np.cross(facing, up)
+    side = _cross(facing, up)
     if rng.uniform() < 0.6:
         sign = 1.0 if rng.uniform() < 0.5 else -1.0
         extent = float((sign * (pts @ side) + rr).max())
