@@ -219,9 +219,9 @@ class RealSenseFrames:
 
     The camera and depth unit come from the stream itself: intrinsics from the depth stream
     profile (fx, fy, ppx, ppy, size; lens distortion is ignored: RealSense depth streams are
-    rectified), raw z16 values times the sensor's depth unit give mm. The device stores the
-    unit as a float32 in metres, so it is read back to 7 significant digits (0.001 m -> exactly
-    1 mm per step). Playback is not real time: every recorded frame is read, none dropped.
+    rectified), raw z16 values times the sensor's depth unit give mm. librealsense stores the
+    unit (metres) and the intrinsics as float32, so they are read back to 7 significant digits
+    (0.001 m -> exactly 1 mm per step). Playback is not real time: every recorded frame is read, none dropped.
     """
 
     def __init__(self, path: Path | None, serial: str | None = None,
@@ -287,7 +287,8 @@ class RealSenseFrames:
             raise HandganError(f"{self.label}: depth stream format {stream.format()}, "
                                "expected z16")
         i = stream.get_intrinsics()
-        intr = Intrinsics(fx=float(i.fx), fy=float(i.fy), cx=float(i.ppx), cy=float(i.ppy),
+        intr = Intrinsics(fx=_float32_value(i.fx), fy=_float32_value(i.fy),
+                          cx=_float32_value(i.ppx), cy=_float32_value(i.ppy),
                           width=int(i.width), height=int(i.height), y_up=True)
         try:
             unit_m = float(device.first_depth_sensor().get_depth_scale())
@@ -296,4 +297,10 @@ class RealSenseFrames:
         if not (math.isfinite(unit_m) and unit_m > 0):
             pipe.stop()
             raise HandganError(f"{self.label}: bad depth unit {unit_m} m")
-        return pipe, intr, float(f"{unit_m * 1000.0:.7g}"), playback
+        return pipe, intr, _float32_value(unit_m * 1000.0), playback
+
+
+def _float32_value(value: float) -> float:
+    """A number librealsense stores as float32, back to the 7 significant digits it was given
+    with (0.001 m -> 0.001, not 0.0010000000474974513; fx 588.03 -> 588.03)."""
+    return float(f"{float(value):.7g}")
