@@ -221,7 +221,8 @@ class RealSenseFrames:
     profile (fx, fy, ppx, ppy, size; lens distortion is ignored: RealSense depth streams are
     rectified), raw z16 values times the sensor's depth unit give mm. librealsense stores the
     unit (metres) and the intrinsics as float32, so they are read back to 7 significant digits
-    (0.001 m -> exactly 1 mm per step). Playback is not real time: every recorded frame is read, none dropped.
+    (0.001 m -> exactly 1 mm per step). Playback is not real time: every recorded frame is
+    read, none dropped.
     """
 
     def __init__(self, path: Path | None, serial: str | None = None,
