@@ -10,7 +10,9 @@ joints) -> optionally ``refine`` steps of analysis by synthesis with the generat
 (``refine.refine_poses``) -> back to full-frame uvd and camera xyz with the crop's exact
 ``CropTransform``.
 
-The command ``handgan predict`` is :func:`predict_files` over files and folders.
+The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``: files,
+labelled folders, RealSense recordings and cameras) through ``sequence.predict_frames``
+(outputs, video, smoothing), drawn by ``overlay.py``.
 """
 from __future__ import annotations
 

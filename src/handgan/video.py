@@ -50,6 +50,8 @@ def open_video(path: str | os.PathLike, fps: float) -> GifWriter | Mp4Writer:
 
 
 class _Writer:
+    """What both writers share: the paths, the frame count and the ``with`` protocol."""
+
     def __init__(self, path: Path, fps: float) -> None:
         self.path, self.fps, self.frames = path, float(fps), 0
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
@@ -58,13 +60,7 @@ class _Writer:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
-        self.close(commit=kind is None)
-
-    def add(self, rgb: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def close(self, commit: bool = True) -> Path | None:
-        raise NotImplementedError
+        self.close(commit=kind is None)  # each writer defines close()
 
 
 class GifWriter(_Writer):
