@@ -261,14 +261,27 @@ class RealSenseFrames:
             except RuntimeError:  # already stopped by the end of the recording
                 pass
 
+    def _check_connected(self) -> None:
+        """Fail at once, not after librealsense's 15 s wait, when the camera is not there."""
+        rs = self.rs
+        serials = [d.get_info(rs.camera_info.serial_number)
+                   for d in rs.context().query_devices()]
+        if not serials:
+            raise HandganError(f"{self.label}: no RealSense camera connected")
+        if self.serial and self.serial not in serials:
+            raise HandganError(f"{self.label}: no RealSense camera with serial {self.serial} "
+                               f"(connected: {', '.join(serials)})")
+
     def _start(self):
         """Start the pipeline -> (pipeline, intrinsics, mm per depth unit, is playback)."""
         rs = self.rs
         cfg = rs.config()
         if self.path is not None:
             cfg.enable_device_from_file(str(self.path), repeat_playback=False)
-        elif self.serial:
-            cfg.enable_device(self.serial)
+        else:
+            self._check_connected()
+            if self.serial:
+                cfg.enable_device(self.serial)
         cfg.enable_stream(rs.stream.depth)
         pipe = rs.pipeline()
         try:

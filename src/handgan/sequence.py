@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +141,9 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     lengths = [s.length for s in sources]
     total = None if None in lengths else sum(lengths)
     live = total is None  # a camera: Ctrl-C ends the sequence, and the outputs are still written
+    frames = _frames(sources, smoother)
     # disable=None: tqdm shows the bar only on a terminal, so logs and pipes stay clean.
-    bar = tqdm(chain.from_iterable(_with_resets(s, smoother) for s in sources), total=total,
-               desc="predict", unit="frame", dynamic_ncols=True,
+    bar = tqdm(frames, total=total, desc="predict", unit="frame", dynamic_ncols=True,
                disable=None if progress and (total is None or total > 1) else True)
     used: dict[str, int] = {}
     try:
@@ -178,6 +177,7 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
             raise
     finally:
         bar.close()
+        frames.close()  # a camera's pipeline stops here, also after Ctrl-C
     if writer is not None:
         report.video = writer.close()
         if report.video is not None:
@@ -187,12 +187,13 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     return report
 
 
-def _with_resets(source: FrameSource, smoother: CentreSmoother | None):
-    """The frames of one source; the smoother starts afresh with each source (another camera or
-    recording: the last centre means nothing there)."""
-    if smoother is not None:
-        smoother.reset()
-    yield from source
+def _frames(sources: Sequence[FrameSource], smoother: CentreSmoother | None):
+    """The frames of all sources in order; the smoother starts afresh with each source (another
+    camera or recording: the last centre means nothing there)."""
+    for source in sources:
+        if smoother is not None:
+            smoother.reset()
+        yield from source
 
 
 def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
