@@ -437,9 +437,10 @@ def _run_predict(args) -> int:
             labelled = sum(e is not None for e in report.errors_mm)
             print(f"mean 3D joint error {report.mean_error_mm:.2f} mm over {labelled} "
                   "labelled frames")
-        if args.out or report.video:
-            print(f"wrote {len(report.written)} files"
-                  + (f" to {args.out}" if args.out else f": {report.video}"))
+        if args.out:
+            print(f"wrote {len(report.written)} files to {args.out}")
+        elif report.video:
+            print(f"wrote {report.video}")
     return 2 if report.failures else 0
 
 

@@ -32,7 +32,8 @@ from handgan.errors import HandganError
 RECORDING_SUFFIXES = (".bag", ".db3")  # librealsense: ROS1 bags (up to 2.58), ROS2 .db3 (2.59+)
 LIVE_PREFIX = "realsense"  # input "realsense" or "realsense:SERIAL" = a live camera
 LIVE_TIMEOUT_MS = 5000  # a live camera that sends nothing for this long is an error
-PLAYBACK_TIMEOUT_MS = 1000  # a recording whose next frame does not come is at its end
+PLAYBACK_TIMEOUT_MS = 200  # how often a recording's player is asked whether it has ended
+PLAYBACK_STALL_MS = 30000  # a player that neither ends nor gives a frame for this long is stuck
 REALSENSE_MISSING = "RealSense input needs pyrealsense2: pip install 'handgan[realsense]'"
 
 
@@ -236,17 +237,29 @@ class RealSenseFrames:
         self.rs = import_realsense()  # fail early, before any frame or output
 
     def __iter__(self) -> Iterator[Frame]:
+        rs = self.rs
         pipe, intr, mm_per_unit, playback = self._start()
-        timeout = PLAYBACK_TIMEOUT_MS if playback else LIVE_TIMEOUT_MS
-        index = 0
+        timeout = LIVE_TIMEOUT_MS if playback is None else PLAYBACK_TIMEOUT_MS
+        index, waited, stopped = 0, 0, False
         try:
             while self.max_frames is None or index < self.max_frames:
                 ok, frames = pipe.try_wait_for_frames(timeout)
                 if not ok:
-                    if playback:
-                        return
-                    raise HandganError(f"{self.label}: no depth frame from the camera in "
-                                       f"{timeout / 1000:g} s")
+                    if playback is None:
+                        raise HandganError(f"{self.label}: no depth frame from the camera in "
+                                           f"{timeout / 1000:g} s")
+                    # The end of a recording is its player stopping (then one more wait, for
+                    # a last frame still on its way); a busy machine only delays a frame.
+                    if playback.current_status() == rs.playback_status.stopped:
+                        if stopped:
+                            return
+                        stopped = True
+                    waited += timeout
+                    if waited >= PLAYBACK_STALL_MS:
+                        raise HandganError(f"{self.label}: playback stalled after {index} "
+                                           "frames")
+                    continue
+                waited, stopped = 0, False
                 depth = frames.get_depth_frame()
                 if not depth:
                     continue
@@ -273,7 +286,8 @@ class RealSenseFrames:
                                f"(connected: {', '.join(serials)})")
 
     def _start(self):
-        """Start the pipeline -> (pipeline, intrinsics, mm per depth unit, is playback)."""
+        """Start the pipeline -> (pipeline, intrinsics, mm per depth unit, the player of a
+        recording or None for a camera)."""
         rs = self.rs
         cfg = rs.config()
         if self.path is not None:
@@ -292,9 +306,9 @@ class RealSenseFrames:
                                               else "")
             raise HandganError(f"{self.label}: {what} ({' '.join(str(e).split())})") from None
         device = profile.get_device()
-        playback = self.path is not None
-        if playback:
-            device.as_playback().set_real_time(False)
+        playback = device.as_playback() if self.path is not None else None
+        if playback is not None:
+            playback.set_real_time(False)
         stream = profile.get_stream(rs.stream.depth).as_video_stream_profile()
         if stream.format() != rs.format.z16:
             pipe.stop()
