@@ -11,7 +11,8 @@ import pytest
 from handgan.camera import NYU, Intrinsics
 from handgan.cli import main
 from handgan.errors import HandganError
-from handgan.frames import REALSENSE_MISSING, DatasetFrames, FileFrames, open_sources
+from handgan.frames import DatasetFrames, FileFrames, open_sources
+from handgan.realsense import REALSENSE_MISSING
 
 
 def _realsense():
@@ -86,6 +87,18 @@ def test_recording_reads_back_frames_intrinsics_and_mm_exactly(tmp_path, unit_m,
         np.testing.assert_array_equal(depth, r.astype(np.float32) * np.float32(mm_per_unit))
     assert np.array_equal(frames[1].depth()[:2, :3], raw[1][:2, :3] * np.float32(mm_per_unit))
     assert len(list(open_sources([path], max_frames=2)[0])) == 2
+
+
+def test_a_slow_reader_gets_every_recorded_frame_in_order(tmp_path):
+    import time
+
+    raw = [np.full((48, 64), 100 + i, np.uint16) for i in range(20)]  # > the read-ahead queue
+    (source,) = open_sources([record_depth(tmp_path, raw, CAM, 0.001)])
+    seen = []
+    for frame in source:
+        time.sleep(0.05)  # a consumer slower than the recording's 30 fps
+        seen.append(int(frame.depth()[0, 0]))
+    assert seen == list(range(100, 120))
 
 
 def test_predict_on_a_recording_equals_predict_on_its_frame_files(tmp_path, capsys):

@@ -55,7 +55,7 @@ def test_sequence_folder_writes_overlays_gif_and_mp4(ckpt, labelled, tmp_path, c
     assert [p.name for p in overlays] == [f"depth_1_000000{k}.overlay.png" for k in range(1, 5)]
     with Image.open(out / "seq.gif") as gif:
         assert gif.n_frames == 4 and gif.info["duration"] == 100 and gif.info["loop"] == 0
-        assert gif.size == Image.open(overlays[0]).size == (720, 324)
+        assert gif.size == Image.open(overlays[0]).size == (720, 342)
         gif.seek(2)
         # the GIF's frame 3 is overlay 3 (256 colours: within a few levels)
         diff = np.abs(np.asarray(gif.convert("RGB"), np.int16)

@@ -7,8 +7,8 @@ labelled dataset, its true joints. The depth itself is read when the frame is us
 
     FileFrames(paths)             depth files: NYU PNG, 16-bit PNG, .npy (what predict always read)
     DatasetFrames(reader)         a labelled split (data/: NYUSplit, ICVLSplit, MSRADataset, ...)
-    RealSenseFrames(path)         a RealSense recording (.bag, .db3), played back with pyrealsense2
-    RealSenseFrames(None)         a live RealSense camera (pyrealsense2)
+    realsense.RealSenseFrames(path)   a RealSense recording (.bag, .db3), played with pyrealsense2
+    realsense.RealSenseFrames(None)   a live RealSense camera (pyrealsense2)
 
 ``open_sources(inputs)`` maps command-line inputs to sources. Another camera (Azure Kinect,
 Orbbec, ...) plugs in as one more class with ``length``, ``files`` and ``__iter__`` yielding
@@ -16,7 +16,6 @@ frames of depth in mm with the camera's ``Intrinsics``, and one more line in ``o
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,10 +30,6 @@ from handgan.errors import HandganError
 
 RECORDING_SUFFIXES = (".bag", ".db3")  # librealsense: ROS1 bags (up to 2.58), ROS2 .db3 (2.59+)
 LIVE_PREFIX = "realsense"  # input "realsense" or "realsense:SERIAL" = a live camera
-LIVE_TIMEOUT_MS = 5000  # a live camera that sends nothing for this long is an error
-PLAYBACK_TIMEOUT_MS = 200  # how often a recording's player is asked whether it has ended
-PLAYBACK_STALL_MS = 30000  # a player that neither ends nor gives a frame for this long is stuck
-REALSENSE_MISSING = "RealSense input needs pyrealsense2: pip install 'handgan[realsense]'"
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,10 +172,14 @@ def open_sources(inputs: Sequence[str | os.PathLike], intrinsics: Intrinsics | N
         text = os.fspath(item)
         path = Path(text)
         if text == LIVE_PREFIX or (text.startswith(LIVE_PREFIX + ":") and not path.exists()):
+            from handgan.realsense import RealSenseFrames
+
             flush()
             serial = text.partition(":")[2] or None
             sources.append(RealSenseFrames(None, serial=serial, max_frames=max_frames))
         elif path.suffix.lower() in RECORDING_SUFFIXES:
+            from handgan.realsense import RealSenseFrames
+
             flush()
             if not path.is_file():
                 raise HandganError(f"{path}: no such recording")
@@ -194,141 +193,3 @@ def open_sources(inputs: Sequence[str | os.PathLike], intrinsics: Intrinsics | N
             plain.append(item)
     flush()
     return sources
-
-
-# --------------------------------------------------------------------------------------------
-# RealSense: recordings and live cameras (pyrealsense2, an optional extra)
-# --------------------------------------------------------------------------------------------
-
-def import_realsense():
-    """The ``pyrealsense2`` module, or a one-line HandganError saying how to install it."""
-    try:
-        import pyrealsense2 as rs
-    except ModuleNotFoundError as e:
-        if e.name == "pyrealsense2":
-            raise HandganError(REALSENSE_MISSING) from None
-        raise HandganError(f"{REALSENSE_MISSING} (it failed to load: {e})") from None
-    except ImportError as e:  # the wheel links libusb-1.0, a system library
-        hint = "; install libusb-1.0 (Debian/Ubuntu: apt-get install libusb-1.0-0)" \
-            if "libusb" in str(e) else ""
-        raise HandganError(f"pyrealsense2 is installed but failed to load ({e}){hint}") from None
-    return rs
-
-
-class RealSenseFrames:
-    """Depth frames of a RealSense recording (``path``) or live camera (``path`` None).
-
-    The camera and depth unit come from the stream itself: intrinsics from the depth stream
-    profile (fx, fy, ppx, ppy, size; lens distortion is ignored: RealSense depth streams are
-    rectified), raw z16 values times the sensor's depth unit give mm. librealsense stores the
-    unit (metres) and the intrinsics as float32, so they are read back to 7 significant digits
-    (0.001 m -> exactly 1 mm per step). Playback is not real time: every recorded frame is
-    read, none dropped.
-    """
-
-    def __init__(self, path: Path | None, serial: str | None = None,
-                 max_frames: int | None = None) -> None:
-        self.path, self.serial, self.max_frames = path, serial, max_frames
-        self.files = [path] if path is not None else []
-        self.length: int | None = None
-        self.label = str(path) if path is not None else \
-            LIVE_PREFIX + (f":{serial}" if serial else "")
-        self.stem = path.stem if path is not None else LIVE_PREFIX
-        self.rs = import_realsense()  # fail early, before any frame or output
-
-    def __iter__(self) -> Iterator[Frame]:
-        rs = self.rs
-        pipe, intr, mm_per_unit, playback = self._start()
-        timeout = LIVE_TIMEOUT_MS if playback is None else PLAYBACK_TIMEOUT_MS
-        index, waited, stopped = 0, 0, False
-        try:
-            while self.max_frames is None or index < self.max_frames:
-                ok, frames = pipe.try_wait_for_frames(timeout)
-                if not ok:
-                    if playback is None:
-                        raise HandganError(f"{self.label}: no depth frame from the camera in "
-                                           f"{timeout / 1000:g} s")
-                    # The end of a recording is its player stopping (then one more wait, for
-                    # a last frame still on its way); a busy machine only delays a frame.
-                    if playback.current_status() == rs.playback_status.stopped:
-                        if stopped:
-                            return
-                        stopped = True
-                    waited += timeout
-                    if waited >= PLAYBACK_STALL_MS:
-                        raise HandganError(f"{self.label}: playback stalled after {index} "
-                                           "frames")
-                    continue
-                waited, stopped = 0, False
-                depth = frames.get_depth_frame()
-                if not depth:
-                    continue
-                raw = np.asanyarray(depth.get_data())  # (H, W) uint16, a view of the frame
-                depth_mm = raw.astype(np.float32) * np.float32(mm_per_unit)
-                yield Frame(f"{self.stem}-{index:06d}", f"{self.label}#{index}",
-                            lambda d=depth_mm: d, intr)
-                index += 1
-        finally:
-            try:
-                pipe.stop()
-            except RuntimeError:  # already stopped by the end of the recording
-                pass
-
-    def _check_connected(self) -> None:
-        """Fail at once, not after librealsense's 15 s wait, when the camera is not there."""
-        rs = self.rs
-        serials = [d.get_info(rs.camera_info.serial_number)
-                   for d in rs.context().query_devices()]
-        if not serials:
-            raise HandganError(f"{self.label}: no RealSense camera connected")
-        if self.serial and self.serial not in serials:
-            raise HandganError(f"{self.label}: no RealSense camera with serial {self.serial} "
-                               f"(connected: {', '.join(serials)})")
-
-    def _start(self):
-        """Start the pipeline -> (pipeline, intrinsics, mm per depth unit, the player of a
-        recording or None for a camera)."""
-        rs = self.rs
-        cfg = rs.config()
-        if self.path is not None:
-            cfg.enable_device_from_file(str(self.path), repeat_playback=False)
-        else:
-            self._check_connected()
-            if self.serial:
-                cfg.enable_device(self.serial)
-        cfg.enable_stream(rs.stream.depth)
-        pipe = rs.pipeline()
-        try:
-            profile = pipe.start(cfg)
-        except RuntimeError as e:
-            what = "not a RealSense recording with a depth stream" if self.path is not None \
-                else "no RealSense camera" + (f" with serial {self.serial}" if self.serial
-                                              else "")
-            raise HandganError(f"{self.label}: {what} ({' '.join(str(e).split())})") from None
-        device = profile.get_device()
-        playback = device.as_playback() if self.path is not None else None
-        if playback is not None:
-            playback.set_real_time(False)
-        stream = profile.get_stream(rs.stream.depth).as_video_stream_profile()
-        if stream.format() != rs.format.z16:
-            pipe.stop()
-            raise HandganError(f"{self.label}: depth stream format {stream.format()}, "
-                               "expected z16")
-        i = stream.get_intrinsics()
-        intr = Intrinsics(fx=_float32_value(i.fx), fy=_float32_value(i.fy),
-                          cx=_float32_value(i.ppx), cy=_float32_value(i.ppy),
-                          width=int(i.width), height=int(i.height), y_up=True)
-        try:
-            unit_m = float(device.first_depth_sensor().get_depth_scale())
-        except RuntimeError:  # a recording without the depth-unit option: the D400 default
-            unit_m = 0.001
-        if not (math.isfinite(unit_m) and unit_m > 0):
-            pipe.stop()
-            raise HandganError(f"{self.label}: bad depth unit {unit_m} m")
-        return pipe, intr, _float32_value(unit_m * 1000.0), playback
-
-
-def _float32_value(value: float) -> float:
-    """A number librealsense stores as float32, back to the 7 significant digits it was given
-    with (0.001 m -> 0.001, not 0.0010000000474974513; fx 588.03 -> 588.03)."""
-    return float(f"{float(value):.7g}")

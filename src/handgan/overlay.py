@@ -19,7 +19,7 @@ from handgan.joints import NYU14_EDGES, NYU36_EDGES, NYU_JOINT_NAMES
 if TYPE_CHECKING:
     from handgan.inference import Prediction
 
-OVERLAY_SIZE_IN = (8.0, 3.6)  # figure inches; at OVERLAY_DPI a 720 x 324 px picture
+OVERLAY_SIZE_IN = (8.0, 3.8)  # figure inches; at OVERLAY_DPI a 720 x 342 px picture
 OVERLAY_DPI = 90
 TRUTH_COLOUR = "white"
 
@@ -63,7 +63,7 @@ def mean_error_mm(pred: Prediction, truth_uvd: np.ndarray, intrinsics) -> float:
 def render_overlay(depth_mm: np.ndarray, pred: Prediction, title: str = "",
                    truth_uvd: np.ndarray | None = None, error_mm: float | None = None
                    ) -> np.ndarray:
-    """The overlay picture as an (H, W, 3) uint8 RGB array (720 x 324 px).
+    """The overlay picture as an (H, W, 3) uint8 RGB array (720 x 342 px).
 
     Depth is colour-mapped over the crop cube's depth range; pixels without depth are black.
     ``truth_uvd`` (same joints as the prediction) is drawn under the prediction in white.
@@ -98,7 +98,7 @@ def render_overlay(depth_mm: np.ndarray, pred: Prediction, title: str = "",
         ax_zoom.set_title(label, fontsize=8)
         if title:
             ax_full.set_title(title, fontsize=8)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.98))  # a two-line title stays inside
         fig.canvas.draw()
         return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
     finally:

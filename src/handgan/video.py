@@ -8,7 +8,7 @@ ffmpeg that the ``imageio-ffmpeg`` package ships: ``pip install 'handgan[video]'
 The file appears only when the writer is closed without an error (written to a temporary name
 beside it, then renamed), so an interrupted run never leaves half a video under the real name.
 An mp4 streams its frames to ffmpeg; a GIF keeps them in memory as 256-colour pictures (about
-0.25 MB a frame at the overlay's 720 x 324 px) until it is written: use mp4 for long sequences.
+0.25 MB a frame at the overlay's 720 x 342 px) until it is written: use mp4 for long sequences.
 """
 from __future__ import annotations
 
