@@ -60,7 +60,7 @@ def render_frames(n: int) -> list[np.ndarray]:
     for i in range(n):
         rng = frame_rng(0, "test", i)
         frames.append(synthesize_frame(rng, people[int(rng.integers(len(people)))],
-                                       SynthConfig()).depth_mm)
+                                       SynthConfig(scene="hand")).depth_mm)
     return frames
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Quickstart command 1: set up, then the main job on the synthetic default:
-# train the `quick` preset, evaluate it on the synthetic test split, write the report.
+# Quickstart command 1: set up, then the main job on the synthetic default (whole-frame scenes):
+# train the hand localiser and the `quick` preset, evaluate on the synthetic test split (crops
+# centred on the labelled palm, and on the full frames where the localiser finds the hand),
+# write the report.
 # Rerunning continues (or just re-evaluates) the same run instead of starting over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +14,3 @@ else
   .venv/bin/handgan train --out "$OUT/run" --preset quick   # generates data/synthetic on first use
 fi
 .venv/bin/handgan evaluate "$OUT/run" --out "$OUT/eval"
-.venv/bin/handgan show-samples data/synthetic --split test --count 16 --out "$OUT/eval/data-samples.png"

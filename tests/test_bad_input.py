@@ -13,15 +13,18 @@ from handgan.checkpoint import _torch_save, load_checkpoint, save_checkpoint
 from handgan.cli import main
 from handgan.config import apply_overrides, preset
 from handgan.errors import HandganError
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Inputs the commands read (never to be changed): a dataset, a run, odd files."""
     root = tmp_path_factory.mktemp("bad")
-    data = synthesize_dataset(root / "ds", 16, 4, seed=0, workers=1, progress=False)
+    data = synthesize_dataset(root / "ds", 16, 4, seed=0, workers=1, config=HAND, progress=False)
     cfg = apply_overrides(preset("quick"), [
         f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8",
         "model.pose_hidden=32", "optim.batch_size=8", "optim.max_steps=1", "device=cpu",

@@ -3,7 +3,10 @@ import subprocess
 import sys
 
 from handgan.checkpoint import load_checkpoint
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 SMALL = ["--set", "model.width=8", "--set", "model.pose_hidden=32", "--set", "optim.batch_size=8"]
 
@@ -13,7 +16,7 @@ def _cli(*args, cwd):
 
 
 def test_train_command_smoke_run_resume_and_errors(tmp_path):
-    data = synthesize_dataset(tmp_path / "ds", 24, 8, seed=0, progress=False)
+    data = synthesize_dataset(tmp_path / "ds", 24, 8, seed=0, config=HAND, progress=False)
     run = tmp_path / "run"
     r = _cli("train", "--out", str(run), "--data", f"synthetic:{data}", "--max-steps", "2", "--quiet",
              *SMALL, cwd=tmp_path)

@@ -12,7 +12,10 @@ import handgan.train as train_mod
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, from_dict
 from handgan.models import Discriminator, Generator
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_sync_check.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -33,7 +36,7 @@ def test_ddp_averages_gradients_across_processes(tmp_path, mode):
 
 
 def test_two_process_run_loads_and_resumes_in_one_process(tmp_path):
-    data = synthesize_dataset(tmp_path / "ds", 40, 8, seed=0, workers=1, progress=False)
+    data = synthesize_dataset(tmp_path / "ds", 40, 8, seed=0, workers=1, config=HAND, progress=False)
     run = tmp_path / "run"
     sets = [a for kv in SMALL for a in ("--set", kv)]
     r = _torchrun("-m", "handgan", "train", "--out", str(run), "--data", f"synthetic:{data}",

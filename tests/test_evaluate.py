@@ -10,12 +10,15 @@ from handgan.cli import main
 from handgan.config import apply_overrides, preset
 from handgan.evaluation.compare import compare_methods
 from handgan.evaluation.predfile import read_predictions
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+
 
 def _tiny_run(root, mode: str):
-    data = synthesize_dataset(root / "ds", 40, 12, seed=0, workers=1, progress=False)
+    data = synthesize_dataset(root / "ds", 40, 12, seed=0, workers=1, config=HAND, progress=False)
     cfg = apply_overrides(preset("quick"), [
         f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8",
         "model.pose_hidden=32", "optim.batch_size=8", "optim.max_steps=6", "device=cpu",

@@ -36,7 +36,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def frame():
     rng = frame_rng(3, "train", 0)
-    return synthesize_frame(rng, subject_shapes(3, "train", 4)[0], SynthConfig())
+    return synthesize_frame(rng, subject_shapes(3, "train", 4)[0], SynthConfig(scene="hand"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,10 @@ import pytest
 
 from handgan.checkpoint import load_checkpoint
 from handgan.monitor import read_jsonl
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 SETS = ["model.width=8", "model.pose_hidden=32", "optim.batch_size=8", "optim.epochs=15",
         "device=cpu", "log_every=1", "data.val_fraction=0", "data.labeled_fraction=0.5",
@@ -34,7 +37,7 @@ def _losses(run):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    data = synthesize_dataset(tmp_path / "ds", 48, 8, seed=0, workers=1, progress=False)
+    data = synthesize_dataset(tmp_path / "ds", 48, 8, seed=0, workers=1, config=HAND, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full_run = tmp_path / "full"
     subprocess.run(_train_cmd(full_run, data), check=True, cwd=tmp_path, env=env,

@@ -108,7 +108,10 @@ def test_layouts():
     assert {k: v.n_joints for k, v in LAYOUTS.items()} == {"nyu": 14, "icvl": 16, "msra": 21,
                                                            "synthetic": 14}
     assert LAYOUTS["nyu"].joint_names == NYU14_NAMES == LAYOUTS["synthetic"].joint_names
-    assert LAYOUTS["icvl"].joint_names == ICVL_JOINT_NAMES
+    # readable names, in the files' order (ICVL's own: C, T1 ... P3)
+    assert LAYOUTS["icvl"].joint_names[:4] == ("palm_centre", "thumb_root", "thumb_mid",
+                                               "thumb_tip")
+    assert LAYOUTS["icvl"].joint_names[-1] == "little_tip" and len(ICVL_JOINT_NAMES) == 16
     assert LAYOUTS["msra"].joint_names == MSRA_JOINT_NAMES
     msra = LAYOUTS["msra"].intrinsics
     assert (msra.fx, msra.fy, msra.cx, msra.cy) == (241.42, 241.42, 160.0, 120.0)

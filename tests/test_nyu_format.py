@@ -1,5 +1,6 @@
 """NYU format: depth PNGs and joint_data.mat checked against independent decoders, split reading,
 and errors that name the file and the problem."""
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ from handgan.data.nyu import (
     decode_nyu_depth,
     depth_png_name,
     encode_nyu_depth,
+    encode_png_rgb,
     list_splits,
     read_depth_png,
     read_joint_data,
@@ -60,10 +62,11 @@ def make_split(folder, n_frames, present, n_views=1, png_view=1):
 # --- depth PNG ---------------------------------------------------------------------------------
 
 
-def test_depth_png_decodes_independently(tmp_path):
+@pytest.mark.parametrize("deflate", ["zlib", "isal"])
+def test_depth_png_decodes_independently(tmp_path, deflate):
     depth = hand_depth()
     path = tmp_path / "depth_1_0000001.png"
-    write_depth_png(path, depth)
+    write_depth_png(path, depth, deflate=deflate)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB" and image.size == (640, 480)
         rgb = np.asarray(image)
@@ -74,13 +77,25 @@ def test_depth_png_decodes_independently(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
 
 
-@pytest.mark.parametrize("level", [0, 1, 6])
-def test_depth_png_round_trip(tmp_path, level):
+@pytest.mark.parametrize("level,deflate", [(0, "zlib"), (1, "zlib"), (6, "zlib"), (0, "isal"),
+                                           (1, "isal"), (3, "isal")])
+def test_depth_png_round_trip(tmp_path, level, deflate):
     depth = hand_depth(seed=level).astype(np.float64)  # whole-mm floats are accepted too
-    write_depth_png(tmp_path / "d.png", depth, compress_level=level)
+    write_depth_png(tmp_path / "d.png", depth, compress_level=level, deflate=deflate)
     out = read_depth_png(tmp_path / "d.png")
     assert out.dtype == np.float32 and out.shape == (480, 640)
     np.testing.assert_array_equal(out, depth)
+
+
+def test_isal_and_zlib_pngs_hold_the_same_image():
+    depth = hand_depth(seed=3)
+    pngs = [encode_png_rgb(encode_nyu_depth(depth), deflate=d) for d in ("zlib", "isal")]
+    assert pngs[0] != pngs[1] and pngs[0][:33] == pngs[1][:33]  # signature + the same IHDR
+    images = [np.asarray(Image.open(io.BytesIO(p))) for p in pngs]
+    np.testing.assert_array_equal(images[0], images[1])
+    assert encode_png_rgb(encode_nyu_depth(depth), deflate="isal") == pngs[1]  # deterministic
+    with pytest.raises(ValueError, match="deflate"):
+        encode_png_rgb(encode_nyu_depth(depth), deflate="lzma")
 
 
 def test_depth_codec_rejects_bad_values():

@@ -8,12 +8,15 @@ import numpy as np
 from handgan.cli import main
 from handgan.config import apply_overrides, preset
 from handgan.evaluation.predfile import read_predictions
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+
 
 def test_predict_matches_evaluate_on_rendered_frames(tmp_path, capsys):
-    data = synthesize_dataset(tmp_path / "ds", 24, 6, seed=3, workers=1, progress=False)
+    data = synthesize_dataset(tmp_path / "ds", 24, 6, seed=3, workers=1, config=HAND, progress=False)
     cfg = apply_overrides(preset("quick"), [
         f"data.source=synthetic:{data}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.centre=com", "model.width=8", "model.pose_hidden=32", "optim.batch_size=8",

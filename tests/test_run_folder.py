@@ -15,7 +15,10 @@ from handgan.checkpoint import load_checkpoint
 from handgan.cli import main
 from handgan.monitor import read_jsonl
 from handgan.runlock import LOCK_NAME, FolderLock
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 # 24 training frames, batch 8, no hold-out: 3 steps per epoch.
 STEPS_PER_EPOCH = 3
@@ -24,7 +27,7 @@ STEPS_PER_EPOCH = 3
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("runfolder")
-    synthesize_dataset(root / "ds", 24, 8, seed=0, workers=1, progress=False)
+    synthesize_dataset(root / "ds", 24, 8, seed=0, workers=1, config=HAND, progress=False)
     return root
 
 
@@ -181,11 +184,25 @@ def test_train_command_reports_validation_error_when_the_source_has_no_test_spli
     from handgan.cli import _final_error
 
     with_test = {"final_mean_error_mm": 21.5, "mean_pose_baseline_mm": 59.8,
-                 "final_val_mean_error_mm": 20.0}
-    assert _final_error(with_test) == ("mean 3D joint error 21.50 mm on the test split "
-                                       "(mean-pose baseline 59.80 mm)")
+                 "final_val_mean_error_mm": 20.0, "best_mean_error_mm": 20.75, "best_epoch": 7,
+                 "selection_split": "val"}
+    assert _final_error(with_test) == (
+        "mean 3D joint error on the test split 21.50 mm at the last epoch (last.pt), 20.75 mm "
+        "with best.pt (epoch 7, chosen on validation); mean-pose baseline 59.80 mm")
     no_test = {"final_mean_error_mm": None, "mean_pose_baseline_mm": None,
                "final_val_mean_error_mm": 24.25}
     assert "24.25 mm on the validation hold-out" in _final_error(no_test)
     nothing = {"final_mean_error_mm": None, "final_val_mean_error_mm": None}
     assert _final_error(nothing).startswith("no labelled split")
+
+
+def test_train_command_counts_steps_and_time_of_the_whole_run_after_a_resume():
+    from handgan.cli import _steps_and_time
+
+    fresh = {"steps": 100, "steps_this_session": 100, "wall_seconds": 50.2,
+             "wall_seconds_total": 50.2}
+    assert _steps_and_time(fresh) == "100 steps, 50 s in all"
+    resumed = {"steps": 2950, "steps_this_session": 1000, "wall_seconds": 349.4,
+               "wall_seconds_total": 711.0}
+    assert _steps_and_time(resumed) == ("2950 steps, 711 s in all (1000 steps in 349 s by this "
+                                        "command)")

@@ -119,7 +119,7 @@ def test_smoothing_follows_the_filter_and_resets_on_a_jump(est, labelled, tmp_pa
         np.save(tmp_path / f"{name}.npy", depth)
     files = [tmp_path / f"{n}.npy" for n in "abc"]
     centres = [NYU.uvd_to_xyz(est.locate(np.load(f))) for f in files]
-    assert np.linalg.norm(centres[1] - centres[0]) < 20.0  # within the guard (125 mm)
+    assert np.linalg.norm(centres[1] - centres[0]) < 60.0  # within the guard (125 mm)
     assert np.linalg.norm(centres[2] - centres[1]) > 125.0  # a jump: the filter restarts
     report = predict_frames(est, [FileFrames(files)], smooth=0.25)
     got = [NYU.uvd_to_xyz(p.centre_uvd) for _, p in report.frames]

@@ -7,20 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handgan.data.sources import open_split, parse_source, split_names
+from handgan.data.sources import open_split, parse_source, pick_test_split, split_names
 from handgan.errors import HandganError
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    return synthesize_dataset(tmp_path_factory.mktemp("src") / "ds", 6, 3, seed=2, progress=False)
+    return synthesize_dataset(tmp_path_factory.mktemp("src") / "ds", 6, 3, seed=2, config=HAND,
+                              progress=False)
 
 
 @pytest.mark.parametrize("text, kind, root, option", [
     ("synthetic", "synthetic", "data/synthetic", None),
     ("synthetic:/tmp/s", "synthetic", "/tmp/s", None),
     ("nyu:/data/nyu", "nyu", "/data/nyu", None),
+    ("nyu:/data/nyu:test", "nyu", "/data/nyu", "test"),  # the one split to use
+    ("nyu:/data/a:b/nyu", "nyu", "/data/a:b/nyu", None),  # a ':' inside the path is the path's
     ("icvl:rel/icvl", "icvl", "rel/icvl", None),
     ("msra:/data/msra", "msra", "/data/msra", None),
     ("msra:/data/msra:3", "msra", "/data/msra", "3"),
@@ -38,6 +44,21 @@ def test_parse_source(text, kind, root, option):
 def test_parse_source_rejects_bad_specs(text, message):
     with pytest.raises(HandganError, match=message):
         parse_source(text)
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["train", "test"], "test"), (["train", "test_seq_1"], "test_seq_1"),
+    (["train", "test_seq_2"], "test_seq_2"), (["all"], None), (["train", "test_1", "test_2"], None),
+])
+def test_the_test_split_of_a_source(names, expected):
+    # what training reports as its test figure and evaluate scores by default
+    assert pick_test_split(names) == expected
+
+
+def test_nyu_split_named_in_the_spec(synth_root):
+    assert split_names(parse_source(f"nyu:{synth_root}:test")) == ["test"]
+    with pytest.raises(HandganError, match=r"no split folder 'test_2' .*\(found: test, train\)"):
+        split_names(parse_source(f"nyu:{synth_root}:test_2"))
 
 
 def test_synthetic_reads_through_the_nyu_reader(synth_root):

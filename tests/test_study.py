@@ -7,12 +7,15 @@ import pytest
 from handgan.cli import main
 from handgan.errors import HandganError
 from handgan.study import parse_fractions, parse_variants, summarise
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 
 def test_study_end_to_end_and_rerun(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data = synthesize_dataset(tmp_path / "ds", 32, 8, seed=0, workers=1, progress=False)
+    data = synthesize_dataset(tmp_path / "ds", 32, 8, seed=0, workers=1, config=HAND, progress=False)
     args = ["study", "labels", "--out", "study", "--data", f"synthetic:{data}",
             "--fractions", "0.25,1", "--seeds", "1", "--max-steps", "2", "--quiet",
             "--variant", "gan-fakepose=loss.fake_pose_loss=true", "--modes", "supervised",

@@ -10,13 +10,16 @@ import scipy.io
 from PIL import Image
 
 from handgan.camera import NYU
-from handgan.data.nyu import NYUSplit
+from handgan.data.nyu import NYUSplit, encode_nyu_depth, encode_png_rgb
 from handgan.errors import HandganError
-from handgan.synth import generate
+from handgan.synth import generate, render, scene
+from handgan.synth import hand as H
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
 from handgan.synth.render import SensorConfig
 
-CLEAN = SynthConfig(sensor=SensorConfig(enabled=False))
+CLEAN = SynthConfig(scene="hand", sensor=SensorConfig(enabled=False))
+HAND = SynthConfig(scene="hand")
+FULL_CLEAN = SynthConfig(scene="full", sensor=SensorConfig(enabled=False))
 
 
 def _frame(i, cfg=CLEAN, seed=0, split="train"):
@@ -46,7 +49,7 @@ def test_visible_joints_project_onto_hand_pixels_within_a_finger_radius():
 
 def test_frames_keep_the_whole_hand_in_view_at_the_required_distances():
     for i in range(40):
-        f = _frame(i, cfg=SynthConfig())
+        f = _frame(i, cfg=HAND if i % 2 else SynthConfig())  # hand-only and full frames
         uvd = f.joints_uvd
         assert np.all((uvd[:, 0] >= 0) & (uvd[:, 0] < 640) & (uvd[:, 1] >= 0) & (uvd[:, 1] < 480))
         assert 500.0 <= uvd[32, 2] <= 1200.0  # palm centre depth
@@ -60,10 +63,11 @@ def _files(root: Path) -> dict[str, bytes]:
             and p.name != generate.MANIFEST}
 
 
-def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path):
-    a = generate.synthesize_dataset(tmp_path / "a", 10, 4, seed=3, workers=1, progress=False)
-    b = generate.synthesize_dataset(tmp_path / "b", 10, 4, seed=3, workers=2, progress=False)
-    c = generate.synthesize_dataset(tmp_path / "c", 10, 4, seed=4, workers=1, progress=False)
+@pytest.mark.parametrize("cfg", [SynthConfig(), HAND], ids=["full", "hand"])
+def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path, cfg):
+    a = generate.synthesize_dataset(tmp_path / "a", 10, 4, seed=3, workers=1, config=cfg, progress=False)
+    b = generate.synthesize_dataset(tmp_path / "b", 10, 4, seed=3, workers=2, config=cfg, progress=False)
+    c = generate.synthesize_dataset(tmp_path / "c", 10, 4, seed=4, workers=1, config=cfg, progress=False)
     fa, fb, fc = _files(a), _files(b), _files(c)
     assert fa.keys() == fb.keys() and len(fa) == 14 + 2 * 2
     assert all(fa[k] == fb[k] for k in fa)
@@ -71,8 +75,8 @@ def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path):
 
 
 def test_files_decode_back_to_the_rendered_depth_and_labels(tmp_path):
-    root = generate.synthesize_dataset(tmp_path / "ds", 6, 3, seed=11, workers=1, progress=False)
     cfg = SynthConfig()
+    root = generate.synthesize_dataset(tmp_path / "ds", 6, 3, seed=11, workers=1, progress=False)
     for split, n in (("train", 6), ("test", 3)):
         mat = scipy.io.loadmat(root / split / "joint_data.mat")  # decoded without our reader
         assert mat["joint_xyz"].shape == (1, n, 36, 3) and mat["joint_xyz"].dtype == np.float64
@@ -88,6 +92,8 @@ def test_files_decode_back_to_the_rendered_depth_and_labels(tmp_path):
             assert np.all(rgb[..., 0] == 0)
             decoded = rgb[..., 1].astype(np.int64) * 256 + rgb[..., 2]
             np.testing.assert_array_equal(decoded, f.depth_mm)
+            png = (root / split / f"depth_1_{k + 1:07d}.png").read_bytes()
+            assert png == encode_png_rgb(encode_nyu_depth(f.depth_mm), deflate="isal")
             np.testing.assert_array_equal(mat["joint_xyz"][0, k], f.joints_xyz)
             np.testing.assert_array_equal(mat["joint_uvd"][0, k], f.joints_uvd)
     extra = np.load(root / "train" / "handgan_extra.npz")
@@ -95,6 +101,17 @@ def test_files_decode_back_to_the_rendered_depth_and_labels(tmp_path):
     # our synthetic dataset reads through the NYU reader unchanged
     split = NYUSplit(root, "test")
     assert len(split) == 3 and split.joints_xyz().shape == (3, 14, 3)
+
+
+def test_hand_frames_keep_their_zlib_pngs(tmp_path):
+    """Only full frames moved to ISA-L: hand frames' files stay byte for byte as before."""
+    root = generate.synthesize_dataset(tmp_path / "h", 2, 0, seed=5, config=HAND, progress=False)
+    people = subject_shapes(5, "train", HAND.train_subjects)
+    for k in range(2):
+        rng = frame_rng(5, "train", k)
+        f = synthesize_frame(rng, people[int(rng.integers(len(people)))], HAND)
+        png = (root / "train" / f"depth_1_{k + 1:07d}.png").read_bytes()
+        assert png == encode_png_rgb(encode_nyu_depth(f.depth_mm), deflate="zlib")
 
 
 def test_interrupted_run_never_looks_complete_and_resumes_to_identical_bytes(tmp_path, monkeypatch):
@@ -161,7 +178,7 @@ def test_synth_and_show_samples_commands_end_to_end(tmp_path):
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size == (540, 540)  # 2 x 2 panels of 3 inches at 90 dpi
     r = _cli("synth", "--out", str(out), "--train", "8", "--test", "2", "--overwrite", "--quiet",
-             "--background", "none")
+             "--scene", "hand", "--background", "none")
     assert r.returncode == 0, r.stderr
     r = _cli("show-samples", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png"))
     assert r.returncode == 2 and "missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -179,10 +196,130 @@ def test_backgrounds_never_hide_the_hand(background):
     nothing: walls, tables and clutter always lie behind/below it."""
     clean = SensorConfig(enabled=False)
     for i in range(60):
-        alone = _frame(i, cfg=SynthConfig(background="none", sensor=clean))
-        f = _frame(i, cfg=SynthConfig(background=background, sensor=clean))
+        alone = _frame(i, cfg=SynthConfig(scene="hand", background="none", sensor=clean))
+        f = _frame(i, cfg=SynthConfig(scene="hand", background=background, sensor=clean))
         assert f.background == background
         np.testing.assert_array_equal(f.joints_xyz, alone.joints_xyz)
         np.testing.assert_array_equal(f.visible, alone.visible)
         hand = alone.depth_mm > 0
         assert np.count_nonzero(f.depth_mm[hand] < alone.depth_mm[hand]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-frame scenes
+
+
+def _full(i, cfg=FULL_CLEAN, seed=0):
+    return _frame(i, cfg=cfg, seed=seed)
+
+
+def test_full_frames_fill_the_frame_with_a_person_and_a_room():
+    shares, tags = [], set()
+    for i in range(12):
+        f = _full(i, cfg=SynthConfig())  # with the sensor: nothing beyond its 4 m range
+        assert f.depth_mm.dtype == np.uint16 and f.depth_mm.shape == (480, 640)
+        shares.append(np.count_nonzero(f.depth_mm) / f.depth_mm.size)
+        tags.update(f.background.split("+"))
+        d = f.depth_mm[f.depth_mm > 0]
+        assert d.max() <= 4000 and d.min() >= 300
+    assert np.median(shares) > 0.6  # most of the frame has depth (far walls beyond 4 m read 0)
+    assert {"room", "table"} <= tags and any(t.startswith("other_") for t in tags)
+
+
+def test_the_person_stands_behind_the_hand_and_the_arm_reaches_it():
+    shape = subject_shapes(0, "train", 4)[0]
+    checked = 0
+    for i in range(30):
+        rng = frame_rng(0, "train", i)
+        angles, rotation = H.sample_articulation(rng), H.sample_rotation(rng)
+        z = rng.uniform(500.0, 1200.0)
+        pose = H.pose_from_angles(angles, rotation, NYU.uvd_to_xyz(np.array([320.0, 240.0, z])))
+        sk = H.forward_kinematics(pose, shape)
+        g = H.hand_geometry(sk)
+        around = scene.sample_surroundings(rng, sk, g, NYU)
+        if around is None:  # the forearm points at the camera: the frame redraws the hand
+            continue
+        checked += 1
+        # the upper arm starts where the hand's forearm ends, and is an upper arm's length
+        forearm_end = g.b[g.labels == H.LABEL_FOREARM].mean(0)
+        assert np.linalg.norm(around.elbow - forearm_end) < 1.0
+        # 290 mm x the body scale (hand scale 0.82-1.12, x 0.95-1.05)
+        assert 220.0 < np.linalg.norm(around.shoulder - around.elbow) < 345.0
+        # the torso's front is behind the palm and behind every point of the hand
+        hand = g.labels == H.LABEL_HAND
+        back = max((g.a[hand, 2] + g.ra[hand]).max(), (g.b[hand, 2] + g.rb[hand]).max())
+        assert around.torso_front_mm >= max(sk.palm_centre[2] + 120.0, back + 39.0)
+        assert around.torso_front_mm <= sk.palm_centre[2] + 800.0
+        # rendered, every hand pixel is nearer than whatever the surroundings put there
+        alone, alone_labels = render.render_depth(_hand_scene(g), NYU)
+        rest, _ = render.render_depth(render.Scene.concat(around.coarse, around.fine), NYU)
+        on_hand = alone_labels == H.LABEL_HAND
+        hidden = on_hand & (rest > 0) & (rest < alone - 0.5)
+        assert np.count_nonzero(hidden) <= 0.01 * np.count_nonzero(on_hand)
+    assert checked >= 20
+
+
+def _hand_scene(g):
+    return render.Scene(cone_a=g.a, cone_b=g.b, cone_ra=g.ra, cone_rb=g.rb, cone_labels=g.labels)
+
+
+def test_full_frames_keep_the_hand_exact_and_its_joints_visible():
+    """The hand's own pixels are the exact full-resolution render (as in hand-only frames) and
+    the visible joints sit on them."""
+    seen = {"full": 0, "hand": 0}
+    for i in range(10):
+        f = _full(i)
+        hand_only = _frame(i, cfg=CLEAN)  # a different hand (other draws), same checks
+        for kind, fr in (("full", f), ("hand", hand_only)):
+            u = np.rint(fr.joints_uvd[:, 0]).astype(int)
+            v = np.rint(fr.joints_uvd[:, 1]).astype(int)
+            d = fr.depth_mm[v, u].astype(float)
+            vis = fr.visible
+            seen[kind] += vis.sum()
+            assert np.all(d[vis] <= fr.joints_uvd[vis, 2] + 0.5 + 1e-6)
+            assert np.all(d[vis] >= fr.joints_uvd[vis, 2] - fr.joint_radii[vis] - 3.5)
+    assert seen["full"] > 0.4 * 10 * 36 and seen["hand"] > 0.4 * 10 * 36
+
+
+def test_hand_is_usually_the_nearest_object_but_not_always_by_much():
+    margins = []
+    for i in range(24):
+        f = _full(i)
+        palm = f.joints_uvd[32, 2]
+        d = f.depth_mm[f.depth_mm > 0].astype(float)
+        margins.append(palm - np.percentile(d, 0.05))
+    margins = np.array(margins)
+    # the nearest surfaces are the hand itself (within its own depth) in most frames
+    assert np.mean(margins < 150.0) > 0.7
+
+
+def test_manifest_records_the_scene_and_old_manifests_mean_hand(tmp_path):
+    root = generate.synthesize_dataset(tmp_path / "ds", 2, 0, seed=1, config=HAND, progress=False)
+    manifest = generate.read_manifest(root)
+    assert manifest["config"]["scene"] == "hand"
+    assert generate.config_from_dict(manifest["config"]) == HAND
+    old = dict(manifest["config"])
+    del old["scene"]
+    assert generate.config_from_dict(old).scene == "hand"
+    assert SynthConfig().scene == "full"  # new datasets (and `synthetic`'s default) are full
+    with pytest.raises(ValueError, match="scene"):
+        SynthConfig(scene="room")
+
+
+def test_synth_scene_option_on_the_command_line(tmp_path):
+    r = _cli("synth", "--out", str(tmp_path / "h"), "--train", "2", "--test", "0", "--quiet",
+             "--scene", "hand", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert generate.read_manifest(tmp_path / "h")["config"]["scene"] == "hand"
+    r = _cli("synth", "--out", str(tmp_path / "x"), "--scene", "room")
+    assert r.returncode == 2 and "--scene" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dense_and_sparse_incidence_give_the_same_bytes(monkeypatch):
+    """The sensor's whole-frame path (dense incidence angles) equals the per-pixel one exactly."""
+    clean = _full(3).depth_mm.astype(np.float32)
+    outs = []
+    for share in (8, 10**9):
+        monkeypatch.setattr(render, "_DENSE_SHARE", share)
+        outs.append(render.apply_sensor(clean, NYU, np.random.default_rng(0), SensorConfig()))
+    np.testing.assert_array_equal(outs[0], outs[1])

@@ -15,7 +15,10 @@ from handgan.errors import HandganError
 from handgan.evaluation.evaluate import load_networks
 from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
+from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
+
+HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,7 +28,7 @@ BATCH = 8
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    synthesize_dataset(root / "synth", 48, 16, seed=0, workers=1, progress=False)
+    synthesize_dataset(root / "synth", 48, 16, seed=0, workers=1, config=HAND, progress=False)
     return root
 
 
@@ -550,8 +553,10 @@ def test_bone_range_of_the_labelled_poses_and_the_prior_in_both_steps(workdir, t
                              - poses[:, [b for _, b in NYU14_EDGES]], axis=-1)
     np.testing.assert_allclose(low, lengths.min(0), rtol=1e-6)
     np.testing.assert_allclose(high, lengths.max(0), rtol=1e-6)
-    with pytest.raises(HandganError, match="14- or 36-joint"):
-        train_mod.labelled_bone_range(np.zeros((3, 16, 3)), torch.device("cpu"))  # ICVL-sized
+    icvl, _, _ = train_mod.labelled_bone_range(np.zeros((3, 16, 3)), torch.device("cpu"))
+    assert icvl.tolist()[:3] == [[0, 1], [1, 2], [2, 3]]  # ICVL: palm -> thumb root -> mid
+    with pytest.raises(HandganError, match=r"needs a known skeleton .* got 5 joints"):
+        train_mod.labelled_bone_range(np.zeros((3, 5, 3)), torch.device("cpu"))
     # The term in each step is w * the prior on Dis's poses of the unlabelled crops (before
     # the step); a range no pose can meet makes it pull.
     bones = (edges, high + 1.0, high + 2.0)

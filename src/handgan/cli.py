@@ -64,8 +64,11 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=_count, default=0, help="random seed: same seed, same bytes (default 0)")
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores)")
+    p.add_argument("--scene", choices=("full", "hand"), default="full",
+                   help="full: the whole frame (person, table, room; default) | hand: only a "
+                        "350 mm cube around the hand, as before")
     p.add_argument("--background", choices=("none", "wall", "table", "clutter", "mixed"),
-                   default="mixed", help="what lies behind the hand (default mixed)")
+                   default="mixed", help="--scene hand: what lies behind the hand (default mixed)")
     p.add_argument("--no-noise", action="store_true",
                    help="turn the sensor model off (clean renders, integer mm)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -78,7 +81,8 @@ def _run_synth(args) -> int:
     from handgan.synth.generate import read_manifest, synthesize_dataset
     from handgan.synth.render import SensorConfig
 
-    cfg = SynthConfig(background=args.background, sensor=SensorConfig(enabled=not args.no_noise))
+    cfg = SynthConfig(scene=args.scene, background=args.background,
+                      sensor=SensorConfig(enabled=not args.no_noise))
     complete = read_manifest(args.out) is not None and not args.overwrite
     out = synthesize_dataset(args.out, args.train, args.test, seed=args.seed, workers=args.workers,
                              config=cfg, overwrite=args.overwrite, progress=not args.quiet)
@@ -161,7 +165,7 @@ def _add_train(sub) -> None:
                    "(docs/training.md); the seed document's GAN: --config "
                    "configs/seed-literal.yaml; default quick")
     p.add_argument("--config", help="YAML config (full, or partial over 'preset: NAME')")
-    p.add_argument("--data", help="synthetic[:DIR] | nyu:DIR | icvl:DIR | msra:DIR:FOLD")
+    p.add_argument("--data", help="synthetic[:DIR] | nyu:DIR[:SPLIT] | icvl:DIR | msra:DIR[:FOLD]")
     p.add_argument("--unlabeled", help="extra unlabelled frames, e.g. folder:DIR[:CAMERA]")
     p.add_argument("--labeled-fraction", type=float, help="share of training frames keeping labels")
     p.add_argument("--mode", choices=("gan", "supervised"), help="default gan")
@@ -195,20 +199,34 @@ def _run_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     summary = json.loads((run / "summary.json").read_text())
-    print(f"{run}: {_final_error(summary)}, "
-          f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s")
+    print(f"{run}: {_final_error(summary)}")
+    print(f"{run}: {_steps_and_time(summary)}")
     return 0
 
 
 def _final_error(summary: dict) -> str:
-    """The run's last test figure, or its validation figure where the source has no test split."""
+    """The run's test figures (last epoch and best.pt), or its validation figure where the
+    source has no test split. Crops are centred as the run trained (data.centre)."""
     if summary.get("final_mean_error_mm") is not None:
-        return (f"mean 3D joint error {summary['final_mean_error_mm']:.2f} mm on the test split "
-                f"(mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm)")
+        text = (f"mean 3D joint error on the test split {summary['final_mean_error_mm']:.2f} mm "
+                f"at the last epoch (last.pt)")
+        best, epoch = summary.get("best_mean_error_mm"), summary.get("best_epoch")
+        if best is not None and summary.get("selection_split") == "val":
+            text += f", {best:.2f} mm with best.pt (epoch {epoch}, chosen on validation)"
+        return text + f"; mean-pose baseline {summary['mean_pose_baseline_mm']:.2f} mm"
     if summary.get("final_val_mean_error_mm") is not None:
         return (f"mean 3D joint error {summary['final_val_mean_error_mm']:.2f} mm on the "
                 "validation hold-out (the source has no test split)")
     return "no labelled split to evaluate on (no test split, no validation hold-out)"
+
+
+def _steps_and_time(summary: dict) -> str:
+    """Steps and wall time of the whole run; a resumed run also says what this command did."""
+    text = f"{summary['steps']} steps, {summary.get('wall_seconds_total', 0):.0f} s in all"
+    this = summary.get("steps_this_session")
+    if this is not None and this != summary["steps"]:
+        text += f" ({this} steps in {summary['wall_seconds']:.0f} s by this command)"
+    return text
 
 
 def _add_evaluate(sub) -> None:
@@ -225,7 +243,8 @@ def _add_evaluate(sub) -> None:
                    "here; a missing synthetic set is not generated)")
     p.add_argument("--cache-dir", help="crop cache folder (default .handgan-cache in the working "
                    "folder, never the checkpoint's)")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", help="split to evaluate (default: the source's test split, "
+                   "ICVL's one test sequence when only one is there)")
     p.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
     p.add_argument("--centre", choices=("gt", "com"),
                    help="crop centre: ground-truth palm or localised hand (default: as trained)")
@@ -256,11 +275,25 @@ def _run_evaluate(args) -> int:
         return 0
     from handgan.evaluation.evaluate import default_out_dir, resolve_checkpoint
 
-    out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), args.split)
+    out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), m["split"])
     base = m["mean_pose_baseline_mm"]
+    where = ("crops centred on the labelled palm" if m["centre"] == "gt"
+             else "crops centred where the hand was localised in the full frame")
     print(f"{m['data']} {m['split']}: mean 3D joint error {m['mean_error_mm']:.2f} mm over "
-          f"{m['frames']} frames" + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
+          f"{m['frames']} frames, {where}, {Path(m['checkpoint']).name}"
+          + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
           + (f", refined by {m['refine_steps']} steps" if m["refine_steps"] else ""))
+    full = m.get("full_frame")
+    if full:
+        loc = full["localisation"]
+        print(f"full frames: mean 3D joint error {full['mean_error_mm']:.2f} mm with crops "
+              f"centred where the run's localiser finds the hand (hand centre "
+              f"{loc['median_mm']:.1f} mm from the true palm centre, median; p90 "
+              f"{loc['p90_mm']:.1f} mm)")
+    loc = m.get("localisation")
+    if loc and loc.get("median_mm") is not None:
+        print(f"localisation ({loc['method']}): hand centre {loc['median_mm']:.1f} mm from the "
+              f"true palm centre (median), p90 {loc['p90_mm']:.1f} mm")
     g = m.get("generator")
     if g:
         print(f"generator: hand-region depth error {g['hand_depth_error_mm']:.2f} mm (blank "
@@ -366,8 +399,8 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="3D joints from depth frames with a trained checkpoint",
         description="Localise the hand in each depth frame, crop it as in training and predict "
-                    "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, "
-                    ".npy arrays of mm, or folders of them (sorted by name); an NYU-format "
+                    "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, MSRA "
+                    ".bin, .npy arrays of mm, or folders of them (sorted by name); an NYU-format "
                     "folder with joint_data.mat (labelled: the true skeleton and the error are "
                     "shown too); RealSense recordings (.bag, .db3) and 'realsense[:SERIAL]' for a "
                     "live camera (pip install 'handgan[realsense]'). With --out: "

@@ -33,6 +33,7 @@ import yaml
 from handgan.atomic import atomic_write
 from handgan.augment import AugmentConfig
 from handgan.errors import HandganError
+from handgan.localize import LocalizerConfig
 from handgan.models import ModelConfig
 
 TRAIN_MODES = ("gan", "supervised")
@@ -199,6 +200,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)  # hand localiser stage
     device: str = "auto"             # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True                 # bf16 autocast; applied on CUDA only, ignored on CPU
     channels_last: bool = True       # channels-last memory format; CUDA only

@@ -132,6 +132,25 @@ class CropParams:
 
 
 @dataclass(frozen=True)
+class LocatedCentres:
+    """Crop centres a learned hand localiser found for every frame of a reader.
+
+    Attributes:
+        centres: (N, 3) uvd; NaN rows where no hand was found.
+        not_found: {frame: why} for the NaN rows.
+        localizer: identity of the localiser (e.g. a hash of its weights), part of the cache key.
+    """
+
+    centres: np.ndarray
+    not_found: dict[int, str]
+    localizer: str
+
+    def key(self) -> str:
+        return hashlib.sha256(self.localizer.encode() + np.ascontiguousarray(
+            self.centres, dtype=np.float64).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
 class BadFrame:
     """A frame left out of (or stopping) a cache build: reader index, file and what is wrong."""
 
@@ -225,7 +244,8 @@ def build_cache(reader: FrameReader, cache_root: str | Path, params: CropParams 
 def load_or_build_cache(reader: FrameReader, cache_root: str | Path,
                         params: CropParams = CropParams(), *, progress: bool = True,
                         on_bad: str = "stop", verify: str = "quick",
-                        workers: int | None = None) -> CropCache:
+                        workers: int | None = None,
+                        located: LocatedCentres | None = None) -> CropCache:
     """The cache of ``reader`` with ``params``: reused when valid, else (re)built.
 
     A cache is reused when its manifest matches the source (reader settings, the names, sizes and
@@ -233,13 +253,15 @@ def load_or_build_cache(reader: FrameReader, cache_root: str | Path,
     ``verify`` check ("quick" or "full", see the module doc). Any change of a source file or a
     parameter gives another key, so it is rebuilt; an older cache of the same source and
     parameters is then deleted. A reused cache with bad frames recorded raises like a build does
-    when ``on_bad="stop"``. Other arguments: see :func:`build_cache`.
+    when ``on_bad="stop"``. ``located``: with ``params.centre == "com"``, the centres a learned
+    localiser found (part of the key), instead of :func:`~handgan.preprocess.localize_hand` in
+    the workers. Other arguments: see :func:`build_cache`.
     """
     if on_bad not in ON_BAD:
         raise HandganError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
     if verify not in VERIFY:
         raise HandganError(f"verify must be one of {VERIFY}, got {verify!r}")
-    source = _Source.plan(reader, params)
+    source = _Source.plan(reader, params, located)
     if Path(cache_root).is_dir():
         _remove_abandoned(Path(cache_root))  # killed builds' temp folders can be gigabytes
     path = Path(cache_root) / source.key
@@ -267,13 +289,15 @@ class _Source:
     description: dict  # JSON-ready reader identity
     fingerprint: dict  # {"sha256", "files", "label_files"}
     key: str
-    centres: np.ndarray | None  # (N, 3) ground-truth centre uvd ("gt"), else None
+    centres: np.ndarray | None  # (N, 3) centre uvd: ground truth ("gt") or located, else None
     xyz: np.ndarray | None  # (N, J, 3) joints mm, None when unlabelled
     labels_ok: np.ndarray  # (N,) bool: labels finite (all True when unlabelled)
     cubes: np.ndarray  # (N,) cube side mm per frame
+    not_found: dict[int, str] = dataclasses.field(default_factory=dict)  # located: no hand
 
     @classmethod
-    def plan(cls, reader: FrameReader, params: CropParams) -> _Source:
+    def plan(cls, reader: FrameReader, params: CropParams,
+             located: LocatedCentres | None = None) -> _Source:
         uvd, xyz = reader.joints_uvd(), reader.joints_xyz()  # each a full copy: read them once
         n = len(reader)
         if uvd is None:
@@ -288,6 +312,10 @@ class _Source:
                 raise HandganError(f"{reader.root}: {type(reader).__name__} has no centre joint "
                                    "for centre='gt'; use centre='com'")
             centres = uvd[:, joint]
+        elif located is not None:
+            if len(located.centres) != n:
+                raise ValueError(f"{len(located.centres)} located centres for {n} frames")
+            centres = located.centres
         if params.cube_mm is not None:
             cubes = np.full(n, params.cube_mm)
         else:
@@ -298,8 +326,11 @@ class _Source:
                      "fingerprint": fingerprint["sha256"], "params": dataclasses.asdict(params),
                      # per-frame cubes come from the reader (per subject for MSRA)
                      "cubes": hashlib.sha256(cubes.tobytes()).hexdigest()}
+        if located is not None and params.centre == "com":
+            key_input["located"] = located.key()
         key = hashlib.sha256(json.dumps(key_input, sort_keys=True).encode()).hexdigest()[:24]
-        return cls(reader, params, description, fingerprint, key, centres, xyz, labels_ok, cubes)
+        return cls(reader, params, description, fingerprint, key, centres, xyz, labels_ok, cubes,
+                   dict(located.not_found) if located is not None else {})
 
 
 def describe_source(reader: FrameReader) -> dict:
@@ -461,10 +492,11 @@ class _Job:
     start: int
     stop: int
     size: int
-    centres: np.ndarray | None  # (m, 3) or None ("com")
+    centres: np.ndarray | None  # (m, 3) (NaN: no hand found) or None (``localize_hand``)
     xyz: np.ndarray | None  # (m, J, 3) or None
     labels_ok: np.ndarray  # (m,)
     cubes: np.ndarray  # (m,)
+    not_found: dict[int, str]  # frame -> why the localiser found no hand there
 
 
 @dataclass
@@ -509,7 +541,8 @@ def _chunk_results(source: _Source, workers: int | None) -> Iterator[Iterator[_C
     jobs = (_Job(start, min(start + CHUNK, n), source.params.size,
                  None if source.centres is None else source.centres[start:start + CHUNK],
                  None if source.xyz is None else source.xyz[start:start + CHUNK],
-                 source.labels_ok[start:start + CHUNK], source.cubes[start:start + CHUNK])
+                 source.labels_ok[start:start + CHUNK], source.cubes[start:start + CHUNK],
+                 {i: why for i, why in source.not_found.items() if start <= i < start + CHUNK})
             for start in range(0, n, CHUNK))
     if workers is None:
         workers = _available_cores() if n >= PARALLEL_MIN_FRAMES else 1
@@ -539,6 +572,8 @@ def _run_job(reader: FrameReader, job: _Job) -> _ChunkResult:
             if not job.labels_ok[k]:
                 raise HandganError("labels have NaN or inf values")
             centre = None if job.centres is None else job.centres[k]
+            if centre is not None and not np.isfinite(centre).all():
+                raise HandganError(job.not_found.get(job.start + k, "no hand found"))
             xyz = None if job.xyz is None else job.xyz[k]
             crop, t, joints_norm = _crop_frame(reader, i, centre, xyz, job.cubes[k], job.size)
         except HandganError as e:

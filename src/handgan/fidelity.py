@@ -28,15 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from handgan.joints import NYU14_EDGES, NYU36_EDGES
+# the bones of a known layout, or none (the hand region is then discs around the joints)
+from handgan.joints import skeleton_edges
 
 HAND_RADIUS_MM = 20.0  # hand region: pixels within this distance (crop plane) of a bone
 FIDELITY_BATCH = 256
-
-
-def skeleton_edges(num_joints: int) -> tuple[tuple[int, int], ...]:
-    """The bones of a joint layout, or no bones (the region is then discs around the joints)."""
-    return {14: NYU14_EDGES, 36: NYU36_EDGES}.get(num_joints, ())
 
 
 def approx_crop_px(joints_norm: torch.Tensor, size: int) -> torch.Tensor:

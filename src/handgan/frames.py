@@ -5,7 +5,7 @@ A source is an iterable of :class:`Frame` with a ``length`` (None for a live cam
 labelled dataset, its true joints. The depth itself is read when the frame is used
 (``Frame.depth()``), so a damaged file is one failed frame, not the end of the sequence.
 
-    FileFrames(paths)             depth files: NYU PNG, 16-bit PNG, .npy (what predict always read)
+    FileFrames(paths)             depth files: NYU PNG, 16-bit PNG, MSRA .bin, .npy
     DatasetFrames(reader)         a labelled split (data/: NYUSplit, ICVLSplit, MSRADataset, ...)
     realsense.RealSenseFrames(path)   a RealSense recording (.bag, .db3), played with pyrealsense2
     realsense.RealSenseFrames(None)   a live RealSense camera (pyrealsense2)
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from handgan.camera import Intrinsics
-from handgan.data.folder import FRAME_SUFFIXES
 from handgan.errors import HandganError
 
+FRAME_SUFFIXES = (".png", ".npy", ".bin")  # .bin: MSRA 2015 frames (data.msra.read_depth_bin)
 RECORDING_SUFFIXES = (".bag", ".db3")  # librealsense: ROS1 bags (up to 2.58), ROS2 .db3 (2.59+)
 LIVE_PREFIX = "realsense"  # input "realsense" or "realsense:SERIAL" = a live camera
 
@@ -117,7 +117,7 @@ def is_nyu_split(folder: Path) -> bool:
 
 def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files and folders -> frame files in order: a folder contributes its ``*.png`` / ``*.npy``
-    files (not sub-folders) in sorted name order; a file is taken as given.
+    / ``*.bin`` files (not sub-folders) in sorted name order; a file is taken as given.
 
     Raises:
         HandganError: an input that does not exist, or a folder without frames.
@@ -128,7 +128,7 @@ def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             found = sorted(p for p in item.iterdir()
                            if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
             if not found:
-                raise HandganError(f"{item}: no depth frames (*.png, *.npy) in the folder")
+                raise HandganError(f"{item}: no depth frames (*.png, *.npy, *.bin) in the folder")
             files.extend(found)
         elif item.exists():
             files.append(item)

@@ -30,8 +30,9 @@ from handgan.camera import NYU, Intrinsics
 from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
-from handgan.frames import list_depth_files  # noqa: F401  (API: moved to frames.py)
-from handgan.joints import NYU14_NAMES, NYU14_PALM, NYU_EVAL_IDS, NYU_JOINT_NAMES
+from handgan.frames import FRAME_SUFFIXES, list_depth_files  # noqa: F401  (API: in frames.py)
+from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
+from handgan.localize import Localizer
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
 from handgan.overlay import save_overlay  # noqa: F401  (API: moved to overlay.py)
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
@@ -74,21 +75,15 @@ class CropSpec:
 
 
 def centre_joint_index(joint_names: Sequence[str]) -> int | None:
-    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA), else None."""
-    from handgan.data.icvl import ICVLSplit
-    from handgan.data.msra import MSRA_JOINT_NAMES, MSRADataset
-
-    names = tuple(joint_names)
-    nyu14_raw = tuple(NYU_JOINT_NAMES[i] for i in NYU_EVAL_IDS)  # what NYUSplit names them
-    known = {NYU14_NAMES: NYU14_PALM, nyu14_raw: NYU14_PALM, NYU_JOINT_NAMES: 32,
-             tuple(ICVLSplit.joint_names): ICVLSplit.centre_joint,
-             tuple(MSRA_JOINT_NAMES): MSRADataset.centre_joint}
-    return known.get(names)
+    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA; readable or
+    dataset names), else None."""
+    layout = layout_of_names(joint_names)
+    return layout.centre if layout is not None else None
 
 
 def is_nyu14(joint_names: Sequence[str]) -> bool:
-    """True for the 14 NYU evaluation joints (either naming), whose skeleton plots.py draws."""
-    return len(joint_names) == 14 and centre_joint_index(joint_names) == NYU14_PALM
+    """True for the 14 NYU evaluation joints (either naming)."""
+    return layout_of_names(joint_names) is NYU14
 
 
 def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:
@@ -134,7 +129,8 @@ def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.Path
     if len(names) != model.num_joints:
         raise HandganError(f"{path}: {len(names)} joint names but the model predicts "
                            f"{model.num_joints} joints")
-    return CropSpec(size, cube, intrinsics, names, centre, source)
+    # Checkpoints save the dataset's names (F1_KNU3_A ..., C, T1 ...): print the readable ones.
+    return CropSpec(size, cube, intrinsics, readable_names(names), centre, source)
 
 
 def load_networks(path: str | os.PathLike, what: str, device: str | torch.device = "cpu",
@@ -248,7 +244,8 @@ class Estimator:
                  device: str | torch.device = "cpu", backend: str = "torch",
                  threads: int | None = None, generator: torch.nn.Module | None = None,
                  refine: int = 0, refine_lr: float = DEFAULT_LR,
-                 refine_prior: float = DEFAULT_PRIOR_WEIGHT) -> None:
+                 refine_prior: float = DEFAULT_PRIOR_WEIGHT,
+                 localizer: Localizer | None = None) -> None:
         if backend not in BACKENDS:
             raise HandganError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if refine < 0:
@@ -258,6 +255,7 @@ class Estimator:
         self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.spec = spec
+        self.localizer = localizer
         self.backend = backend
         self.refine, self.refine_lr, self.refine_prior = int(refine), refine_lr, refine_prior
         self.generator = (generator.to(self.device).eval().requires_grad_(False)
@@ -315,8 +313,10 @@ class Estimator:
                 raise HandganError(f"{path}: refinement needs a trained generator; this is a "
                                    f"mode {mode!r} checkpoint, whose generator was never trained")
             generator = load_networks(path, "generator", "cpu", ckpt=ckpt)[0]
+        localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
+                     if ckpt.get("localizer") is not None else None)
         return cls(network, spec, device, backend=backend, threads=threads, generator=generator,
-                   refine=refine)
+                   refine=refine, localizer=localizer)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -336,13 +336,16 @@ class Estimator:
     # ---- steps ----------------------------------------------------------------------------
 
     def locate(self, depth_mm: np.ndarray, intrinsics: Intrinsics | None = None) -> np.ndarray:
-        """(H, W) frame -> (3,) hand centre uvd (``localize_hand`` with the checkpoint's cube).
+        """(H, W) frame -> (3,) hand centre uvd: the checkpoint's learned localiser when it has
+        one (``localize.Localizer``), else ``localize_hand`` with the checkpoint's cube.
 
         Raises:
             HandganError: bad frame, or "no hand found: ...".
         """
         intr = intrinsics or self.spec.intrinsics
         depth = check_depth_frame(depth_mm, intr)
+        if self.localizer is not None:
+            return self.localizer.locate(depth, intr)
         return localize_hand(depth, intr, cube_mm=self.spec.cube_mm[2])
 
     def crop(self, depth_mm: np.ndarray, centre_uvd: np.ndarray,
@@ -493,8 +496,9 @@ def check_depth_frame(depth_mm: Any, intr: Intrinsics) -> np.ndarray:
 def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
     """Read one depth frame -> (H, W) float32 mm.
 
-    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm, or a
-    2-D integer/float ``.npy`` of mm (read without pickle).
+    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm (ICVL),
+    MSRA 2015's ``*_depth.bin`` (float32 mm of the hand's box), or a 2-D integer/float ``.npy``
+    of mm (read without pickle).
 
     Raises:
         HandganError: one line naming the file (missing, not a depth image, wrong shape/dtype).
@@ -507,8 +511,12 @@ def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return read_depth_npy(path)
+    if suffix == ".bin":
+        from handgan.data.msra import read_depth_bin
+
+        return read_depth_bin(path)
     if suffix != ".png":
-        raise HandganError(f"{path}: not a depth frame file (expected .png or .npy)")
+        raise HandganError(f"{path}: not a depth frame file (expected .png, .npy or MSRA .bin)")
     data = read_bytes(path, "depth PNG")
     expected = "an NYU 8-bit RGB or a 16-bit greyscale depth PNG"
     bit_depth, colour = png_header(data, path, expected)

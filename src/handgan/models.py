@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handgan.joints import NYU14_PALM
+from handgan.joints import skeleton_edges as joints_layout_edges
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,10 @@ BONE_SIGMA = 1.5  # width of a drawn bone, in px of a 64 px crop (scaled with th
 
 
 def skeleton_edges(num_joints: int) -> tuple[tuple[int, int], ...]:
-    """Bones of a joint layout (NYU 14 or 36 points); other layouts: each joint to the next."""
-    from handgan.joints import NYU14_EDGES, NYU36_EDGES
-
-    return {14: NYU14_EDGES, 36: NYU36_EDGES}.get(
-        num_joints, tuple((k, k + 1) for k in range(num_joints - 1)))
+    """Bones of a dataset's joint layout (``joints.LAYOUTS``: NYU 14 or 36, ICVL 16, MSRA 21);
+    a joint set of no known dataset gets a chain, each joint to the next (as many bones as a
+    tree: the parameter shapes do not depend on which)."""
+    return joints_layout_edges(num_joints) or tuple((k, k + 1) for k in range(num_joints - 1))
 
 
 def bone_map_channels(num_joints: int) -> int:

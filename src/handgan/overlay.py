@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from handgan.joints import NYU14_EDGES, NYU36_EDGES, NYU_JOINT_NAMES
+from handgan.joints import layout_of_names
 
 if TYPE_CHECKING:
     from handgan.inference import Prediction
@@ -24,34 +24,27 @@ OVERLAY_DPI = 90
 TRUTH_COLOUR = "white"
 
 
-def skeleton_edges(joint_names: Sequence[str]) -> tuple[tuple[int, int], ...] | None:
-    """The bones to draw for a joint set, from ``joints.py``; None = draw the joints only."""
-    from handgan.inference import is_nyu14
-
-    if is_nyu14(joint_names):
-        return NYU14_EDGES
-    if tuple(joint_names) == NYU_JOINT_NAMES:
-        return NYU36_EDGES
-    return None
-
-
 def draw_joints(ax, uvd: np.ndarray, joint_names: Sequence[str], colour: str | None = None,
-                lw: float = 1.6, ms: float = 4.0) -> None:
-    """The skeleton of ``uvd`` (J, 2+) in image pixels: the 14 NYU joints finger by finger in
-    colour (``colour`` None) or in one colour; other joint sets with their bones from
-    ``joints.py`` if it has them, else as dots."""
-    from handgan.plots import draw_skeleton14
+                lw: float = 2.4, ms: float = 3.0) -> None:
+    """The skeleton of ``uvd`` (J, 2+) in image pixels with the bones of its layout in
+    ``joints.py`` (joints only for an unknown joint set): finger by finger in colour
+    (``colour`` None, ``plots.draw_skeleton``) or all in one colour (the true skeleton)."""
+    from handgan.plots import draw_skeleton
 
-    uv = np.asarray(uvd)[:, :2]
-    edges = skeleton_edges(joint_names)
-    if colour is None and edges is NYU14_EDGES:
-        draw_skeleton14(ax, uv)
+    layout = layout_of_names(joint_names)
+    if colour is None:
+        draw_skeleton(ax, uvd, layout)
         return
-    colour = colour or "#e41a1c"
-    for a, b in edges or ():
+    uv = np.asarray(uvd)[:, :2]
+    for a, b in layout.edges if layout is not None else ():
         ax.plot(uv[[a, b], 0], uv[[a, b], 1], "-", lw=lw, color=colour, alpha=0.9)
-    ax.plot(uv[:, 0], uv[:, 1], "o", ms=ms, mec="white" if colour != "white" else "black",
-            mew=0.6, color=colour)
+    ax.plot(uv[:, 0], uv[:, 1], "o", ms=ms, mec="black", mew=0.6, color=colour)
+
+
+def same_joints(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Two joint-name lists for the same joints (one layout, readable or dataset names)."""
+    return tuple(a) == tuple(b) or (layout_of_names(a) is not None
+                                    and layout_of_names(a) is layout_of_names(b))
 
 
 def mean_error_mm(pred: Prediction, truth_uvd: np.ndarray, intrinsics) -> float:
@@ -87,7 +80,7 @@ def render_overlay(depth_mm: np.ndarray, pred: Prediction, title: str = "",
                                             fill=False, ec="white", lw=1.0))
         ax_full.plot(pred.uvd[:, 0], pred.uvd[:, 1], ".", ms=2, color="white")
         if truth_uvd is not None:
-            draw_joints(ax_zoom, truth_uvd, pred.joint_names, TRUTH_COLOUR, lw=2.4, ms=3.0)
+            draw_joints(ax_zoom, truth_uvd, pred.joint_names, TRUTH_COLOUR)
         draw_joints(ax_zoom, pred.uvd, pred.joint_names)
         ax_zoom.set_xlim(x0 - 0.5, x1 - 0.5)
         ax_zoom.set_ylim(y1 - 0.5, y0 - 0.5)

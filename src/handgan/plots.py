@@ -10,24 +10,34 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from handgan.atomic import atomic_write
-from handgan.joints import NYU14_EDGES, NYU_EVAL_IDS
+from handgan.joints import NYU14, NYU_EVAL_IDS, JointLayout, layout_for
 
-# One colour per finger in the 14-joint layout: little, ring, middle, index, thumb, palm.
-_FINGER_OF_JOINT14 = (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5)
+# One colour per digit (joints.DIGITS): little, ring, middle, index, thumb, palm.
 _FINGER_COLOURS = ("#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#222222")
+
+
+def draw_skeleton(ax, uv: np.ndarray, layout: JointLayout | None = None,
+                  visible: np.ndarray | None = None, offset=(0.0, 0.0),
+                  scale: float = 1.0) -> None:
+    """Draw a skeleton (uv in image pixels) on an image axis, bones coloured by finger; hidden
+    joints hollow. ``layout`` defaults to the one with as many joints as ``uv`` has; a joint set
+    of no known dataset is drawn as joints alone."""
+    pts = (np.asarray(uv)[:, :2] - np.asarray(offset)) * scale
+    layout = layout or layout_for(len(pts))
+    digits = layout.digits if layout is not None else (0,) * len(pts)
+    for a, b in layout.edges if layout is not None else ():
+        ax.plot(pts[[a, b], 0], pts[[a, b], 1], "-", lw=1.6,
+                color=_FINGER_COLOURS[digits[b]], alpha=0.9)
+    for j, (x, y) in enumerate(pts):
+        colour = _FINGER_COLOURS[digits[j]]
+        shown = True if visible is None else bool(visible[j])
+        ax.plot(x, y, "o", ms=4.5, mec="white", mew=0.8, color=colour if shown else "none")
 
 
 def draw_skeleton14(ax, uv: np.ndarray, visible: np.ndarray | None = None, offset=(0.0, 0.0),
                     scale: float = 1.0) -> None:
-    """Draw the 14-joint skeleton (uv in image pixels) on an image axis; hidden joints hollow."""
-    pts = (np.asarray(uv)[:, :2] - np.asarray(offset)) * scale
-    for a, b in NYU14_EDGES:
-        ax.plot(pts[[a, b], 0], pts[[a, b], 1], "-", lw=1.6,
-                color=_FINGER_COLOURS[_FINGER_OF_JOINT14[b]], alpha=0.9)
-    for j, (x, y) in enumerate(pts):
-        colour = _FINGER_COLOURS[_FINGER_OF_JOINT14[j]]
-        shown = True if visible is None else bool(visible[j])
-        ax.plot(x, y, "o", ms=4.5, mec="white", mew=0.8, color=colour if shown else "none")
+    """Draw the NYU 14-joint skeleton (uv in image pixels): :func:`draw_skeleton` with NYU14."""
+    draw_skeleton(ax, uv, NYU14, visible, offset, scale)
 
 
 def depth_to_rgb(depth_mm: np.ndarray, near_mm: float, far_mm: float) -> np.ndarray:
@@ -41,7 +51,7 @@ def depth_to_rgb(depth_mm: np.ndarray, near_mm: float, far_mm: float) -> np.ndar
 def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str | Path,
                 visible: list[np.ndarray] | None = None, titles: list[str] | None = None,
                 cols: int = 4, zoom: bool = True, margin_px: int = 30) -> Path:
-    """A grid of depth frames, each with its 14-joint skeleton; zoomed on the hand by default."""
+    """A grid of depth frames, each with its skeleton; zoomed on the hand by default."""
     n = len(frames)
     cols = min(cols, n)
     rows = (n + cols - 1) // cols
@@ -66,7 +76,7 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
             canvas[max(-v0, 0):max(-v0, 0) + src.shape[0], max(-u0, 0):max(-u0, 0) + src.shape[1]] = src
             rgb, offset = canvas, (u0, v0)
         ax.imshow(rgb, interpolation="nearest")
-        draw_skeleton14(ax, uvd, None if visible is None else visible[k], offset)
+        draw_skeleton(ax, uvd, None, None if visible is None else visible[k], offset)
         ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
         ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
         if titles:
@@ -125,8 +135,8 @@ def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarr
 
     Args:
         crops: (N, S, S) normalised crops in [-1, 1].
-        pred_px, true_px: (N, J, 2) joints in crop pixels (x = column, y = row). With the NYU
-            14-joint layout the bones are drawn; otherwise only the joints.
+        pred_px, true_px: (N, J, 2) joints in crop pixels (x = column, y = row). The bones of a
+            known layout (``joints.LAYOUTS``) are drawn; of another joint set only the joints.
         out: PNG path (written atomically).
         titles: one short title per crop (e.g. its mean error).
         cols: crops per row.
@@ -142,13 +152,13 @@ def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarr
         size = crops[k].shape[-1]
         ax.imshow(crops[k], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         t, p = np.asarray(true_px[k]), np.asarray(pred_px[k])
-        if len(t) == len(NYU14_EDGES) + 1:  # the 14-joint tree has one bone fewer than joints
-            for a, b in NYU14_EDGES:
+        layout = layout_for(len(t))
+        if layout is not None:
+            for a, b in layout.edges:
                 ax.plot(t[[a, b], 0], t[[a, b], 1], "-", lw=2.2, color="white", alpha=0.8)
-            draw_skeleton14(ax, p)
         else:
             ax.plot(t[:, 0], t[:, 1], "o", ms=4, color="white", alpha=0.8)
-            ax.plot(p[:, 0], p[:, 1], "o", ms=3, color=_FINGER_COLOURS[0])
+        draw_skeleton(ax, p, layout)
         ax.set_xlim(-0.5, size - 0.5)
         ax.set_ylim(size - 0.5, -0.5)
         if titles:

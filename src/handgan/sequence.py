@@ -219,14 +219,11 @@ def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
 
 def _error(frame: Frame, pred, intr: Intrinsics) -> float | None:
     """The frame's mean 3D error if it has labels of the predicted joints, else None."""
-    from handgan.inference import is_nyu14
-    from handgan.overlay import mean_error_mm
+    from handgan.overlay import mean_error_mm, same_joints
 
-    if frame.truth_uvd is None or len(frame.truth_uvd) != len(pred.joint_names):
+    if frame.truth_uvd is None or not same_joints(frame.joint_names, pred.joint_names):
         return None
-    same = tuple(frame.joint_names) == tuple(pred.joint_names) or \
-        (is_nyu14(frame.joint_names) and is_nyu14(pred.joint_names))
-    return mean_error_mm(pred, frame.truth_uvd, intr) if same else None
+    return mean_error_mm(pred, frame.truth_uvd, intr)
 
 
 def _unique(name: str, used: dict[str, int]) -> str:

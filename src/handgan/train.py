@@ -45,7 +45,13 @@ from handgan.checkpoint import (
     restore_rng_state,
 )
 from handgan.config import LossConfig, OptimConfig, TrainConfig, from_dict, save_yaml, to_dict
-from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
+from handgan.data.sources import (
+    ensure_synthetic,
+    open_split,
+    parse_source,
+    pick_test_split,
+    split_names,
+)
 from handgan.dataset import (
     CropCache,
     CropParams,
@@ -69,7 +75,8 @@ from handgan.distributed import (
 from handgan.errors import HandganError
 from handgan.evaluation.metrics import crops_mean_error_mm
 from handgan.fidelity import generator_fidelity, training_hand_mask
-from handgan.joints import NYU14_EDGES, NYU36_EDGES
+from handgan.joints import skeleton_edges
+from handgan.localize import LOCALIZER_FILE, Localizer, fit_run_localizer, locate_reader
 from handgan.losses import (
     bone_lengths,
     bone_prior_loss,
@@ -172,10 +179,15 @@ def _augment(cfg: TrainConfig):
     return a
 
 
-def _cache(spec, split: str, cfg: TrainConfig, progress: bool) -> CropCache:
+def _cache(spec, split: str, cfg: TrainConfig, progress: bool,
+           localizer: Localizer | None = None) -> CropCache:
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=cfg.data.centre)
-    return load_or_build_cache(open_split(spec, split), cfg.data.cache_dir, params,
-                               progress=progress, on_bad=cfg.data.on_bad)
+    reader = open_split(spec, split)
+    located = None
+    if localizer is not None and cfg.data.centre == "com":
+        located = locate_reader(localizer, reader, progress)
+    return load_or_build_cache(reader, cfg.data.cache_dir, params, progress=progress,
+                               on_bad=cfg.data.on_bad, located=located)
 
 
 def crop_metadata(cache: CropCache, cfg: TrainConfig) -> dict:
@@ -208,6 +220,30 @@ class TrainData:
     train_frames: int              # labelled + unlabelled frames of the training split
 
 
+def prepare_data(cfg: TrainConfig, run_dir: Path, device: torch.device, progress: bool
+                 ) -> tuple[TrainData, Localizer | None, dict | None]:
+    """The run's data and its hand localiser (stage 1: trained on the labelled training frames,
+    or loaded when a resumed run has it). With ``data.centre == "com"`` the crops are then
+    centred by that localiser, so the labelled/validation split is first drawn on crops centred
+    by the labels. Returns (data, localizer or None, the localiser's log record or None)."""
+    if not cfg.localizer.enabled:
+        return load_data(cfg, progress), None, None
+    located = cfg.data.centre == "com"
+    by_labels = (dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, centre="gt"))
+                 if located else cfg)
+    data = load_data(by_labels, progress)
+    spec = parse_source(cfg.data.source)
+    cache = data.train_cache
+    localizer, record = fit_run_localizer(
+        run_dir, cfg.localizer, open_split(spec, split_names(spec)[0]),
+        cache.frame_index[data.labeled.indices],
+        cache.frame_index[data.val.indices] if data.val is not None else np.arange(0),
+        seed=cfg.seed, device=device, progress=progress)
+    if located:
+        data = load_data(cfg, progress, localizer)
+    return data, localizer, record
+
+
 def validation_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of an n-row training cache; no validation rows for
     ``fraction == 0``. Drawn with its own seeded stream, so the labelled draw among the
@@ -222,21 +258,24 @@ def validation_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
-    """Open (building on first use) the crop caches of the configured sources and split them."""
+def load_data(cfg: TrainConfig, progress: bool = True,
+              localizer: Localizer | None = None) -> TrainData:
+    """Open (building on first use) the crop caches of the configured sources and split them.
+    With ``data.centre == "com"`` and a ``localizer``, crops are centred where it finds the hand
+    (else where :func:`~handgan.preprocess.localize_hand` does)."""
     spec = parse_source(cfg.data.source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
-    if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names:
-        # never train on a test split by accident
+    if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names and spec.option is None:
+        # never train on a test split by accident; nyu:DIR:SPLIT names the split to train on
+        hint = f"; to train on it, name it: {spec}:{names[0]}" if spec.kind == "nyu" and names \
+            else ""
         raise HandganError(f"{spec}: no train split to train on (found: "
                            f"{', '.join(names) or 'none'}); its frames can "
-                           f"join a run as unlabelled ones: --unlabeled {spec}")
-    train_cache = _cache(spec, names[0], cfg, progress)
-    # the test split: "test", else a single test sequence (ICVL with test_seq_1 only)
-    test_name = "test" if "test" in names[1:] else next(
-        (n for n in names[1:] if n.startswith("test_seq")), None)
-    test_cache = _cache(spec, test_name, cfg, progress) if test_name else None
+                           f"join a run as unlabelled ones: --unlabeled {spec}{hint}")
+    train_cache = _cache(spec, names[0], cfg, progress, localizer)
+    test_name = pick_test_split(names[1:])  # none: the run reports its validation hold-out only
+    test_cache = _cache(spec, test_name, cfg, progress, localizer) if test_name else None
     d = cfg.data
     amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None
               else {"labeled_fraction": d.labeled_fraction})
@@ -251,7 +290,7 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     if d.unlabeled and d.unlabeled.lower() not in ("none", "null"):
         extra_spec = parse_source(d.unlabeled)
         ensure_synthetic(extra_spec, seed=cfg.seed, progress=progress)
-        extra = _cache(extra_spec, split_names(extra_spec)[0], cfg, progress)
+        extra = _cache(extra_spec, split_names(extra_spec)[0], cfg, progress, localizer)
         parts.append(all_unlabeled(extra, augment=augment, seed=d.split_seed))
     mean_pose = np.asarray(train_cache.joints_norm[labeled.indices], np.float64).mean(axis=0)
     val = LabeledCrops(train_cache, val_rows) if len(val_rows) else None
@@ -406,10 +445,10 @@ BoneRange = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # edges (E, 2), low
 def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRange:
     """The skeleton's edges and each bone's shortest and longest length over the labelled poses
     (N, J, 3) normalised: the range ``loss.w_bone_prior`` keeps unlabelled poses in."""
-    edges = {14: NYU14_EDGES, 36: NYU36_EDGES}.get(joints_norm.shape[1])
-    if edges is None:
-        raise HandganError(f"loss.w_bone_prior needs the 14- or 36-joint NYU skeleton, "
-                           f"got {joints_norm.shape[1]} joints")
+    edges = skeleton_edges(joints_norm.shape[1])
+    if not edges:
+        raise HandganError(f"loss.w_bone_prior needs a known skeleton (NYU 14 or 36, ICVL 16, "
+                           f"MSRA 21 joints), got {joints_norm.shape[1]} joints")
     e = torch.tensor(edges, dtype=torch.int64, device=device)
     length = bone_lengths(torch.as_tensor(joints_norm, dtype=torch.float32, device=device), e)
     return e, length.amin(dim=0), length.amax(dim=0)
@@ -765,7 +804,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         with FolderLock(run_dir) if info.is_main else nullcontext():
             if info.is_main:
                 check_run_folder(cfg, run_dir, manager, resume)
-            return _train(cfg, run_dir, manager, resume, progress, device, info)
+            try:
+                return _train(cfg, run_dir, manager, resume, progress, device, info)
+            except HandganError:
+                if info.is_main and not resume and manager.latest() is None:
+                    # A refused start (bad data, batch size) leaves no run behind, so the same
+                    # command with the mistake fixed is not refused for "an earlier run's files":
+                    # check_run_folder found none of them, so this call wrote them.
+                    for name in RUN_FILES[:-1]:  # all but checkpoints/
+                        (run_dir / name).unlink(missing_ok=True)
+                raise
     finally:
         shutdown(info)
 
@@ -789,8 +837,8 @@ def with_data_joints(cfg: TrainConfig) -> TrainConfig:
 FIXED_ON_RESUME = ("mode", "seed", "model", "data.source", "data.unlabeled",
                    "data.labeled_fraction", "data.labeled_count", "data.split_seed",
                    "data.val_fraction", "data.size", "data.cube_mm", "data.centre",
-                   "optim.batch_size")
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
+                   "optim.batch_size", "localizer")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", LOCALIZER_FILE)
 
 
 def check_run_folder(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager,
@@ -859,11 +907,15 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         save_yaml(cfg, run_dir / "config.yaml")
 
     seed_everything(cfg.seed)
-    if main:  # rank 0 builds the caches; the others then open them
-        data = load_data(cfg, progress)
+    localizer_record = None
+    if main:  # rank 0 builds the caches and trains the localiser; the others then open them
+        data, localizer, localizer_record = prepare_data(cfg, run_dir, device, progress)
     barrier(info)
     if not main:
-        data = load_data(cfg, progress=False)
+        localizer = (load_checkpoint(run_dir / LOCALIZER_FILE)["localizer"]
+                     if cfg.localizer.enabled else None)
+        localizer = Localizer.from_state(localizer) if localizer is not None else None
+        data = load_data(cfg, progress=False, localizer=localizer)
     labeled, unlabeled = data.labeled, data.unlabeled
     batch = cfg.optim.batch_size
     if batch % info.world_size:
@@ -945,6 +997,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         # Supervised mode never uses the real/fake head: DDP must be told to expect that.
         dis_t = DDP(dis, device_ids=ids, find_unused_parameters=not gan)
 
+    first_step = step
     finished = step >= total_steps or epoch >= cfg.optim.epochs
     if resume and finished and (run_dir / "summary.json").is_file():
         return run_dir  # a finished run: nothing to train, nothing to rewrite
@@ -958,6 +1011,8 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     dis.train()
     metrics = JsonlWriter(run_dir / "metrics.jsonl") if main else None
     scalars = ScalarWriter(run_dir / "tb") if main else None
+    if localizer_record is not None and main:
+        metrics.write(localizer_record)
     bar = progress_bar(total_steps, initial=step, enabled=progress)
     baseline = mean_joint_error_mm(data.mean_pose, data.test) if data.test is not None else None
     selection = "val" if data.val is not None else "test"
@@ -965,6 +1020,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     last_eval: dict[str, float | None] = {}
     train_seconds, crops_seen = 0.0, 0
     started = time.perf_counter()
+    earlier_seconds = ckpt.get("wall_seconds_total", 0.0) if resume else 0.0  # before the resume
 
     def evaluate(epoch_done: int) -> float | None:
         """Rank 0: validation and test error; returns the error that chooses best.pt."""
@@ -1013,6 +1069,8 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 "selection_split": selection, "world_size": info.world_size,
                 "rng": rng_ranks[0], "rng_ranks": rng_ranks if info.enabled else None,
                 "rng_epoch_start": epoch_start_state,
+                "localizer": localizer.state() if localizer is not None else None,
+                "wall_seconds_total": earlier_seconds + time.perf_counter() - started,
             }, is_best=is_best)
         barrier(info)
 
@@ -1116,7 +1174,9 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             "best_mean_error_mm": best_test,  # test error of best.pt
             "best_epoch": best_epoch,
             "steps": step, "epochs_done": epoch,
-            "wall_seconds": round(time.perf_counter() - started, 3),
+            "steps_this_session": step - first_step,
+            "wall_seconds": round(time.perf_counter() - started, 3),  # this session
+            "wall_seconds_total": round(earlier_seconds + time.perf_counter() - started, 3),
             "train_seconds": round(train_seconds, 3),
             "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
             "device": str(device), "world_size": info.world_size,

@@ -34,10 +34,8 @@ import numpy as np
 from handgan.camera import ICVL, Intrinsics
 from handgan.data.files import PNG_COLOR_TYPES, check_frame_size, decode_png, png_header, read_bytes
 from handgan.errors import HandganError
+from handgan.joints import ICVL_JOINT_NAMES  # C, T1 .. P3: file order (readable: joints.ICVL16)
 
-ICVL_JOINT_NAMES: tuple[str, ...] = (
-    "C", "T1", "T2", "T3", "I1", "I2", "I3", "M1", "M2", "M3", "R1", "R2", "R3", "P1", "P2", "P3",
-)  # palm centre, then thumb/index/middle/ring/pinky from root to tip (file order)
 N_JOINTS = len(ICVL_JOINT_NAMES)
 ICVL_CUBE_MM = 250.0  # DeepPrior++ uses 250 mm for every ICVL sequence
 ICVL_INVALID_DEPTH = 32001  # the sensor's "no depth" code in ICVL frames

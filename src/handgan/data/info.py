@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from handgan.data.sources import SourceSpec, open_split, split_names
 from handgan.errors import HandganError
+from handgan.joints import readable_names
 from handgan.preprocess import localize_hand
 
 
@@ -42,7 +43,8 @@ def describe_source(spec: SourceSpec, check: int | None = 200, progress: bool = 
             "frames": n,
             "labeled": uvd is not None,
             "joints": len(reader.joint_names),
-            "joint_names": list(reader.joint_names),
+            "joint_names": list(readable_names(reader.joint_names)),
+            "dataset_joint_names": list(reader.joint_names),  # as the dataset's files name them
             "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy,
                            "width": intr.width, "height": intr.height, "y_up": intr.y_up},
             "cube_mm": reader.default_cube_mm,

@@ -27,12 +27,8 @@ import numpy as np
 from handgan.camera import MSRA, Intrinsics
 from handgan.data.files import check_frame_size
 from handgan.errors import HandganError
+from handgan.joints import MSRA_JOINT_NAMES  # wrist, then index .. thumb, knuckle to tip
 
-MSRA_JOINT_NAMES: tuple[str, ...] = ("wrist",) + tuple(
-    f"{finger}_{point}"
-    for finger in ("index", "middle", "ring", "little", "thumb")
-    for point in ("mcp", "pip", "dip", "tip")
-)  # dataset order: wrist, then 4 points per finger from the knuckle out; the thumb comes last
 N_JOINTS = len(MSRA_JOINT_NAMES)
 assert N_JOINTS == 21
 

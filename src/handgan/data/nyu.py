@@ -86,28 +86,47 @@ def decode_nyu_depth(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 1].astype(np.float32) * 256.0 + rgb[..., 2]
 
 
-def write_depth_png(path: str | Path, depth_mm: np.ndarray, compress_level: int = 1) -> None:
+def write_depth_png(path: str | Path, depth_mm: np.ndarray, compress_level: int = 1,
+                    deflate: str = "zlib") -> None:
     """Write one NYU depth PNG atomically (a reader never sees a half-written file).
 
     The PNG (8-bit RGB, non-interlaced) is assembled here from zlib output because that is twice as
     fast as Pillow's encoder, which tries five row filters per row: on hand frames the PNG "Up"
     filter with zlib's RLE strategy at level 1 takes ~2.9 ms and ~58 KB vs Pillow's ~5.5 ms and
-    ~57 KB. Every PNG decoder (Pillow, OpenCV, MATLAB) reads the result.
+    ~57 KB. Every PNG decoder (Pillow, OpenCV, MATLAB) reads the result. ``deflate="isal"``
+    compresses with ISA-L instead (levels 0-3; see encode_png_rgb): the same pixels in the same
+    format, 3-4x faster; synthetic full frames use it.
     """
-    png = encode_png_rgb(encode_nyu_depth(depth_mm), compress_level)
+    png = encode_png_rgb(encode_nyu_depth(depth_mm), compress_level, deflate)
     atomic_write(path, lambda f: f.write(png), durable=False)  # frames are cheap to regenerate
 
 
-def encode_png_rgb(rgb: np.ndarray, compress_level: int = 1) -> bytes:
-    """(H, W, 3) uint8 -> PNG bytes: IHDR (8-bit RGB), one IDAT with every row "Up"-filtered, IEND."""
+DEFLATES = ("zlib", "isal")
+
+
+def encode_png_rgb(rgb: np.ndarray, compress_level: int = 1, deflate: str = "zlib") -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes: IHDR (8-bit RGB), one IDAT with every row "Up"-filtered, IEND.
+
+    deflate: "zlib" (level 0-9, RLE strategy) or "isal" (ISA-L's deflate, level 0-3; its level 1
+    is 3-4x faster than zlib's on 640x480 depth frames and its files are about 10 % smaller on
+    full synthetic frames). Both write a zlib stream, as PNG requires; the same image gives the
+    same bytes with the same zlib or ISA-L build.
+    """
+    if deflate not in DEFLATES:
+        raise ValueError(f"deflate must be one of {DEFLATES}, got {deflate!r}")
     height, width, _ = rgb.shape
     rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, 3 * width)
     filtered = np.empty((height, 1 + 3 * width), dtype=np.uint8)
     filtered[:, 0] = 2  # filter type Up: each byte minus the byte above (mod 256)
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    compressor = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = compressor.compress(filtered) + compressor.flush()
+    if deflate == "isal":
+        from isal import isal_zlib
+
+        idat = isal_zlib.compress(filtered, compress_level)
+    else:
+        compressor = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        idat = compressor.compress(filtered) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, colour type 2 (RGB)
     return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 

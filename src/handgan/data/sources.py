@@ -2,7 +2,9 @@
 
     synthetic[:DIR]        our synthetic NYU-format dataset (generated into DIR if missing;
                            default DIR: data/synthetic)
-    nyu:DIR                the NYU hand dataset (DIR/train, DIR/test, or test_1/test_2)
+    nyu:DIR[:SPLIT]        the NYU hand dataset (DIR/train, DIR/test, or test_1/test_2);
+                           SPLIT names the one split to use (a folder with only test/ trains
+                           on it only when named: nyu:DIR:test)
     icvl:DIR               ICVL (Training/ + Testing/, or DeepPrior++'s renamed layout)
     msra:DIR[:FOLD]        MSRA 2015; FOLD = held-out subject 0-8 (leave-one-subject-out)
     folder:DIR[:CAMERA]    a plain folder of 16-bit PNG / .npy depth frames, unlabelled;
@@ -12,6 +14,7 @@ Every reader has the same interface (see ``data/nyu.py``: ``NYUSplit``).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +24,14 @@ KINDS = ("synthetic", "nyu", "icvl", "msra", "folder")
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
 # What `synthetic` generates when its folder does not exist yet.
 DEFAULT_SYNTHETIC_COUNTS = {"train": 4000, "test": 1000}
+_SPLIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
 class SourceSpec:
     kind: str
     root: Path
-    option: str | None = None  # MSRA fold or folder camera
+    option: str | None = None  # MSRA fold, NYU split or folder camera
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.root}" + (f":{self.option}" if self.option else "")
@@ -37,17 +41,19 @@ def parse_source(text: str) -> SourceSpec:
     """'nyu:/data/nyu' -> SourceSpec; a one-line HandganError for anything malformed."""
     kind, _, rest = text.partition(":")
     if kind not in KINDS:
-        raise HandganError(f"unknown data source {text!r}: expected one of "
-                           "synthetic[:DIR], nyu:DIR, icvl:DIR, msra:DIR[:FOLD], folder:DIR[:CAMERA]")
+        raise HandganError(f"unknown data source {text!r}: expected one of synthetic[:DIR], "
+                           "nyu:DIR[:SPLIT], icvl:DIR, msra:DIR[:FOLD], folder:DIR[:CAMERA]")
     if kind == "synthetic":
         return SourceSpec(kind, Path(rest) if rest else DEFAULT_SYNTHETIC_DIR)
     if not rest:
         raise HandganError(f"data source {text!r} needs a folder: {kind}:DIR")
     option = None
-    if kind in ("msra", "folder"):
-        # The option is whatever follows the last ':' if that is not part of the path itself.
+    if kind in ("msra", "folder", "nyu"):
+        # The option is whatever follows the last ':' if that is not part of the path itself:
+        # an MSRA fold is a digit, an NYU split a name (train, test, test_1: no '/' or '.').
         head, sep, tail = rest.rpartition(":")
-        if sep and head and (kind == "folder" or tail.isdigit()):
+        if sep and head and (kind == "folder" or (kind == "msra" and tail.isdigit())
+                             or (kind == "nyu" and _SPLIT_NAME.fullmatch(tail))):
             rest, option = head, tail
         if kind == "msra" and option is not None and not 0 <= int(option) <= 8:
             raise HandganError(f"data source {text!r}: MSRA fold must be a subject 0-8")
@@ -60,6 +66,11 @@ def split_names(spec: SourceSpec) -> list[str]:
         from handgan.data.nyu import list_splits
 
         found = list_splits(spec.root)
+        if spec.option is not None:  # nyu:DIR:SPLIT: that split alone
+            if spec.option not in found:
+                raise HandganError(f"{spec}: no split folder {spec.option!r} with a "
+                                   f"joint_data.mat (found: {', '.join(found) or 'none'})")
+            return [spec.option]
         return sorted(found, key=lambda s: (s != "train", s))
     if spec.kind == "icvl":
         from handgan.data.icvl import available_splits
@@ -68,6 +79,16 @@ def split_names(spec: SourceSpec) -> list[str]:
     if spec.kind == "msra":
         return ["train", "test"] if spec.option is not None else ["all"]
     return ["all"]
+
+
+def pick_test_split(names: list[str]) -> str | None:
+    """Of a source's splits, the one a run reports as its test figure: "test", else a single
+    test sequence (ICVL as DeepPrior++ ships it, test_seq_1 alone); None where there is none
+    (msra:DIR without a fold, a folder)."""
+    if "test" in names:
+        return "test"
+    sequences = [n for n in names if n.startswith("test_seq")]
+    return sequences[0] if len(sequences) == 1 else None
 
 
 def open_split(spec: SourceSpec, split: str):

@@ -24,6 +24,7 @@ and every error is that of the refined poses.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -34,7 +35,13 @@ import torch
 from handgan.atomic import atomic_write_text
 from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.config import CENTRES, DataConfig, TrainConfig, from_dict
-from handgan.data.sources import ensure_synthetic, open_split, parse_source, split_names
+from handgan.data.sources import (
+    ensure_synthetic,
+    open_split,
+    parse_source,
+    pick_test_split,
+    split_names,
+)
 from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
 from handgan.errors import HandganError
 from handgan.evaluation.figures import (
@@ -53,13 +60,16 @@ from handgan.evaluation.metrics import (
 )
 from handgan.evaluation.predfile import write_predictions
 from handgan.fidelity import generator_fidelity, hand_region_mask, radius_px, skeleton_edges
+from handgan.joints import readable_names
+from handgan.localize import Localizer, localisation_errors, localisation_summary, locate_reader
 from handgan.models import Discriminator, Generator
 from handgan.outputs import check_output_folder
-from handgan.plots import crop_skeleton_grid
+from handgan.plots import crop_skeleton_grid, sample_grid
 from handgan.refine import refine_poses
 
 GRID_FRAMES = 16
 GENERATED_FRAMES = 8
+FRAME_GRID = 8  # whole frames in frames.png
 REFINE_BATCH = 256
 
 
@@ -100,10 +110,11 @@ def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Genera
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
-                        split: str = "test", out: str | os.PathLike | None = None,
+                        split: str | None = None, out: str | os.PathLike | None = None,
                         centre: str | None = None, device: str = "auto",
                         progress: bool = True, cache_dir: str | os.PathLike | None = None,
-                        reference: str | os.PathLike | None = None, refine: int = 0) -> dict:
+                        reference: str | os.PathLike | None = None, refine: int = 0,
+                        full_frame: bool = True) -> dict:
     """Evaluate a run (or checkpoint) on a labelled split and write the report folder.
 
     Args:
@@ -111,7 +122,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         data: data source spec; default the run's training source, if it is here (a
             checkpoint's paths are read, never written to: a synthetic set it names that is
             missing is not generated).
-        split: the split to evaluate (default ``test``).
+        split: the split to evaluate; default the source's test split ("test", or ICVL's one
+            test sequence when only one is there: ``sources.pick_test_split``).
         out: report folder; default RUN/eval-SPLIT. None-like "" writes nothing.
         centre: crop centre rule, "gt" or "com"; default the run's (``data.centre``).
         device: "auto", "cpu", "cuda", ...
@@ -122,6 +134,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
             back (``metrics["generator"]["reference_readback_mean_error_mm"]``); it must
             predict the same joints from crops of the same size and cube.
         refine: analysis-by-synthesis steps on each estimate (GAN runs; 0 = none).
+        full_frame: with labelled-centre crops and a checkpoint that carries a hand localiser,
+            also score the split with crops centred where the localiser finds the hand
+            (``metrics["full_frame"]``: the figure a camera user gets).
 
     Returns:
         The metrics dict written to metrics.json.
@@ -134,7 +149,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     from handgan.train import predict, resolve_device
 
     path = resolve_checkpoint(checkpoint)
-    if out != "":
+    if out != "" and (out is not None or split is not None):  # RUN/eval-SPLIT: once it is known
         check_output_folder(out if out is not None else default_out_dir(path, split))
     ckpt = load_checkpoint(path)
     check_networks(ckpt, path)
@@ -156,13 +171,25 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
     spec = parse_source(source)
     ensure_synthetic(spec, seed=cfg.seed, progress=progress)
-    if split not in split_names(spec):
-        raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(split_names(spec))})")
+    names = split_names(spec)
+    if split is None:
+        split = pick_test_split(names)
+        if split is None:
+            raise HandganError(f"{spec}: no test split (has: {', '.join(names)}); name the "
+                               "split to evaluate with --split")
+        if out is None:
+            check_output_folder(default_out_dir(path, split))
+    if split not in names:
+        raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(names)})")
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
     if cache_dir is None:
         cache_dir = DataConfig.cache_dir  # the local default, not the checkpoint's
-    cache = load_or_build_cache(open_split(spec, split), cache_dir, params,
-                                progress=progress, on_bad=cfg.data.on_bad)
+    reader = open_split(spec, split)
+    localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
+                 if centre == "com" and ckpt.get("localizer") is not None else None)
+    located = locate_reader(localizer, reader, progress) if localizer is not None else None
+    cache = load_or_build_cache(reader, cache_dir, params, progress=progress,
+                                on_bad=cfg.data.on_bad, located=located)
     if not cache.labeled:
         raise HandganError(f"{spec} split {split!r} has no labels to evaluate against")
     if cache.joints_norm.shape[1] != cfg.model.num_joints:
@@ -193,7 +220,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     metrics = {
         "checkpoint": str(path), "step": ckpt.get("step"), "mode": cfg.mode,
         "data": str(spec), "split": split, "centre": centre, "frames": len(cache),
-        "skipped_frames": len(cache.bad_frames), "joints": list(cache.joint_names),
+        "skipped_frames": len(cache.bad_frames), "joints": list(readable_names(cache.joint_names)),
         "mean_error_mm": mean_error_mm(errors),
         "median_error_mm": float(np.median(errors)),
         "per_joint_mm": per_joint_error_mm(errors).tolist(),
@@ -203,14 +230,53 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         "success": success,
         "refine_steps": refine,
     }
+    if centre == "com":
+        metrics["localisation"] = _localisation(reader, cache, localizer)
+    elif ckpt.get("localizer") is not None and full_frame:
+        metrics["full_frame"] = _full_frame(ckpt, path, reader, cache_dir, params, dis, dev,
+                                            progress)
     if cfg.mode == "gan":
         metrics["generator"] = _fidelity(gen, dis, ref, crops, dev, cfg.seed)
     if out is None:
         out = default_out_dir(path, split)
     if out != "":
         _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, true_norm,
-                      pred_uvd, true_uvd, gen, dev)
+                      pred_uvd, true_uvd, gen, dev, reader)
     return metrics
+
+
+def _full_frame(ckpt: dict, path: Path, reader, cache_dir, params: CropParams,
+                dis: Discriminator, device: torch.device, progress: bool) -> dict:
+    """The same split with crops centred where the checkpoint's localiser finds the hand in the
+    full frame, as ``predict`` on a camera's frames does: its error and how far the centres
+    lie from the labelled palm centre (frames where no hand is found are counted, left out)."""
+    from handgan.train import predict
+
+    localizer = Localizer.from_state(ckpt["localizer"], where=str(path))
+    cache = load_or_build_cache(reader, cache_dir, dataclasses.replace(params, centre="com"),
+                                progress=progress, on_bad="skip",
+                                located=locate_reader(localizer, reader, progress))
+    crops = all_labeled(cache)
+    true_norm = np.asarray(cache.joints_norm, np.float64)
+    _, _, pred_xyz, true_xyz = _to_frame(cache, predict(dis, crops, device), true_norm)
+    errors = joint_errors_xyz(pred_xyz, true_xyz)
+    return {"mean_error_mm": mean_error_mm(errors), "median_error_mm": float(np.median(errors)),
+            "frames": len(cache), "skipped_frames": len(cache.bad_frames),
+            "localisation": _localisation(reader, cache, localizer)}
+
+
+def _localisation(reader, cache: CropCache, localizer: Localizer | None) -> dict | None:
+    """How far the crop centres (found by the checkpoint's localiser, else by ``localize_hand``)
+    lie from the labelled centre joint, in mm; None without a centre joint."""
+    joint = getattr(reader, "centre_joint", None)
+    if joint is None:
+        return None
+    truth = reader.joints_uvd()[np.asarray(cache.frame_index), joint]
+    errors = localisation_errors(cache.transforms[:, 0:3], truth, cache.intrinsics)
+    not_found = len(cache.bad_frames)
+    summary = localisation_summary(np.concatenate([errors, np.full(not_found, np.nan)]))
+    return {"method": "learned refiner" if localizer is not None else "centre of mass",
+            **summary}
 
 
 def _missing_synthetic(spec) -> bool:
@@ -295,7 +361,7 @@ def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.devi
 def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray,
                   baseline_errors: np.ndarray | None, pred_norm: np.ndarray,
                   true_norm: np.ndarray, pred_uvd: np.ndarray, true_uvd: np.ndarray,
-                  gen: Generator, device: torch.device) -> None:
+                  gen: Generator, device: torch.device, reader=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.txt", pred_uvd)
     write_predictions(out / "groundtruth.txt", true_uvd)
@@ -323,6 +389,13 @@ def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray
     titles = [f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm" for i in rows]
     crop_skeleton_grid(crops, pred_px, true_px, out / "predictions.png", titles)
     files = ["success.png", "per_joint.png", "predictions.png"]
+    if reader is not None:
+        picks = rows[np.linspace(0, len(rows) - 1, min(FRAME_GRID, len(rows))).round().astype(int)]
+        sample_grid([reader.depth(int(cache.frame_index[i])) for i in picks],
+                    [pred_uvd[i] for i in picks], out / "frames.png", cols=4, zoom=False,
+                    titles=[f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm"
+                            for i in picks])
+        files.append("frames.png")
     if metrics["mode"] == "gan":
         _plot_generated(out / "generated.png", cache, true_norm, gen, device)
         files.append("generated.png")
@@ -379,6 +452,18 @@ def _report_markdown(m: dict, files: list[str]) -> str:
     ]
     if base is not None:
         lines.append(f"| mean-pose baseline (always the mean training pose) | {base:.2f} mm |")
+    full = m.get("full_frame")
+    if full:
+        loc = full["localisation"]
+        lines.append(f"| the same frames, crops centred where the run's localiser finds the hand "
+                     f"in the full frame | **{full['mean_error_mm']:.2f} mm** (hand centre "
+                     f"{loc['median_mm']:.1f} mm from the true palm centre, median; p90 "
+                     f"{loc['p90_mm']:.1f} mm; {full['skipped_frames']} frames without a "
+                     "hand found) |")
+    loc = m.get("localisation")
+    if loc and loc["median_mm"] is not None:
+        lines.append(f"| hand centre found ({loc['method']}) to the true palm centre: median / "
+                     f"p90 | {loc['median_mm']:.1f} / {loc['p90_mm']:.1f} mm |")
     lines += [
         f"| frames with all joints within 20 / 40 mm | {rate('max-frame', 20)} / "
         f"{rate('max-frame', 40)} |",
@@ -400,6 +485,7 @@ def _report_markdown(m: dict, files: list[str]) -> str:
     captions = {"success.png": "Success rate: frames whose worst joint is within D mm",
                 "per_joint.png": "Mean error per joint",
                 "predictions.png": "Test crops: true skeleton (white) and prediction (colours)",
+                "frames.png": "Whole frames with the predicted skeleton",
                 "generated.png": "Real test crops, Gen(their true joints) and their absolute "
                                  "difference in mm (cyan outline: the hand region)"}
     for f in files:

@@ -26,10 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from handgan.camera import ICVL, MSRA, NYU, Intrinsics
-from handgan.data.icvl import ICVL_JOINT_NAMES
-from handgan.data.msra import MSRA_JOINT_NAMES
 from handgan.errors import HandganError
-from handgan.joints import NYU14_NAMES
+from handgan.joints import ICVL16, MSRA21, NYU14
 
 CURVE_KINDS: tuple[str, ...] = ("max-frame", "mean-frame", "joint")
 DEFAULT_CURVE = "max-frame"
@@ -43,7 +41,7 @@ class DatasetLayout:
 
     Attributes:
         name: dataset key (``nyu``, ``icvl``, ``msra``, ``synthetic``).
-        joint_names: names of the joints in line order (J of them).
+        joint_names: readable names of the joints in line order (J of them; ``joints.LAYOUTS``).
         intrinsics: the camera the field's evaluator back-projects ``u v d`` with.
     """
 
@@ -67,11 +65,11 @@ class DatasetLayout:
 _ICVL_EVAL = dataclasses.replace(ICVL, fx=240.99, fy=240.96)
 
 LAYOUTS: dict[str, DatasetLayout] = {
-    "nyu": DatasetLayout("nyu", NYU14_NAMES, NYU),
-    "icvl": DatasetLayout("icvl", ICVL_JOINT_NAMES, _ICVL_EVAL),
-    "msra": DatasetLayout("msra", MSRA_JOINT_NAMES, MSRA),
+    "nyu": DatasetLayout("nyu", NYU14.names, NYU),
+    "icvl": DatasetLayout("icvl", ICVL16.names, _ICVL_EVAL),
+    "msra": DatasetLayout("msra", MSRA21.names, MSRA),
     # handgan's synthetic data is rendered with the NYU camera and labelled in NYU's 14 joints.
-    "synthetic": DatasetLayout("synthetic", NYU14_NAMES, NYU),
+    "synthetic": DatasetLayout("synthetic", NYU14.names, NYU),
 }
 
 

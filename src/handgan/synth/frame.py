@@ -1,5 +1,17 @@
-"""One synthetic depth frame: place a sampled hand in front of the NYU camera, add a background,
-render it exactly, pass it through the sensor model, and label it in NYU's 36-joint layout."""
+"""One synthetic depth frame: place a sampled hand in front of the NYU camera, add its
+surroundings, render them, pass the frame through the sensor model, and label it in NYU's 36-joint
+layout.
+
+Two kinds of scene (``SynthConfig.scene``):
+
+* ``full``: the whole 640x480 frame as a depth camera sees it (scene.py: the person's arm, torso,
+  head and other arm, sometimes a table with objects, the room). The hand, its forearm and the
+  other hand are rendered exactly at full resolution; the big smooth rest at half resolution
+  (each ray cast fills 2x2 pixels), which is 4x cheaper and, after the sensor's jitter and edge
+  dropouts, looks the same. The sensor model runs on the whole frame.
+* ``hand``: the original frames: only a 350 mm cube around the hand is rendered, exactly, in
+  front of an optional background (``SynthConfig.background``); the rest of the frame is 0.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,8 +21,14 @@ import numpy as np
 from handgan.camera import NYU, Intrinsics
 from handgan.synth import hand as H
 from handgan.synth.render import Scene, SensorConfig, apply_sensor, render_depth
+from handgan.synth.scene import (
+    LABEL_BACKGROUND,
+    LABEL_TABLE,
+    SCENES,
+    render_table,
+    sample_surroundings,
+)
 
-LABEL_BACKGROUND, LABEL_TABLE = 2, 3
 BACKGROUNDS = ("none", "wall", "table", "clutter", "mixed")
 # Share of each background when background == "mixed".
 MIXED_BACKGROUND_P = {"none": 0.25, "wall": 0.3, "table": 0.2, "clutter": 0.25}
@@ -18,10 +36,12 @@ MIXED_BACKGROUND_P = {"none": 0.25, "wall": 0.3, "table": 0.2, "clutter": 0.25}
 
 @dataclass
 class SynthConfig:
-    """How synthetic frames look. Saved in the dataset manifest."""
+    """How synthetic frames look. Saved in the dataset manifest (a manifest without `scene` was
+    written before full scenes existed: its frames are "hand" frames)."""
 
+    scene: str = "full"  # full: the whole frame (body, table, room) | hand: only around the hand
     depth_range_mm: tuple[float, float] = (500.0, 1200.0)  # palm-centre depth (NYU test: 650-1107)
-    background: str = "mixed"  # none | wall | table | clutter | mixed
+    background: str = "mixed"  # scene "hand" only: none | wall | table | clutter | mixed
     # Only pixels within this half-size (mm) of the palm centre are rendered: it holds the whole
     # hand (< 150 mm from the palm centre) and any crop cube up to 350 mm.
     render_halfsize_mm: float = 175.0
@@ -30,6 +50,8 @@ class SynthConfig:
     test_subjects: int = 8
 
     def __post_init__(self):
+        if self.scene not in SCENES:
+            raise ValueError(f"scene must be one of {SCENES}, got {self.scene!r}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
         lo, hi = self.depth_range_mm
@@ -47,7 +69,7 @@ class SynthFrame:
     angles: np.ndarray          # (22,) degrees, hand.ANGLE_NAMES
     rotation: np.ndarray        # (3, 3) hand frame -> camera frame
     shape: np.ndarray           # (20,) HandShape.to_vector()
-    background: str
+    background: str             # hand scenes: the background; full: "+"-joined scene.py tags
 
 
 def subject_shapes(seed: int, split: str, count: int) -> list[H.HandShape]:
@@ -67,6 +89,8 @@ def _split_code(split: str) -> int:
 
 def synthesize_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthConfig,
                      intr: Intrinsics = NYU) -> SynthFrame:
+    if cfg.scene == "full":
+        return _full_frame(rng, shape, cfg, intr)
     angles = H.sample_articulation(rng)
     rotation = H.sample_rotation(rng)
     z = rng.uniform(*cfg.depth_range_mm)
@@ -94,6 +118,73 @@ def synthesize_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthCon
     depth = apply_sensor(clean, intr, rng, cfg.sensor, roi)
     return SynthFrame(depth, joints_xyz, joints_uvd, visible, radii, angles, rotation,
                       shape.to_vector(), background)
+
+
+# A hand whose forearm points at the camera leaves no room for a torso behind it: such draws
+# (about 1 in 5) are redrawn, as a person cannot hold a hand that way.
+_FULL_TRIES = 12
+
+
+def _full_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthConfig,
+                intr: Intrinsics) -> SynthFrame:
+    for attempt in range(_FULL_TRIES):
+        angles = H.sample_articulation(rng)
+        rotation = H.sample_rotation(rng)
+        z = rng.uniform(*cfg.depth_range_mm)
+        skeleton, geometry = _place_in_view(angles, rotation, shape, z, rng, intr)
+        around = sample_surroundings(rng, skeleton, geometry, intr,
+                                     force=attempt == _FULL_TRIES - 1)
+        if around is not None:
+            break
+
+    half = _half_resolution(intr)
+    coarse, coarse_labels = render_depth(around.coarse, half)
+    if around.table is not None:
+        render_table(around.table, half, coarse, coarse_labels)
+    clean, labels = _upsample2(coarse), _upsample2(coarse_labels)
+    fine = Scene.concat(_hand_scene(geometry), around.fine)
+    roi = _solids_box(fine, intr)
+    fine_depth, fine_labels = render_depth(fine, intr, roi)
+    box = np.s_[roi[1]:roi[3], roi[0]:roi[2]]
+    f_d, d = fine_depth[box], clean[box]
+    nearer = (f_d > 0) & ((d == 0) | (f_d < d))
+    np.copyto(d, f_d, where=nearer)
+    np.copyto(labels[box], fine_labels[box], where=nearer)
+
+    joints_xyz = skeleton.nyu36()
+    joints_uvd = intr.xyz_to_uvd(joints_xyz)
+    radii = skeleton.nyu36_radii()
+    visible = _visibility(joints_uvd, radii, clean, labels, intr)
+    depth = apply_sensor(clean, intr, rng, cfg.sensor)
+    return SynthFrame(depth, joints_xyz, joints_uvd, visible, radii, angles, rotation,
+                      shape.to_vector(), "+".join(around.tags))
+
+
+def _upsample2(image: np.ndarray) -> np.ndarray:
+    """Each pixel as a 2x2 block (np.repeat along both axes, in fewer passes)."""
+    h, w = image.shape
+    out = np.empty((h, 2, 2 * w), image.dtype)
+    out[...] = np.repeat(image, 2, axis=1)[:, None, :]
+    return out.reshape(2 * h, 2 * w)
+
+
+def _half_resolution(intr: Intrinsics) -> Intrinsics:
+    """The camera with 2x2 pixels merged: its pixel (U, V) is centred on full pixel
+    (2U + 0.5, 2V + 0.5)."""
+    return Intrinsics(fx=intr.fx / 2, fy=intr.fy / 2, cx=(intr.cx - 0.5) / 2,
+                      cy=(intr.cy - 0.5) / 2, width=intr.width // 2, height=intr.height // 2,
+                      y_up=intr.y_up)
+
+
+def _solids_box(scene: Scene, intr: Intrinsics) -> tuple[int, int, int, int]:
+    """A pixel box holding every sphere and round cone of the scene (all in front of the camera)."""
+    pts = np.concatenate([scene.sphere_centers, scene.cone_a, scene.cone_b])
+    r = np.concatenate([scene.sphere_radii, scene.cone_ra, scene.cone_rb])
+    uvd = intr.xyz_to_uvd(pts)
+    r_px = r * max(intr.fx, intr.fy) / np.maximum(pts[:, 2] - r, 1.0) + 2.0
+    u0, v0 = np.floor((uvd[:, :2] - r_px[:, None]).min(0)).astype(int)
+    u1, v1 = np.ceil((uvd[:, :2] + r_px[:, None]).max(0)).astype(int) + 1
+    return max(u0, 0), max(v0, 0), min(u1, intr.width), min(v1, intr.height)
 
 
 def _place_in_view(angles, rotation, shape, z, rng, intr, tries: int = 40):

@@ -581,9 +581,16 @@ def apply_sensor(depth_mm: np.ndarray, intr: Intrinsics, rng: np.random.Generato
 
 
 def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> np.ndarray:
-    """The sensor pipeline on the ROI's clean depth z (float32, modified): uint16 mm."""
+    """The sensor pipeline on the ROI's clean depth z (float32, modified): uint16 mm.
+
+    Whole-frame steps are in-place array arithmetic; masks are applied by multiplying with them
+    (a masked write is several times slower), so a 640x480 frame takes a few ms.
+    """
     h, w = z.shape
-    valid, edge, change, near, theta = _surface_flags(z, intr, origin, cfg.edge_jump_mm)
+    # Only pixels steeper than the smaller of the two angles that matter need their angle.
+    steepest = np.float32(0.999 * min(np.pi / 3, np.radians(min(cfg.steep_dropout_deg, 90.0))))
+    valid, edge, change, near, steep, theta = _surface_flags(z, intr, origin, cfg.edge_jump_mm,
+                                                             steepest)
     drop = ~valid
     if cfg.edge_dropout > 0:
         idx = np.flatnonzero(edge)
@@ -591,23 +598,25 @@ def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> n
     if cfg.steep_dropout_deg < 90.0:
         at_risk = theta > np.radians(cfg.steep_dropout_deg)
         p = (np.degrees(theta[at_risk]) - cfg.steep_dropout_deg) / _STEEP_RAMP_DEG
-        drop.reshape(-1)[near[at_risk]] |= _bernoulli(rng, np.minimum(p, 1.0))
+        drop.reshape(-1)[steep[at_risk]] |= _bernoulli(rng, np.minimum(p, 1.0))
     if cfg.shadow:
-        _projector_shadow(z, valid, near, change, intr, cfg.baseline_mm, drop)
+        _projector_shadow(z, near, change, intr, cfg.baseline_mm, drop)
     if cfg.axial_noise:
         # Nguyen et al. 2012: sigma_z = 1.2 + 1.9·(z_m - 0.4)² mm, plus a term beyond 60 deg.
-        sigma = z * np.float32(1e-3) - np.float32(0.4)
+        sigma = np.multiply(z, np.float32(1e-3), out=change)  # change is not needed any more
+        sigma -= np.float32(0.4)
         sigma *= sigma
         sigma *= np.float32(1.9)
         sigma += np.float32(1.2)
         oblique = theta > np.float32(np.pi / 3)
         th = np.minimum(theta[oblique], np.float32(np.radians(89.0)))
-        at = near[oblique]
+        at = steep[oblique]
         sigma.reshape(-1)[at] += np.float32(0.1) * th * th / (
             np.sqrt(z.reshape(-1)[at] * np.float32(1e-3)) * (np.float32(np.pi / 2) - th) ** 2)
         sigma *= np.take(_normal_table(), _random_u16(rng, z.size)).reshape(h, w)
         z += sigma
-    np.copyto(z, 0.0, where=drop)  # dropped and empty pixels
+    np.logical_not(drop, out=drop)
+    z *= drop  # 0 at dropped and empty pixels
     if cfg.lateral_jitter_px > 0:
         _jitter(z, edge, cfg.lateral_jitter_px, rng)
     if cfg.quantise:
@@ -623,40 +632,118 @@ def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> n
 
 def _round_mm(z: np.ndarray, max_mm: float) -> np.ndarray:
     """Integer mm as uint16 (z >= 0, modified); beyond max_mm (or negative) -> 0."""
-    np.copyto(z, 0.0, where=(z > min(max_mm, 65535.0)) | (z < 0))
+    z *= (z <= min(max_mm, 65535.0)) & (z >= 0)  # (-0.0 where cut: it rounds to 0 all the same)
     z += np.float32(0.5)  # round half up, then truncate
     return z.astype(np.uint16)
 
 
-def _surface_flags(z: np.ndarray, intr: Intrinsics, origin, jump_mm: float):
+def _surface_flags(z: np.ndarray, intr: Intrinsics, origin, jump_mm: float, min_theta):
     """Where the geometry matters to the sensor, from the clean depth z (h, w).
 
     Returns valid (z > 0); edge: valid pixels with a 4-neighbour that is empty or more than
-    jump_mm away; change: the largest |depth change| to a 4-neighbour; near: flat indices of the
-    valid pixels whose change exceeds the slope screen (_slope_screen), the only ones whose
-    incidence angle can reach 60 deg; theta: their incidence angles (rad).
+    jump_mm away; change: the largest |depth change| to a 4-neighbour; near: the valid pixels
+    whose change exceeds the slope screen (_slope_screen), the only ones whose incidence angle
+    can reach 60 deg; steep, theta: flat indices of the near pixels whose incidence angle
+    exceeds min_theta (rad, <= 60 deg) and those angles, in flat index order.
+
+    Whole-frame steps work on the flat arrays (several times faster than on column slices).
     """
     h, w = z.shape
     valid = z > 0
-    # |depth change| to each 4-neighbour, 0 beyond the ROI border (no neighbour there); an empty
-    # neighbour differs by the whole depth.
-    dh = np.empty((h, w + 1), np.float32)
-    dh[:, 0] = dh[:, -1] = 0.0
-    np.subtract(z[:, 1:], z[:, :-1], out=dh[:, 1:-1])
-    np.abs(dh, out=dh)
-    dv = np.empty((h + 1, w), np.float32)
-    dv[0] = dv[-1] = 0.0
-    np.subtract(z[1:], z[:-1], out=dv[1:-1])
-    np.abs(dv, out=dv)
-    change = np.maximum(dh[:, :-1], dh[:, 1:])  # largest |change| to a 4-neighbour
-    np.maximum(change, dv[:-1], out=change)
-    np.maximum(change, dv[1:], out=change)
+    zf = z.reshape(-1)
+    # diff_u[i] = z[i + 1] - z[i] along rows (0 from a row's last pixel to the next row's first:
+    # no neighbour there), diff_v[i] = z[i + w] - z[i] along columns, on the flat arrays.
+    diff_u = np.subtract(zf[1:], zf[:-1])
+    diff_u[w - 1::w] = 0.0
+    diff_v = np.subtract(zf[w:], zf[:-w])
+    abs_u, abs_v = np.abs(diff_u), np.abs(diff_v)
+    # |depth change| to each 4-neighbour, 0 beyond the ROI border; an empty neighbour differs
+    # by the whole depth.
+    change = np.zeros(z.size, np.float32)
+    for d, step in ((abs_u, 1), (abs_v, w)):
+        np.maximum(change[:d.size], d, out=change[:d.size])  # the next pixel
+        np.maximum(change[step:], d, out=change[step:])  # the previous one
+    change = change.reshape(h, w)
     edge = change > np.float32(jump_mm)
     edge &= valid
     near = change > z * np.float32(_slope_screen(intr, origin, (w, h)) / max(intr.fx, intr.fy))
     near &= valid
-    near = np.flatnonzero(near)
-    return valid, edge, change, near, _incidence(z, near, intr, origin, jump_mm)
+    if np.count_nonzero(near) > z.size // _DENSE_SHARE:  # walls and floor: one dense pass
+        cos = _incidence_cos_dense(z, (diff_u, abs_u), (diff_v, abs_v), intr, origin, jump_mm)
+        # cos(theta) computed the same way as _incidence's, so the angles are bit-identical
+        candidates = cos < np.float32(np.cos(min_theta) + 1e-3)
+        candidates &= near
+        steep = np.flatnonzero(candidates)
+        theta = np.arccos(cos.reshape(-1)[steep])
+    else:
+        steep = np.flatnonzero(near)
+        theta = _incidence(z, steep, intr, origin, jump_mm)
+    keep = theta > min_theta
+    return valid, edge, change, near, steep[keep], theta[keep]
+
+
+# Above 1/_DENSE_SHARE of the pixels in the slope screen, incidence angles are computed densely.
+_DENSE_SHARE = 8
+
+
+def _incidence_cos_dense(z: np.ndarray, along_u, along_v, intr: Intrinsics, origin,
+                         jump: float) -> np.ndarray:
+    """cos(incidence angle) (h, w) of every pixel, with exactly _incidence's float32 arithmetic
+    (whole-array operations instead of gathers: several times faster when most pixels need it).
+    along_u, along_v: _surface_flags' flat depth differences to the next pixel and their
+    absolute values."""
+    h, w = z.shape
+
+    def slope(d, abs_d, step):
+        """Depth derivative along the axis whose next pixel is `step` ahead in the flat array,
+        from d[i] = z[i + step] - z[i] (0 where pixel i has no such neighbour)."""
+        m = d.size
+        ok = abs_d <= jump  # a usable side: no discontinuity
+        if step == 1:
+            ok[w - 1::w] = False  # a row's last pixel has no next one
+        dk = np.multiply(d, ok)
+        num = np.empty(z.size, np.float32)
+        np.add(dk[:m - step], dk[step:], out=num[step:m])  # the previous side plus the next
+        num[:step] = dk[:step]  # first row or pixel: the next side only
+        num[m:] = dk[m - step:]  # last one: the previous side only
+        # Central difference where both sides are usable, else the usable side, else 0:
+        # x - x·0.5 is exactly x/2, the per-pixel path's division by its 2 sides.
+        both = np.logical_and(ok[:m - step], ok[step:])
+        half = np.multiply(num[step:m], np.float32(0.5))
+        half *= both
+        num[step:m] -= half
+        return num.reshape(h, w)
+
+    z_u, z_v = slope(*along_u, 1), slope(*along_v, w)
+    du, dv, ray2 = _ray_terms(intr, origin, (w, h))
+    n2 = np.multiply(z_u, np.float32(intr.fx))
+    n2 *= n2
+    t = np.multiply(z_v, np.float32(intr.fy))
+    t *= t
+    n2 += t
+    np.multiply(du, z_u, out=z_u)
+    np.multiply(dv, z_v, out=z_v)
+    z_u += z_v
+    z_u += z
+    z_u *= z_u
+    n2 += z_u
+    n2 *= ray2
+    np.sqrt(n2, out=n2)
+    np.divide(z, n2, out=n2)
+    return np.minimum(n2, np.float32(1.0), out=n2)
+
+
+@lru_cache(maxsize=8)
+def _ray_terms(intr: Intrinsics, origin, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 u - cx (1, w) and v - cy (h, 1) of the ROI's pixels, and |ray|² (h, w) there
+    (read-only: shared between frames)."""
+    (w, h) = size
+    du = (origin[0] - intr.cx + np.arange(w)).astype(np.float32)[None, :]
+    dv = (origin[1] - intr.cy + np.arange(h)).astype(np.float32)[:, None]
+    ray2 = (du / np.float32(intr.fx)) ** 2 + (dv / np.float32(intr.fy)) ** 2 + np.float32(1.0)
+    for a in (du, dv, ray2):
+        a.flags.writeable = False
+    return du, dv, ray2
 
 
 def _slope_screen(intr: Intrinsics, origin, size) -> float:
@@ -713,8 +800,8 @@ def _incidence(z: np.ndarray, idx: np.ndarray, intr: Intrinsics, origin, jump: f
     return np.arccos(np.minimum(zc / np.sqrt(n2), np.float32(1.0)))
 
 
-def _projector_shadow(z: np.ndarray, valid: np.ndarray, near: np.ndarray, change: np.ndarray,
-                      intr: Intrinsics, baseline_mm: float, out: np.ndarray) -> None:
+def _projector_shadow(z: np.ndarray, near: np.ndarray, change: np.ndarray, intr: Intrinsics,
+                      baseline_mm: float, out: np.ndarray) -> None:
     """Set out (h, w) where the projector (at +baseline along x) cannot see the pixel's surface.
 
     Rows are epipolar lines. The projector sees the point of pixel u at column
@@ -724,30 +811,37 @@ def _projector_shadow(z: np.ndarray, valid: np.ndarray, near: np.ndarray, change
     left of a descent, and the pixels left of each run whose up is >= the lowest run end to the
     right (within the ROI's disparity range f·b·(1/z_min - 1/z_max), beyond which nothing
     matters). A descent needs a depth change above z_min²/(f·b) to its left neighbour, so only
-    `near` pixels (flat indices) with such a `change` are examined.
+    `near` pixels (a mask) with such a `change` are descents. Whole-frame steps work on the
+    flat arrays.
     """
     h, w = z.shape
     fb = np.float32(intr.fx * baseline_mm)
-    z_min = float(np.min(z, where=valid, initial=np.inf))
+    z_min = _min_positive(z)
     if not math.isfinite(z_min):
         return
     z_max = float(z.max())
     reach = int(math.ceil(fb * (1.0 / z_min - 1.0 / z_max))) + 1
-    zf = z.reshape(-1)
 
-    def up(flat):  # projector column (ROI-relative) at flat indices
-        # empty pixels: z - tiny < 0 makes up huge (finite), so they hide nothing
-        return (flat % w).astype(np.float32) - fb / (zf[flat] - np.float32(1e-30))
-
-    j = near[(near % w > 0) & (change.reshape(-1)[near] > np.float32(z_min * z_min / fb))]
-    j = j[up(j) < up(j - 1)]  # descents
-    if not len(j):
+    # up of every pixel; empty pixels: z - tiny < 0 makes up huge (finite), so they hide nothing
+    up = np.subtract(z, np.float32(1e-30))
+    np.divide(fb, up, out=up)
+    np.subtract(np.arange(w, dtype=np.float32), up, out=up)
+    upf = up.reshape(-1)
+    descent = change > np.float32(z_min * z_min / fb)
+    descent &= near
+    descent[:, 0] = False  # (so runs of descents never cross rows)
+    df = descent.reshape(-1)
+    np.logical_and(df[1:], upf[1:] < upf[:-1], out=df[1:])
+    # Runs of descents: their first and last pixels.
+    starts = np.flatnonzero(np.logical_and(df[1:], ~df[:-1])) + 1
+    if not len(starts):
         return
+    ends = np.flatnonzero(np.logical_and(df[:-1], ~df[1:]))
+    if df[-1]:
+        ends = np.append(ends, df.size - 1)
     flat_out = out.reshape(-1)
-    flat_out[j - 1] = True
-    gaps = np.flatnonzero(np.diff(j) > 1)
-    starts, ends = j[np.r_[0, gaps + 1]], j[np.r_[gaps, len(j) - 1]]
-    up_end = up(ends)
+    flat_out[:-1] |= df[1:]  # every pixel just left of a descent
+    up_end = upf[ends]
     # Lowest run end to the right of each run start, in the same row and within reach.
     limit = np.minimum(starts + reach, starts - starts % w + w)
     last = np.searchsorted(ends, limit)  # run ends [i, last[i]) are in range
@@ -764,8 +858,17 @@ def _projector_shadow(z: np.ndarray, valid: np.ndarray, near: np.ndarray, change
         return
     left = col[:, None] - 1 - np.arange(width)
     cand = (starts - col)[:, None] + np.maximum(left, 0)
-    hidden = (left >= 0) & (up(cand) >= lowest[:, None])
+    hidden = (left >= 0) & (upf[cand] >= lowest[:, None])
     flat_out[cand[hidden]] = True  # (empty pixels too: harmless, they have no depth)
+
+
+def _min_positive(z: np.ndarray) -> float:
+    """The smallest positive finite value of float32 z, inf if none: positive float32 bit
+    patterns order like their values, and minus 1 (mod 2**32) sends 0 to the top."""
+    low = int(np.subtract(z.reshape(-1).view(np.uint32), np.uint32(1)).min())
+    if low >= 0x7F7FFFFF:  # no positive finite value
+        return math.inf
+    return float(np.uint32(low + 1).view(np.float32))
 
 
 def _jitter(z: np.ndarray, marked: np.ndarray, sigma_px: float, rng) -> None:
@@ -779,25 +882,38 @@ def _jitter(z: np.ndarray, marked: np.ndarray, sigma_px: float, rng) -> None:
     cuts, k = _jitter_cuts(float(sigma_px))
     if k == 0:
         return
-    region = marked.copy()
-    for axis in (1, 0):  # dilate by k in u, then in v: the square of reachable shifts
-        grown = region.copy()
-        for s in range(1, k + 1):
-            if axis:
-                grown[:, s:] |= region[:, :-s]
-                grown[:, :-s] |= region[:, s:]
-            else:
-                grown[s:] |= region[:-s]
-                grown[:-s] |= region[s:]
-        region = grown
-    idx = np.flatnonzero(region)
+    # Dilate by k in u, then in v: the square of reachable shifts. Along u on the flat array,
+    # which wraps from a row's end to the next row's start; the first and last k columns are
+    # then redone per row.
+    flat = marked.reshape(-1)
+    grown = flat.copy()
+    for s in range(1, k + 1):
+        grown[s:] |= flat[:-s]
+        grown[:-s] |= flat[s:]
+    region = grown.reshape(h, w)
+    for c in range(min(k, w)):
+        for col, lo, hi in ((c, 0, c + k + 1), (w - 1 - c, w - 1 - c - k, w)):
+            lo, hi = max(lo, 0), min(hi, w)
+            region[:, col] = marked[:, lo]
+            for j in range(lo + 1, hi):
+                region[:, col] |= marked[:, j]
+    grown = region.copy()
+    for s in range(1, k + 1):
+        grown[s:] |= region[:-s]
+        grown[:-s] |= region[s:]
+    idx = np.flatnonzero(grown)
     bits = _random_u16(rng, 2 * idx.size).reshape(2, -1)
-    shift = np.full(bits.shape, -k, np.int64)  # (2, n): shifts in u and v
+    shift = np.full(bits.shape, -k, np.int32)  # (2, n): shifts in u and v
     for cut in cuts:  # the shift is the number of cut points at or below the draw, minus k
         shift += bits >= cut
-    r, c = np.divmod(idx, w)
-    src = np.clip(r + shift[1], 0, h - 1) * w + np.clip(c + shift[0], 0, w - 1)
-    z.reshape(-1)[idx] = z.reshape(-1)[src]
+    r, c = np.divmod(idx.astype(np.int32), np.int32(w))
+    r += shift[1]
+    c += shift[0]
+    np.clip(r, 0, h - 1, out=r)
+    np.clip(c, 0, w - 1, out=c)
+    r *= np.int32(w)
+    r += c
+    z.reshape(-1)[idx] = z.reshape(-1)[r]
 
 
 @lru_cache(maxsize=8)

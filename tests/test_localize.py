@@ -1,0 +1,208 @@
+"""The hand localiser: refiner crops and targets, the iterated refinement, its place in a run
+(stage, checkpoints, resume), evaluation with --centre com and located training crops."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from handgan.camera import NYU
+from handgan.checkpoint import load_checkpoint
+from handgan.config import apply_overrides, preset
+from handgan.data.sources import open_split, parse_source
+from handgan.dataset import CropParams, LocatedCentres, load_or_build_cache
+from handgan.errors import HandganError
+from handgan.evaluation.evaluate import evaluate_checkpoint
+from handgan.inference import Estimator
+from handgan.localize import (
+    LOCALIZER_FILE,
+    CentreRefiner,
+    Localizer,
+    LocalizerConfig,
+    decode_detections,
+    detector_input,
+    detector_target,
+    localisation_errors,
+    localisation_summary,
+    localizer_samples,
+)
+from handgan.synth.frame import SynthConfig
+from handgan.synth.generate import synthesize_dataset
+from handgan.train import train
+
+
+class ConstantNet(torch.nn.Module):
+    """A refiner that always answers the same normalised position."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = torch.tensor(value, dtype=torch.float32)
+
+    def forward(self, x):
+        return self.value.expand(len(x), 3)
+
+
+def flat_frame(depth_mm=800.0):
+    """A frame with one square object: the detection finds its centre."""
+    d = np.zeros((480, 640), np.uint16)
+    d[200:280, 280:360] = depth_mm
+    return d
+
+
+def test_refiner_targets_are_the_true_centre_in_each_crops_frame():
+    cfg = LocalizerConfig(samples_per_frame=5, offset_mm=60.0)
+    truth = NYU.xyz_to_uvd(np.array([[20.0, -10.0, 800.0]]))
+    s = localizer_samples(lambda i: flat_frame(), [0], truth, NYU, cfg, seed=3)
+    assert s.crops.shape == (5, 1, 64, 64) and s.crops.dtype == np.float16
+    assert s.frames.shape == (1, 1, 120, 160)  # every 4th pixel of 640 x 480
+    # target = (truth - centre) / (cube / 2) on every axis: the centres rebuilt from the targets
+    # are five different shifts of the truth, within a few offset scales of it
+    centres = NYU.uvd_to_xyz(truth) - s.targets.astype(np.float64) * 200.0
+    shifts = np.linalg.norm(centres - NYU.uvd_to_xyz(truth), axis=1)
+    assert len({round(x, 3) for x in shifts}) == 5 and shifts.max() < 4 * 60.0
+
+
+def test_detector_cells_decode_back_to_the_pixel():
+    uv = np.array([[0.0, 0.0], [319.5, 239.5], [637.2, 478.9], [100.3, 410.0]])
+    grid = (15, 20)  # 120 x 160 detector input, 8 px cells
+    target = detector_target(uv, 4, grid)
+    out = torch.full((len(uv), 3, *grid), -10.0, dtype=torch.float64)
+    for b, (cell, ox, oy) in enumerate(target):
+        out[b, 0].view(-1)[int(cell)] = 10.0
+        for channel, o in ((1, ox), (2, oy)):
+            o = min(max(o, 1e-12), 1 - 1e-12)
+            out[b, channel].view(-1)[int(cell)] = float(np.log(o / (1 - o)))
+    np.testing.assert_allclose(decode_detections(out, 4), uv, atol=1e-6)
+    x = detector_input(flat_frame(), 4)
+    assert x.shape == (120, 160) and x[60, 80] == pytest.approx(800 * 2 / 4000 - 1)
+    assert x[0, 0] == 1.0  # missing depth = background
+
+
+def test_refinement_moves_by_the_networks_answer_each_iteration():
+    step = [0.1, -0.05, 0.02]  # normalised: half a 400 mm cube = 200 mm per unit
+    cfg = LocalizerConfig(iterations=3)
+    loc = Localizer(cfg, ConstantNet(step))
+    start = np.array([[320.0, 240.0, 800.0]])
+    end = loc.refine([flat_frame()], start, NYU)
+    moved = NYU.uvd_to_xyz(end[0]) - NYU.uvd_to_xyz(start[0])
+    np.testing.assert_allclose(moved, 3 * 200.0 * np.array(step), atol=1e-6)
+    zero = Localizer(cfg, ConstantNet([0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(zero.refine([flat_frame()], start, NYU), start, atol=1e-9)
+
+
+def test_state_round_trip_gives_the_same_centres():
+    cfg = LocalizerConfig(width=4)
+    torch.manual_seed(0)
+    loc = Localizer(cfg, CentreRefiner(cfg.size, cfg.width))
+    back = Localizer.from_state(loc.state())
+    frame = flat_frame()
+    np.testing.assert_array_equal(loc.locate(frame, NYU), back.locate(frame, NYU))
+    assert loc.fingerprint() == back.fingerprint()
+    with pytest.raises(HandganError, match="x.pt: its hand localiser does not load"):
+        Localizer.from_state({"config": {"size": 64}}, where="x.pt")
+
+
+def test_localisation_summary_counts_frames_without_a_hand():
+    truth = np.array([[320.0, 240.0, 800.0]] * 4)
+    found = truth + np.array([[0, 0, 5.0], [0, 0, 20.0], [0, 0, 40.0], [np.nan] * 3])
+    s = localisation_summary(localisation_errors(found, truth, NYU))
+    assert s["frames"] == 4 and s["not_found"] == 1
+    assert s["median_mm"] == pytest.approx(20.0) and s["within_10mm"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_located_centres_centre_the_crops_and_name_frames_without_a_hand(tmp_path):
+    synthesize_dataset(tmp_path / "s", 0, 6, seed=1, config=SynthConfig(scene="hand"),
+                       progress=False)
+    reader = open_split(parse_source(f"synthetic:{tmp_path / 's'}"), "test")
+    truth = reader.joints_uvd()[:, reader.centre_joint]
+    centres = truth + [0.0, 0.0, 7.0]
+    centres[2] = np.nan
+    located = LocatedCentres(centres, {2: "no hand found: test"}, "fixed")
+    params = CropParams(size=64, cube_mm=300.0, centre="com")
+    cache = load_or_build_cache(reader, tmp_path / "c", params, progress=False, on_bad="skip",
+                                located=located)
+    np.testing.assert_allclose(cache.transforms[:, 0:3], np.delete(centres, 2, axis=0))
+    assert [b.reason for b in cache.bad_frames] == ["no hand found: test"]
+    other = LocatedCentres(centres + 1.0, {2: "no hand found: test"}, "fixed")
+    again = load_or_build_cache(reader, tmp_path / "c", params, progress=False, on_bad="skip",
+                                located=other)
+    assert again.path != cache.path  # other centres, another cache
+
+
+@pytest.fixture(scope="module")
+def localised_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("loc")
+    cfg = apply_overrides(preset("quick"), [
+        f"data.source=synthetic:{work / 'synth'}", f"data.cache_dir={work / 'cache'}",
+        "model.width=8", "model.pose_hidden=32", "optim.batch_size=16", "optim.epochs=1",
+        "device=cpu", "data.val_fraction=0.1", "localizer.epochs=2", "localizer.width=4",
+        "sample_every_epochs=0"])
+    synthesize_dataset(work / "synth", 64, 16, seed=cfg.seed, progress=False)
+    run = train(cfg, work / "run", progress=False)
+    return work, cfg, run
+
+
+def test_a_run_trains_its_localiser_first_and_every_checkpoint_carries_it(localised_run):
+    work, cfg, run = localised_run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "localizer" and records[0]["val_frames"] == 6
+    assert records[0]["train_frames"] == 58 and records[0]["val_median_mm"] > 0
+    saved = load_checkpoint(run / LOCALIZER_FILE)
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    for name, value in saved["localizer"]["network"].items():
+        assert torch.equal(value, best["localizer"]["network"][name])
+    est = Estimator.from_checkpoint(run / "checkpoints" / "best.pt", device="cpu")
+    assert est.localizer is not None
+    frame = open_split(parse_source(cfg.data.source), "test").depth(0)
+    np.testing.assert_array_equal(est.locate(frame), est.localizer.locate(frame, NYU))
+
+
+def test_resume_reuses_the_runs_localiser(localised_run):
+    work, cfg, run = localised_run
+    before = (run / LOCALIZER_FILE).stat().st_mtime_ns
+    train(apply_overrides(cfg, ["optim.epochs=2"]), run, resume=True, progress=False)
+    assert (run / LOCALIZER_FILE).stat().st_mtime_ns == before
+    events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("localizer") == 1
+    summary = json.loads((run / "summary.json").read_text())  # the resume's figures: whole run
+    assert summary["steps_this_session"] < summary["steps"]
+    assert summary["wall_seconds_total"] > summary["wall_seconds"]
+
+
+def test_evaluate_com_centres_with_the_localiser_and_reports_how_far_it_lands(localised_run):
+    work, cfg, run = localised_run
+    m = evaluate_checkpoint(run / "checkpoints" / "best.pt", split="test", centre="com",
+                            out=str(work / "ev"), progress=False, device="cpu",
+                            cache_dir=str(work / "cache"))
+    loc = m["localisation"]
+    assert loc["method"] == "learned refiner" and loc["frames"] == 16
+    est = Estimator.from_checkpoint(run / "checkpoints" / "best.pt", device="cpu")
+    reader = open_split(parse_source(cfg.data.source), "test")
+    truth = reader.joints_uvd()[:, reader.centre_joint]
+    expected = localisation_errors(np.stack([est.locate(reader.depth(i)) for i in range(16)]),
+                                   truth, NYU)
+    assert loc["median_mm"] == pytest.approx(np.median(expected), abs=1e-3)
+    saved = json.loads((work / "ev" / "metrics.json").read_text())
+    assert saved["localisation"]["p90_mm"] == loc["p90_mm"]
+    gt = evaluate_checkpoint(run / "checkpoints" / "best.pt", split="test", centre="gt", out="",
+                             progress=False, device="cpu", cache_dir=str(work / "cache"))
+    assert "localisation" not in gt
+    # labelled-centre evaluation also gives the full-frame figure: the --centre com one
+    assert gt["full_frame"]["mean_error_mm"] == pytest.approx(m["mean_error_mm"], rel=1e-9)
+    assert gt["full_frame"]["localisation"] == loc
+
+
+def test_training_crops_centred_by_the_localiser(localised_run, tmp_path):
+    work, cfg, run = localised_run
+    com = apply_overrides(cfg, ["data.centre=com", "optim.max_steps=1"])
+    run2 = train(com, tmp_path / "run", progress=False)
+    localizer = Localizer.from_state(load_checkpoint(run2 / LOCALIZER_FILE)["localizer"])
+    reader = open_split(parse_source(cfg.data.source), "train")
+    ckpt = load_checkpoint(run2 / "checkpoints" / "last.pt")
+    assert ckpt["crop"]["centre"] == "com"
+    # the training cache's centres are the localiser's
+    from handgan.train import load_data
+    data = load_data(com, progress=False, localizer=localizer)
+    rows = data.train_cache.frame_index[:5]
+    want = np.stack([localizer.locate(reader.depth(int(i)), NYU) for i in rows])
+    np.testing.assert_allclose(data.train_cache.transforms[:5, 0:3], want, atol=1e-9)
