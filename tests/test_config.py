@@ -108,7 +108,7 @@ def test_every_key_accepts_its_own_value_as_text():
 
 @pytest.mark.parametrize("item, message", [
     ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean optim.lr"),
-    ("lr=0.1", "unknown config key 'lr' (did you mean optim.lr?)"),
+    ("lr=0.1", "unknown config key 'lr' (did you mean optim.lr or localizer.lr?)"),
     ("model.widht=8", "did you mean model.width"),
     ("optim.lr=abc", "optim.lr: expected a float, got 'abc'"),
     ("model.width=wide", "model.width: expected an integer, got 'wide'"),

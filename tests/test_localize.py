@@ -53,8 +53,8 @@ def test_refiner_targets_are_the_true_centre_in_each_crops_frame():
     cfg = LocalizerConfig(samples_per_frame=5, offset_mm=60.0)
     truth = NYU.xyz_to_uvd(np.array([[20.0, -10.0, 800.0]]))
     s = localizer_samples(lambda i: flat_frame(), [0], truth, NYU, cfg, seed=3)
-    assert s.crops.shape == (5, 1, 64, 64) and s.crops.dtype == np.float16
-    assert s.frames.shape == (1, 1, 120, 160)  # every 4th pixel of 640 x 480
+    assert s.crops.shape == (5, 1, 48, 48) and s.crops.dtype == np.float16
+    assert s.frames.shape == (1, 1, 60, 80)  # every 8th pixel of 640 x 480
     # target = (truth - centre) / (cube / 2) on every axis: the centres rebuilt from the targets
     # are five different shifts of the truth, within a few offset scales of it
     centres = NYU.uvd_to_xyz(truth) - s.targets.astype(np.float64) * 200.0
@@ -73,8 +73,8 @@ def test_detector_cells_decode_back_to_the_pixel():
             o = min(max(o, 1e-12), 1 - 1e-12)
             out[b, channel].view(-1)[int(cell)] = float(np.log(o / (1 - o)))
     np.testing.assert_allclose(decode_detections(out, 4), uv, atol=1e-6)
-    x = detector_input(flat_frame(), 4)
-    assert x.shape == (120, 160) and x[60, 80] == pytest.approx(800 * 2 / 4000 - 1)
+    x = detector_input(flat_frame(), 8)
+    assert x.shape == (60, 80) and x[30, 40] == pytest.approx(800 * 2 / 4000 - 1)
     assert x[0, 0] == 1.0  # missing depth = background
 
 

@@ -206,6 +206,7 @@ class TrainConfig:
     channels_last: bool = True       # channels-last memory format; CUDA only
     compile: bool = False            # torch.compile the networks (slow start, faster steps)
     num_workers: int = 2             # processes preparing (augmenting) batches ahead, per rank
+    threads: int | None = None       # CPU threads; None = the cores other jobs leave free at start
     log_every: int = 50              # log losses every this many steps
     eval_every_epochs: int = 1       # evaluate (validation and test) every this many epochs
     sample_every_epochs: int = 1     # GAN mode: write samples/epoch_NNN.png (real | Gen(J)); 0 = off
@@ -217,6 +218,8 @@ class TrainConfig:
                f"data.size ({self.data.size}) and model.size ({self.model.size}) differ; "
                "set both to the same crop size")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.threads is None or self.threads >= 1,
+               f"threads must be >= 1 (or null), got {self.threads}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         _check(self.sample_every_epochs >= 0,
                f"sample_every_epochs must be >= 0, got {self.sample_every_epochs}")

@@ -1,7 +1,7 @@
 """Hand localisation in a full depth frame: a learned detector, then a learned centre refiner.
 
-1. :class:`HandDetector`: a small fully convolutional network over the whole frame (every 4th
-   pixel of a 640 x 480 frame) that scores 32 x 32 px cells for holding the palm centre and
+1. :class:`HandDetector`: a small fully convolutional network over the whole frame (every 8th
+   pixel of a 640 x 480 frame) that scores 64 x 64 px cells for holding the palm centre and
    regresses its place inside the cell. A full frame holds the person's body, the other arm, a
    table, the floor: the nearest object (DeepPrior++'s centre of mass,
    :func:`~handgan.preprocess.localize_hand`) is the hand in only about 80 % of our full-frame
@@ -50,19 +50,19 @@ class LocalizerConfig:
     """The learned centre refiner: its crops, network and training (``localizer.*`` keys)."""
 
     enabled: bool = True        # train the refiner before the pose network, store it in the run
-    size: int = 64              # refiner crop side, px
+    size: int = 48              # refiner crop side, px
     cube_mm: float = 400.0      # refiner crop cube side, mm (larger than the pose cube: room to
     #                             see the hand when the estimate is off by tens of mm)
     iterations: int = 3         # refinement steps at inference (each re-crops at the estimate)
-    width: int = 16             # refiner: channels of the first conv; doubles per layer
+    width: int = 12             # refiner: channels of the first conv; doubles per layer
     detector_width: int = 8     # detector: channels of the first conv
-    detector_epochs: int = 15
-    epochs: int = 15            # refiner epochs
+    detector_epochs: int = 20
+    epochs: int = 12            # refiner epochs
     batch_size: int = 128
     lr: float = 1e-3
-    samples_per_frame: int = 4  # refiner crops per labelled frame (shifted true centres)
+    samples_per_frame: int = 3  # refiner crops per labelled frame (shifted true centres)
     offset_mm: float = 80.0     # scale of the random 3D shifts of the true centre (see _offsets)
-    max_frames: int = 4000      # labelled frames used at most (a random subset beyond)
+    max_frames: int = 2000      # labelled frames used at most (a random subset beyond)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -101,13 +101,13 @@ class CentreRefiner(nn.Module):
         return self.head(self.features(crops))
 
 
-DETECT_WIDTH_PX = 160  # the detector sees frames subsampled to about this width
-CELL = 8  # detector input px per output cell (three stride-2 convs)
+DETECT_WIDTH_PX = 80  # the detector sees frames subsampled to about this width
+CELL = 8  # detector input px per output cell (three stride-2 convs): 64 px of a 640-px frame
 MAX_DEPTH_MM = 4000.0  # the detector's depth scale: farther or missing = background
 
 
 def detector_stride(intr: Intrinsics) -> int:
-    """Full-frame px per detector input px (4 for 640-px frames, 2 for 320-px frames)."""
+    """Full-frame px per detector input px (8 for 640-px frames, 4 for 320-px frames)."""
     return max(1, round(intr.width / DETECT_WIDTH_PX))
 
 
@@ -131,7 +131,8 @@ def detector_target(uv: np.ndarray, stride: int, grid: tuple[int, int]) -> np.nd
 class HandDetector(nn.Module):
     """(B, 1, h, w) :func:`detector_input` -> (B, 3, ceil(h/8), ceil(w/8)): per cell the palm
     centre's logit and its place inside the cell (x, y logits of a sigmoid). Dilated layers
-    give each cell a view of ~100 input px: the hand, its arm and what lies around them."""
+    give each cell a view of the whole 80 x 60 input: the hand, its arm and what lies around
+    them."""
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()

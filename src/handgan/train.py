@@ -63,7 +63,11 @@ from handgan.dataset import (
     load_or_build_cache,
     split_labeled,
 )
-from handgan.device import resolve_device  # noqa: F401  (re-exported)
+from handgan.device import (
+    oversubscribed,
+    resolve_device,  # noqa: F401  (re-exported)
+    training_threads,
+)
 from handgan.distributed import (
     DistInfo,
     barrier,
@@ -906,6 +910,10 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
 
+    threads = None
+    if device.type == "cpu":  # before the localiser stage, which trains on the CPU too
+        threads = cfg.threads or training_threads()
+        torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     localizer_record = None
     if main:  # rank 0 builds the caches and trains the localiser; the others then open them
@@ -980,6 +988,10 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             rng = ranks[info.rank]
         restore_rng_state(ckpt["rng_epoch_start"], {"perm": perm_rng})  # redraw this epoch
         restore_rng_state(rng)  # ...and every other generator where it stopped
+        if threads is not None and cfg.threads is None and ckpt.get("threads"):
+            # float sums depend on the thread count: resume with the run's, for exact resume
+            threads = int(ckpt["threads"])
+            torch.set_num_threads(threads)
 
     teacher = None  # mean teacher of the equivariance term (loss.teacher_ema)
     if view_augment is not None and cfg.loss.teacher_ema > 0:
@@ -1071,6 +1083,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 "rng_epoch_start": epoch_start_state,
                 "localizer": localizer.state() if localizer is not None else None,
                 "wall_seconds_total": earlier_seconds + time.perf_counter() - started,
+                "threads": threads,
             }, is_best=is_best)
         barrier(info)
 
@@ -1139,6 +1152,9 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 step += 1
                 batch_in_epoch = b + 1
                 if step % cfg.log_every == 0:
+                    if threads is not None:  # say so when other jobs slow this run down
+                        bar.set_description("train (CPU shared with other jobs)"
+                                            if oversubscribed(threads) else "train")
                     losses = mean_over_ranks(losses, info, device)
                     if main:
                         metrics.write({"event": "train", "step": step, "epoch": epoch, **losses})
@@ -1179,7 +1195,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             "wall_seconds_total": round(earlier_seconds + time.perf_counter() - started, 3),
             "train_seconds": round(train_seconds, 3),
             "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
-            "device": str(device), "world_size": info.world_size,
+            "device": str(device), "world_size": info.world_size, "threads": threads,
         }
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(run_dir / "summary.json", lambda f: f.write(text.encode("utf-8")))
