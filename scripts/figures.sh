@@ -43,6 +43,9 @@ cp "$TMP/pred/depth_1_0000007.overlay.png" "$FIG/predict-overlay-7.png"
 $H generate "$RUN/checkpoints/best.pt" --interpolate "$TMP/eval/groundtruth.txt:1" \
   "$TMP/eval/groundtruth.txt:68" --steps 8 --out "$TMP/gen" > /dev/null
 cp "$TMP/gen/interpolation.png" "$FIG/generate-interpolation.png"
+# A predicted 30-frame sequence with its true skeleton (docs/inference.md, "A sequence").
+$PY scripts/sequence_figure.py "$RUN" --out "$TMP/seq" --frames 30 \
+  --figure "$FIG/predict-sequence.png" > /dev/null
 
 # The label study (docs/results.md): from the recorded rows.
 $PY benchmarks/figure_label_study.py

@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# pyrealsense2 (a dev dependency: the RealSense tests) links libusb-1.0, a system library.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+   ! ldconfig -p 2>/dev/null | grep -q 'libusb-1\.0\.so\.0'; then
+  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null) || \
+    echo "setup.sh: could not install libusb-1.0-0; the RealSense tests will be skipped" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -1,5 +1,8 @@
 """`handgan predict` on full 640x480 NYU-encoded frames gives the joints `handgan evaluate`
-reports for the same frames (same localisation, same crop, same network)."""
+reports for the same frames (same localisation, same crop, same network), from the same run
+folder, and on the labelled split the same mean error."""
+import json
+
 import numpy as np
 
 from handgan.cli import main
@@ -21,7 +24,7 @@ def test_predict_matches_evaluate_on_rendered_frames(tmp_path, capsys):
     run = train(cfg, tmp_path / "run", progress=False)
     assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert main(["predict", str(run / "checkpoints" / "last.pt"), str(data / "test"),
+    assert main(["predict", str(run), str(data / "test"),
                  "--out", str(tmp_path / "pred"), "--quiet", "--no-overlay"]) == 0
     capsys.readouterr()
     evaluated = read_predictions(tmp_path / "eval" / "predictions.txt")
@@ -30,3 +33,9 @@ def test_predict_matches_evaluate_on_rendered_frames(tmp_path, capsys):
     # The cache stores crops as float16 (a depth step of at most 0.15 mm in a 300 mm cube);
     # predict crops in float32: the joints agree to a fraction of a pixel / millimetre.
     assert np.abs(evaluated - predicted).max() < 0.5
+    # The test split is an NYU-format folder: predict reads its labels and reports the error.
+    errors = [json.loads(p.read_text())["error_mm"]
+              for p in sorted((tmp_path / "pred").glob("*.json"))]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert len(errors) == 6
+    assert abs(np.mean(errors) - metrics["mean_error_mm"]) < 0.5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import sys
 
@@ -38,6 +39,16 @@ def _positive(text: str) -> int:
     value = _count(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -389,17 +400,35 @@ def _add_predict(sub) -> None:
         "predict", help="3D joints from depth frames with a trained checkpoint",
         description="Localise the hand in each depth frame, crop it as in training and predict "
                     "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, MSRA "
-                    ".bin, .npy arrays of mm, or folders of them (sorted by name). With --out: "
+                    ".bin, .npy arrays of mm, or folders of them (sorted by name); an NYU-format "
+                    "folder with joint_data.mat (labelled: the true skeleton and the error are "
+                    "shown too); RealSense recordings (.bag, .db3) and 'realsense[:SERIAL]' for a "
+                    "live camera (pip install 'handgan[realsense]'). With --out: "
                     "FRAME.json (uvd and xyz per joint) and FRAME.overlay.png per frame, and for "
-                    "several frames predictions.txt (the field's format, input order). A bad "
+                    "several frames predictions.txt (the field's format, input order). --video "
+                    "writes the overlays as a GIF or mp4. A bad "
                     "frame does not stop the others; each failure is one line on stderr and the "
                     "exit code is 2.")
-    p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="depth frame files or folders")
-    p.add_argument("--intrinsics", help="camera of the frames: nyu | icvl | msra | "
-                   "fx,fy,cx,cy[,width,height] (default: the checkpoint's training camera)")
+    p.add_argument("checkpoint", metavar="RUN|CHECKPOINT",
+                   help="run folder (its checkpoints/best.pt, else last.pt) or checkpoint file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="depth frame files or folders, .bag/.db3 recordings, realsense[:SERIAL]")
+    p.add_argument("--intrinsics", help="camera of the frame files: nyu | icvl | msra | "
+                   "fx,fy,cx,cy[,width,height] (default: the checkpoint's training camera; "
+                   "recordings and labelled folders bring their own)")
     p.add_argument("--out", help="output folder for JSON, overlays and predictions.txt")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs (faster)")
+    p.add_argument("--video", metavar="FILE.gif|FILE.mp4",
+                   help="a video of the overlays, frame by frame (mp4 needs handgan[video])")
+    p.add_argument("--fps", type=_positive_float, default=15.0,
+                   help="frame rate of --video (default 15)")
+    p.add_argument("--smooth", type=_positive_float, metavar="ALPHA",
+                   help="smooth the hand centre across frames: centre = ALPHA * detected + "
+                        "(1 - ALPHA) * previous, 0 < ALPHA <= 1; a jump of more than half the "
+                        "cube restarts it (default: off)")
+    p.add_argument("--max-frames", type=_positive, metavar="N",
+                   help="at most N frames of each recording or camera (default: all; a live "
+                        "camera runs until Ctrl-C)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="run the network with torch (default) or onnxruntime (CPU, needs "
@@ -416,24 +445,35 @@ def _add_predict(sub) -> None:
 
 def _run_predict(args) -> int:
     from handgan.data.folder import parse_intrinsics
+    from handgan.evaluation.evaluate import resolve_checkpoint
     from handgan.inference import Estimator, format_records, predict_files
 
     intr = parse_intrinsics(args.intrinsics) if args.intrinsics else None
-    est = Estimator.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads,
-                                    backend=args.backend, refine=args.refine)
+    est = Estimator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device,
+                                    threads=args.threads, backend=args.backend,
+                                    refine=args.refine)
     report = predict_files(est, args.inputs, out=args.out, intrinsics=intr,
                            overlay=not args.no_overlay, progress=not (args.quiet or args.json),
                            on_failure=lambda line: print(f"handgan predict: error: {line}",
-                                                         file=sys.stderr))
+                                                         file=sys.stderr),
+                           video=args.video, fps=args.fps, smooth=args.smooth,
+                           max_frames=args.max_frames)
     if args.json:  # always a list, one record per frame that worked, in input order
         print(format_records([{"file": str(f), **p.to_dict()} for f, p in report.frames]),
               end="")
     elif not args.quiet:
-        for f, p in report.frames:
+        for (f, p), error in zip(report.frames, report.errors_mm):
             x, y, z = p.transform.centre_xyz
-            print(f"{f}: {len(p.uvd)} joints, hand at ({x:.0f}, {y:.0f}, {z:.0f}) mm")
+            print(f"{f}: {len(p.uvd)} joints, hand at ({x:.0f}, {y:.0f}, {z:.0f}) mm"
+                  + (f", mean error {error:.1f} mm" if error is not None else ""))
+        if report.mean_error_mm is not None:
+            labelled = sum(e is not None for e in report.errors_mm)
+            print(f"mean 3D joint error {report.mean_error_mm:.2f} mm over {labelled} "
+                  "labelled frames")
         if args.out:
             print(f"wrote {len(report.written)} files to {args.out}")
+        elif report.video:
+            print(f"wrote {report.video}")
     return 2 if report.failures else 0
 
 

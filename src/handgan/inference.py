@@ -10,7 +10,9 @@ joints) -> optionally ``refine`` steps of analysis by synthesis with the generat
 (``refine.refine_poses``) -> back to full-frame uvd and camera xyz with the crop's exact
 ``CropTransform``.
 
-The command ``handgan predict`` is :func:`predict_files` over files and folders.
+The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``: files,
+labelled folders, RealSense recordings and cameras) through ``sequence.predict_frames``
+(outputs, video, smoothing), drawn by ``overlay.py``.
 """
 from __future__ import annotations
 
@@ -28,15 +30,17 @@ from handgan.camera import NYU, Intrinsics
 from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
+from handgan.frames import FRAME_SUFFIXES, list_depth_files  # noqa: F401  (API: in frames.py)
 from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
 from handgan.localize import Localizer
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
+from handgan.overlay import save_overlay  # noqa: F401  (API: moved to overlay.py)
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
 from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
+from handgan.sequence import PredictReport
 
 BACKENDS = ("torch", "onnxruntime")
 DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
-FRAME_SUFFIXES = (".png", ".npy", ".bin")  # .bin: MSRA 2015 frames (data.msra.read_depth_bin)
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,63 +531,36 @@ def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
                        f"{kind})")
 
 
-def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files and folders -> frame files in order: a folder contributes its ``*.png`` / ``*.npy``
-    / ``*.bin`` files (not sub-folders) in sorted name order; a file is taken as given.
-
-    Raises:
-        HandganError: an input that does not exist, or a folder without frames.
-    """
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir()
-                           if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
-            if not found:
-                raise HandganError(f"{item}: no depth frames (*.png, *.npy, *.bin) in the folder")
-            files.extend(found)
-        elif item.exists():
-            files.append(item)
-        else:
-            raise HandganError(f"{item}: no such file or folder")
-    return files
-
-
-@dataclass
-class PredictReport:
-    """What :func:`predict_files` did.
-
-    Attributes:
-        frames: (file, prediction) for every frame that worked, in input order.
-        failures: one line per frame that failed ("<file>: <problem>").
-        written: files written into the output folder.
-    """
-
-    frames: list[tuple[Path, Prediction]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    written: list[Path] = field(default_factory=list)
-
-
 def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
                   out: str | os.PathLike | None = None, intrinsics: Intrinsics | None = None,
                   overlay: bool = True, progress: bool = False,
-                  on_failure: Callable[[str], None] | None = None) -> PredictReport:
-    """Estimate every frame of ``inputs`` (files and folders); a bad frame does not stop the rest.
+                  on_failure: Callable[[str], None] | None = None, video: str | None = None,
+                  fps: float = 15.0, smooth: float | None = None,
+                  max_frames: int | None = None) -> PredictReport:
+    """Estimate every frame of ``inputs``; a bad frame does not stop the rest.
 
-    With ``out``: per frame ``OUT/<stem>.json`` (uvd and xyz per named joint) and, if
-    ``overlay``, ``OUT/<stem>.overlay.png`` (the skeleton on the depth frame); for more than one
-    frame also ``OUT/predictions.txt`` (the field's format: one line per frame, J x 3 ``u v d``,
-    in input order) and ``OUT/predictions_frames.txt`` (the file of each line; failed frames
-    have no line). Every file is written atomically.
+    Inputs are what ``frames.open_sources`` reads: depth frame files and folders of them, NYU-
+    format labelled folders (true skeleton and error drawn too), RealSense recordings (.bag,
+    .db3) and ``realsense[:SERIAL]`` for a live camera. With ``out``: per frame
+    ``OUT/<stem>.json`` (uvd and xyz per named joint) and, if ``overlay``,
+    ``OUT/<stem>.overlay.png`` (the skeleton on the depth frame); for more than one frame also
+    ``OUT/predictions.txt`` (the field's format: one line per frame, J x 3 ``u v d``, in input
+    order) and ``OUT/predictions_frames.txt`` (the file of each line; failed frames have no
+    line). Every file is written atomically. See ``sequence.predict_frames`` for ``video``,
+    ``fps`` and ``smooth``.
 
     Args:
         estimator: the loaded estimator.
-        inputs: depth frame files (.png NYU / 16-bit, .npy) and folders of them.
+        inputs: depth frame files (.png NYU / 16-bit, .npy), folders, recordings, cameras.
         out: output folder, or None to write nothing.
-        intrinsics: the frames' camera; None = the checkpoint's.
+        intrinsics: the camera of plain frame files; None = the checkpoint's.
         overlay: also draw the overlay PNGs (about 0.1 s a frame).
         progress: show a tqdm progress bar on stderr (several frames, on a terminal only).
         on_failure: called with each failure line as it happens.
+        video: a .gif or .mp4 of the overlays.
+        fps: the video's frame rate.
+        smooth: alpha of the hand-centre smoothing across frames (None = off).
+        max_frames: at most this many frames of each recording or camera.
 
     Returns:
         A :class:`PredictReport`.
@@ -591,58 +568,13 @@ def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
     Raises:
         HandganError: an input that does not exist, or ``out`` is an input folder.
     """
-    from tqdm import tqdm
+    from handgan.frames import open_sources
+    from handgan.sequence import predict_frames
 
-    from handgan.atomic import atomic_write_text
-    from handgan.evaluation.predfile import write_predictions
-    from handgan.outputs import check_outputs
-
-    files = list_depth_files(inputs)
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
-            raise HandganError(f"{out_dir}: --out must not be an input folder (its overlay PNGs "
-                               "would be read as frames next time)")
-    names = _unique_stems(files)
-    if out_dir is not None:  # outputs never replace inputs (a glob may include old overlays)
-        check_outputs([out_dir / f"{stem}{ext}" for stem in names
-                       for ext in (".json", ".overlay.png")]
-                      + [out_dir / "predictions.txt", out_dir / "predictions_frames.txt"], files)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    report = PredictReport()
-    # disable=None: tqdm shows the bar only on a terminal, so logs and pipes stay clean.
-    bar = tqdm(list(zip(files, names)), desc="predict", unit="frame", dynamic_ncols=True,
-               disable=None if progress and len(files) > 1 else True)
-    for path, stem in bar:
-        try:
-            depth = read_depth_frame(path)
-            try:
-                pred = estimator.estimate(depth, intrinsics)
-            except HandganError as e:
-                raise HandganError(f"{path}: {e}") from None
-        except HandganError as e:
-            report.failures.append(str(e))
-            if on_failure is not None:
-                with tqdm.external_write_mode():  # the message does not garble the bar
-                    on_failure(str(e))
-            continue
-        report.frames.append((path, pred))
-        if out_dir is None:
-            continue
-        record = {"file": str(path), **pred.to_dict()}
-        json_path = out_dir / f"{stem}.json"
-        atomic_write_text(json_path, format_records(record))
-        report.written.append(json_path)
-        if overlay:
-            report.written.append(save_overlay(out_dir / f"{stem}.overlay.png", depth, pred,
-                                               title=path.name))
-    if out_dir is not None and len(files) > 1 and report.frames:
-        uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
-        report.written.append(write_predictions(out_dir / "predictions.txt", uvd))
-        listing = out_dir / "predictions_frames.txt"
-        atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
-        report.written.append(listing)
-    return report
+    sources = open_sources(inputs, intrinsics, max_frames=max_frames)
+    return predict_frames(estimator, sources, out=out, overlay=overlay, video=video, fps=fps,
+                          smooth=smooth, progress=progress, on_failure=on_failure,
+                          inputs=inputs)
 
 
 def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
@@ -653,10 +585,10 @@ def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
     def one(record: dict[str, Any], indent: str) -> str:
         items = []
         for key, value in record.items():
-            if key == "joints":
+            if key in ("joints", "truth"):
                 joints = ",\n".join(f"{indent}    {json.dumps(name)}: {json.dumps(j)}"
                                      for name, j in value.items())
-                items.append(f'{indent}  "joints": {{\n{joints}\n{indent}  }}')
+                items.append(f"{indent}  {json.dumps(key)}: {{\n{joints}\n{indent}  }}")
             else:
                 items.append(f"{indent}  {json.dumps(key)}: {json.dumps(value)}")
         return f"{indent}{{\n" + ",\n".join(items) + f"\n{indent}}}"
@@ -664,55 +596,3 @@ def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
     if isinstance(records, dict):
         return one(records, "") + "\n"
     return "[\n" + ",\n".join(one(r, "  ") for r in records) + "\n]\n"
-
-
-def _unique_stems(files: Sequence[Path]) -> list[str]:
-    """Output names per frame: the file stem, with ``-2``, ``-3``... when stems repeat (the same
-    frame name in two folders)."""
-    seen: dict[str, int] = {}
-    names = []
-    for f in files:
-        count = seen[f.stem] = seen.get(f.stem, 0) + 1
-        names.append(f.stem if count == 1 else f"{f.stem}-{count}")
-    return names
-
-
-def save_overlay(path: str | os.PathLike, depth_mm: np.ndarray, pred: Prediction,
-                 title: str = "") -> Path:
-    """A PNG of the prediction: the whole frame with the crop's box, and the hand zoomed to the
-    crop's box with the skeleton (NYU, ICVL, MSRA) or the joints (other joint sets) drawn on it.
-
-    Depth is colour-mapped over the crop cube's depth range; pixels without depth are black.
-    """
-    import matplotlib.patches as patches
-
-    from handgan.atomic import atomic_write
-    from handgan.plots import depth_to_rgb, draw_skeleton, plt
-
-    t = pred.transform
-    half = t.half_depth_mm
-    rgb = depth_to_rgb(np.asarray(depth_mm, dtype=np.float32), t.centre_uvd[2] - half,
-                       t.centre_uvd[2] + half)
-    x0, y0, x1, y1 = t.box_px
-    fig, (ax_full, ax_zoom) = plt.subplots(1, 2, figsize=(8.0, 3.6),
-                                           gridspec_kw={"width_ratios": [4, 3]})
-    for ax in (ax_full, ax_zoom):
-        ax.imshow(rgb, interpolation="nearest")
-        ax.axis("off")
-    ax_full.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                        ec="white", lw=1.0))
-    ax_full.plot(pred.uvd[:, 0], pred.uvd[:, 1], ".", ms=2, color="white")
-    draw_skeleton(ax_zoom, pred.uvd, layout_of_names(pred.joint_names))
-    ax_zoom.set_xlim(x0 - 0.5, x1 - 0.5)
-    ax_zoom.set_ylim(y1 - 0.5, y0 - 0.5)
-    palm = t.centre_xyz
-    ax_zoom.set_title(f"crop centre ({palm[0]:.0f}, {palm[1]:.0f}, {palm[2]:.0f}) mm", fontsize=8)
-    if title:
-        ax_full.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
-    finally:
-        plt.close(fig)
-    return path

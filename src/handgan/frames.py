@@ -1,0 +1,195 @@
+"""Frame sources: where ``handgan predict`` reads depth frames from, behind one small interface.
+
+A source is an iterable of :class:`Frame` with a ``length`` (None for a live camera) and the
+``files`` it reads (outputs must never replace them). Every frame carries its camera and, for a
+labelled dataset, its true joints. The depth itself is read when the frame is used
+(``Frame.depth()``), so a damaged file is one failed frame, not the end of the sequence.
+
+    FileFrames(paths)             depth files: NYU PNG, 16-bit PNG, MSRA .bin, .npy
+    DatasetFrames(reader)         a labelled split (data/: NYUSplit, ICVLSplit, MSRADataset, ...)
+    realsense.RealSenseFrames(path)   a RealSense recording (.bag, .db3), played with pyrealsense2
+    realsense.RealSenseFrames(None)   a live RealSense camera (pyrealsense2)
+
+``open_sources(inputs)`` maps command-line inputs to sources. Another camera (Azure Kinect,
+Orbbec, ...) plugs in as one more class with ``length``, ``files`` and ``__iter__`` yielding
+frames of depth in mm with the camera's ``Intrinsics``, and one more line in ``open_sources``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from handgan.camera import Intrinsics
+from handgan.errors import HandganError
+
+FRAME_SUFFIXES = (".png", ".npy", ".bin")  # .bin: MSRA 2015 frames (data.msra.read_depth_bin)
+RECORDING_SUFFIXES = (".bag", ".db3")  # librealsense: ROS1 bags (up to 2.58), ROS2 .db3 (2.59+)
+LIVE_PREFIX = "realsense"  # input "realsense" or "realsense:SERIAL" = a live camera
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One depth frame of a source.
+
+    Attributes:
+        name: output stem (``NAME.json``, ``NAME.overlay.png``), unique within its source.
+        origin: where it came from, for records and messages: the file, or ``REC.db3#17``.
+        read: returns the (H, W) depth in mm; raises HandganError for a bad frame.
+        intrinsics: the frame's camera; None = the checkpoint's training camera.
+        truth_uvd: (J, 3) true joints (u, v px, d mm) of a labelled frame, else None.
+        joint_names: names of the ``truth_uvd`` rows.
+    """
+
+    name: str
+    origin: str
+    read: Callable[[], np.ndarray]
+    intrinsics: Intrinsics | None = None
+    truth_uvd: np.ndarray | None = None
+    joint_names: tuple[str, ...] = ()
+
+    def depth(self) -> np.ndarray:
+        return self.read()
+
+
+class FrameSource(Protocol):
+    """What predict iterates. ``length``: frame count, None when unknown (live); ``files``: the
+    files the source reads."""
+
+    length: int | None
+    files: Sequence[Path]
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Files and labelled datasets
+# --------------------------------------------------------------------------------------------
+
+class FileFrames:
+    """Depth frame files, in the order given, with one camera (None = the checkpoint's)."""
+
+    def __init__(self, paths: Sequence[Path], intrinsics: Intrinsics | None = None) -> None:
+        self.files = list(paths)
+        self.length: int | None = len(self.files)
+        self.intrinsics = intrinsics
+        self.names = unique_names([p.stem for p in self.files])
+
+    def __iter__(self) -> Iterator[Frame]:
+        from handgan.inference import read_depth_frame
+
+        for path, name in zip(self.files, self.names):
+            yield Frame(name, str(path), lambda p=path: read_depth_frame(p), self.intrinsics)
+
+
+class DatasetFrames:
+    """The frames of a labelled split reader (``data/``: ``depth(i)``, ``frame_path(i)``,
+    ``joints_uvd()``, ``joint_names``, ``intrinsics``), each with its true joints. The reader's
+    camera is used: its labels are in that camera."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.length: int | None = len(reader)
+        self.files = [Path(reader.frame_path(i)) for i in range(len(reader))]
+        self.names = unique_names([p.stem for p in self.files])
+        labels = reader.joints_uvd()
+        self.truth = None if labels is None else np.asarray(labels, dtype=np.float64)
+
+    def __iter__(self) -> Iterator[Frame]:
+        names = tuple(self.reader.joint_names)
+        for i, (path, name) in enumerate(zip(self.files, self.names)):
+            yield Frame(name, str(path), lambda i=i: self.reader.depth(i),
+                        self.reader.intrinsics, None if self.truth is None else self.truth[i],
+                        names)
+
+
+def is_nyu_split(folder: Path) -> bool:
+    """A folder in NYU's format (``joint_data.mat`` beside the depth PNGs): what ``handgan
+    synth`` writes and NYU ships."""
+    from handgan.data.nyu import JOINT_DATA_NAME
+
+    return (folder / JOINT_DATA_NAME).is_file()
+
+
+def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files and folders -> frame files in order: a folder contributes its ``*.png`` / ``*.npy``
+    / ``*.bin`` files (not sub-folders) in sorted name order; a file is taken as given.
+
+    Raises:
+        HandganError: an input that does not exist, or a folder without frames.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir()
+                           if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+            if not found:
+                raise HandganError(f"{item}: no depth frames (*.png, *.npy, *.bin) in the folder")
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise HandganError(f"{item}: no such file or folder")
+    return files
+
+
+def unique_names(stems: Sequence[str]) -> list[str]:
+    """Output names: each stem, with ``-2``, ``-3``... when stems repeat (the same frame name in
+    two folders)."""
+    seen: dict[str, int] = {}
+    names = []
+    for stem in stems:
+        count = seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if count == 1 else f"{stem}-{count}")
+    return names
+
+
+def open_sources(inputs: Sequence[str | os.PathLike], intrinsics: Intrinsics | None = None,
+                 max_frames: int | None = None) -> list[FrameSource]:
+    """Command-line inputs -> frame sources, in order.
+
+    * ``realsense`` or ``realsense:SERIAL``: a live RealSense camera;
+    * a ``.bag`` / ``.db3`` file: a RealSense recording (its own camera and depth unit);
+    * a folder holding ``joint_data.mat``: an NYU-format labelled split (its camera, NYU);
+    * other folders and files: depth frame files with ``intrinsics``, as before.
+
+    Consecutive plain files and folders form one source. ``max_frames`` caps recordings and
+    the live camera.
+    """
+    sources: list[FrameSource] = []
+    plain: list[str | os.PathLike] = []
+
+    def flush() -> None:
+        if plain:
+            sources.append(FileFrames(list_depth_files(plain), intrinsics))
+            plain.clear()
+
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if text == LIVE_PREFIX or (text.startswith(LIVE_PREFIX + ":") and not path.exists()):
+            from handgan.realsense import RealSenseFrames
+
+            flush()
+            serial = text.partition(":")[2] or None
+            sources.append(RealSenseFrames(None, serial=serial, max_frames=max_frames))
+        elif path.suffix.lower() in RECORDING_SUFFIXES:
+            from handgan.realsense import RealSenseFrames
+
+            flush()
+            if not path.is_file():
+                raise HandganError(f"{path}: no such recording")
+            sources.append(RealSenseFrames(path, max_frames=max_frames))
+        elif path.is_dir() and is_nyu_split(path):
+            from handgan.data.nyu import NYUSplit
+
+            flush()
+            sources.append(DatasetFrames(NYUSplit(path.parent, path.name)))
+        else:
+            plain.append(item)
+    flush()
+    return sources

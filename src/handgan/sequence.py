@@ -1,0 +1,265 @@
+"""``handgan predict`` over frame sources: per-frame JSON and overlays, the field's prediction
+file, a video of the sequence, an optional smoothed hand centre, and per-frame errors where the
+frames have labels.
+
+    sources = open_sources(["seq/", "rec.db3"], intrinsics=None)
+    report = predict_frames(est, sources, out="pred/", video="pred/sequence.mp4", smooth=0.5)
+
+Each frame goes through ``Estimator.locate`` (hand centre) and ``Estimator.estimate`` (crop,
+network, mapping back): the one entry for frames, so a better localiser plugs in there. A frame
+that fails (unreadable, no hand) is reported and skipped; the others go on.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from handgan.camera import Intrinsics
+from handgan.errors import HandganError
+from handgan.frames import Frame, FrameSource
+
+DEFAULT_FPS = 15.0
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_frames` did.
+
+    Attributes:
+        frames: (origin, prediction) for every frame that worked, in input order; origin is the
+            frame's file, or ``REC.db3#N`` / ``realsense#N`` for frame N of a stream.
+        failures: one line per frame that failed ("<origin>: <problem>").
+        written: files written into the output folder (and the video).
+        errors_mm: per frame of ``frames``: its mean 3D joint error against the labels, or None
+            for a frame without labels (of the prediction's joints).
+        video: the video written, if any.
+    """
+
+    frames: list[tuple[Path, object]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    errors_mm: list[float | None] = field(default_factory=list)
+    video: Path | None = None
+
+    @property
+    def mean_error_mm(self) -> float | None:
+        """Mean of the per-frame errors over the labelled frames; None without labels."""
+        errors = [e for e in self.errors_mm if e is not None]
+        return float(np.mean(errors)) if errors else None
+
+
+class CentreSmoother:
+    """Exponential smoothing of the hand centre across frames, in camera mm, with a jump guard.
+
+    ``c_t = alpha * detected_t + (1 - alpha) * c_{t-1}``: alpha = 1 is no smoothing; lower
+    values steady a centre that jitters from frame to frame (the crop then jitters less, and
+    so do the joints), at the price of lagging a fast hand. A detection more than ``jump_mm``
+    from the smoothed centre (the hand moved fast, or a new hand) restarts the filter there
+    instead of dragging the crop across the frame; so does a frame where no hand was found.
+    """
+
+    def __init__(self, alpha: float, jump_mm: float) -> None:
+        if not 0 < alpha <= 1:
+            raise HandganError(f"smoothing alpha must be > 0 and <= 1, got {alpha}")
+        if not jump_mm > 0:
+            raise HandganError(f"smoothing jump guard must be > 0 mm, got {jump_mm}")
+        self.alpha, self.jump_mm = float(alpha), float(jump_mm)
+        self._xyz: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._xyz = None
+
+    def __call__(self, centre_uvd: np.ndarray, intr: Intrinsics) -> np.ndarray:
+        """Detected centre (3,) uvd -> smoothed centre (3,) uvd, in the same camera."""
+        xyz = intr.uvd_to_xyz(np.asarray(centre_uvd, dtype=np.float64))
+        if self._xyz is None or np.linalg.norm(xyz - self._xyz) > self.jump_mm:
+            self._xyz = xyz
+        else:
+            self._xyz = self.alpha * xyz + (1.0 - self.alpha) * self._xyz
+        return intr.xyz_to_uvd(self._xyz)
+
+
+def predict_frames(estimator, sources: Sequence[FrameSource],
+                   out: str | os.PathLike | None = None, overlay: bool = True,
+                   video: str | os.PathLike | None = None, fps: float = DEFAULT_FPS,
+                   smooth: float | None = None, jump_mm: float | None = None,
+                   progress: bool = False, on_failure: Callable[[str], None] | None = None,
+                   inputs: Sequence[str | os.PathLike] = ()) -> PredictReport:
+    """Estimate every frame of ``sources`` in order; a bad frame does not stop the rest.
+
+    With ``out``: per frame ``OUT/<name>.json`` (uvd and xyz per joint; for labelled frames
+    also the true joints and ``error_mm``) and, if ``overlay``, ``OUT/<name>.overlay.png``;
+    for more than one frame ``OUT/predictions.txt`` (the field's format, one line per frame
+    that worked) and ``OUT/predictions_frames.txt`` (the origin of each line). Every file is
+    written atomically.
+
+    Args:
+        estimator: an ``inference.Estimator``.
+        sources: frame sources (``frames.open_sources``).
+        out: output folder, or None to write no per-frame files.
+        overlay: write the overlay PNGs.
+        video: a .gif or .mp4 path: the overlays of the frames that worked, as a video.
+        fps: the video's frame rate.
+        smooth: alpha of :class:`CentreSmoother` (None = each frame localised on its own).
+        jump_mm: the smoother's jump guard; None = half the checkpoint's cube side.
+        progress: a tqdm progress bar on stderr (on a terminal only).
+        on_failure: called with each failure line as it happens.
+        inputs: the command-line inputs, so that ``out`` is never one of their folders.
+
+    Raises:
+        HandganError: ``out`` is an input folder, an output would replace an input, bad
+            ``video`` / ``fps`` / ``smooth``.
+    """
+    from tqdm import tqdm
+
+    from handgan.outputs import check_outputs
+    from handgan.video import check_video_path, open_video
+
+    out_dir = Path(out) if out is not None else None
+    files = [f for s in sources for f in s.files]
+    if out_dir is not None:
+        if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
+            raise HandganError(f"{out_dir}: --out must not be an input folder (its overlay PNGs "
+                               "would be read as frames next time)")
+        named = [n for s in sources for n in getattr(s, "names", ())]
+        check_outputs([out_dir / f"{n}{ext}" for n in named for ext in (".json", ".overlay.png")]
+                      + [out_dir / "predictions.txt", out_dir / "predictions_frames.txt"], files)
+    if video is not None:
+        check_outputs([check_video_path(video)], files)
+    smoother = None
+    if smooth is not None:
+        smoother = CentreSmoother(smooth, jump_mm or estimator.spec.cube_mm[0] / 2.0)
+    writer = open_video(video, fps) if video is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    report = PredictReport()
+    lengths = [s.length for s in sources]
+    total = None if None in lengths else sum(lengths)
+    live = total is None  # a camera: Ctrl-C ends the sequence, and the outputs are still written
+    frames = _frames(sources, smoother)
+    # disable=None: tqdm shows the bar only on a terminal, so logs and pipes stay clean.
+    bar = tqdm(frames, total=total, desc="predict", unit="frame", dynamic_ncols=True,
+               disable=None if progress and (total is None or total > 1) else True)
+    used: dict[str, int] = {}
+    try:
+        for frame in bar:
+            result = _predict_one(estimator, frame, smoother)
+            if isinstance(result, str):
+                report.failures.append(result)
+                if on_failure is not None:
+                    with tqdm.external_write_mode():  # the message does not garble the bar
+                        on_failure(result)
+                continue
+            depth, pred, error = result
+            report.frames.append((Path(frame.origin), pred))
+            report.errors_mm.append(error)
+            name = _unique(frame.name, used)
+            picture = None
+            if writer is not None or (out_dir is not None and overlay):
+                from handgan.overlay import render_overlay
+
+                picture = render_overlay(depth, pred, Path(frame.origin).name,
+                                         frame.truth_uvd if error is not None else None, error)
+            if writer is not None:
+                writer.add(picture)
+            if out_dir is not None:
+                report.written.extend(_write_frame(out_dir, name, frame, pred, error,
+                                                   picture if overlay else None))
+    except KeyboardInterrupt:
+        if not live:
+            if writer is not None:
+                writer.close(commit=False)
+            raise
+    finally:
+        bar.close()
+        frames.close()  # a camera's pipeline stops here, also after Ctrl-C
+    if writer is not None:
+        report.video = writer.close()
+        if report.video is not None:
+            report.written.append(report.video)
+    if out_dir is not None and len(report.frames) + len(report.failures) > 1 and report.frames:
+        report.written.extend(_write_predictions(out_dir, report))
+    return report
+
+
+def _frames(sources: Sequence[FrameSource], smoother: CentreSmoother | None):
+    """The frames of all sources in order; the smoother starts afresh with each source (another
+    camera or recording: the last centre means nothing there)."""
+    for source in sources:
+        if smoother is not None:
+            smoother.reset()
+        yield from source
+
+
+def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
+    """(depth, prediction, error or None), or the failure line."""
+    try:
+        depth = frame.depth()
+        try:
+            intr = frame.intrinsics or estimator.intrinsics
+            if smoother is None:
+                pred = estimator.estimate(depth, intr)
+            else:
+                centre = smoother(estimator.locate(depth, intr), intr)
+                pred = estimator.estimate(depth, intr, centre_uvd=centre)
+        except HandganError as e:
+            raise HandganError(f"{frame.origin}: {e}") from None
+    except HandganError as e:
+        if smoother is not None:
+            smoother.reset()
+        message = str(e)
+        return message if message.startswith(frame.origin) else f"{frame.origin}: {message}"
+    return depth, pred, _error(frame, pred, intr)
+
+
+def _error(frame: Frame, pred, intr: Intrinsics) -> float | None:
+    """The frame's mean 3D error if it has labels of the predicted joints, else None."""
+    from handgan.overlay import mean_error_mm, same_joints
+
+    if frame.truth_uvd is None or not same_joints(frame.joint_names, pred.joint_names):
+        return None
+    return mean_error_mm(pred, frame.truth_uvd, intr)
+
+
+def _unique(name: str, used: dict[str, int]) -> str:
+    count = used[name] = used.get(name, 0) + 1
+    return name if count == 1 else f"{name}-{count}"
+
+
+def _write_frame(out_dir: Path, name: str, frame: Frame, pred, error: float | None,
+                 picture: np.ndarray | None) -> list[Path]:
+    from handgan.atomic import atomic_write_text
+    from handgan.inference import format_records
+    from handgan.overlay import write_png
+
+    record = {"file": frame.origin, **pred.to_dict()}
+    if error is not None:
+        truth_xyz = pred.transform.intr.uvd_to_xyz(frame.truth_uvd)  # the frame's camera
+        record["truth"] = {n: {"uvd": _rounded(u), "xyz": _rounded(x)}
+                           for n, u, x in zip(pred.joint_names, frame.truth_uvd, truth_xyz)}
+        record["error_mm"] = round(error, 4)
+    json_path = out_dir / f"{name}.json"
+    atomic_write_text(json_path, format_records(record))
+    written = [json_path]
+    if picture is not None:
+        written.append(write_png(out_dir / f"{name}.overlay.png", picture))
+    return written
+
+
+def _write_predictions(out_dir: Path, report: PredictReport) -> list[Path]:
+    from handgan.atomic import atomic_write_text
+    from handgan.evaluation.predfile import write_predictions
+
+    uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
+    listing = out_dir / "predictions_frames.txt"
+    atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
+    return [write_predictions(out_dir / "predictions.txt", uvd), listing]
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(v), 4) for v in values]
