@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 # pyrealsense2 (a dev dependency: the RealSense tests) links libusb-1.0, a system library.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
    ! ldconfig -p 2>/dev/null | grep -q 'libusb-1\.0\.so\.0'; then
-  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null) || \
+  (timeout 120 apt-get update -qq && timeout 120 apt-get install -y -qq libusb-1.0-0 >/dev/null) || \
     echo "setup.sh: could not install libusb-1.0-0; the RealSense tests will be skipped" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
