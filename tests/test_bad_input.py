@@ -26,7 +26,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     data = synthesize_dataset(root / "ds", 16, 4, seed=0, workers=1, config=HAND, progress=False)
     cfg = apply_overrides(preset("quick"), [
-        f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8",
+        f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8", "localizer.enabled=false",
         "model.pose_hidden=32", "optim.batch_size=8", "optim.max_steps=1", "device=cpu",
         "num_workers=0", "data.val_fraction=0", "sample_every_epochs=0"])
     run = train(cfg, root / "run", progress=False)

@@ -8,7 +8,7 @@ from handgan.synth.generate import synthesize_dataset
 
 HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
 
-SMALL = ["--set", "model.width=8", "--set", "model.pose_hidden=32", "--set", "optim.batch_size=8"]
+SMALL = ["--set", "model.width=8", "--set", "localizer.enabled=false", "--set", "model.pose_hidden=32", "--set", "optim.batch_size=8"]
 
 
 def _cli(*args, cwd):

@@ -19,7 +19,7 @@ HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for the
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_sync_check.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-SMALL = ["model.width=8", "model.pose_hidden=32", "optim.batch_size=8", "device=cpu",
+SMALL = ["model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=8", "device=cpu",
          "log_every=1", "data.val_fraction=0.2", "num_workers=0"]
 
 

@@ -20,7 +20,7 @@ HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for the
 def _tiny_run(root, mode: str):
     data = synthesize_dataset(root / "ds", 40, 12, seed=0, workers=1, config=HAND, progress=False)
     cfg = apply_overrides(preset("quick"), [
-        f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8",
+        f"data.source=synthetic:{data}", f"data.cache_dir={root / 'cache'}", "model.width=8", "localizer.enabled=false",
         "model.pose_hidden=32", "optim.batch_size=8", "optim.max_steps=6", "device=cpu",
         "num_workers=0", "data.val_fraction=0.2", f"mode={mode}"])
     return train(cfg, root / "run", progress=False)

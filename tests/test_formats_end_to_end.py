@@ -198,7 +198,7 @@ def refused(*args) -> str:
 def train(tmp: Path, data: str, name: str) -> Path:
     run = tmp / f"run-{name}"
     ok("train", "--out", run, "--data", data, "--preset", "quick", "--max-steps", 2, "--quiet",
-       *[x for kv in ("model.width=8", "model.pose_hidden=32", "optim.batch_size=2", "device=cpu",
+       *[x for kv in ("model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=2", "device=cpu",
                       "num_workers=0", f"data.cache_dir={tmp / 'cache'}") for x in ("--set", kv)])
     return run
 
@@ -264,7 +264,7 @@ def test_msra_one_fold_and_all_subjects(tmp_path):
 
     every = f"msra:{tmp_path / 'msra'}"  # all subjects: no test split, a validation figure
     code, out, err = handgan("train", "--out", tmp_path / "run-all", "--data", every,
-                             "--max-steps", 2, "--quiet", "--set", "model.width=8",
+                             "--max-steps", 2, "--quiet", "--set", "model.width=8", "--set", "localizer.enabled=false",
                              "--set", "model.pose_hidden=32", "--set", "optim.batch_size=2",
                              "--set", "device=cpu", "--set", "num_workers=0",
                              "--set", f"data.cache_dir={tmp_path / 'cache'}")

@@ -367,7 +367,7 @@ def test_synth_poses_are_checked():
 
 def test_gan_step_trains_the_pose_head_on_generated_pairs(monkeypatch):
     cfg = apply_overrides(preset("quick"), [
-        "model.width=8", "model.pose_hidden=32", "model.gen_skeleton=true",
+        "model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "model.gen_skeleton=true",
         "loss.recons_mode=pixel_sum", "loss.tau=1", "loss.w_hand=5",
         "loss.synth_poses=mix+finger+rotate+unlabeled", "loss.w_synth=1",
         "loss.gen_adv=feature_matching"])

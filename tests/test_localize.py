@@ -136,6 +136,7 @@ def localised_run(tmp_path_factory):
         f"data.source=synthetic:{work / 'synth'}", f"data.cache_dir={work / 'cache'}",
         "model.width=8", "model.pose_hidden=32", "optim.batch_size=16", "optim.epochs=1",
         "device=cpu", "data.val_fraction=0.1", "localizer.epochs=2", "localizer.width=4",
+        "localizer.detector_epochs=2", "localizer.detector_width=4",
         "sample_every_epochs=0"])
     synthesize_dataset(work / "synth", 64, 16, seed=cfg.seed, progress=False)
     run = train(cfg, work / "run", progress=False)

@@ -19,7 +19,7 @@ def test_predict_matches_evaluate_on_rendered_frames(tmp_path, capsys):
     data = synthesize_dataset(tmp_path / "ds", 24, 6, seed=3, workers=1, config=HAND, progress=False)
     cfg = apply_overrides(preset("quick"), [
         f"data.source=synthetic:{data}", f"data.cache_dir={tmp_path / 'cache'}",
-        "data.centre=com", "model.width=8", "model.pose_hidden=32", "optim.batch_size=8",
+        "data.centre=com", "model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=8",
         "optim.max_steps=3", "device=cpu", "data.val_fraction=0"])
     run = train(cfg, tmp_path / "run", progress=False)
     assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--quiet",

@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 
 def train(data, run, *extra):
-    sets = ["model.width=8", "model.pose_hidden=32", "optim.batch_size=8", "device=cpu",
+    sets = ["model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=8", "device=cpu",
             "log_every=1", "data.val_fraction=0", "num_workers=0", "sample_every_epochs=0",
             f"data.cache_dir={data / 'cache'}"]
     args = ["train", "--out", str(run), "--quiet", *extra]
@@ -149,7 +149,7 @@ def test_study_restarts_a_run_killed_before_its_first_checkpoint(data, tmp_path)
     run = out / "runs" / "supervised-f1-s0"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
-    sets = ["model.width=8", "model.pose_hidden=32", "optim.batch_size=8", "device=cpu",
+    sets = ["model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=8", "device=cpu",
             "data.val_fraction=0", "num_workers=0", f"data.cache_dir={data / 'cache'}"]
     assert main(["study", "labels", "--out", str(out), "--data", f"synthetic:{data / 'ds'}",
                  "--fractions", "1", "--modes", "supervised", "--seeds", "1", "--max-steps", "1",

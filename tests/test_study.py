@@ -19,7 +19,8 @@ def test_study_end_to_end_and_rerun(tmp_path, capsys, monkeypatch):
     args = ["study", "labels", "--out", "study", "--data", f"synthetic:{data}",
             "--fractions", "0.25,1", "--seeds", "1", "--max-steps", "2", "--quiet",
             "--variant", "gan-fakepose=loss.fake_pose_loss=true", "--modes", "supervised",
-            *[a for kv in ("model.width=8", "model.pose_hidden=32", "optim.batch_size=8",
+            *[a for kv in ("model.width=8", "localizer.enabled=false", "model.pose_hidden=32",
+                           "optim.batch_size=8",
                            "device=cpu", "data.val_fraction=0.25") for a in ("--set", kv)]]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -38,9 +38,9 @@ def make_cfg(workdir, *extra, literal=False):
     base = load_yaml(CONFIGS / "seed-literal.yaml") if literal else preset("quick")
     return apply_overrides(base, [
         f"data.source=synthetic:{workdir / 'synth'}", f"data.cache_dir={workdir / 'cache'}",
-        "data.size=64", "model.size=64", "model.width=8", "model.pose_hidden=32",
+        "data.size=64", "model.size=64", "model.width=8", "localizer.enabled=false", "model.pose_hidden=32",
         f"optim.batch_size={BATCH}", "optim.epochs=2", "device=cpu", "log_every=1",
-        "data.val_fraction=0", "num_workers=0", *extra])
+        "data.val_fraction=0", "num_workers=0", "threads=1", *extra])
 
 
 def params(module):
@@ -620,7 +620,7 @@ def test_icvl_trains_with_its_16_joints_and_evaluates(tmp_path):
     _write_icvl(tmp_path / "icvl")
     cfg = apply_overrides(preset("quick"), [
         f"data.source=icvl:{tmp_path / 'icvl'}", f"data.cache_dir={tmp_path / 'cache'}",
-        "model.width=8", "model.pose_hidden=32", "optim.batch_size=4", "optim.max_steps=2",
+        "model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=4", "optim.max_steps=2",
         "device=cpu", "data.val_fraction=0", "num_workers=0"])
     assert cfg.model.num_joints == 14
     run = train_mod.train(cfg, tmp_path / "run", progress=False)
