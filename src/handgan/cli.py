@@ -346,7 +346,10 @@ def _run_study_labels(args) -> int:
     base = load_yaml(args.config) if args.config else preset(args.preset)
     flags = {"data.source": args.data, "optim.epochs": args.epochs,
              "optim.max_steps": args.max_steps}
-    base = apply_overrides(base, [f"{k}={v}" for k, v in flags.items() if v is not None]
+    # The study scores crops centred on the labelled palm: no run needs a hand localiser
+    # (--set localizer.enabled=true trains one anyway).
+    base = apply_overrides(base, ["localizer.enabled=false"]
+                           + [f"{k}={v}" for k, v in flags.items() if v is not None]
                            + args.overrides)
     plan = StudyPlan(base, parse_fractions(args.fractions),
                      parse_variants(args.modes, args.variant), args.seeds,
