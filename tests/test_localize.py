@@ -17,6 +17,7 @@ from handgan.inference import Estimator
 from handgan.localize import (
     LOCALIZER_FILE,
     CentreRefiner,
+    HandDetector,
     Localizer,
     LocalizerConfig,
     decode_detections,
@@ -207,3 +208,15 @@ def test_training_crops_centred_by_the_localiser(localised_run, tmp_path):
     rows = data.train_cache.frame_index[:5]
     want = np.stack([localizer.locate(reader.depth(int(i)), NYU) for i in rows])
     np.testing.assert_allclose(data.train_cache.transforms[:5, 0:3], want, atol=1e-9)
+
+
+def test_locate_frames_names_the_frames_without_a_hand_and_locates_the_others():
+    cfg = LocalizerConfig(iterations=1)
+    torch.manual_seed(0)
+    loc = Localizer(cfg, ConstantNet([0.0, 0.0, 0.0]), detector=HandDetector(4))
+    frames = [flat_frame(), np.zeros((480, 640), np.uint16), flat_frame(900.0)]
+    centres, failures = loc.locate_frames(lambda i: frames[i], 3, NYU)
+    assert list(failures) == [1] and failures[1] == "no hand found: all pixels are 0"
+    assert np.isnan(centres[1]).all() and np.isfinite(centres[[0, 2]]).all()
+    alone = loc.locate(frames[2], NYU)  # batched or alone: the same centre
+    np.testing.assert_allclose(centres[2], alone, atol=1e-9)

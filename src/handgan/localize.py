@@ -284,18 +284,27 @@ class Localizer:
         bar = tqdm(total=count, desc=desc, unit="frame", disable=not progress,
                    dynamic_ncols=True)
         for start in range(0, count, CHUNK):
-            frames, starts, index = [], [], []
+            frames, index = [], []
             for i in range(start, min(start + CHUNK, count)):
                 try:
-                    depth = depth_of(i)
-                    starts.append(self.detect([depth], intr)[0])
+                    frames.append(depth_of(i))
+                    index.append(i)
                 except HandganError as e:
                     failures[i] = str(e)
-                    continue
-                frames.append(depth)
-                index.append(i)
+            try:
+                starts = self.detect(frames, intr) if frames else np.zeros((0, 3))
+            except HandganError:  # a frame without a hand: find it, keep the others
+                kept = []
+                for k, i in enumerate(index):
+                    try:
+                        kept.append((k, self.detect([frames[k]], intr)[0]))
+                    except HandganError as e:
+                        failures[i] = str(e)
+                frames = [frames[k] for k, _ in kept]
+                index = [index[k] for k, _ in kept]
+                starts = np.array([c for _, c in kept]).reshape(-1, 3)
             if frames:
-                centres[index] = self.refine(frames, np.stack(starts), intr)
+                centres[index] = self.refine(frames, starts, intr)
             bar.update(min(start + CHUNK, count) - start)
         bar.close()
         return centres, failures
