@@ -24,3 +24,19 @@ def test_oversubscribed_when_threads_and_other_jobs_outnumber_the_cores(monkeypa
 
 def test_other_runnable_reads_the_machine():
     assert device.other_runnable(samples=2, interval_s=0.0) >= 0.0
+
+
+def test_a_training_process_does_not_count_its_own_threads_as_other_jobs(monkeypatch, tmp_path):
+    # /proc/loadavg's 4th field: 3 runnable = this process's 2 threads + 1 other job
+    import builtins
+
+    real_open = builtins.open
+    fake = tmp_path / "loadavg"
+    fake.write_text("1.00 1.00 1.00 3/120 999\n")
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
+        fake if path == "/proc/loadavg" else path, *a, **k))
+    assert device.other_runnable(samples=1, own=2) == 1.0
+    monkeypatch.setattr(device, "cores", lambda: 2)
+    assert device.oversubscribed(2)  # 1 other + 2 threads on 2 cores
+    fake.write_text("1.00 1.00 1.00 2/120 999\n")
+    assert not device.oversubscribed(2)  # only this process's 2 threads

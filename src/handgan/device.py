@@ -29,10 +29,10 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def other_runnable(samples: int = 5, interval_s: float = 0.05) -> float:
-    """Runnable threads on the machine besides this process's, averaged over a few samples of
-    /proc/loadavg's instantaneous count (0.0 where /proc is missing). Unlike the 1-minute load
-    average it does not remember a job that just ended."""
+def other_runnable(samples: int = 5, interval_s: float = 0.05, own: int = 1) -> float:
+    """Runnable threads on the machine besides this process's ``own`` busy threads, averaged
+    over a few samples of /proc/loadavg's instantaneous count (0.0 where /proc is missing).
+    Unlike the 1-minute load average it does not remember a job that just ended."""
     counts = []
     for k in range(samples):
         try:
@@ -40,7 +40,7 @@ def other_runnable(samples: int = 5, interval_s: float = 0.05) -> float:
                 running = int(f.read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return 0.0
-        counts.append(running - 1)  # this thread, reading
+        counts.append(running - own)  # this process's threads (one of them is reading)
         if k + 1 < samples:
             time.sleep(interval_s)
     return max(0.0, sum(counts) / len(counts))
@@ -55,4 +55,4 @@ def training_threads() -> int:
 
 def oversubscribed(threads: int) -> bool:
     """Whether this process's threads and the other runnable ones outnumber the cores."""
-    return other_runnable(samples=1) + threads > cores() + 0.5
+    return other_runnable(samples=1, own=threads) + threads > cores() + 0.5
