@@ -119,10 +119,14 @@ def open_split(spec: SourceSpec, split: str):
     return FolderFrames(spec.root, parse_intrinsics(spec.option or "nyu"))
 
 
-def ensure_synthetic(spec: SourceSpec, seed: int = 0, workers: int = 1, progress: bool = True) -> None:
-    """Generate the default synthetic dataset on first use (resumes an interrupted generation)."""
+def ensure_synthetic(spec: SourceSpec, seed: int = 0, workers: int | None = None,
+                     progress: bool = True) -> None:
+    """Generate the default synthetic dataset on first use (resumes an interrupted generation);
+    ``workers`` None = every core (the bytes do not depend on it)."""
+    from handgan.device import cores
     from handgan.synth.generate import read_manifest, synthesize_dataset
 
+    workers = workers or cores()
     if spec.kind != "synthetic" or read_manifest(spec.root) is not None:
         return
     synthesize_dataset(spec.root, DEFAULT_SYNTHETIC_COUNTS["train"], DEFAULT_SYNTHETIC_COUNTS["test"],
