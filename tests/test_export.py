@@ -21,13 +21,6 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (h
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_tiny_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def estimator_onnx(ckpt, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "pose.onnx"
     result = export_onnx(ckpt, path)

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_inference import save_tiny_checkpoint
 
 from handgan.camera import NYU
 from handgan.cli import main
@@ -24,13 +23,6 @@ from handgan.joints import NYU14_PALM
 from handgan.plots import eval14
 from handgan.preprocess import preprocess_frame
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_tiny_checkpoint(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -63,18 +63,6 @@ def save_tiny_checkpoint(path, cfg: ModelConfig = TINY, crop: dict | None | str 
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_tiny_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def est(ckpt):
-    return Estimator.from_checkpoint(ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory):
     """Three rendered 640x480 frames in NYU's format (train/depth_1_000000k.png)."""
     root = tmp_path_factory.mktemp("synth")

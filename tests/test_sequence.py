@@ -10,29 +10,15 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from test_inference import save_tiny_checkpoint
 
 from handgan.camera import NYU
 from handgan.cli import main
 from handgan.data.nyu import read_depth_png
 from handgan.errors import HandganError
 from handgan.frames import FileFrames
-from handgan.inference import Estimator
 from handgan.joints import NYU_EVAL_IDS
 from handgan.sequence import CentreSmoother, predict_frames
 from handgan.synth.generate import synthesize_dataset
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_tiny_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def est(ckpt):
-    return Estimator.from_checkpoint(ckpt, device="cpu")
 
 
 @pytest.fixture(scope="module")
