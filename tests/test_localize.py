@@ -26,6 +26,8 @@ from handgan.localize import (
     localisation_errors,
     localisation_summary,
     localizer_samples,
+    points_to_cells,
+    warp_frames,
 )
 from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
@@ -61,6 +63,44 @@ def test_refiner_targets_are_the_true_centre_in_each_crops_frame():
     centres = NYU.uvd_to_xyz(truth) - s.targets.astype(np.float64) * 200.0
     shifts = np.linalg.norm(centres - NYU.uvd_to_xyz(truth), axis=1)
     assert len({round(x, 3) for x in shifts}) == 5 and shifts.max() < 4 * 60.0
+    # the fine refiner's crops: half the cube (100 mm per unit), shifts on its smaller scale
+    assert s.fine_crops.shape == (5, 1, 64, 64)
+    fine = np.linalg.norm(s.fine_targets.astype(np.float64) * 100.0, axis=1)
+    assert len({round(x, 3) for x in fine}) == 5 and fine.max() < 4 * 25.0
+    np.testing.assert_allclose(s.points, [(truth[0, :2] - 2) / 4], atol=1e-4)  # detector px
+    none = localizer_samples(lambda i: flat_frame(), [0], truth, NYU,
+                             LocalizerConfig(fine_cube_mm=0.0), seed=3)
+    assert none.fine_crops.shape == (0, 1, 64, 64) and none.fine_targets.shape == (0, 3)
+
+
+def marked_input(point, depth_mm=800.0):
+    """A detector input of background with a 3 x 3 px object centred on ``point``."""
+    x = torch.ones(1, 1, 120, 160)
+    u, v = int(point[0]), int(point[1])
+    x[0, 0, v - 1:v + 2, u - 1:u + 2] = depth_mm * 2 / 4000 - 1
+    return x
+
+
+def test_warped_detector_frames_keep_the_palm_on_its_target_cell():
+    grid = (15, 20)
+    points = torch.tensor([[40.0, 30.0], [100.0, 90.0], [150.0, 60.0], [80.0, 10.0]])
+    x = torch.cat([marked_input(p) for p in points])
+    g = torch.Generator().manual_seed(0)
+    out, cells = warp_frames(x, points, grid, g)
+    for b in range(len(points)):
+        v, u = np.nonzero(out[b, 0].numpy() < 1.0)
+        seen = np.array([u.mean(), v.mean()])  # the object's centre after the warp
+        cell = int(cells[b, 0])
+        target = (np.array([cell % grid[1], cell // grid[1]]) + cells[b, 1:].numpy()) * 8 - 0.5
+        assert np.abs(seen - target).max() < 1.5
+    # a pure scaling by 1.25 about the frame's centre: 25 % nearer, so depths / 1.25
+    out, cells = warp_frames(x[:1], points[:1], grid, g, scale=(1.25, 1.25), rotation_deg=0.0,
+                             shift_px=0.0)
+    moved = (points[0].numpy() - [79.5, 59.5]) * 1.25 + [79.5, 59.5]
+    np.testing.assert_allclose(cells[0].numpy(),
+                               points_to_cells(torch.from_numpy(moved[None]), grid)[0].numpy(), atol=1e-6)
+    depth = (out[0, 0][out[0, 0] < 1.0] + 1) * 2000
+    np.testing.assert_allclose(depth.numpy(), 800.0 / 1.25, rtol=1e-5)
 
 
 def test_detector_cells_decode_back_to_the_pixel():
@@ -81,7 +121,7 @@ def test_detector_cells_decode_back_to_the_pixel():
 
 def test_refinement_moves_by_the_networks_answer_each_iteration():
     step = [0.1, -0.05, 0.02]  # normalised: half a 400 mm cube = 200 mm per unit
-    cfg = LocalizerConfig(iterations=3)
+    cfg = LocalizerConfig(iterations=3, fine_iterations=2)
     loc = Localizer(cfg, ConstantNet(step))
     start = np.array([[320.0, 240.0, 800.0]])
     end = loc.refine([flat_frame()], start, NYU)
@@ -89,16 +129,26 @@ def test_refinement_moves_by_the_networks_answer_each_iteration():
     np.testing.assert_allclose(moved, 3 * 200.0 * np.array(step), atol=1e-6)
     zero = Localizer(cfg, ConstantNet([0.0, 0.0, 0.0]))
     np.testing.assert_allclose(zero.refine([flat_frame()], start, NYU), start, atol=1e-9)
+    # then the fine stage: 2 steps on a 200 mm cube, 100 mm per unit
+    fine_step = [-0.2, 0.1, 0.05]
+    both = Localizer(cfg, ConstantNet(step), fine=ConstantNet(fine_step))
+    moved = NYU.uvd_to_xyz(both.refine([flat_frame()], start, NYU)[0]) - NYU.uvd_to_xyz(start[0])
+    np.testing.assert_allclose(moved, 600.0 * np.array(step) + 200.0 * np.array(fine_step),
+                               atol=1e-6)
 
 
 def test_state_round_trip_gives_the_same_centres():
-    cfg = LocalizerConfig(width=4)
+    cfg = LocalizerConfig(width=4, detector_width=4)
     torch.manual_seed(0)
-    loc = Localizer(cfg, CentreRefiner(cfg.size, cfg.width))
+    loc = Localizer(cfg, CentreRefiner(cfg.size, cfg.width), detector=HandDetector(4),
+                    fine=CentreRefiner(cfg.size, cfg.width))
     back = Localizer.from_state(loc.state())
+    assert back.fine is not None and back.detector is not None
     frame = flat_frame()
     np.testing.assert_array_equal(loc.locate(frame, NYU), back.locate(frame, NYU))
     assert loc.fingerprint() == back.fingerprint()
+    coarse_only = Localizer(cfg, loc.network, detector=loc.detector)
+    assert coarse_only.fingerprint() != loc.fingerprint()
     with pytest.raises(HandganError, match="x.pt: its hand localiser does not load"):
         Localizer.from_state({"config": {"size": 64}}, where="x.pt")
 

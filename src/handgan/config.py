@@ -251,7 +251,9 @@ def _method_loss() -> LossConfig:
 # The sensor's edge dropout is per crop pixel, so it depends on the crop size (docs/training.md).
 PRESETS: dict[str, TrainConfig] = {
     "quick": TrainConfig(
-        data=DataConfig(size=64),
+        # crops shifted by 10 mm (not 5): whole-frame use centres them by the localiser, whose
+        # median error is about 9 mm (docs/results.md, "From a dataset or a camera to joints")
+        data=DataConfig(size=64, augment=AugmentConfig(translation_sigma_mm=10.0)),
         model=ModelConfig(size=64, width=16, pose_hidden=256, **_method_model(0.1)),
         loss=_method_loss(),
         optim=OptimConfig(lr=1e-3, epochs=50, batch_size=64, lr_schedule="cosine"),

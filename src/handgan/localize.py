@@ -1,4 +1,4 @@
-"""Hand localisation in a full depth frame: a learned detector, then a learned centre refiner.
+"""Hand localisation in a full depth frame: a learned detector, then learned centre refiners.
 
 1. :class:`HandDetector`: a small fully convolutional network over the whole frame (every 4th
    pixel of a 640 x 480 frame) that scores 32 x 32 px cells for holding the palm centre and
@@ -7,16 +7,18 @@
    :func:`~handgan.preprocess.localize_hand`) is the hand in only about 80 % of our full-frame
    scenes (docs/results.md), and it cannot tell the labelled hand from the other one.
    The start depth is the near surface around the detected pixel.
-2. :class:`CentreRefiner`: a small CNN that looks at a coarse crop around the current estimate
-   (a cube of ``cube_mm``, ``size`` px) and regresses where the palm centre lies in that crop's
-   normalised frame. Applied ``iterations`` times, each crop centred on the last estimate, as
-   DeepPrior++'s refinement network is.
+2. Two :class:`CentreRefiner` stages: a small CNN that looks at a crop around the current
+   estimate and regresses where the palm centre lies in that crop's normalised frame, applied
+   ``iterations`` times (each crop centred on the last estimate, as DeepPrior++'s refinement
+   network is) on a coarse cube (``cube_mm``, room for the detection's errors of tens of mm),
+   then ``fine_iterations`` times on a finer one (``fine_cube_mm``, trained on the smaller
+   shifts the coarse stage leaves).
 
-Both learn from labelled frames only (:func:`train_localizer`): the detector from the frames
-themselves, the refiner from crops centred on the labelled palm centre shifted by random 3D
-offsets, the target being the labelled palm centre in each crop's normalised frame
-(``CropTransform.xyz_to_norm``). :class:`Localizer` bundles both networks and their settings;
-its state travels inside training checkpoints under ``"localizer"``.
+All learn from labelled frames only (:func:`train_localizer`): the detector from the frames
+themselves, scaled, turned and shifted (:func:`warp_frames`); each refiner from crops centred on
+the labelled palm centre shifted by random 3D offsets, the target being the labelled palm centre
+in each crop's normalised frame (``CropTransform.xyz_to_norm``). :class:`Localizer` bundles the
+networks and their settings; its state travels inside training checkpoints under ``"localizer"``.
 """
 from __future__ import annotations
 
@@ -49,20 +51,23 @@ CHUNK = 64  # frames located together (one network batch per refinement iteratio
 class LocalizerConfig:
     """The learned centre refiner: its crops, network and training (``localizer.*`` keys)."""
 
-    enabled: bool = True        # train the refiner before the pose network, store it in the run
-    size: int = 64              # refiner crop side, px
-    cube_mm: float = 400.0      # refiner crop cube side, mm (larger than the pose cube: room to
-    #                             see the hand when the estimate is off by tens of mm)
-    iterations: int = 3         # refinement steps at inference (each re-crops at the estimate)
-    width: int = 16             # refiner: channels of the first conv; doubles per layer
-    detector_width: int = 16    # detector: channels of the first conv
-    detector_epochs: int = 20
-    epochs: int = 15            # refiner epochs
+    enabled: bool = True        # train the localiser before the pose network, store it in the run
+    size: int = 64              # refiner crop side, px (both refiners)
+    cube_mm: float = 400.0      # coarse refiner crop cube side, mm (larger than the pose cube: room
+    #                             to see the hand when the detection is off by tens of mm)
+    iterations: int = 1         # coarse refinement steps at inference (each re-crops there)
+    fine_cube_mm: float = 200.0  # fine refiner crop cube, mm (0 = no fine stage)
+    fine_iterations: int = 3    # fine refinement steps after the coarse ones
+    width: int = 16             # refiners: channels of the first conv; doubles per layer
+    detector_width: int = 12    # detector: channels of the first conv
+    detector_epochs: int = 10
+    epochs: int = 8             # epochs of each refiner
     batch_size: int = 128
     lr: float = 1e-3
-    samples_per_frame: int = 4  # refiner crops per labelled frame (shifted true centres)
-    offset_mm: float = 80.0     # scale of the random 3D shifts of the true centre (see _offsets)
-    max_frames: int = 2000      # labelled frames used at most (a random subset beyond)
+    samples_per_frame: int = 4  # crops per labelled frame for each refiner (shifted true centres)
+    offset_mm: float = 80.0     # scale of the coarse refiner's random 3D shifts (see _offsets)
+    fine_offset_mm: float = 40.0  # the same for the fine refiner: the coarse stage's error scale
+    max_frames: int = 4000      # labelled frames used at most (a random subset beyond)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -73,11 +78,19 @@ class LocalizerConfig:
               f"{self.size}")
         check(self.cube_mm > 0, f"cube_mm must be > 0, got {self.cube_mm}")
         check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
+        check(self.fine_cube_mm >= 0, f"fine_cube_mm must be >= 0, got {self.fine_cube_mm}")
+        check(self.fine_iterations >= 0,
+              f"fine_iterations must be >= 0, got {self.fine_iterations}")
         for name in ("width", "detector_width", "detector_epochs", "epochs", "batch_size",
                      "samples_per_frame", "max_frames"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        check(self.offset_mm >= 0, f"offset_mm must be >= 0, got {self.offset_mm}")
+        for name in ("offset_mm", "fine_offset_mm"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def has_fine(self) -> bool:
+        return self.fine_cube_mm > 0 and self.fine_iterations > 0
 
 
 class CentreRefiner(nn.Module):
@@ -119,22 +132,33 @@ def detector_input(depth_mm: np.ndarray, stride: int) -> np.ndarray:
     return np.where(valid, sub * (2.0 / MAX_DEPTH_MM) - 1.0, 1.0).astype(np.float32)
 
 
+def detector_points(uv: np.ndarray, stride: int) -> np.ndarray:
+    """(N, 2) full-frame u, v -> (N, 2) the same points in detector input px."""
+    return (np.asarray(uv, np.float64) - stride // 2) / stride
+
+
+def points_to_cells(points: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, 2) detector input px -> (N, 3) [flat cell index, offset x, offset y in [0, 1)]
+    (cell c covers input px [8c - 0.5, 8c + 7.5); points outside go to the border cell)."""
+    q = (points + 0.5) / CELL
+    top = torch.tensor([grid[1] - 1, grid[0] - 1], dtype=q.dtype)
+    cell = torch.minimum(torch.clamp(torch.floor(q), min=0), top)  # (x, y) cells
+    offset = torch.clamp(q - cell, 0.0, 1.0 - 1e-6)
+    return torch.column_stack([cell[:, 1] * grid[1] + cell[:, 0], offset])
+
+
 def detector_target(uv: np.ndarray, stride: int, grid: tuple[int, int]) -> np.ndarray:
     """(N, 2) full-frame u, v -> (N, 3) [flat cell index, offset x, offset y in [0, 1)]."""
-    p = (np.asarray(uv, np.float64) - stride // 2) / stride  # detector input px
-    q = (p + 0.5) / CELL  # cells: cell c covers input px [8c - 0.5, 8c + 7.5)
-    cell = np.clip(np.floor(q), 0, np.array(grid[::-1]) - 1)  # (x, y) cells
-    offset = np.clip(q - cell, 0.0, 1.0 - 1e-6)
-    return np.column_stack([cell[:, 1] * grid[1] + cell[:, 0], offset])
+    return points_to_cells(torch.from_numpy(detector_points(uv, stride)), grid).numpy()
 
 
 class HandDetector(nn.Module):
     """(B, 1, h, w) :func:`detector_input` -> (B, 3, ceil(h/8), ceil(w/8)): per cell the palm
     centre's logit and its place inside the cell (x, y logits of a sigmoid). Dilated layers
-    give each cell a view of ~110 input px (~440 px of a 640-px frame): the hand, its arm and
-    what lies around them."""
+    give each cell a view of ~250 input px (the whole frame): the hand, its arm, the body and
+    what lies around them, which tell the labelled hand from the other one."""
 
-    def __init__(self, width: int = 8) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         c = width
 
@@ -143,7 +167,8 @@ class HandDetector(nn.Module):
                               bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
         self.body = nn.Sequential(*conv(1, c, 2), *conv(c, 2 * c, 2), *conv(2 * c, 4 * c, 2),
-                                  *conv(4 * c, 4 * c, dilation=2), *conv(4 * c, 4 * c, dilation=4))
+                                  *conv(4 * c, 4 * c), *conv(4 * c, 4 * c, dilation=2),
+                                  *conv(4 * c, 4 * c, dilation=4), *conv(4 * c, 4 * c, dilation=8))
         self.head = nn.Conv2d(4 * c, 3, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -178,17 +203,24 @@ class Localizer:
         config: the settings (refiner crop size, cube, iterations).
         detector: the :class:`HandDetector`, or None (then the start is
             :func:`~handgan.preprocess.localize_hand`'s centre of mass), eval mode.
-        network: the :class:`CentreRefiner`, eval mode, no gradients.
+        network: the coarse :class:`CentreRefiner` (``cube_mm`` crops), eval mode, no gradients.
+        fine: the fine :class:`CentreRefiner` (``fine_cube_mm`` crops), or None.
         device: where the networks run.
     """
 
     def __init__(self, config: LocalizerConfig, network: nn.Module,
-                 device: str | torch.device = "cpu", detector: nn.Module | None = None) -> None:
+                 device: str | torch.device = "cpu", detector: nn.Module | None = None,
+                 fine: nn.Module | None = None) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.network = network.to(self.device).eval().requires_grad_(False)
-        self.detector = (detector.to(self.device).eval().requires_grad_(False)
-                         if detector is not None else None)
+
+        def ready(module: nn.Module | None) -> nn.Module | None:
+            return (module.to(self.device).eval().requires_grad_(False)
+                    if module is not None else None)
+
+        self.network = ready(network)
+        self.detector = ready(detector)
+        self.fine = ready(fine)
 
     # ---- state --------------------------------------------------------------------------------
 
@@ -198,7 +230,8 @@ class Localizer:
             return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
         return {"config": dataclasses.asdict(self.config), "network": plain(self.network),
-                "detector": plain(self.detector) if self.detector is not None else None}
+                "detector": plain(self.detector) if self.detector is not None else None,
+                "fine": plain(self.fine) if self.fine is not None else None}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], device: str | torch.device = "cpu",
@@ -208,20 +241,24 @@ class Localizer:
             config = LocalizerConfig(**state["config"])
             network = CentreRefiner(config.size, config.width)
             network.load_state_dict(state["network"])
-            detector = None
+            detector = fine = None
             if state.get("detector") is not None:
                 detector = HandDetector(config.detector_width)
                 detector.load_state_dict(state["detector"])
+            if state.get("fine") is not None:
+                fine = CentreRefiner(config.size, config.width)
+                fine.load_state_dict(state["fine"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise HandganError(f"{where}: its hand localiser does not load "
                                f"({str(e).splitlines()[0]})") from None
-        return cls(config, network, device, detector)
+        return cls(config, network, device, detector, fine)
 
     def fingerprint(self) -> str:
         """Identity of the weights and settings (crop caches centred by this localiser use it)."""
         h = hashlib.sha256(repr(sorted(dataclasses.asdict(self.config).items())).encode())
-        modules = [self.network] + ([self.detector] if self.detector is not None else [])
-        for module in modules:
+        for module in (self.network, self.detector, self.fine):
+            if module is None:
+                continue
             for name, value in module.state_dict().items():
                 h.update(name.encode())
                 h.update(value.detach().cpu().contiguous().numpy().tobytes())
@@ -256,23 +293,31 @@ class Localizer:
 
     def refine(self, frames: Sequence[np.ndarray], starts: np.ndarray, intr: Intrinsics
                ) -> np.ndarray:
-        """``iterations`` refinement steps from (N, 3) start centres uvd, batched over frames."""
+        """(N, 3) start centres uvd -> refined: ``iterations`` coarse steps, then
+        ``fine_iterations`` fine ones where there is a fine refiner; batched over frames."""
         est = np.array(starts, dtype=np.float64).reshape(-1, 3)
-        cube = self.config.cube_mm
-        for _ in range(self.config.iterations):
-            crops, transforms = [], []
-            for depth, c in zip(frames, est):
-                crop, t = crop_depth(depth, c, cube, self.config.size, intr=intr)
-                crops.append(crop)
-                transforms.append(t)
-            with torch.inference_mode():
-                x = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
-                norm = self.network(x).double().cpu().numpy()  # (N, 3)
-            est = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
-            bad = ~(np.isfinite(est).all(axis=1) & (est[:, 2] > 0))
-            if bad.any():  # a refiner output off the camera's front: keep the last estimate
-                est[bad] = [t.centre_uvd for t, b in zip(transforms, bad) if b]
+        stages = [(self.network, self.config.cube_mm, self.config.iterations)]
+        if self.fine is not None:
+            stages.append((self.fine, self.config.fine_cube_mm, self.config.fine_iterations))
+        for network, cube, iterations in stages:
+            for _ in range(iterations):
+                est = self._refine_step(network, cube, frames, est, intr)
         return est
+
+    def _refine_step(self, network: nn.Module, cube: float, frames: Sequence[np.ndarray],
+                     est: np.ndarray, intr: Intrinsics) -> np.ndarray:
+        crops, transforms = [], []
+        for depth, c in zip(frames, est):
+            crop, t = crop_depth(depth, c, cube, self.config.size, intr=intr)
+            crops.append(crop)
+            transforms.append(t)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
+            norm = network(x).double().cpu().numpy()  # (N, 3)
+        new = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
+        bad = ~(np.isfinite(new).all(axis=1) & (new[:, 2] > 0))
+        new[bad] = est[bad]  # a refiner output off the camera's front: keep the last estimate
+        return new
 
     def locate_frames(self, depth_of: Callable[[int], np.ndarray], count: int,
                       intr: Intrinsics, progress: bool = False, desc: str = "localise"
@@ -324,64 +369,103 @@ def _offsets(rng: np.random.Generator, count: int, scale_mm: float) -> np.ndarra
 
 @dataclass
 class LocalizerSamples:
-    """What the two networks learn from (one pass over the labelled frames)."""
+    """What the networks learn from (one pass over the labelled frames)."""
 
-    frames: np.ndarray   # (N, 1, h, w) float16 detector inputs
-    cells: np.ndarray    # (N, 3) float32 detector targets (flat cell, offset x, offset y)
-    crops: np.ndarray    # (M, 1, S, S) float16 refiner crops
-    targets: np.ndarray  # (M, 3) float32 true palm centre in each crop's normalised frame
+    frames: np.ndarray        # (N, 1, h, w) float16 detector inputs
+    points: np.ndarray        # (N, 2) float32 true palm centre in detector input px
+    crops: np.ndarray         # (M, 1, S, S) float16 coarse refiner crops
+    targets: np.ndarray       # (M, 3) float32 true palm centre in each crop's normalised frame
+    fine_crops: np.ndarray    # (K, 1, S, S) float16 fine refiner crops (K = 0: no fine stage)
+    fine_targets: np.ndarray  # (K, 3) float32
 
 
 def localizer_samples(depth_of: Callable[[int], np.ndarray], frames: Sequence[int],
                       centres_uvd: np.ndarray, intr: Intrinsics, config: LocalizerConfig,
                       seed: int = 0, progress: bool = False) -> LocalizerSamples:
-    """Detector inputs and targets for every labelled frame, and ``samples_per_frame`` refiner
-    crops around its true palm centre shifted by :func:`_offsets`."""
+    """Detector inputs and targets for every labelled frame, and ``samples_per_frame`` crops
+    for each refiner around its true palm centre shifted by :func:`_offsets` (``offset_mm``
+    for the coarse one, ``fine_offset_mm`` for the fine one)."""
     if not len(frames):
         raise HandganError("the hand localiser has no labelled frames to learn from")
     rng = np.random.default_rng((seed, 0x10C))
     stride = detector_stride(intr)
     truth_xyz = intr.uvd_to_xyz(np.asarray(centres_uvd, np.float64))
-    inputs, crops, targets = [], [], []
+    stages = [(config.cube_mm, config.offset_mm, [], [])]
+    if config.has_fine:
+        stages.append((config.fine_cube_mm, config.fine_offset_mm, [], []))
+    inputs = []
     for k, i in enumerate(tqdm(frames, desc="localiser data", unit="frame",
                                disable=not progress, dynamic_ncols=True)):
         depth = depth_of(int(i))
         inputs.append(detector_input(depth, stride).astype(np.float16))
-        for offset in _offsets(rng, config.samples_per_frame, config.offset_mm):
-            c = intr.xyz_to_uvd(truth_xyz[k] + offset)
-            if not c[2] > 0:
-                continue
-            crop, t = crop_depth(depth, c, config.cube_mm, config.size, intr=intr)
-            crops.append(crop.astype(np.float16))
-            targets.append(t.xyz_to_norm(truth_xyz[k]).astype(np.float32))
-    grid = (-(-inputs[0].shape[0] // CELL), -(-inputs[0].shape[1] // CELL))
-    cells = detector_target(np.asarray(centres_uvd)[:, :2], stride, grid).astype(np.float32)
-    return LocalizerSamples(np.stack(inputs)[:, None], cells, np.stack(crops)[:, None],
-                            np.stack(targets))
+        for cube, scale, crops, targets in stages:
+            for offset in _offsets(rng, config.samples_per_frame, scale):
+                c = intr.xyz_to_uvd(truth_xyz[k] + offset)
+                if not c[2] > 0:
+                    continue
+                crop, t = crop_depth(depth, c, cube, config.size, intr=intr)
+                crops.append(crop.astype(np.float16))
+                targets.append(t.xyz_to_norm(truth_xyz[k]).astype(np.float32))
+
+    def stacked(crops: list, targets: list) -> tuple[np.ndarray, np.ndarray]:
+        if not crops:
+            return (np.zeros((0, 1, config.size, config.size), np.float16),
+                    np.zeros((0, 3), np.float32))
+        return np.stack(crops)[:, None], np.stack(targets)
+
+    points = detector_points(np.asarray(centres_uvd)[:, :2], stride).astype(np.float32)
+    coarse = stacked(*stages[0][2:])
+    fine = stacked(*stages[1][2:]) if len(stages) > 1 else stacked([], [])
+    return LocalizerSamples(np.stack(inputs)[:, None], points, *coarse, *fine)
 
 
-def shift_frames(x: torch.Tensor, cells: torch.Tensor, grid: tuple[int, int],
-                 generator: torch.Generator, max_cells: int = 2) -> tuple[torch.Tensor,
-                                                                         torch.Tensor]:
-    """Detector augmentation: each frame moved by a whole number of cells (up to ``max_cells``
-    each way; uncovered pixels = background) with its target cell, so the detector learns the
-    hand's look rather than where hands tend to be in the training frames."""
-    b = len(x)
-    gh, gw = grid
-    cell_y, cell_x = cells[:, 0].long() // gw, cells[:, 0].long() % gw
-    dy = torch.randint(-max_cells, max_cells + 1, (b,), generator=generator)
-    dx = torch.randint(-max_cells, max_cells + 1, (b,), generator=generator)
-    dy = torch.clamp(cell_y + dy, 0, gh - 1) - cell_y  # the target stays in the frame
-    dx = torch.clamp(cell_x + dx, 0, gw - 1) - cell_x
-    out = torch.ones_like(x)
-    h, w = x.shape[-2:]
-    for k in range(b):
-        sy, sx = int(dy[k]) * CELL, int(dx[k]) * CELL
-        src = x[k, :, max(-sy, 0):h - max(sy, 0), max(-sx, 0):w - max(sx, 0)]
-        out[k, :, max(sy, 0):max(sy, 0) + src.shape[1], max(sx, 0):max(sx, 0) + src.shape[2]] = src
-    moved = cells.clone()
-    moved[:, 0] = ((cell_y + dy) * gw + cell_x + dx).to(cells.dtype)
-    return out, moved
+def warp_frames(x: torch.Tensor, points: torch.Tensor, grid: tuple[int, int],
+                generator: torch.Generator, scale: tuple[float, float] = (0.8, 1.25),
+                rotation_deg: float = 10.0, shift_px: float = 24.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detector augmentation: each frame scaled about its centre by s (log-uniform in
+    ``scale``, its depths divided by s: the same scene nearer or farther), turned in-plane by up
+    to ``rotation_deg`` and shifted by up to ``shift_px`` input px (then held so that the palm
+    stays 4 px inside the frame); uncovered pixels = background. With only a few thousand
+    labelled frames the detector otherwise learns where hands tend to be and how large.
+
+    Args:
+        x: (B, 1, h, w) detector inputs.
+        points: (B, 2) true palm centres in detector input px.
+        grid: the detector's output cells (rows, columns).
+        generator: the random source.
+
+    Returns:
+        (warped frames, (B, 3) targets as :func:`points_to_cells` gives them).
+    """
+    b, _, h, w = x.shape
+    s = torch.exp(torch.empty(b, dtype=torch.float64).uniform_(
+        math.log(scale[0]), math.log(scale[1]), generator=generator))
+    a = torch.deg2rad(torch.empty(b, dtype=torch.float64).uniform_(
+        -rotation_deg, rotation_deg, generator=generator))
+    shift = torch.empty(b, 2, dtype=torch.float64).uniform_(-shift_px, shift_px,
+                                                            generator=generator)
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
+    cos, sin = torch.cos(a), torch.sin(a)
+    forward = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    forward = forward * s[:, None, None]  # (B, 2, 2): input px -> output px about the centre
+    moved = torch.einsum("bij,bj->bi", forward, points.double() - centre) + centre + shift
+    held = torch.minimum(torch.maximum(moved, torch.tensor([4.0, 4.0], dtype=torch.float64)),
+                         torch.tensor([w - 5.0, h - 5.0], dtype=torch.float64))
+    shift, moved = shift + held - moved, held
+    # affine_grid maps output to input in [-1, 1] coordinates (align_corners=True): px = n * half
+    inverse = torch.linalg.inv(forward)
+    half = centre  # (w - 1) / 2, (h - 1) / 2
+    theta = torch.zeros(b, 2, 3, dtype=torch.float64)
+    theta[:, :, :2] = inverse * half[None, None, :] / half[None, :, None]
+    theta[:, :, 2] = torch.einsum("bij,bj->bi", inverse, -shift) / half
+    sample = F.affine_grid(theta.to(x.dtype), [b, 1, h, w], align_corners=True)
+    # zero padding of (x - 1) = background (1) outside the frame
+    out = F.grid_sample(x - 1.0, sample, mode="nearest", padding_mode="zeros",
+                        align_corners=True) + 1.0
+    depth_mm = (out + 1.0) * (MAX_DEPTH_MM / 2) / s.to(x.dtype)[:, None, None, None]
+    out = torch.where(out < 1.0, torch.clamp(depth_mm * (2.0 / MAX_DEPTH_MM) - 1.0, max=1.0), out)
+    return out, points_to_cells(moved, grid).to(points.dtype)
 
 
 def _fit(network: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -436,7 +520,7 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
                     centres_uvd: np.ndarray, intr: Intrinsics, config: LocalizerConfig,
                     device: str | torch.device = "cpu", seed: int = 0, progress: bool = False
                     ) -> Localizer:
-    """Train the detector and the refiner on labelled frames.
+    """Train the detector and the refiners on labelled frames.
 
     Args:
         depth_of: frame index -> (H, W) depth in mm (a reader's ``depth``).
@@ -463,15 +547,21 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
         torch.manual_seed(seed)
         detector = HandDetector(config.detector_width).to(device)
         refiner = CentreRefiner(config.size, config.width).to(device)
+        fine = CentreRefiner(config.size, config.width).to(device) if config.has_fine else None
     grid = (-(-samples.frames.shape[2] // CELL), -(-samples.frames.shape[3] // CELL))
     _fit(detector, detector_loss, torch.from_numpy(samples.frames),
-         torch.from_numpy(samples.cells), config.detector_epochs, config.batch_size // 2,
+         torch.from_numpy(samples.points), config.detector_epochs, config.batch_size // 2,
          config.lr, device, seed, "hand detector", progress,
-         augment=lambda x, y, g: shift_frames(x, y, grid, g))
+         augment=lambda x, y, g: warp_frames(x, y, grid, g))
     _fit(refiner, refiner_loss, torch.from_numpy(samples.crops),
          torch.from_numpy(samples.targets), config.epochs, config.batch_size, config.lr,
-         device, seed + 1, "centre refiner", progress)
-    return Localizer(config, refiner.cpu(), "cpu", detector.cpu())
+         device, seed + 1, "coarse refiner", progress)
+    if fine is not None:
+        _fit(fine, refiner_loss, torch.from_numpy(samples.fine_crops),
+             torch.from_numpy(samples.fine_targets), config.epochs, config.batch_size,
+             config.lr, device, seed + 2, "fine refiner", progress)
+        fine = fine.cpu()
+    return Localizer(config, refiner.cpu(), "cpu", detector.cpu(), fine)
 
 
 def localisation_errors(centres_uvd: np.ndarray, truth_uvd: np.ndarray, intr: Intrinsics
