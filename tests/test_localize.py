@@ -1,6 +1,7 @@
 """The hand localiser: refiner crops and targets, the iterated refinement, its place in a run
 (stage, checkpoints, resume), evaluation with --centre com and located training crops."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from handgan.localize import (
     Localizer,
     LocalizerConfig,
     decode_detections,
+    detection_candidates,
     detector_input,
     detector_target,
     localisation_errors,
@@ -119,6 +121,68 @@ def test_detector_cells_decode_back_to_the_pixel():
     assert x[0, 0] == 1.0  # missing depth = background
 
 
+def detector_output(peaks, grid=(15, 20)):
+    """A detector's answer with the given {(cell x, cell y): logit} peaks (elsewhere -10) and
+    every place at the cell's middle."""
+    out = torch.zeros(1, 3, *grid)
+    out[0, 0] = -10.0
+    for (x, y), logit in peaks.items():
+        out[0, 0, y, x] = logit
+    return out
+
+
+def test_detection_candidates_are_the_highest_peaks_one_per_blob():
+    out = detector_output({(5, 7): 5.0, (6, 7): 4.0, (14, 7): 3.0, (1, 1): 1.0})
+    uv = detection_candidates(out, 4, 3)[0]
+    # cell middle: input px (c + 0.5) * 8 - 0.5, full frame 4 p + 2; (6, 7) is A's shoulder
+    np.testing.assert_allclose(uv, [[176.0, 240.0], [464.0, 240.0], [48.0, 48.0]])
+    np.testing.assert_allclose(decode_detections(out, 4), uv[:1])
+    hill = detector_output({})
+    y, x = torch.meshgrid(torch.arange(15), torch.arange(20), indexing="ij")
+    hill[0, 0] = -((x - 5).abs() + (y - 7).abs()).float()  # one peak: the rest are its slopes
+    np.testing.assert_allclose(detection_candidates(hill, 4, 3)[0], [[176.0, 240.0]] * 3)
+
+
+class FixedDetector(torch.nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return self.out.expand(len(x), -1, -1, -1)
+
+
+class ForegroundVerifier(torch.nn.Module):
+    """Scores a crop by how much of it is foreground: above ``share`` = a hand."""
+
+    def __init__(self, share):
+        super().__init__()
+        self.share = share
+
+    def forward(self, crops):
+        return 100.0 * ((crops < 1.0).float().mean(dim=(1, 2, 3)) - self.share)[:, None]
+
+
+def test_the_verifier_replaces_the_best_peak_only_where_it_judges_it_no_hand():
+    frame = np.zeros((480, 640), np.uint16)
+    frame[230:250, 166:186] = 800  # A: small, at the detector's best peak
+    frame[190:290, 414:514] = 800  # B: large, at its second peak
+    detector = FixedDetector(detector_output({(5, 7): 5.0, (14, 7): 3.0}))
+    cfg = LocalizerConfig(iterations=1, fine_iterations=1, candidates=2)
+    zero = ConstantNet([0.0, 0.0, 0.0])
+
+    def located(share, candidates=2):
+        loc = Localizer(replace(cfg, candidates=candidates), zero, detector=detector, fine=zero,
+                        verifier=ForegroundVerifier(share))
+        return loc.locate(frame, NYU)
+
+    # A fills ~0.5 % of its 400 mm crop, B ~12 %
+    np.testing.assert_allclose(located(0.05)[:2], [464.0, 240.0])  # A judged no hand: B
+    np.testing.assert_allclose(located(0.001)[:2], [176.0, 240.0])  # A a hand: kept
+    np.testing.assert_allclose(located(0.05, candidates=1)[:2], [176.0, 240.0])  # no choice
+    assert located(0.05)[2] == pytest.approx(800.0)
+
+
 def test_refinement_moves_by_the_networks_answer_each_iteration():
     step = [0.1, -0.05, 0.02]  # normalised: half a 400 mm cube = 200 mm per unit
     cfg = LocalizerConfig(iterations=3, fine_iterations=2)
@@ -141,9 +205,10 @@ def test_state_round_trip_gives_the_same_centres():
     cfg = LocalizerConfig(width=4, detector_width=4)
     torch.manual_seed(0)
     loc = Localizer(cfg, CentreRefiner(cfg.size, cfg.width), detector=HandDetector(4),
-                    fine=CentreRefiner(cfg.size, cfg.width))
+                    fine=CentreRefiner(cfg.size, cfg.width),
+                    verifier=CentreRefiner(cfg.size, cfg.width, outputs=1))
     back = Localizer.from_state(loc.state())
-    assert back.fine is not None and back.detector is not None
+    assert back.fine is not None and back.detector is not None and back.verifier is not None
     frame = flat_frame()
     np.testing.assert_array_equal(loc.locate(frame, NYU), back.locate(frame, NYU))
     assert loc.fingerprint() == back.fingerprint()
@@ -201,8 +266,9 @@ def test_a_run_trains_its_localiser_first_and_every_checkpoint_carries_it(locali
     assert records[0]["train_frames"] == 58 and records[0]["val_median_mm"] > 0
     saved = load_checkpoint(run / LOCALIZER_FILE)
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    for name, value in saved["localizer"]["network"].items():
-        assert torch.equal(value, best["localizer"]["network"][name])
+    for part in ("network", "detector", "fine", "verifier"):  # all four networks trained, kept
+        for name, value in saved["localizer"][part].items():
+            assert torch.equal(value, best["localizer"][part][name])
     est = Estimator.from_checkpoint(run / "checkpoints" / "best.pt", device="cpu")
     assert est.localizer is not None
     frame = open_split(parse_source(cfg.data.source), "test").depth(0)

@@ -13,6 +13,10 @@
    network is) on a coarse cube (``cube_mm``, room for the detection's errors of tens of mm),
    then ``fine_iterations`` times on a finer one (``fine_cube_mm``, trained on the smaller
    shifts the coarse stage leaves).
+3. A verifier (the refiner's network with one output) scores each refined candidate's coarse
+   crop: the detector's ``candidates`` highest peaks are all refined, and where the verifier
+   judges the best peak's result no hand, the candidate it scores highest replaces it. The
+   detector lands on the forearm, the elbow or the other arm in about 5 % of our scenes.
 
 All learn from labelled frames only (:func:`train_localizer`): the detector from the frames
 themselves, scaled, turned and shifted (:func:`warp_frames`); each refiner from crops centred on
@@ -68,6 +72,8 @@ class LocalizerConfig:
     offset_mm: float = 80.0     # scale of the coarse refiner's random 3D shifts (see _offsets)
     fine_offset_mm: float = 40.0  # the same for the fine refiner: the coarse stage's error scale
     max_frames: int = 4000      # labelled frames used at most (a random subset beyond)
+    candidates: int = 3         # detector peaks each refined and scored by the verifier (1 = the
+    #                             best peak only, no verifier)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -82,7 +88,7 @@ class LocalizerConfig:
         check(self.fine_iterations >= 0,
               f"fine_iterations must be >= 0, got {self.fine_iterations}")
         for name in ("width", "detector_width", "detector_epochs", "epochs", "batch_size",
-                     "samples_per_frame", "max_frames"):
+                     "samples_per_frame", "max_frames", "candidates"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         for name in ("offset_mm", "fine_offset_mm"):
@@ -94,10 +100,11 @@ class LocalizerConfig:
 
 
 class CentreRefiner(nn.Module):
-    """(B, 1, S, S) normalised coarse crops -> (B, 3) palm centre in each crop's normalised
-    frame (x, y, z in units of half the cube; 0 = the crop's centre)."""
+    """(B, 1, S, S) normalised crops -> (B, 3) palm centre in each crop's normalised frame (x, y,
+    z in units of half the cube; 0 = the crop's centre). With ``outputs=1`` the same network is
+    the verifier: (B, 1) logit that the crop is centred on the palm."""
 
-    def __init__(self, size: int = 64, width: int = 16) -> None:
+    def __init__(self, size: int = 64, width: int = 16, outputs: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 1
@@ -108,7 +115,7 @@ class CentreRefiner(nn.Module):
             channels = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * (size // 16) ** 2, 256),
-                                  nn.ReLU(inplace=True), nn.Linear(256, 3))
+                                  nn.ReLU(inplace=True), nn.Linear(256, outputs))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(crops))
@@ -175,14 +182,28 @@ class HandDetector(nn.Module):
         return self.head(self.body(frames))
 
 
+def detection_candidates(out: torch.Tensor, stride: int, count: int) -> np.ndarray:
+    """(B, 3, gh, gw) detector output -> (B, count, 2) full-frame u, v of the ``count`` highest
+    peaks of the cell scores (cells no lower than their 8 neighbours: one candidate per blob),
+    best first; a frame with fewer peaks repeats its best."""
+    b, _, gh, gw = out.shape
+    scores = out[:, :1]
+    peaks = scores >= F.max_pool2d(scores, 3, stride=1, padding=1)
+    masked = torch.where(peaks, scores, torch.full_like(scores, -math.inf)).reshape(b, -1)
+    top = masked.topk(min(count, gh * gw), dim=1)
+    cells = torch.where(torch.isfinite(top.values), top.indices, top.indices[:, :1])  # (B, K)
+    if cells.shape[1] < count:
+        cells = torch.cat([cells, cells[:, :1].expand(b, count - cells.shape[1])], dim=1)
+    offsets = torch.sigmoid(torch.gather(out[:, 1:].reshape(b, 2, -1), 2,
+                                         cells[:, None, :].expand(b, 2, count)))  # (B, 2, K)
+    xy = torch.stack([cells % gw, cells // gw], dim=1).double()  # (B, 2, K)
+    p = (xy + offsets.double()) * CELL - 0.5  # detector input px
+    return (p * stride + stride // 2).permute(0, 2, 1).cpu().numpy()
+
+
 def decode_detections(out: torch.Tensor, stride: int) -> np.ndarray:
     """(B, 3, gh, gw) detector output -> (B, 2) full-frame u, v of the best cell's point."""
-    b, _, gh, gw = out.shape
-    best = out[:, 0].reshape(b, -1).argmax(dim=1)  # (B,)
-    offsets = torch.sigmoid(out[:, 1:].reshape(b, 2, -1)[torch.arange(b), :, best])  # (B, 2)
-    cells = torch.stack([best % gw, best // gw], dim=1).double()
-    p = (cells + offsets.double()) * CELL - 0.5  # detector input px
-    return (p * stride + stride // 2).cpu().numpy()
+    return detection_candidates(out, stride, 1)[:, 0]
 
 
 def surface_depth(depth_mm: np.ndarray, uv: np.ndarray, radius_px: int = 6) -> float | None:
@@ -205,12 +226,15 @@ class Localizer:
             :func:`~handgan.preprocess.localize_hand`'s centre of mass), eval mode.
         network: the coarse :class:`CentreRefiner` (``cube_mm`` crops), eval mode, no gradients.
         fine: the fine :class:`CentreRefiner` (``fine_cube_mm`` crops), or None.
+        verifier: the :class:`CentreRefiner` with one output that scores each candidate's
+            refined centre (``cube_mm`` crops: the hand with its arm), or None (then only the best detector
+            peak is refined).
         device: where the networks run.
     """
 
     def __init__(self, config: LocalizerConfig, network: nn.Module,
                  device: str | torch.device = "cpu", detector: nn.Module | None = None,
-                 fine: nn.Module | None = None) -> None:
+                 fine: nn.Module | None = None, verifier: nn.Module | None = None) -> None:
         self.config = config
         self.device = torch.device(device)
 
@@ -221,6 +245,7 @@ class Localizer:
         self.network = ready(network)
         self.detector = ready(detector)
         self.fine = ready(fine)
+        self.verifier = ready(verifier)
 
     # ---- state --------------------------------------------------------------------------------
 
@@ -231,7 +256,8 @@ class Localizer:
 
         return {"config": dataclasses.asdict(self.config), "network": plain(self.network),
                 "detector": plain(self.detector) if self.detector is not None else None,
-                "fine": plain(self.fine) if self.fine is not None else None}
+                "fine": plain(self.fine) if self.fine is not None else None,
+                "verifier": plain(self.verifier) if self.verifier is not None else None}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], device: str | torch.device = "cpu",
@@ -241,22 +267,25 @@ class Localizer:
             config = LocalizerConfig(**state["config"])
             network = CentreRefiner(config.size, config.width)
             network.load_state_dict(state["network"])
-            detector = fine = None
+            detector = fine = verifier = None
             if state.get("detector") is not None:
                 detector = HandDetector(config.detector_width)
                 detector.load_state_dict(state["detector"])
             if state.get("fine") is not None:
                 fine = CentreRefiner(config.size, config.width)
                 fine.load_state_dict(state["fine"])
+            if state.get("verifier") is not None:
+                verifier = CentreRefiner(config.size, config.width, outputs=1)
+                verifier.load_state_dict(state["verifier"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise HandganError(f"{where}: its hand localiser does not load "
                                f"({str(e).splitlines()[0]})") from None
-        return cls(config, network, device, detector, fine)
+        return cls(config, network, device, detector, fine, verifier)
 
     def fingerprint(self) -> str:
         """Identity of the weights and settings (crop caches centred by this localiser use it)."""
         h = hashlib.sha256(repr(sorted(dataclasses.asdict(self.config).items())).encode())
-        for module in (self.network, self.detector, self.fine):
+        for module in (self.network, self.detector, self.fine, self.verifier):
             if module is None:
                 continue
             for name, value in module.state_dict().items():
@@ -268,28 +297,64 @@ class Localizer:
 
     def locate(self, depth_mm: np.ndarray, intr: Intrinsics) -> np.ndarray:
         """(H, W) frame in mm -> (3,) palm centre uvd. HandganError "no hand found: ..."."""
-        return self.refine([depth_mm], self.detect([depth_mm], intr), intr)[0]
+        return self.locate_batch([depth_mm], intr)[0]
+
+    def locate_batch(self, frames: Sequence[np.ndarray], intr: Intrinsics) -> np.ndarray:
+        """Frames -> (N, 3) palm centres uvd: each candidate start refined, the verifier's best
+        kept (the detector's best peak alone without a verifier).
+
+        Raises:
+            HandganError: "no hand found: ..." when a frame has no usable depth.
+        """
+        starts = self.detect(frames, intr)  # (N, K, 3)
+        if self.verifier is None:
+            starts = starts[:, :1]
+        n, k = starts.shape[:2]
+        repeated = [f for f in frames for _ in range(k)]
+        found = self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3)
+        if k == 1:
+            return found[:, 0]
+        scores = self.verify(repeated, found.reshape(-1, 3), intr).reshape(n, k)
+        # The detector's best peak is the hand in ~95 % of frames: another candidate replaces it
+        # only where the verifier judges it no hand (docs/results.md)
+        choice = np.where(scores[:, 0] >= 0.0, 0, scores.argmax(axis=1))
+        return found[np.arange(n), choice]
 
     def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics) -> np.ndarray:
-        """Start centres (N, 3) uvd: the detector's pixel at the near surface there; the centre
-        of mass of the nearest object without a detector, or where no depth is near the pixel.
+        """Start centres (N, K, 3) uvd, K = ``candidates``: the detector's peaks, best first, at
+        the near surface there; without a detector (K = 1), or where no depth is near a peak,
+        the centre of mass of the nearest object.
 
         Raises:
             HandganError: "no hand found: ..." for a frame with no usable depth.
         """
         if self.detector is None:
             return np.stack([localize_hand(d, intr, cube_mm=self.config.cube_mm)
-                             for d in frames])
+                             for d in frames])[:, None]
         stride = detector_stride(intr)
         x = torch.from_numpy(np.stack([detector_input(d, stride) for d in frames])[:, None])
         with torch.inference_mode():
-            uv = decode_detections(self.detector(x.to(self.device)), stride)
-        starts = []
-        for depth, p in zip(frames, uv):
-            d = surface_depth(depth, p)
-            starts.append([p[0], p[1], d] if d is not None else
-                          localize_hand(depth, intr, cube_mm=self.config.cube_mm))
-        return np.array(starts, dtype=np.float64)
+            uv = detection_candidates(self.detector(x.to(self.device)), stride,
+                                      self.config.candidates)
+        starts = np.empty(uv.shape[:2] + (3,))
+        for i, (depth, peaks) in enumerate(zip(frames, uv)):
+            fallback = None
+            for j, p in enumerate(peaks):
+                d = surface_depth(depth, p)
+                if d is None and fallback is None:
+                    fallback = localize_hand(depth, intr, cube_mm=self.config.cube_mm)
+                starts[i, j] = [p[0], p[1], d] if d is not None else fallback
+        return starts
+
+    def verify(self, frames: Sequence[np.ndarray], centres: np.ndarray, intr: Intrinsics
+               ) -> np.ndarray:
+        """(N,) the verifier's logits that each frame's crop at ``centres`` (N, 3) uvd is
+        centred on the palm."""
+        crops = np.stack([crop_depth(depth, c, self.config.cube_mm, self.config.size,
+                                     intr=intr)[0] for depth, c in zip(frames, centres)])
+        with torch.inference_mode():
+            return self.verifier(torch.from_numpy(crops[:, None]).to(self.device)
+                                 )[:, 0].double().cpu().numpy()
 
     def refine(self, frames: Sequence[np.ndarray], starts: np.ndarray, intr: Intrinsics
                ) -> np.ndarray:
@@ -337,19 +402,14 @@ class Localizer:
                 except HandganError as e:
                     failures[i] = str(e)
             try:
-                starts = self.detect(frames, intr) if frames else np.zeros((0, 3))
-            except HandganError:  # a frame without a hand: find it, keep the others
-                kept = []
+                if frames:
+                    centres[index] = self.locate_batch(frames, intr)
+            except HandganError:  # a frame without a hand: find it, locate the others
                 for k, i in enumerate(index):
                     try:
-                        kept.append((k, self.detect([frames[k]], intr)[0]))
+                        centres[i] = self.locate_batch([frames[k]], intr)[0]
                     except HandganError as e:
                         failures[i] = str(e)
-                frames = [frames[k] for k, _ in kept]
-                index = [index[k] for k, _ in kept]
-                starts = np.array([c for _, c in kept]).reshape(-1, 3)
-            if frames:
-                centres[index] = self.refine(frames, starts, intr)
             bar.update(min(start + CHUNK, count) - start)
         bar.close()
         return centres, failures
@@ -516,6 +576,10 @@ def refiner_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(out, target, beta=0.05)
 
 
+def verifier_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(out[:, 0], target)
+
+
 def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int],
                     centres_uvd: np.ndarray, intr: Intrinsics, config: LocalizerConfig,
                     device: str | torch.device = "cpu", seed: int = 0, progress: bool = False
@@ -561,7 +625,74 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
              torch.from_numpy(samples.fine_targets), config.epochs, config.batch_size,
              config.lr, device, seed + 2, "fine refiner", progress)
         fine = fine.cpu()
-    return Localizer(config, refiner.cpu(), "cpu", detector.cpu(), fine)
+    localizer = Localizer(config, refiner.cpu(), "cpu", detector.cpu(), fine)
+    if config.candidates > 1:
+        crops, labels = verifier_samples(localizer, depth_of, frames, centres_uvd, intr, seed,
+                                         progress)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 3)
+            verifier = CentreRefiner(config.size, config.width, outputs=1).to(device)
+        _fit(verifier, verifier_loss, torch.from_numpy(crops), torch.from_numpy(labels),
+             config.epochs, config.batch_size, config.lr, device, seed + 3, "verifier", progress)
+        localizer = Localizer(config, localizer.network, "cpu", localizer.detector,
+                              localizer.fine, verifier.cpu())
+    return localizer
+
+
+# A candidate's refined centre this close to the labelled palm centre is a hand (a positive for
+# the verifier); one farther than VERIFY_FAR_MM is not; between, it is left out.
+VERIFY_NEAR_MM = 20.0
+VERIFY_FAR_MM = 50.0
+
+
+def verifier_samples(localizer: Localizer, depth_of: Callable[[int], np.ndarray],
+                     frames: Sequence[int], centres_uvd: np.ndarray, intr: Intrinsics,
+                     seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """What the verifier learns from: crops (``cube_mm``) at each labelled frame's
+    candidates as the trained detector and refiners find them (labelled 1 within
+    VERIFY_NEAR_MM of the palm centre, 0 beyond VERIFY_FAR_MM), plus one crop at the palm
+    centre shifted by :func:`_offsets` on a 10 mm scale (1) and one shifted by 50-150 mm (0):
+    the verifier must prefer the hand to the arm, the other hand or a table's corner, and a
+    centred crop to one off the palm.
+
+    Returns:
+        (crops (M, 1, S, S) float16, labels (M,) float32).
+    """
+    config = localizer.config
+    rng = np.random.default_rng((seed, 0x7E5))
+    truth_xyz = intr.uvd_to_xyz(np.asarray(centres_uvd, np.float64))
+    crops, labels = [], []
+
+    def add(depth: np.ndarray, centre_uvd: np.ndarray, label: float) -> None:
+        crop, _ = crop_depth(depth, centre_uvd, config.cube_mm, config.size, intr=intr)
+        crops.append(crop.astype(np.float16))
+        labels.append(label)
+
+    bar = tqdm(total=len(frames), desc="verifier data", unit="frame", disable=not progress,
+               dynamic_ncols=True)
+    for start in range(0, len(frames), CHUNK):
+        rows = range(start, min(start + CHUNK, len(frames)))
+        depths = [depth_of(int(frames[k])) for k in rows]
+        starts = localizer.detect(depths, intr)  # (n, K, 3)
+        n, k = starts.shape[:2]
+        repeated = [d for d in depths for _ in range(k)]
+        found = localizer.refine(repeated, starts.reshape(-1, 3), intr)
+        dist = np.linalg.norm(intr.uvd_to_xyz(found).reshape(n, k, 3)
+                              - truth_xyz[start:start + n, None], axis=-1)
+        for j, (depth, row) in enumerate(zip(depths, rows)):
+            for c in range(k):
+                if dist[j, c] <= VERIFY_NEAR_MM or dist[j, c] >= VERIFY_FAR_MM:
+                    add(depth, found[j * k + c], float(dist[j, c] <= VERIFY_NEAR_MM))
+            near = intr.xyz_to_uvd(truth_xyz[row] + _offsets(rng, 1, 10.0)[0])
+            direction = rng.normal(size=3)
+            far = intr.xyz_to_uvd(truth_xyz[row] + direction / np.linalg.norm(direction)
+                                  * rng.uniform(VERIFY_FAR_MM, 150.0))
+            for centre, label in ((near, 1.0), (far, 0.0)):
+                if centre[2] > 0:
+                    add(depth, centre, label)
+        bar.update(n)
+    bar.close()
+    return np.stack(crops)[:, None], np.asarray(labels, np.float32)
 
 
 def localisation_errors(centres_uvd: np.ndarray, truth_uvd: np.ndarray, intr: Intrinsics
