@@ -627,8 +627,9 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
         fine = fine.cpu()
     localizer = Localizer(config, refiner.cpu(), "cpu", detector.cpu(), fine)
     if config.candidates > 1:
-        crops, labels = verifier_samples(localizer, depth_of, frames, centres_uvd, intr, seed,
-                                         progress)
+        every = -(-len(frames) // VERIFIER_FRAMES)  # evenly spread, to bound the stage's time
+        crops, labels = verifier_samples(localizer, depth_of, frames[::every],
+                                         centres_uvd[::every], intr, seed, progress)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 3)
             verifier = CentreRefiner(config.size, config.width, outputs=1).to(device)
@@ -639,6 +640,9 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
     return localizer
 
 
+# The verifier learns from at most this many of the labelled frames (each gives ~5 crops; the
+# main job's localiser stage must leave time for the pose network on 2 cores)
+VERIFIER_FRAMES = 2000
 # A candidate's refined centre this close to the labelled palm centre is a hand (a positive for
 # the verifier); one farther than VERIFY_FAR_MM is not; between, it is left out.
 VERIFY_NEAR_MM = 20.0
