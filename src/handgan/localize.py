@@ -227,8 +227,8 @@ class Localizer:
         network: the coarse :class:`CentreRefiner` (``cube_mm`` crops), eval mode, no gradients.
         fine: the fine :class:`CentreRefiner` (``fine_cube_mm`` crops), or None.
         verifier: the :class:`CentreRefiner` with one output that scores each candidate's
-            refined centre (``cube_mm`` crops: the hand with its arm), or None (then only the best detector
-            peak is refined).
+            refined centre (``cube_mm`` crops: the hand with its arm), or None (then only the
+            best detector peak is refined).
         device: where the networks run.
     """
 
@@ -306,9 +306,7 @@ class Localizer:
         Raises:
             HandganError: "no hand found: ..." when a frame has no usable depth.
         """
-        starts = self.detect(frames, intr)  # (N, K, 3)
-        if self.verifier is None:
-            starts = starts[:, :1]
+        starts = self.detect(frames, intr, self.config.candidates if self.verifier else 1)
         n, k = starts.shape[:2]
         repeated = [f for f in frames for _ in range(k)]
         found = self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3)
@@ -320,8 +318,9 @@ class Localizer:
         choice = np.where(scores[:, 0] >= 0.0, 0, scores.argmax(axis=1))
         return found[np.arange(n), choice]
 
-    def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics) -> np.ndarray:
-        """Start centres (N, K, 3) uvd, K = ``candidates``: the detector's peaks, best first, at
+    def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
+               ) -> np.ndarray:
+        """Start centres (N, K, 3) uvd, K = ``count``: the detector's peaks, best first, at
         the near surface there; without a detector (K = 1), or where no depth is near a peak,
         the centre of mass of the nearest object.
 
@@ -334,8 +333,7 @@ class Localizer:
         stride = detector_stride(intr)
         x = torch.from_numpy(np.stack([detector_input(d, stride) for d in frames])[:, None])
         with torch.inference_mode():
-            uv = detection_candidates(self.detector(x.to(self.device)), stride,
-                                      self.config.candidates)
+            uv = detection_candidates(self.detector(x.to(self.device)), stride, count)
         starts = np.empty(uv.shape[:2] + (3,))
         for i, (depth, peaks) in enumerate(zip(frames, uv)):
             fallback = None
@@ -677,7 +675,7 @@ def verifier_samples(localizer: Localizer, depth_of: Callable[[int], np.ndarray]
     for start in range(0, len(frames), CHUNK):
         rows = range(start, min(start + CHUNK, len(frames)))
         depths = [depth_of(int(frames[k])) for k in rows]
-        starts = localizer.detect(depths, intr)  # (n, K, 3)
+        starts = localizer.detect(depths, intr, config.candidates)  # (n, K, 3)
         n, k = starts.shape[:2]
         repeated = [d for d in depths for _ in range(k)]
         found = localizer.refine(repeated, starts.reshape(-1, 3), intr)
