@@ -348,11 +348,8 @@ class Localizer:
                ) -> np.ndarray:
         """(N,) the verifier's logits that each frame's crop at ``centres`` (N, 3) uvd is
         centred on the palm."""
-        crops = np.stack([crop_depth(depth, c, self.config.cube_mm, self.config.size,
-                                     intr=intr)[0] for depth, c in zip(frames, centres)])
-        with torch.inference_mode():
-            return self.verifier(torch.from_numpy(crops[:, None]).to(self.device)
-                                 )[:, 0].double().cpu().numpy()
+        logits, _ = self._run(self.verifier, self.config.cube_mm, frames, centres, intr)
+        return logits[:, 0]
 
     def refine(self, frames: Sequence[np.ndarray], starts: np.ndarray, intr: Intrinsics
                ) -> np.ndarray:
@@ -369,18 +366,24 @@ class Localizer:
 
     def _refine_step(self, network: nn.Module, cube: float, frames: Sequence[np.ndarray],
                      est: np.ndarray, intr: Intrinsics) -> np.ndarray:
+        norm, transforms = self._run(network, cube, frames, est, intr)  # (N, 3)
+        new = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
+        bad = ~(np.isfinite(new).all(axis=1) & (new[:, 2] > 0))
+        new[bad] = est[bad]  # a refiner output off the camera's front: keep the last estimate
+        return new
+
+    def _run(self, network: nn.Module, cube: float, frames: Sequence[np.ndarray],
+             centres: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, list]:
+        """One network on each frame's crop (``cube`` mm, ``size`` px) at ``centres`` (N, 3)
+        uvd: (its (N, out) answers as float64, the crops' transforms)."""
         crops, transforms = [], []
-        for depth, c in zip(frames, est):
+        for depth, c in zip(frames, centres):
             crop, t = crop_depth(depth, c, cube, self.config.size, intr=intr)
             crops.append(crop)
             transforms.append(t)
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
-            norm = network(x).double().cpu().numpy()  # (N, 3)
-        new = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
-        bad = ~(np.isfinite(new).all(axis=1) & (new[:, 2] > 0))
-        new[bad] = est[bad]  # a refiner output off the camera's front: keep the last estimate
-        return new
+            return network(x).double().cpu().numpy(), transforms
 
     def locate_frames(self, depth_of: Callable[[int], np.ndarray], count: int,
                       intr: Intrinsics, progress: bool = False, desc: str = "localise"
