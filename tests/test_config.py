@@ -7,6 +7,8 @@ import pytest
 
 from handgan.config import (
     PRESETS,
+    REMOVED_IN,
+    REMOVED_KEYS,
     DataConfig,
     OptimConfig,
     TrainConfig,
@@ -154,6 +156,39 @@ def test_from_dict_rejects_unknown_nested_keys():
         from_dict({"data": {"augment": {"rotation": 3}}})
     with pytest.raises(HandganError, match="data is a group of settings, not a value"):
         from_dict({"data": "nyu"})
+
+
+def _with_key(d, key, value):
+    """``d`` (nested dicts) with dotted ``key`` set to ``value``."""
+    *sections, leaf = key.split(".")
+    node = d
+    for part in sections:
+        node = node[part]
+    node[leaf] = value
+    return d
+
+
+@pytest.mark.parametrize("key", sorted(REMOVED_KEYS))
+def test_old_configs_with_removed_keys_left_off_still_load(tmp_path, key):
+    # An old run's config.yaml (and its checkpoints' config) lists every key it had: a removed
+    # option at the value that left it off is dropped; any other value is a one-line error
+    # naming the commit that still has it.
+    _, off = REMOVED_KEYS[key]
+    for value in off:
+        old = _with_key(to_dict(preset("quick")), key, value)
+        assert from_dict(old) == preset("quick")
+        path = tmp_path / "config.yaml"
+        path.write_text(json.dumps(old))  # JSON is YAML
+        assert load_yaml(path) == preset("quick")
+    assert apply_overrides(preset("seed"), [f"{key}={off[0]}"]) == preset("seed")
+    bad = True if off[0] is False else 3 if off[0] in (None, 0, 1) else 0.5
+    with pytest.raises(HandganError) as err:
+        from_dict(_with_key(to_dict(preset("quick")), key, bad))
+    assert str(err.value).startswith(f"{key} was removed") and REMOVED_IN in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(HandganError, match=f"{key} was removed"):
+        apply_overrides(preset("quick"), [f"{key}={bad}"])
+    assert key not in leaf_keys()
 
 
 def test_save_load_round_trip(tmp_path):

@@ -108,7 +108,6 @@ class LossConfig:
     recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
     fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
     pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
-    w_cycle: float = 0.0             # Dis's loss += w * L_recons(x_u, Gen(Dis_pose(x_u))), Gen fixed
     gen_unlabeled_poses: bool = False  # Gen also renders Dis's poses of x_u (fakes, adversarial only)
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
     teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
@@ -133,7 +132,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
-                     "w_cycle", "w_equivariance", "w_bone_prior"):
+                     "w_equivariance", "w_bone_prior"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
         _choice("gen_adv", self.gen_adv, GEN_ADV_KINDS)
@@ -279,6 +278,16 @@ def preset(name: str) -> TrainConfig:
 # Dict <-> config, with type conversion from the field hints
 # --------------------------------------------------------------------------------------------
 
+# Options removed after the label study measured them useless or harmful (issue 15; the figures
+# are in docs/results.md, "Options removed after the study"); commit REMOVED_IN still has them.
+# A saved config (an old run's config.yaml, the config inside its checkpoints) lists every key:
+# a removed key at the value that left it off is dropped, any other value is a one-line error.
+REMOVED_IN = "6a3f375"
+REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the values it was off at)
+    "loss.w_cycle": (float, (0.0,)),
+}
+
+
 _NONE_WORDS = ("none", "null", "~")
 _TRUE_WORDS = ("true", "1", "yes", "on")
 _FALSE_WORDS = ("false", "0", "no", "off")
@@ -301,7 +310,8 @@ def from_dict(d: Mapping[str, Any], base: TrainConfig | None = None) -> TrainCon
     """A TrainConfig from nested dicts, as written by :func:`to_dict` or read from YAML.
 
     Keys left out keep their value in ``base`` (default: ``TrainConfig()``), so a partial dict is
-    fine. Unknown keys and values of the wrong type raise HandganError naming the dotted key.
+    fine. Unknown keys and values of the wrong type raise HandganError naming the dotted key; a
+    key of :data:`REMOVED_KEYS` is dropped at the value that left it off, refused at any other.
     """
     return _merge(copy.deepcopy(base) if base is not None else TrainConfig(), d, "")
 
@@ -357,6 +367,9 @@ def _merge(obj: Any, d: Any, prefix: str) -> Any:
     changes = {}
     for name, value in d.items():
         key = f"{prefix}{name}"
+        if key in REMOVED_KEYS:
+            _check_removed(key, value)
+            continue
         if name not in hints:
             raise HandganError(_unknown_key(str(key)))
         tp = hints[name]
@@ -372,6 +385,24 @@ def _merge(obj: Any, d: Any, prefix: str) -> Any:
         return dataclasses.replace(obj, **changes)
     except ValueError as e:  # a __post_init__ check
         raise HandganError(f"{where}{e}") from None
+
+
+def _check_removed(key: str, value: Any) -> None:
+    """Accept (and drop) a removed key at a value that left it off; refuse any other."""
+    tp, off = REMOVED_KEYS[key]
+    try:
+        ok = _convert(value, tp, key) in off
+    except HandganError:
+        ok = False
+    if not ok:
+        raise HandganError(f"{key} was removed after the label study showed it did not help "
+                           f"(docs/results.md, \"Options removed after the study\"); only "
+                           f"{' or '.join(_yaml_word(v) for v in off)} is accepted, for old "
+                           f"configs; commit {REMOVED_IN} still has it")
+
+
+def _yaml_word(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _unknown_key(key: str) -> str:

@@ -376,19 +376,6 @@ def batch_norm_stats_frozen(module: nn.Module):
             m.momentum = momentum
 
 
-@contextmanager
-def params_frozen(module: nn.Module):
-    """Gradients flow through ``module`` to its inputs but not into its parameters."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def learning_rate(o: OptimConfig, step: int, total_steps: int) -> float:
     """The learning rate of step ``step`` (0-based) of ``total_steps``; a pure function of the
     step, so a resumed run continues the schedule exactly."""
@@ -577,7 +564,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
     crops ``x_u`` never reach L_J: by default they only go through the real/fake head; the
-    options ``loss.w_cycle``, ``loss.w_equivariance`` (with ``views``: the unaugmented crops
+    options ``loss.w_equivariance`` (with ``views``: the unaugmented crops
     of ``x_u`` and the maps between the two) and ``loss.w_bone_prior`` (with ``bones``:
     :func:`labelled_bone_range`) also train the pose branch on them without labels.
     ``phase`` (:func:`step_phase`) switches Gen's adversarial term on after the warm-up and
@@ -600,7 +587,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     ############################
     opt_d.zero_grad(set_to_none=True)
     has_u = x_u is not None and len(x_u) > 0
-    cycle = w.w_cycle > 0 and has_u
     equivariance = w.w_equivariance > 0 and has_u and views is not None
     sampled = w.gen_unlabeled_poses and has_u
     prior = w.w_bone_prior > 0 and has_u and bones is not None
@@ -609,7 +595,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     synth_from_u = synth and has_u and "unlabeled" in w.synth_pose_sources
     with autocast():
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if cycle or equivariance or sampled or prior or synth_from_u:
+        if equivariance or sampled or prior or synth_from_u:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
         elif has_u:
@@ -626,13 +612,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         j_gen = torch.cat([j_g, j_syn]) if synth else j_g
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
-        if cycle:
-            # Unlabelled crops get no L_J: their pose is only asked to be one that Gen renders
-            # back into the crop (Gen's weights fixed, its batch-norm statistics untouched).
-            g = unwrap(gen)
-            with params_frozen(g), batch_norm_stats_frozen(g):
-                loss_cycle = reconstruction_loss(x_u.float(), g(pose_u).float(), w.tau,
-                                                 w.recons_mode)
         if equivariance:
             loss_equi = equivariance_loss(dis, pose_u, views, teacher, w.equi_target_eval)
         if prior:
@@ -653,8 +632,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if w.fake_pose_loss:  # on the crops of (perturbed) labelled poses only
             loss_j_fake = joint_loss(pose_g[:len(j_l)].float(), j_g[:len(j_l)])
             loss_d = loss_d + w.w_joint * loss_j_fake
-        if cycle:
-            loss_d = loss_d + w.w_cycle * loss_cycle
         if equivariance:
             loss_d = loss_d + w.w_equivariance * loss_equi
         if prior:
@@ -691,8 +668,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
            "loss_gen_adv": loss_adv.item()}
     if w.fake_pose_loss:
         out["loss_joint_fake"] = loss_j_fake.item()
-    if cycle:
-        out["loss_cycle"] = loss_cycle.item()
     if equivariance:
         out["loss_equivariance"] = loss_equi.item()
     if prior:
