@@ -18,24 +18,24 @@ def test_study_end_to_end_and_rerun(tmp_path, capsys, monkeypatch):
     data = synthesize_dataset(tmp_path / "ds", 32, 8, seed=0, workers=1, config=HAND, progress=False)
     args = ["study", "labels", "--out", "study", "--data", f"synthetic:{data}",
             "--fractions", "0.25,1", "--seeds", "1", "--max-steps", "2", "--quiet",
-            "--variant", "gan-fakepose=loss.fake_pose_loss=true", "--modes", "supervised",
+            "--variant", "gan-wd=optim.weight_decay=1e-4", "--modes", "supervised",
             *[a for kv in ("model.width=8", "localizer.enabled=false", "model.pose_hidden=32",
                            "optim.batch_size=8",
                            "device=cpu", "data.val_fraction=0.25") for a in ("--set", kv)]]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| 25 % |" in out and "| 100 % |" in out and "| supervised | gan-fakepose |" in out
+    assert "| 25 % |" in out and "| 100 % |" in out and "| supervised | gan-wd |" in out
     study = json.loads((tmp_path / "study" / "study.json").read_text())
     rows = study["rows"]
-    assert len(rows) == 2 * 2  # 2 fractions x (supervised, gan-fakepose) x 1 seed
+    assert len(rows) == 2 * 2  # 2 fractions x (supervised, gan-wd) x 1 seed
     assert {(r["mode"], r["fraction"]) for r in rows} == {
-        (m, f) for m in ("supervised", "gan-fakepose") for f in (0.25, 1.0)}
+        (m, f) for m in ("supervised", "gan-wd") for f in (0.25, 1.0)}
     assert all(r["steps"] == 2 and r["mean_error_mm"] > 0 for r in rows)
     assert study["config"]["command"].startswith("handgan study labels")
     assert (tmp_path / "study" / "label-study.png").stat().st_size > 5000
     assert "±" not in (tmp_path / "study" / "table.md").read_text()  # one seed: no spread
 
-    run = tmp_path / "study" / "runs" / "gan-fakepose-f0.25-s0"
+    run = tmp_path / "study" / "runs" / "gan-wd-f0.25-s0"
     stamp = (run / "summary.json").stat().st_mtime_ns
     assert main(args) == 0  # finished runs are read back, not trained again
     assert (run / "summary.json").stat().st_mtime_ns == stamp

@@ -322,7 +322,7 @@ def _add_study(sub) -> None:
     s.add_argument("--modes", default="gan,supervised", help="default gan,supervised")
     s.add_argument("--variant", action="append", default=[], metavar="NAME=[MODE:]KEY=VAL,...",
                    help="an extra line with config overrides (an ablation), e.g. "
-                        "gan-fakepose=loss.fake_pose_loss=true (repeatable)")
+                        "gan-wd=optim.weight_decay=1e-4 (repeatable)")
     s.add_argument("--seeds", type=_positive, default=3, help="seeds per point (default 3)")
     s.add_argument("--preset", default="quick", help="quick or seed (default quick)")
     s.add_argument("--config", help="YAML config instead of the preset")

@@ -106,8 +106,6 @@ class LossConfig:
     w_gen_adv: float = 1.0           # weight of the generator's non-saturating adversarial term
     tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
     recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
-    fake_pose_loss: bool = False     # also train the pose head on generated crops + their joints
-    pose_perturb_std: float = 0.0    # generator poses = labelled poses + N(0, std^2), normalised
     gen_unlabeled_poses: bool = False  # Gen also renders Dis's poses of x_u (fakes, adversarial only)
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
     teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
@@ -131,8 +129,8 @@ class LossConfig:
     synth_gate: float = 0.0          # drop pairs read back worse than this x the batch median; 0 = keep
 
     def __post_init__(self) -> None:
-        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "pose_perturb_std",
-                     "w_equivariance", "w_bone_prior"):
+        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "w_equivariance",
+                     "w_bone_prior"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
         _choice("gen_adv", self.gen_adv, GEN_ADV_KINDS)
@@ -285,6 +283,8 @@ def preset(name: str) -> TrainConfig:
 REMOVED_IN = "6a3f375"
 REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the values it was off at)
     "loss.w_cycle": (float, (0.0,)),
+    "loss.fake_pose_loss": (bool, (False,)),
+    "loss.pose_perturb_std": (float, (0.0,)),
 }
 
 

@@ -66,7 +66,7 @@ def parse_fractions(text: str) -> list[float]:
 def parse_variants(modes: str, variants: list[str]) -> list[Variant]:
     """``--modes gan,supervised`` and ``--variant NAME=MODE:KEY=VALUE[,KEY=VALUE...]`` -> lines.
 
-    A variant without ``MODE:`` trains in GAN mode, e.g. ``gan-fakepose=loss.fake_pose_loss=true``.
+    A variant without ``MODE:`` trains in GAN mode, e.g. ``gan-wd=optim.weight_decay=1e-4``.
     """
     out = []
     for mode in (m.strip() for m in modes.split(",") if m.strip()):

@@ -576,13 +576,10 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     """
     w = cfg.loss
     j_g = j_l
-    if w.pose_perturb_std > 0:
-        j_g = j_l + w.pose_perturb_std * torch.randn_like(j_l)
 
     ############################
     # (1) Update Dis: minimise L_Dis = w_joint * L_J(Dis_pose(x_l), J_l)
     #                                + w_gan * L_gan,  L_gan = BCE(Dis(x_l, x_u), 1) + BCE(Dis(Gen(J)), 0)
-    #     [+ w_joint * L_J(Dis_pose(Gen(J)), J) with fake_pose_loss]
     #     [with gen_unlabeled_poses, Gen(J) also renders J_s = Dis_pose(x_u), fixed]
     ############################
     opt_d.zero_grad(set_to_none=True)
@@ -617,7 +614,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if prior:
             loss_prior = bone_prior_loss(pose_u.float(), *bones)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
-            if w.fake_pose_loss or synth:
+            if synth:
                 fake_logits, pose_g = dis(x_g)
             else:
                 fake_logits = dis(x_g, heads="real_fake")
@@ -629,9 +626,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             # the batch median left out (Gen drew something else there).
             loss_synth = synth_pose_loss(pose_g[len(j_g):].float(), j_syn, w.synth_gate)
             loss_d = loss_d + phase.synth_weight * loss_synth
-        if w.fake_pose_loss:  # on the crops of (perturbed) labelled poses only
-            loss_j_fake = joint_loss(pose_g[:len(j_l)].float(), j_g[:len(j_l)])
-            loss_d = loss_d + w.w_joint * loss_j_fake
         if equivariance:
             loss_d = loss_d + w.w_equivariance * loss_equi
         if prior:
@@ -666,8 +660,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     out = {"loss_dis": loss_d.item(), "loss_joint": loss_j.item(), "loss_gan": loss_gan.item(),
            "loss_gen": loss_g.item(), "loss_recons": loss_rec.item(),
            "loss_gen_adv": loss_adv.item()}
-    if w.fake_pose_loss:
-        out["loss_joint_fake"] = loss_j_fake.item()
     if equivariance:
         out["loss_equivariance"] = loss_equi.item()
     if prior:
