@@ -84,31 +84,6 @@ def test_gan_step_updates_both_networks(workdir):
     assert all(np.isfinite(v) for v in losses.values())
 
 
-def test_generator_renders_the_poses_read_off_unlabelled_crops(workdir, monkeypatch):
-    # loss.gen_unlabeled_poses: Gen renders the labelled poses and, after them, Dis's poses of
-    # the unlabelled crops (detached, clipped to the cube) in both phases; L_recons compares
-    # only the labelled half with its real crops.
-    cfg = make_cfg(workdir, "loss.gen_unlabeled_poses=true", literal=True)
-    gen, dis, opt_g, opt_d = models(cfg)
-    x_l, j_l, x_u = batch(n_u=5)
-    with torch.no_grad():
-        expected = dis(x_u, heads="pose").clamp(-1, 1)  # Dis before its step
-    inputs = []
-    gen.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
-    recons = []
-    real_recons = train_mod.reconstruction_loss
-    def spy(real, generated, tau, mode, weight=None):
-        recons.append((real.shape[0], generated.shape[0]))
-        return real_recons(real, generated, tau, mode, weight)
-    monkeypatch.setattr(train_mod, "reconstruction_loss", spy)
-    losses = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg)
-    assert len(inputs) == 2 and all(t.shape == (len(j_l) + 5, 14, 3) for t in inputs)
-    for t in inputs:
-        assert torch.equal(t[:len(j_l)], j_l)
-        assert torch.allclose(t[len(j_l):], expected, atol=1e-6)
-    assert recons == [(len(j_l), len(j_l))] and all(np.isfinite(v) for v in losses.values())
-
-
 def test_supervised_step_updates_only_the_pose_network(workdir):
     cfg = make_cfg(workdir, "mode=supervised")
     gen, dis, _, opt_d = models(cfg)

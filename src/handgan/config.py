@@ -106,7 +106,6 @@ class LossConfig:
     w_gen_adv: float = 1.0           # weight of the generator's non-saturating adversarial term
     tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
     recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
-    gen_unlabeled_poses: bool = False  # Gen also renders Dis's poses of x_u (fakes, adversarial only)
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
     teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
     equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies
@@ -285,6 +284,7 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "loss.w_cycle": (float, (0.0,)),
     "loss.fake_pose_loss": (bool, (False,)),
     "loss.pose_perturb_std": (float, (0.0,)),
+    "loss.gen_unlabeled_poses": (bool, (False,)),
 }
 
 

@@ -575,38 +575,29 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     (``model.gen_render``); Gen draws every other pose it renders with these rays in turn.
     """
     w = cfg.loss
-    j_g = j_l
 
     ############################
     # (1) Update Dis: minimise L_Dis = w_joint * L_J(Dis_pose(x_l), J_l)
     #                                + w_gan * L_gan,  L_gan = BCE(Dis(x_l, x_u), 1) + BCE(Dis(Gen(J)), 0)
-    #     [with gen_unlabeled_poses, Gen(J) also renders J_s = Dis_pose(x_u), fixed]
     ############################
     opt_d.zero_grad(set_to_none=True)
     has_u = x_u is not None and len(x_u) > 0
     equivariance = w.w_equivariance > 0 and has_u and views is not None
-    sampled = w.gen_unlabeled_poses and has_u
     prior = w.w_bone_prior > 0 and has_u and bones is not None
     synth = phase.synth_weight > 0
     synth_sources = [x for x in w.synth_pose_sources if x != "unlabeled"]
     synth_from_u = synth and has_u and "unlabeled" in w.synth_pose_sources
     with autocast():
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if equivariance or sampled or prior or synth_from_u:
+        if equivariance or prior or synth_from_u:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
         elif has_u:
             real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
-        if sampled:
-            # Pose sampling for Gen: the poses Dis reads off the unlabelled crops (fixed, clipped
-            # to the crop cube) widen the poses Gen renders beyond the labelled ones. They only
-            # ever meet the real/fake head: no label exists for them.
-            j_s = pose_u.detach().float().clamp(-1.0, 1.0)
-            j_g = torch.cat([j_g, j_s])
         if synth:
             j_syn = synth_targets(j_l, pose_u if synth_from_u else None, synth_sources)
             synth = len(j_syn) > 0
-        j_gen = torch.cat([j_g, j_syn]) if synth else j_g
+        j_gen = torch.cat([j_l, j_syn]) if synth else j_l
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
         if equivariance:
@@ -624,7 +615,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         if synth:
             # L_synth = L_J on the pairs (Gen(J'), J'), pairs read back worse than synth_gate x
             # the batch median left out (Gen drew something else there).
-            loss_synth = synth_pose_loss(pose_g[len(j_g):].float(), j_syn, w.synth_gate)
+            loss_synth = synth_pose_loss(pose_g[len(j_l):].float(), j_syn, w.synth_gate)
             loss_d = loss_d + phase.synth_weight * loss_synth
         if equivariance:
             loss_d = loss_d + w.w_equivariance * loss_equi
@@ -635,7 +626,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
 
     ############################
     # (2) Update Gen: minimise L_Gen = w_recons * L_recons(x_l, Gen(J_l))
-    #                                + w_gen_adv * BCE(Dis(Gen(J_l [, J_s])), 1)
+    #                                + w_gen_adv * BCE(Dis(Gen(J_l [, J'])), 1)
     #     i.e. L_recons - L_gan in the non-saturating form -log Dis(Gen(J)) (see losses.py);
     #     L_recons compares the clean crop, Dis sees it with the sensor's missing pixels
     ############################
@@ -643,8 +634,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     adversarial = phase.gen_adversarial and w.w_gen_adv > 0
     with autocast():
         # Without the adversarial term only the labelled poses' crops carry a loss.
-        j_gen = (torch.cat([j_l] + ([j_s] if sampled else []) + ([j_syn] if synth else []))
-                 if adversarial else j_l)
+        j_gen = torch.cat([j_l] + ([j_syn] if synth else [])) if adversarial else j_l
         x_clean = gen(j_gen, ray=rays_for(ray_l, len(j_gen)), clean=True)
         loss_rec = reconstruction_loss(x_l, x_clean[:len(j_l)].float(), w.tau, w.recons_mode,
                                        recons_weight(j_l, cfg))
