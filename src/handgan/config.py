@@ -107,14 +107,12 @@ class LossConfig:
     tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
     recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
-    teacher_ema: float = 0.0         # equivariance target from an EMA of Dis (this decay); 0 = Dis
     equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies
     equi_view_dropout: float = 0.0   # share of view B's pixels dropped (the student's view only)
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
     equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
     equi_tilt_deg: float | None = None   # views' out-of-plane tilt range; None = data.augment's
-    equi_target_eval: bool = False   # target network (Dis or teacher) in eval mode (running BN stats)
     w_bone_prior: float = 0.0        # Dis's loss += w * (x_u poses' bone lengths outside labelled range)^2
     # The generator's fidelity (see losses.reconstruction_loss and docs/training.md):
     w_hand: float = 1.0              # weight of hand-region pixels in L_recons (1 = all pixels alike)
@@ -142,7 +140,6 @@ class LossConfig:
                and len(set(sources)) == len(sources),
                f"synth_poses must be '+'-joined names from {', '.join(SYNTH_POSE_SOURCES)}, "
                f"each once; got {self.synth_poses!r}")
-        _check(0.0 <= self.teacher_ema < 1.0, f"teacher_ema must be in [0, 1), got {self.teacher_ema}")
         _check(self.equi_target_views >= 1,
                f"equi_target_views must be >= 1, got {self.equi_target_views}")
         for name in ("equi_rotation_deg", "equi_translation_mm", "equi_scale_sigma"):
@@ -285,6 +282,8 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "loss.fake_pose_loss": (bool, (False,)),
     "loss.pose_perturb_std": (float, (0.0,)),
     "loss.gen_unlabeled_poses": (bool, (False,)),
+    "loss.teacher_ema": (float, (0.0,)),
+    "loss.equi_target_eval": (bool, (False,)),
 }
 
 

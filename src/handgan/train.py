@@ -17,7 +17,6 @@ Run folder::
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -395,24 +394,6 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
 
 
-@torch.no_grad()
-def update_teacher(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """Mean teacher: teacher weights <- decay * teacher + (1 - decay) * student; the batch-norm
-    statistics are the student's (real crops only)."""
-    for t, s in zip(teacher.parameters(), unwrap(student).parameters()):
-        t.lerp_(s, 1.0 - decay)
-    for t, s in zip(teacher.buffers(), unwrap(student).buffers()):
-        t.copy_(s)
-
-
-def make_teacher(dis: nn.Module) -> nn.Module:
-    """A frozen copy of Dis in eval mode, the start of its exponential moving average."""
-    teacher = copy.deepcopy(unwrap(dis)).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
-
-
 def equivariance_augments(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfig]:
     """How the equivariance term's views are drawn: (view B's, the target copies').
 
@@ -446,23 +427,20 @@ def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRa
 
 
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
-                      views: tuple[torch.Tensor, ViewMaps],
-                      teacher: nn.Module | None = None, eval_mode: bool = False
-                      ) -> torch.Tensor:
+                      views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
     """||Dis_pose(x_b) - map(T_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
-    The target T is the network's own (fixed) pose on the unaugmented crop, or with ``teacher``
-    that of its moving average (clipped to the crop cube): no label is used. When ``views``
+    The target T is the network's own (fixed) pose on the unaugmented crop (clipped to the crop
+    cube): no label is used. When ``views``
     holds augmented copies of x_a after it (``loss.equi_target_views`` > 1), the target is the
     mean of the poses on x_a and on each copy, each carried back into A's frame first: an
     ensemble (in the label study it did worse than the pose on x_a alone)."""
     x_a, maps = views
-    net = teacher if teacher is not None else unwrap(dis)
+    net = unwrap(dis)
     training = net.training
-    # The target network (Dis or its moving average) normalises with the batch's statistics,
-    # as the student does, or with ``eval_mode`` with the running statistics, as evaluation
-    # does. Either way the running statistics do not move.
-    net.train(not eval_mode)
+    # The target normalises with the batch's statistics, as the student does; the running
+    # statistics do not move.
+    net.train()
     try:
         with torch.no_grad(), batch_norm_stats_frozen(net):
             poses = net(x_a, heads="pose").float().cpu().numpy()
@@ -556,7 +534,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
              views: tuple[torch.Tensor, ViewMaps] | None = None,
-             teacher: nn.Module | None = None,
              bones: BoneRange | None = None,
              phase: StepPhase = StepPhase(),
              ray_l: torch.Tensor | None = None) -> dict[str, float]:
@@ -601,7 +578,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
         if equivariance:
-            loss_equi = equivariance_loss(dis, pose_u, views, teacher, w.equi_target_eval)
+            loss_equi = equivariance_loss(dis, pose_u, views)
         if prior:
             loss_prior = bone_prior_loss(pose_u.float(), *bones)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
@@ -671,7 +648,6 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Ten
                     j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext,
                     x_u: torch.Tensor | None = None,
                     views: tuple[torch.Tensor, ViewMaps] | None = None,
-                    teacher: nn.Module | None = None,
                     bones: BoneRange | None = None) -> dict[str, float]:
     """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone
     (plus, with ``loss.w_equivariance`` and unlabelled ``x_u`` + ``views``, the equivariance
@@ -690,7 +666,7 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Ten
         if equivariance or prior:
             pose_u = dis(x_u, heads="pose")
         if equivariance:
-            loss_equi = equivariance_loss(dis, pose_u, views, teacher, cfg.loss.equi_target_eval)
+            loss_equi = equivariance_loss(dis, pose_u, views)
             loss = loss + cfg.loss.w_equivariance * loss_equi
         if prior:
             loss_prior = bone_prior_loss(pose_u.float(), *bones)
@@ -950,12 +926,6 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             threads = int(ckpt["threads"])
             torch.set_num_threads(threads)
 
-    teacher = None  # mean teacher of the equivariance term (loss.teacher_ema)
-    if view_augment is not None and cfg.loss.teacher_ema > 0:
-        teacher = make_teacher(dis)
-        if resume and ckpt.get("teacher") is not None:
-            teacher.load_state_dict(ckpt["teacher"])
-
     if cfg.compile:  # in place, so state dicts and the DDP wrappers see the plain modules
         for module in (gen, dis.trunk, dis.real_fake, dis.pose):
             module.compile()
@@ -1030,7 +1000,6 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 "config": to_dict(cfg), "mode": cfg.mode, "crop": data.crop,
                 "mean_pose": torch.from_numpy(data.mean_pose),  # the baseline, for evaluate
                 "generator": gen.state_dict(), "discriminator": dis.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "epoch": epoch_next, "batch_in_epoch": batch_next, "step": step,
                 "best_metric": best if math.isfinite(best) else None, "best_epoch": best_epoch,
@@ -1097,13 +1066,11 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                     views = (views[0].to(device, non_blocking=True, memory_format=mf), views[1])
                 if gan:
                     losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
-                                      views, teacher, bones,
+                                      views, bones,
                                       step_phase(cfg.loss, step, steps_per_epoch), ray_l)
                 else:
                     losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views,
-                                             teacher, bones)
-                if teacher is not None:
-                    update_teacher(teacher, dis, cfg.loss.teacher_ema)
+                                             bones)
                 train_seconds += time.perf_counter() - t0
                 crops_seen += batch
                 step += 1
