@@ -107,8 +107,6 @@ class LossConfig:
     tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
     recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
-    equi_target_views: int = 1       # equivariance target: mean pose over A + (this - 1) copies
-    equi_view_dropout: float = 0.0   # share of view B's pixels dropped (the student's view only)
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
     equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
@@ -140,15 +138,11 @@ class LossConfig:
                and len(set(sources)) == len(sources),
                f"synth_poses must be '+'-joined names from {', '.join(SYNTH_POSE_SOURCES)}, "
                f"each once; got {self.synth_poses!r}")
-        _check(self.equi_target_views >= 1,
-               f"equi_target_views must be >= 1, got {self.equi_target_views}")
         for name in ("equi_rotation_deg", "equi_translation_mm", "equi_scale_sigma"):
             value = getattr(self, name)
             _check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
         _check(self.equi_tilt_deg is None or 0 <= self.equi_tilt_deg <= 90,
                f"equi_tilt_deg must be in [0, 90], got {self.equi_tilt_deg}")
-        _check(0.0 <= self.equi_view_dropout < 1.0,
-               f"equi_view_dropout must be in [0, 1), got {self.equi_view_dropout}")
 
 
     @property
@@ -284,6 +278,8 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "loss.gen_unlabeled_poses": (bool, (False,)),
     "loss.teacher_ema": (float, (0.0,)),
     "loss.equi_target_eval": (bool, (False,)),
+    "loss.equi_target_views": (int, (1,)),
+    "loss.equi_view_dropout": (float, (0.0,)),
 }
 
 

@@ -967,45 +967,30 @@ class UnlabeledCrops(_CropRows):
                                       self._rng(self.indices[k]), self.augment)
         return torch.from_numpy(crop[None])
 
-    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig,
-                     target_augment: AugmentConfig | None = None, copies: int = 0
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
         """Views of each crop, for consistency training without labels: A, the cached crop as it
         is, and B, a copy augmented by ``view_augment`` (its own seeded draw per epoch and row),
-        plus the maps that carry a pose from A's normalised frame into B's. With ``copies`` > 0,
-        A also comes with that many copies augmented by ``target_augment`` (the target's
-        ensemble; each its own seeded draw), laid after the B crops of A as whole batches.
+        plus the maps that carry a pose from A's normalised frame into B's.
 
         Returns:
-            ((1 + copies) * B, 1, S, S) view A then its copies, (B, 1, S, S) view B,
-            :class:`ViewMaps` of the B crops (and of the copies).
+            (B, 1, S, S) view A, (B, 1, S, S) view B, :class:`ViewMaps` of the B crops.
         """
         if self.transforms is None or self.intrinsics is None:
             raise ValueError("two-view sampling needs the rows' transforms and the intrinsics")
-        if copies and target_augment is None:
-            raise ValueError("target copies need target_augment")
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         views_a, views_b, pairs, tilts = [], [], [], []
-        views_c = [[] for _ in range(copies)]
         for k in positions:
             crop, t = self._crop(int(k)), self.transform(int(k))
             row = int(self.indices[k])
             rng = np.random.default_rng((self.seed, self.epoch, row, 1))
             crop_b, t_b, tilt_b = augment_view(crop, t, rng, view_augment)
-            transforms, turns = [t, t_b], [tilt_b]
-            for c in range(copies):
-                rng = np.random.default_rng((self.seed, self.epoch, row, 2 + c))
-                crop_c, t_c, tilt_c = augment_view(crop, t, rng, target_augment)
-                views_c[c].append(crop_c)
-                transforms.append(t_c)
-                turns.append(tilt_c)
             views_a.append(crop)
             views_b.append(crop_b)
-            pairs.append(tuple(transforms))
-            tilts.append(tuple(turns))
-        x_a = np.stack(views_a + [c for copy in views_c for c in copy])
-        return (torch.from_numpy(x_a)[:, None], torch.from_numpy(np.stack(views_b))[:, None],
-                ViewMaps(pairs, tilts))
+            pairs.append((t, t_b))
+            tilts.append(tilt_b)
+        return (torch.from_numpy(np.stack(views_a))[:, None],
+                torch.from_numpy(np.stack(views_b))[:, None], ViewMaps(pairs, tilts))
 
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
         """Items ``positions`` as one (B, 1, S, S) batch (one memmap read without augmentation)."""
@@ -1020,25 +1005,19 @@ class UnlabeledCrops(_CropRows):
 
 
 class ViewMaps:
-    """Per crop, its views' crop transforms (A, B, then any target copies of A; see
-    :meth:`UnlabeledCrops.sample_views`) and the tilts of B and the copies (a (3, 3) rotation or
-    None each, :func:`~handgan.augment.augment_view`), and the maps of normalised joints between
-    them. Not a sequence, so a DataLoader passes it through."""
+    """Per crop, its two views' crop transforms (A, B; see :meth:`UnlabeledCrops.sample_views`)
+    and B's tilt (a (3, 3) rotation or None, :func:`~handgan.augment.augment_view`), and the map
+    of normalised joints from A to B. Not a sequence, so a DataLoader passes it through."""
 
-    def __init__(self, pairs: list[tuple[CropTransform, ...]],
-                 tilts: list[tuple[np.ndarray | None, ...]] | None = None) -> None:
+    def __init__(self, pairs: list[tuple[CropTransform, CropTransform]],
+                 tilts: list[np.ndarray | None] | None = None) -> None:
         self.pairs = pairs
-        self.tilts = tilts if tilts is not None else [(None,) * (len(p) - 1) for p in pairs]
+        self.tilts = tilts if tilts is not None else [None] * len(pairs)
         if len(self.tilts) != len(pairs):
             raise ValueError(f"{len(self.tilts)} tilts for {len(pairs)} view pairs")
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-    @property
-    def copies(self) -> int:
-        """Number of augmented copies of A per crop (beyond views A and B)."""
-        return len(self.pairs[0]) - 2 if self.pairs else 0
 
     def apply(self, joints_a: np.ndarray) -> np.ndarray:
         """(B, J, 3) joints in view A's normalised frame -> (B, J, 3) in view B's."""
@@ -1047,18 +1026,7 @@ class ViewMaps:
         out = []
         for j, p, tilt in zip(joints_a, self.pairs, self.tilts):
             j = map_joints(j, p[0], p[1])
-            out.append(j if tilt[0] is None else tilt_joints(j, tilt[0]))
-        return np.stack(out)
-
-    def copy_to_a(self, joints_c: np.ndarray, copy: int) -> np.ndarray:
-        """(B, J, 3) joints in target copy ``copy``'s frame -> (B, J, 3) in view A's."""
-        if len(joints_c) != len(self.pairs):
-            raise ValueError(f"{len(joints_c)} poses for {len(self.pairs)} view pairs")
-        out = []
-        for j, p, tilt in zip(joints_c, self.pairs, self.tilts):
-            if tilt[1 + copy] is not None:
-                j = tilt_joints(j, tilt[1 + copy].T)  # the inverse turn
-            out.append(map_joints(j, p[2 + copy], p[0]))
+            out.append(j if tilt is None else tilt_joints(j, tilt))
         return np.stack(out)
 
     @staticmethod

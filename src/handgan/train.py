@@ -157,21 +157,18 @@ class UnlabeledPool:
                 out[w] = crop
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig,
-                     target_augment: AugmentConfig | None = None, copies: int = 0
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
         """:meth:`UnlabeledCrops.sample_views` over the concatenated parts, in ``positions`` order."""
         views_a, views_b, maps, where_all = [], [], [], []
         for p, where, local in self._by_part(positions):
-            a, b, m = p.sample_views(local, view_augment, target_augment, copies)
-            views_a.append(a.reshape(1 + copies, len(local), *a.shape[1:]))
+            a, b, m = p.sample_views(local, view_augment)
+            views_a.append(a)
             views_b.append(b)
             maps.append(m)
             where_all.append(where)
         back = np.argsort(np.concatenate(where_all), kind="stable")  # -> positions order
-        x_a = torch.cat(views_a, dim=1)[:, back]
-        return (x_a.reshape(-1, *x_a.shape[2:]), torch.cat(views_b)[back],
-                ViewMaps.concat(maps, back))
+        return torch.cat(views_a)[back], torch.cat(views_b)[back], ViewMaps.concat(maps, back)
 
 
 def _augment(cfg: TrainConfig):
@@ -311,7 +308,6 @@ class EpochBatches(Dataset):
     def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
                  steps: int, view_augment: AugmentConfig | None = None,
-                 target_augment: AugmentConfig | None = None, target_copies: int = 0,
                  unlabeled_ratio: int = 1, rays: bool = False):
         self.labeled, self.unlabeled = labeled, unlabeled
         self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
@@ -319,7 +315,6 @@ class EpochBatches(Dataset):
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
         self.steps = steps
         self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
-        self.target_augment, self.target_copies = target_augment, target_copies
 
     def __len__(self) -> int:
         return self.steps
@@ -334,9 +329,7 @@ class EpochBatches(Dataset):
             rows = self.order_u[b * self.batch * r:(b + 1) * self.batch * r][
                 self.share.start * r:self.share.stop * r]
             if self.view_augment is not None:
-                x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment,
-                                                              self.target_augment,
-                                                              self.target_copies)
+                x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment)
                 views = (x_a, maps)
             else:
                 x_u = self.unlabeled.sample_batch(rows)
@@ -394,21 +387,20 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
 
 
-def equivariance_augments(cfg: TrainConfig) -> tuple[AugmentConfig, AugmentConfig]:
-    """How the equivariance term's views are drawn: (view B's, the target copies').
+def equivariance_augment(cfg: TrainConfig) -> AugmentConfig:
+    """How the equivariance term's view B is drawn from the crop (view A).
 
     Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
     amounts, with the rotation range ``loss.equi_rotation_deg``, the centre shift
     ``loss.equi_translation_mm``, the cube scale ``loss.equi_scale_sigma`` and the out-of-plane
-    tilt ``loss.equi_tilt_deg`` where set; view B alone also loses ``loss.equi_view_dropout`` of
-    its pixels (the student reads a harder view).
+    tilt ``loss.equi_tilt_deg`` where set; no pixel dropout (``data.augment``'s is for the
+    labelled crops).
     """
     w = cfg.loss
     amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
                "scale_sigma": w.equi_scale_sigma, "tilt_deg": w.equi_tilt_deg}
-    target = dataclasses.replace(cfg.data.augment, combine=True,
-                                 **{k: v for k, v in amounts.items() if v is not None})
-    return dataclasses.replace(target, pixel_dropout_p=cfg.loss.equi_view_dropout), target
+    return dataclasses.replace(cfg.data.augment, combine=True, pixel_dropout_p=0.0,
+                               **{k: v for k, v in amounts.items() if v is not None})
 
 
 BoneRange = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # edges (E, 2), low (E,), high (E,)
@@ -428,13 +420,10 @@ def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRa
 
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
                       views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
-    """||Dis_pose(x_b) - map(T_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
+    """||Dis_pose(x_b) - map(Dis_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
-    The target T is the network's own (fixed) pose on the unaugmented crop (clipped to the crop
-    cube): no label is used. When ``views``
-    holds augmented copies of x_a after it (``loss.equi_target_views`` > 1), the target is the
-    mean of the poses on x_a and on each copy, each carried back into A's frame first: an
-    ensemble (in the label study it did worse than the pose on x_a alone)."""
+    The target is the network's own (fixed) pose on the unaugmented crop, clipped to the crop
+    cube: no label is used."""
     x_a, maps = views
     net = unwrap(dis)
     training = net.training
@@ -443,14 +432,9 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     net.train()
     try:
         with torch.no_grad(), batch_norm_stats_frozen(net):
-            poses = net(x_a, heads="pose").float().cpu().numpy()
+            pose_a = net(x_a, heads="pose").float().cpu().numpy()
     finally:
         net.train(training)
-    n = len(maps)
-    pose_a = poses[:n]
-    if maps.copies:
-        pose_a = (pose_a + sum(maps.copy_to_a(poses[n * (1 + c):n * (2 + c)], c)
-                               for c in range(maps.copies))) / (1 + maps.copies)
     # The crop is centred on the hand, so its joints lie inside the cube ([-1, 1] normalised).
     # Clipping the target there keeps a wild prediction (few labels, early training) from
     # becoming a wild target: mapped through the camera projection, a joint far outside the
@@ -878,9 +862,9 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     # are for.
     use_unlabeled = ((gan or cfg.loss.w_equivariance > 0 or cfg.loss.w_bone_prior > 0)
                      and len(unlabeled) > 0)
-    view_augment = target_augment = None
+    view_augment = None
     if use_unlabeled and cfg.loss.w_equivariance > 0:
-        view_augment, target_augment = equivariance_augments(cfg)
+        view_augment = equivariance_augment(cfg)
     bones = None
     if use_unlabeled and cfg.loss.w_bone_prior > 0:
         bones = labelled_bone_range(
@@ -1046,8 +1030,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             start_batch = batch_in_epoch
             n_batches = min(steps_per_epoch - start_batch, total_steps - step)
             batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share,
-                                   start_batch + n_batches, view_augment, target_augment,
-                                   cfg.loss.equi_target_views - 1, cfg.optim.unlabeled_ratio,
+                                   start_batch + n_batches, view_augment, cfg.optim.unlabeled_ratio,
                                    rays=gan and cfg.model.gen_render)
             loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
                                      pin)
