@@ -7,10 +7,7 @@ from handgan.augment import (
     AugmentConfig,
     augment_crop,
     augment_view,
-    draw_tilt,
     map_joints,
-    tilt_crop,
-    tilt_joints,
 )
 from handgan.camera import ICVL, NYU
 from handgan.errors import HandganError
@@ -300,83 +297,19 @@ def test_augment_config_is_checked():
         AugmentConfig(modes=("flip",))
     with pytest.raises(ValueError, match="pixel_dropout_p"):
         AugmentConfig(pixel_dropout_p=1.5)
-    with pytest.raises(ValueError, match="tilt_deg"):
-        AugmentConfig(tilt_deg=120.0)
 
 
-# ---- out-of-plane tilt ------------------------------------------------------------------------
-
-def _tilt_scene(turn, centre):
-    """A palm-like sphere and a finger-like round cone near ``centre``, turned about it."""
-    from handgan.synth.render import Scene
-
-    def at(offset):
-        return centre + np.asarray(offset, float) @ turn.T
-    return Scene(sphere_centers=[at([-30.0, 10.0, 20.0])], sphere_radii=[35.0],
-                 sphere_labels=[0], cone_a=[at([0.0, 0.0, 0.0])],
-                 cone_b=[at([60.0, -50.0, -30.0])], cone_ra=[12.0], cone_rb=[9.0],
-                 cone_labels=[0])
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_tilted_crop_is_the_crop_of_the_turned_scene(seed):
-    # Turning the crop's points about its centre shows what a crop of the scene turned the same
-    # way about that centre shows, except surfaces the first view never saw (they stay
-    # background) and single pixels along the silhouette.
-    from handgan.synth.render import render_depth
-    centre = np.array([30.0, -20.0, 600.0])
-    turn = draw_tilt(np.random.default_rng(seed), 35.0)
-    assert np.allclose(turn @ turn.T, np.eye(3)) and turn[2, 2] < 1.0  # a rotation, out of plane
-    frames = [render_depth(_tilt_scene(r, centre), NYU)[0] for r in (np.eye(3), turn, turn.T)]
-    crops = [crop_depth(f, NYU.xyz_to_uvd(centre), 300.0, 128, intr=NYU) for f in frames]
-    (crop, t), (truth, _), (backwards, _) = crops
-    out = tilt_crop(crop, t, turn)
-    hand, want, wrong = out < 1.0, truth < 1.0, backwards < 1.0
-    both = hand & want
-    error_mm = np.abs(out[both] - truth[both]) * t.half_depth_mm
-    assert both.sum() / (hand | want).sum() > 0.8
-    assert np.median(error_mm) < 1.0 and np.percentile(error_mm, 90) < 3.0
-    assert (hand & wrong).sum() / (hand | wrong).sum() < both.sum() / (hand | want).sum() - 0.1
-    np.testing.assert_array_equal(tilt_crop(crop, t, np.eye(3)), crop)  # no turn: the same crop
-
-
-@pytest.mark.parametrize("intr", CAMERAS)
-def test_tilted_joints_land_on_their_turned_discs(intr):
-    # A joint's small disc, turned with the crop, lands under the joint turned by tilt_joints,
-    # at its depth; also through an in-plane rotated crop transform.
-    rng = np.random.default_rng(5)
-    t = CropTransform([intr.cx + 20.0, intr.cy - 10.0, 650.0], 300.0, 128, intr, 30.0)
-    for _ in range(4):
-        joint = rng.uniform(-0.5, 0.5, (1, 3))
-        turn = draw_tilt(rng, 40.0)
-        px = t.norm_to_crop_px(joint)[0]
-        yy, xx = np.mgrid[:128, :128]
-        disc = (xx - px[0]) ** 2 + (yy - px[1]) ** 2 < 3.0 ** 2
-        crop = np.full((128, 128), 1.0, np.float32)
-        crop[disc] = joint[0, 2]  # normalised depth = the joint's normalised z
-        out = tilt_crop(crop, t, turn)
-        ys, xs = np.nonzero(out < 1.0)
-        turned = tilt_joints(joint, turn)
-        np.testing.assert_allclose([xs.mean(), ys.mean()], t.norm_to_crop_px(turned)[0], atol=0.5)
-        assert np.median(out[ys, xs]) == pytest.approx(turned[0, 2], abs=0.02)
-
-
-def test_augmentation_with_tilt_moves_crop_and_joints_together():
+def test_augment_view_is_augment_crop_without_joints():
     rng_crop = np.random.default_rng(3)
     frame, joints_uvd = _disc_scene(NYU, rng_crop, [320.0, 240.0, 700.0])
     crop, t, jn = preprocess_frame(frame, NYU, 300.0, 128, centre_uvd=[320.0, 240.0, 700.0],
                                    joints_uvd=joints_uvd)
-    cfg = AugmentConfig(combine=True, rotation_deg=30.0, tilt_deg=30.0)
+    cfg = AugmentConfig(combine=True, rotation_deg=30.0)
     out, t2, j2 = augment_crop(crop, t, jn, np.random.default_rng(9), cfg)
-    view, t3, turn = augment_view(crop, t, np.random.default_rng(9), cfg)
-    assert np.array_equal(out, view) and np.array_equal(t2.M, t3.M) and turn is not None
-    np.testing.assert_allclose(j2, tilt_joints(map_joints(jn, t, t2), turn), atol=1e-12)
-    assert np.array_equal(out, tilt_crop(rewarp_crop(crop, t, t2), t2, turn))
-    # no tilt asked: no tilt drawn, and the draw is the one without the option
-    plain = AugmentConfig(combine=True, rotation_deg=30.0)
-    view0, t4, none = augment_view(crop, t, np.random.default_rng(9), plain)
-    assert none is None and np.array_equal(t4.M, t2.M)
-    assert np.array_equal(view0, rewarp_crop(crop, t, t2))
+    view, t3 = augment_view(crop, t, np.random.default_rng(9), cfg)
+    assert np.array_equal(out, view) and np.array_equal(t2.M, t3.M)
+    np.testing.assert_allclose(j2, map_joints(jn, t, t2), atol=1e-12)
+    assert np.array_equal(view, rewarp_crop(crop, t, t2))
 
 
 # ---- localisation -----------------------------------------------------------------------------

@@ -321,12 +321,6 @@ def test_equivariance_views_and_batch_statistics_target(workdir):
     view = train_mod.equivariance_augment(stronger)
     assert view.translation_sigma_mm == 15
     assert view.scale_sigma == 0.05 and view.rotation_deg == 45
-    assert view.tilt_deg == 0.0  # data.augment's: no tilt
-    tilted = apply_overrides(cfg, ["loss.equi_tilt_deg=20"])
-    assert train_mod.equivariance_augment(tilted).tilt_deg == 20.0
-    assert tilted.data.augment.tilt_deg == 0.0
-    with pytest.raises(HandganError, match="equi_tilt_deg"):
-        apply_overrides(cfg, ["loss.equi_tilt_deg=95"])
     # The target is Dis's pose with the batch's statistics, as the student's (not the running
     # statistics, as evaluation's); the running statistics do not move, Dis stays in training.
     from handgan.losses import joint_loss

@@ -1,6 +1,5 @@
 """Online augmentation of cached crops: in-plane rotation, cube scale and 3D translation of the
-centre, applied to the crop and its joints together (DeepPrior++ section 4), and optionally an
-out-of-plane tilt (the crop's 3D points turned about its centre and rendered again).
+centre, applied to the crop and its joints together (DeepPrior++ section 4).
 
 Each call works on the cached crop, not on the full frame, as DeepPrior++ does: the new crop is
 the old one re-warped with nearest neighbour (:func:`handgan.preprocess.rewarp_crop`) and its
@@ -8,9 +7,7 @@ depth re-normalised for the new centre and cube. What was outside the old crop i
 
 The result always comes with its :class:`~handgan.preprocess.CropTransform`, so
 ``transform_new.norm_to_xyz(joints_new)`` gives back the original joints in mm (to float error),
-and augmentations can be chained. A tilt is not a crop transform: it is a rotation ``R`` of the
-normalised 3D frame (all three axes share one unit, so it is rigid there), joints go to
-``joints @ R.T``, and :func:`augment_view` returns it beside the transform.
+and augmentations can be chained.
 """
 from __future__ import annotations
 
@@ -44,7 +41,6 @@ class AugmentConfig:
     translation_sigma_mm: float = 5.0  # centre += N(0, sigma^2) per axis, 3D
     pixel_dropout_p: float = 0.0  # share of pixels set to background (missing depth)
     depth_noise_sigma_mm: float = 0.0  # additive Gaussian noise on foreground pixels
-    tilt_deg: float = 0.0  # out-of-plane turn ~ U(-tilt_deg, tilt_deg) of every sample; 0 = none
 
     def __post_init__(self) -> None:
         self.modes = tuple(self.modes)
@@ -58,8 +54,6 @@ class AugmentConfig:
                      "depth_noise_sigma_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.tilt_deg <= 90.0:
-            raise ValueError(f"tilt_deg must be in [0, 90], got {self.tilt_deg}")
 
 
 def augment_crop(crop: np.ndarray, transform: CropTransform, joints_norm: np.ndarray | None,
@@ -79,35 +73,26 @@ def augment_crop(crop: np.ndarray, transform: CropTransform, joints_norm: np.nda
         transform: the new :class:`CropTransform` (new centre, cube and rotation).
         joints_norm: (J, 3) joints normalised by the new transform (None if none were given).
     """
-    out, new_t, tilt = augment_view(crop, transform, rng, cfg)
+    out, new_t = augment_view(crop, transform, rng, cfg)
     if joints_norm is None:
         pass
     elif new_t is transform:
         joints_norm = np.array(joints_norm, dtype=np.float64)  # a copy, as for the crop
     else:
         joints_norm = map_joints(joints_norm, transform, new_t)
-    if joints_norm is not None and tilt is not None:
-        joints_norm = tilt_joints(joints_norm, tilt)
     return out, new_t, joints_norm
 
 
 def augment_view(crop: np.ndarray, transform: CropTransform, rng: np.random.Generator,
-                 cfg: AugmentConfig) -> tuple[np.ndarray, CropTransform, np.ndarray | None]:
-    """:func:`augment_crop` without joints, returning the tilt: (crop, transform, R or None).
-
-    A pose p in ``transform``'s normalised frame is ``tilt_joints(map_joints(p, transform,
-    new_transform), R)`` in the new crop's.
-    """
+                 cfg: AugmentConfig) -> tuple[np.ndarray, CropTransform]:
+    """:func:`augment_crop` without joints: (crop, transform). A pose p in ``transform``'s
+    normalised frame is ``map_joints(p, transform, new_transform)`` in the new crop's."""
     new_t = _draw_transform(transform, rng, cfg)
     if new_t is transform:
         out = np.array(crop, dtype=np.float32)  # a copy: the cached crop is never changed
     else:
         out = rewarp_crop(crop, transform, new_t)
-    tilt = None
-    if cfg.tilt_deg > 0:
-        tilt = draw_tilt(rng, cfg.tilt_deg)
-        out = tilt_crop(out, new_t, tilt)
-    return _sensor_noise(out, new_t, rng, cfg), new_t, tilt
+    return _sensor_noise(out, new_t, rng, cfg), new_t
 
 
 def map_joints(joints_norm: np.ndarray, src: CropTransform, dst: CropTransform) -> np.ndarray:
@@ -117,60 +102,6 @@ def map_joints(joints_norm: np.ndarray, src: CropTransform, dst: CropTransform) 
     either transform is rotated.
     """
     return dst.uvd_to_norm(src.norm_to_uvd(joints_norm))
-
-
-def draw_tilt(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    """A (3, 3) rotation by an angle ~ U(-max_deg, max_deg) about an axis through the crop centre
-    that lies in the image plane, its direction uniform: the hand turned towards or away from
-    the camera, seen from a new viewpoint at the same distance."""
-    phi = rng.uniform(0.0, 2.0 * np.pi)
-    angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
-    axis = np.array([np.cos(phi), np.sin(phi), 0.0])
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)  # Rodrigues
-
-
-def tilt_joints(joints_norm: np.ndarray, tilt: np.ndarray) -> np.ndarray:
-    """(..., J, 3) normalised joints turned by the (3, 3) rotation ``tilt`` about the centre."""
-    return np.asarray(joints_norm, dtype=np.float64) @ tilt.T
-
-
-# Each pixel is rendered as 2 x 2 samples a quarter pixel from its centre, so a surface turned
-# towards the camera (it covers more pixels than before) leaves no holes up to twice its size.
-_SUB_PX = np.array([[-0.25, -0.25], [-0.25, 0.25], [0.25, -0.25], [0.25, 0.25]])
-
-
-def tilt_crop(crop: np.ndarray, transform: CropTransform, tilt: np.ndarray) -> np.ndarray:
-    """The crop with its 3D points turned by ``tilt`` about the crop centre and rendered again
-    (nearest pixel, the nearest point wins): what the camera would see of the same surface from
-    the turned viewpoint, less what the first view never saw (those pixels stay background).
-
-    Args:
-        crop: (S, S) normalised crop made with ``transform``.
-        transform: its :class:`CropTransform` (pixel <-> normalised 3D frame).
-        tilt: (3, 3) rotation of the normalised frame (:func:`draw_tilt`).
-
-    Returns:
-        (S, S) float32 crop in [-1, 1].
-    """
-    crop = np.asarray(crop, dtype=np.float32)
-    size = transform.size
-    ys, xs = np.nonzero(crop < BACKGROUND)
-    out = np.full((size, size), BACKGROUND, dtype=np.float32)
-    if len(xs) == 0:
-        return out
-    sub = np.stack([xs, ys], axis=-1)[:, None, :] + _SUB_PX[None]  # (N, 4, 2) crop px
-    depth_mm = np.repeat(transform.norm_to_depth(crop[ys, xs].astype(np.float64)), 4)
-    xy1 = np.concatenate([sub.reshape(-1, 2), np.ones((len(depth_mm), 1))], axis=1)
-    uv = xy1 @ np.linalg.inv(transform.M).T  # crop px -> frame px
-    points = transform.uvd_to_norm(np.stack([uv[:, 0], uv[:, 1], depth_mm], axis=-1))
-    uvd = transform.norm_to_uvd(tilt_joints(points, tilt))
-    xy = np.concatenate([uvd[:, :2], np.ones((len(uvd), 1))], axis=1) @ transform.M.T
-    col, row = np.rint(xy[:, 0]).astype(np.int64), np.rint(xy[:, 1]).astype(np.int64)
-    inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
-    depth = transform.depth_to_norm(uvd[inside, 2]).astype(np.float32)
-    np.minimum.at(out, (row[inside], col[inside]), depth)
-    return out
 
 
 def _draw_transform(t: CropTransform, rng: np.random.Generator,

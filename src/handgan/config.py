@@ -110,7 +110,6 @@ class LossConfig:
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
     equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
-    equi_tilt_deg: float | None = None   # views' out-of-plane tilt range; None = data.augment's
     w_bone_prior: float = 0.0        # Dis's loss += w * (x_u poses' bone lengths outside labelled range)^2
     # The generator's fidelity (see losses.reconstruction_loss and docs/training.md):
     w_hand: float = 1.0              # weight of hand-region pixels in L_recons (1 = all pixels alike)
@@ -141,9 +140,6 @@ class LossConfig:
         for name in ("equi_rotation_deg", "equi_translation_mm", "equi_scale_sigma"):
             value = getattr(self, name)
             _check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
-        _check(self.equi_tilt_deg is None or 0 <= self.equi_tilt_deg <= 90,
-               f"equi_tilt_deg must be in [0, 90], got {self.equi_tilt_deg}")
-
 
     @property
     def synth_pose_sources(self) -> tuple[str, ...]:
@@ -280,6 +276,8 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "loss.equi_target_eval": (bool, (False,)),
     "loss.equi_target_views": (int, (1,)),
     "loss.equi_view_dropout": (float, (0.0,)),
+    "loss.equi_tilt_deg": (float | None, (None, 0.0)),
+    "data.augment.tilt_deg": (float, (0.0,)),
 }
 
 

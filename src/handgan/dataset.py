@@ -60,7 +60,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from handgan import __version__
-from handgan.augment import AugmentConfig, augment_crop, augment_view, map_joints, tilt_joints
+from handgan.augment import AugmentConfig, augment_crop, augment_view, map_joints
 from handgan.camera import Intrinsics
 from handgan.data.icvl import ICVLSplit
 from handgan.data.msra import JOINT_FILE, MSRADataset
@@ -979,18 +979,17 @@ class UnlabeledCrops(_CropRows):
         if self.transforms is None or self.intrinsics is None:
             raise ValueError("two-view sampling needs the rows' transforms and the intrinsics")
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        views_a, views_b, pairs, tilts = [], [], [], []
+        views_a, views_b, pairs = [], [], []
         for k in positions:
             crop, t = self._crop(int(k)), self.transform(int(k))
             row = int(self.indices[k])
             rng = np.random.default_rng((self.seed, self.epoch, row, 1))
-            crop_b, t_b, tilt_b = augment_view(crop, t, rng, view_augment)
+            crop_b, t_b = augment_view(crop, t, rng, view_augment)
             views_a.append(crop)
             views_b.append(crop_b)
             pairs.append((t, t_b))
-            tilts.append(tilt_b)
         return (torch.from_numpy(np.stack(views_a))[:, None],
-                torch.from_numpy(np.stack(views_b))[:, None], ViewMaps(pairs, tilts))
+                torch.from_numpy(np.stack(views_b))[:, None], ViewMaps(pairs))
 
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
         """Items ``positions`` as one (B, 1, S, S) batch (one memmap read without augmentation)."""
@@ -1005,16 +1004,12 @@ class UnlabeledCrops(_CropRows):
 
 
 class ViewMaps:
-    """Per crop, its two views' crop transforms (A, B; see :meth:`UnlabeledCrops.sample_views`)
-    and B's tilt (a (3, 3) rotation or None, :func:`~handgan.augment.augment_view`), and the map
-    of normalised joints from A to B. Not a sequence, so a DataLoader passes it through."""
+    """Per crop, its two views' crop transforms (A, B; see :meth:`UnlabeledCrops.sample_views`),
+    and the map of normalised joints from A to B. Not a sequence, so a DataLoader passes it
+    through."""
 
-    def __init__(self, pairs: list[tuple[CropTransform, CropTransform]],
-                 tilts: list[np.ndarray | None] | None = None) -> None:
+    def __init__(self, pairs: list[tuple[CropTransform, CropTransform]]) -> None:
         self.pairs = pairs
-        self.tilts = tilts if tilts is not None else [None] * len(pairs)
-        if len(self.tilts) != len(pairs):
-            raise ValueError(f"{len(self.tilts)} tilts for {len(pairs)} view pairs")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -1023,18 +1018,13 @@ class ViewMaps:
         """(B, J, 3) joints in view A's normalised frame -> (B, J, 3) in view B's."""
         if len(joints_a) != len(self.pairs):
             raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
-        out = []
-        for j, p, tilt in zip(joints_a, self.pairs, self.tilts):
-            j = map_joints(j, p[0], p[1])
-            out.append(j if tilt is None else tilt_joints(j, tilt))
-        return np.stack(out)
+        return np.stack([map_joints(j, a, b) for j, (a, b) in zip(joints_a, self.pairs)])
 
     @staticmethod
     def concat(parts: list[ViewMaps], order: np.ndarray) -> ViewMaps:
         """The pairs of ``parts`` laid end to end, then taken in ``order``."""
         pairs = [p for part in parts for p in part.pairs]
-        tilts = [t for part in parts for t in part.tilts]
-        return ViewMaps([pairs[int(k)] for k in order], [tilts[int(k)] for k in order])
+        return ViewMaps([pairs[int(k)] for k in order])
 
 
 def split_labeled(cache: CropCache, labeled_fraction: float | None = None,

@@ -392,13 +392,12 @@ def equivariance_augment(cfg: TrainConfig) -> AugmentConfig:
 
     Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
     amounts, with the rotation range ``loss.equi_rotation_deg``, the centre shift
-    ``loss.equi_translation_mm``, the cube scale ``loss.equi_scale_sigma`` and the out-of-plane
-    tilt ``loss.equi_tilt_deg`` where set; no pixel dropout (``data.augment``'s is for the
-    labelled crops).
+    ``loss.equi_translation_mm`` and the cube scale ``loss.equi_scale_sigma`` where set; no
+    pixel dropout (``data.augment``'s is for the labelled crops).
     """
     w = cfg.loss
     amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
-               "scale_sigma": w.equi_scale_sigma, "tilt_deg": w.equi_tilt_deg}
+               "scale_sigma": w.equi_scale_sigma}
     return dataclasses.replace(cfg.data.augment, combine=True, pixel_dropout_p=0.0,
                                **{k: v for k, v in amounts.items() if v is not None})
 
