@@ -376,56 +376,6 @@ def test_unlabeled_ratio_batches(workdir, tmp_path):
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
 
 
-def test_bone_prior_loss_is_the_squared_distance_outside_the_range():
-    from handgan.losses import bone_lengths, bone_prior_loss
-    edges = torch.tensor([[0, 1], [1, 2]])
-    joints = torch.tensor([[[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.3, 0.4, 0.0]],   # 0.3, 0.4
-                           [[0.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.1, 0.9]]])  # 0.1, 0.9
-    np.testing.assert_allclose(bone_lengths(joints, edges), [[0.3, 0.4], [0.1, 0.9]], atol=1e-6)
-    low, high = torch.tensor([0.2, 0.2]), torch.tensor([0.5, 0.5])
-    # pose 1 inside the range: 0; pose 2: 0.1 too short, 0.4 too long -> 0.01 + 0.16
-    assert bone_prior_loss(joints, edges, low, high).item() == pytest.approx(0.17 / 2)
-    assert bone_prior_loss(joints[:1], edges, low, high).item() == 0.0
-
-
-def test_bone_range_of_the_labelled_poses_and_the_prior_in_both_steps(workdir, tmp_path):
-    from handgan.joints import NYU14_EDGES
-    from handgan.losses import bone_prior_loss
-    rng = np.random.default_rng(0)
-    poses = rng.normal(0.0, 0.3, (20, 14, 3))
-    edges, low, high = train_mod.labelled_bone_range(poses, torch.device("cpu"))
-    lengths = np.linalg.norm(poses[:, [a for a, _ in NYU14_EDGES]]
-                             - poses[:, [b for _, b in NYU14_EDGES]], axis=-1)
-    np.testing.assert_allclose(low, lengths.min(0), rtol=1e-6)
-    np.testing.assert_allclose(high, lengths.max(0), rtol=1e-6)
-    icvl, _, _ = train_mod.labelled_bone_range(np.zeros((3, 16, 3)), torch.device("cpu"))
-    assert icvl.tolist()[:3] == [[0, 1], [1, 2], [2, 3]]  # ICVL: palm -> thumb root -> mid
-    with pytest.raises(HandganError, match=r"needs a known skeleton .* got 5 joints"):
-        train_mod.labelled_bone_range(np.zeros((3, 5, 3)), torch.device("cpu"))
-    # The term in each step is w * the prior on Dis's poses of the unlabelled crops (before
-    # the step); a range no pose can meet makes it pull.
-    bones = (edges, high + 1.0, high + 2.0)
-    for mode in ("supervised", "gan"):
-        cfg = make_cfg(workdir, f"mode={mode}", "loss.w_bone_prior=3")
-        gen, dis, opt_g, opt_d = models(cfg)
-        x_l, j_l, x_u = batch(n_u=5)
-        with torch.no_grad():
-            expected = bone_prior_loss(dis(x_u, heads="pose"), *bones).item()
-        assert expected > 0
-        if mode == "gan":
-            out = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg, bones=bones)
-        else:
-            out = train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg, x_u=x_u, bones=bones)
-            assert out["loss_dis"] == pytest.approx(out["loss_joint"] + 3 * expected, rel=1e-5)
-        assert out["loss_bone_prior"] == pytest.approx(expected, rel=1e-4)
-    # A run in supervised mode with only the prior reads unlabelled crops and logs the term.
-    cfg = make_cfg(workdir, "mode=supervised", "loss.w_bone_prior=1",
-                   "data.labeled_fraction=0.25", "optim.max_steps=2")
-    run = train_mod.train(cfg, tmp_path / "run", progress=False)
-    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["event"] == "train"]
-    assert len(rows) == 2 and all(r["loss_bone_prior"] >= 0 for r in rows)
-
-
 def test_an_nyu_folder_without_train_split_is_refused(workdir, tmp_path):
     # nyu:DIR holding only test/ must not train on the test frames without a word
     import shutil

@@ -110,7 +110,6 @@ class LossConfig:
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
     equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
     equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
-    w_bone_prior: float = 0.0        # Dis's loss += w * (x_u poses' bone lengths outside labelled range)^2
     # The generator's fidelity (see losses.reconstruction_loss and docs/training.md):
     w_hand: float = 1.0              # weight of hand-region pixels in L_recons (1 = all pixels alike)
     gen_adv: str = "bce"             # Gen's adversarial term: "bce" (non-saturating) | "feature_matching"
@@ -123,8 +122,7 @@ class LossConfig:
     synth_gate: float = 0.0          # drop pairs read back worse than this x the batch median; 0 = keep
 
     def __post_init__(self) -> None:
-        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "w_equivariance",
-                     "w_bone_prior"):
+        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "w_equivariance"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
         _choice("gen_adv", self.gen_adv, GEN_ADV_KINDS)
@@ -278,6 +276,7 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "loss.equi_view_dropout": (float, (0.0,)),
     "loss.equi_tilt_deg": (float | None, (None, 0.0)),
     "data.augment.tilt_deg": (float, (0.0,)),
+    "loss.w_bone_prior": (float, (0.0,)),
 }
 
 

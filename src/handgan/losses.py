@@ -82,18 +82,3 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
 def joint_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L_J = mean_i ||pred_i - J_i||^2, both (B, J, 3), squared norm over all J x 3 coordinates."""
     return (predicted - target).pow(2).flatten(1).sum(dim=1).mean()
-
-
-def bone_lengths(joints: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """(B, J, 3) joints, (E, 2) long (parent, child) -> (B, E) bone lengths."""
-    return (joints[:, edges[:, 0]] - joints[:, edges[:, 1]]).norm(dim=-1)
-
-
-def bone_prior_loss(joints: torch.Tensor, edges: torch.Tensor, low: torch.Tensor,
-                    high: torch.Tensor) -> torch.Tensor:
-    """mean over poses of sum over bones of (how far each bone's length lies outside its
-    [low, high] range)^2: zero for any pose whose bones are all as long as some labelled hand's,
-    so it pulls only on implausible poses (e.g. fingertips regressed to the palm)."""
-    length = bone_lengths(joints, edges)
-    outside = F.relu(low - length) + F.relu(length - high)
-    return outside.pow(2).sum(dim=1).mean()

@@ -78,11 +78,8 @@ from handgan.distributed import (
 from handgan.errors import HandganError
 from handgan.evaluation.metrics import crops_mean_error_mm
 from handgan.fidelity import generator_fidelity, training_hand_mask
-from handgan.joints import skeleton_edges
 from handgan.localize import LOCALIZER_FILE, Localizer, fit_run_localizer, locate_reader
 from handgan.losses import (
-    bone_lengths,
-    bone_prior_loss,
     discriminator_gan_loss,
     feature_matching_loss,
     generator_adversarial_loss,
@@ -402,21 +399,6 @@ def equivariance_augment(cfg: TrainConfig) -> AugmentConfig:
                                **{k: v for k, v in amounts.items() if v is not None})
 
 
-BoneRange = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # edges (E, 2), low (E,), high (E,)
-
-
-def labelled_bone_range(joints_norm: np.ndarray, device: torch.device) -> BoneRange:
-    """The skeleton's edges and each bone's shortest and longest length over the labelled poses
-    (N, J, 3) normalised: the range ``loss.w_bone_prior`` keeps unlabelled poses in."""
-    edges = skeleton_edges(joints_norm.shape[1])
-    if not edges:
-        raise HandganError(f"loss.w_bone_prior needs a known skeleton (NYU 14 or 36, ICVL 16, "
-                           f"MSRA 21 joints), got {joints_norm.shape[1]} joints")
-    e = torch.tensor(edges, dtype=torch.int64, device=device)
-    length = bone_lengths(torch.as_tensor(joints_norm, dtype=torch.float32, device=device), e)
-    return e, length.amin(dim=0), length.amax(dim=0)
-
-
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
                       views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
     """||Dis_pose(x_b) - map(Dis_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
@@ -517,16 +499,14 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, x_l: torch.Tensor, j_l: torch.Tensor,
              x_u: torch.Tensor | None, cfg: TrainConfig, autocast=nullcontext,
              views: tuple[torch.Tensor, ViewMaps] | None = None,
-             bones: BoneRange | None = None,
              phase: StepPhase = StepPhase(),
              ray_l: torch.Tensor | None = None) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
     ``gen`` and ``dis`` are a Generator and a Discriminator, or their DDP wrappers. Unlabelled
     crops ``x_u`` never reach L_J: by default they only go through the real/fake head; the
-    options ``loss.w_equivariance`` (with ``views``: the unaugmented crops
-    of ``x_u`` and the maps between the two) and ``loss.w_bone_prior`` (with ``bones``:
-    :func:`labelled_bone_range`) also train the pose branch on them without labels.
+    option ``loss.w_equivariance`` (with ``views``: the unaugmented crops of ``x_u`` and the
+    maps between the two) also trains the pose branch on them without labels.
     ``phase`` (:func:`step_phase`) switches Gen's adversarial term on after the warm-up and
     weighs the skeleton-space term ``loss.w_synth``: new poses J' (:mod:`handgan.posespace`,
     and with ``unlabeled`` among ``loss.synth_poses`` Dis's poses of ``x_u``) rendered by Gen,
@@ -543,13 +523,12 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     opt_d.zero_grad(set_to_none=True)
     has_u = x_u is not None and len(x_u) > 0
     equivariance = w.w_equivariance > 0 and has_u and views is not None
-    prior = w.w_bone_prior > 0 and has_u and bones is not None
     synth = phase.synth_weight > 0
     synth_sources = [x for x in w.synth_pose_sources if x != "unlabeled"]
     synth_from_u = synth and has_u and "unlabeled" in w.synth_pose_sources
     with autocast():
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
-        if equivariance or prior or synth_from_u:
+        if equivariance or synth_from_u:
             logits_u, pose_u = dis(x_u)
             real_logits = torch.cat([real_logits, logits_u])
         elif has_u:
@@ -562,8 +541,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
         if equivariance:
             loss_equi = equivariance_loss(dis, pose_u, views)
-        if prior:
-            loss_prior = bone_prior_loss(pose_u.float(), *bones)
         with batch_norm_stats_frozen(dis):  # running statistics come from real crops only
             if synth:
                 fake_logits, pose_g = dis(x_g)
@@ -579,8 +556,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             loss_d = loss_d + phase.synth_weight * loss_synth
         if equivariance:
             loss_d = loss_d + w.w_equivariance * loss_equi
-        if prior:
-            loss_d = loss_d + w.w_bone_prior * loss_prior
     loss_d.backward()
     opt_d.step()
 
@@ -612,8 +587,6 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
            "loss_gen_adv": loss_adv.item()}
     if equivariance:
         out["loss_equivariance"] = loss_equi.item()
-    if prior:
-        out["loss_bone_prior"] = loss_prior.item()
     if synth:
         out["loss_synth"] = loss_synth.item()
     return out
@@ -630,37 +603,28 @@ def rays_for(ray_l: torch.Tensor | None, count: int) -> torch.Tensor | None:
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, x_l: torch.Tensor,
                     j_l: torch.Tensor, cfg: TrainConfig, autocast=nullcontext,
                     x_u: torch.Tensor | None = None,
-                    views: tuple[torch.Tensor, ViewMaps] | None = None,
-                    bones: BoneRange | None = None) -> dict[str, float]:
+                    views: tuple[torch.Tensor, ViewMaps] | None = None) -> dict[str, float]:
     """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone
     (plus, with ``loss.w_equivariance`` and unlabelled ``x_u`` + ``views``, the equivariance
-    term, and with ``loss.w_bone_prior`` + ``bones`` the bone-length prior on ``x_u``:
-    ablations that show what these terms do without the GAN)."""
+    term: what the term does without the GAN)."""
     ############################
     # Update Dis trunk + pose: minimise w_joint * L_J(Dis_pose(x_l), J_l)
     ############################
     opt_d.zero_grad(set_to_none=True)
     has_u = x_u is not None and len(x_u) > 0
     equivariance = cfg.loss.w_equivariance > 0 and has_u and views is not None
-    prior = cfg.loss.w_bone_prior > 0 and has_u and bones is not None
     with autocast():
         loss_j = joint_loss(dis(x_l, heads="pose").float(), j_l)
         loss = cfg.loss.w_joint * loss_j
-        if equivariance or prior:
-            pose_u = dis(x_u, heads="pose")
         if equivariance:
+            pose_u = dis(x_u, heads="pose")
             loss_equi = equivariance_loss(dis, pose_u, views)
             loss = loss + cfg.loss.w_equivariance * loss_equi
-        if prior:
-            loss_prior = bone_prior_loss(pose_u.float(), *bones)
-            loss = loss + cfg.loss.w_bone_prior * loss_prior
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
     out = {"loss_dis": loss.item(), "loss_joint": loss_j.item()}
     if equivariance:
         out["loss_equivariance"] = loss_equi.item()
-    if prior:
-        out["loss_bone_prior"] = loss_prior.item()
     return out
 
 
@@ -857,17 +821,11 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     if cfg.optim.max_steps is not None:
         total_steps = min(total_steps, cfg.optim.max_steps)
     gan = cfg.mode == "gan"
-    # The real/fake head, the equivariance term and the bone prior are what unlabelled crops
-    # are for.
-    use_unlabeled = ((gan or cfg.loss.w_equivariance > 0 or cfg.loss.w_bone_prior > 0)
-                     and len(unlabeled) > 0)
+    # The real/fake head and the equivariance term are what unlabelled crops are for.
+    use_unlabeled = (gan or cfg.loss.w_equivariance > 0) and len(unlabeled) > 0
     view_augment = None
     if use_unlabeled and cfg.loss.w_equivariance > 0:
         view_augment = equivariance_augment(cfg)
-    bones = None
-    if use_unlabeled and cfg.loss.w_bone_prior > 0:
-        bones = labelled_bone_range(
-            np.asarray(data.train_cache.joints_norm[labeled.indices], np.float64), device)
 
     seed_everything(cfg.seed)
     gen, dis = build_models(cfg, device)  # the same initial weights in every process
@@ -1048,11 +1006,10 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                     views = (views[0].to(device, non_blocking=True, memory_format=mf), views[1])
                 if gan:
                     losses = gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast,
-                                      views, bones,
-                                      step_phase(cfg.loss, step, steps_per_epoch), ray_l)
+                                      views, step_phase(cfg.loss, step, steps_per_epoch),
+                                      ray_l)
                 else:
-                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views,
-                                             bones)
+                    losses = supervised_step(dis_t, opt_d, x_l, j_l, cfg, autocast, x_u, views)
                 train_seconds += time.perf_counter() - t0
                 crops_seen += batch
                 step += 1
