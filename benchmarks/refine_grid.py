@@ -61,7 +61,7 @@ def main() -> None:
     cube_x = float(cache.transform(0).cube_mm[0])
     torch.manual_seed(0)
     with torch.no_grad():
-        fake = gen(j, torch.zeros(len(j), cfg.model.noise_dim), rays)
+        fake = gen(j, rays)
         starts = {"real crops, J0 = network": (x, dis.estimate(x)),
                   f"Gen(J), J0 = J + {NOISE_MM:.0f} mm noise":
                       (fake, j + torch.randn_like(j) * (NOISE_MM / (cube_x / 2))),

@@ -177,6 +177,41 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
         Estimator.from_checkpoint(path)
 
 
+def test_checkpoint_listing_removed_options_at_their_off_values_still_loads(tmp_path, frames,
+                                                                           est, frames_dir,
+                                                                           capsys):
+    # A checkpoint written before the options of config.REMOVED_KEYS were removed lists them at
+    # their off values (and a mean teacher's empty slot): it loads and estimates as before. One
+    # that had such an option on is refused in one line naming the commit that still has it.
+    from handgan.config import REMOVED_IN, REMOVED_KEYS
+    from handgan.evaluation.evaluate import load_networks
+    from handgan.generation import load_generator
+    path = tmp_path / "old.pt"
+    save_tiny_checkpoint(path)  # the same networks as ``est``'s checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    for key, (_, off) in REMOVED_KEYS.items():
+        *sections, leaf = key.split(".")
+        node = ckpt["config"]
+        for part in sections:
+            node = node[part]
+        node[leaf] = off[0]
+    ckpt["teacher"] = None
+    save_checkpoint(path, ckpt)
+    old = Estimator.from_checkpoint(path, device="cpu")
+    np.testing.assert_array_equal(old.estimate(frames[0]).xyz, est.estimate(frames[0]).xyz)
+    gen, _ = load_generator(path)
+    assert gen.cfg == TINY
+    cfg, _, _ = load_networks(torch.load(path, weights_only=True), "cpu")
+    assert cfg.model == TINY
+    ckpt["config"]["model"]["noise_dim"] = 16
+    save_checkpoint(path, ckpt)
+    with pytest.raises(HandganError, match=f"model.noise_dim was removed.*{REMOVED_IN}"):
+        Estimator.from_checkpoint(path)
+    assert main(["predict", str(path), str(frames_dir / "depth_1_0000001.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.noise_dim was removed" in err
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints that must be refused
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ class LinearGen(nn.Module):
         self.a = nn.Parameter(torch.randn(32 * 32, 14 * 3, generator=g) * 0.05)
         self.b = nn.Parameter(torch.full((32 * 32,), 0.5))
 
-    def forward(self, joints, noise=None, ray=None, clean=False):
+    def forward(self, joints, ray=None, clean=False):
         return (joints.flatten(1) @ self.a.T + self.b).view(-1, 1, 32, 32)
 
 

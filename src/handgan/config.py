@@ -277,6 +277,7 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "loss.equi_tilt_deg": (float | None, (None, 0.0)),
     "data.augment.tilt_deg": (float, (0.0,)),
     "loss.w_bone_prior": (float, (0.0,)),
+    "model.noise_dim": (int, (0,)),
 }
 
 

@@ -4,10 +4,10 @@
     print(result.max_abs_diff)        # onnxruntime vs PyTorch on a random batch
 
 The estimator graph maps ``crops`` (B, 1, S, S) normalised depth to ``joints`` (B, J, 3)
-normalised joints; the generator graph maps ``joints`` (B, J, 3) [and ``noise`` (B, Z)] to
-``crops`` (B, 1, S, S), clean (without the sensor model's random missing pixels). The batch axis
-is dynamic. Cropping and mapping joints back to mm stay in
-Python (``inference.Estimator``): they depend on the frame, not on learned weights.
+normalised joints; the generator graph maps ``joints`` (B, J, 3) to ``crops`` (B, 1, S, S),
+clean (without the sensor model's random missing pixels). The batch axis is dynamic. Cropping and
+mapping joints back to mm stay in Python (``inference.Estimator``): they depend on the frame, not
+on learned weights.
 
 Needs the ``export`` extra (``pip install 'handgan[export]'``: onnx, onnxruntime). The graph is
 written by torch's TorchScript-based exporter (``dynamo=False``), which needs nothing beyond torch
@@ -64,16 +64,15 @@ class ExportResult:
 
 
 class _ExportedGenerator(nn.Module):
-    """The generator as exported: its noise (if any) an explicit input (Generator draws it
-    itself otherwise, which would bake one random vector into the graph), and clean crops,
-    without the random missing pixels of its sensor model (``model.gen_edge_dropout``)."""
+    """The generator as exported: clean crops, without the random missing pixels of its sensor
+    model (``model.gen_edge_dropout``)."""
 
     def __init__(self, gen: nn.Module):
         super().__init__()
         self.gen = gen
 
-    def forward(self, joints: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
-        return self.gen(joints, noise[0] if noise else None, clean=True)
+    def forward(self, joints: torch.Tensor) -> torch.Tensor:
+        return self.gen(joints, clean=True)
 
 
 def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
@@ -87,7 +86,7 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
     Args:
         checkpoint: training checkpoint file.
         path: output .onnx file.
-        what: "estimator" (crops -> joints) or "generator" (joints [+ noise] -> crops).
+        what: "estimator" (crops -> joints) or "generator" (joints -> crops).
         opset: ONNX opset version.
         verify: compare onnxruntime with PyTorch (needs onnxruntime).
         batch: size of the random check batch.
@@ -118,8 +117,6 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
     else:
         example = {"joints": torch.randn(batch, cfg.num_joints, 3, generator=g) * 0.5}
         module = _ExportedGenerator(net).eval()
-        if cfg.noise_dim:
-            example["noise"] = torch.randn(batch, cfg.noise_dim, generator=g)
         outputs = ["crops"]
     model_bytes = onnx_bytes(module, example, outputs, opset)
     try:

@@ -199,7 +199,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
-                   space: str = "norm", spec: CropSpec | None = None, noise_seed: int = 0,
+                   space: str = "norm", spec: CropSpec | None = None,
                    batch_size: int = 256) -> np.ndarray:
     """Depth crops from poses with the generator.
 
@@ -210,8 +210,6 @@ def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
         space: "norm" (normalised to the crop cube, as in training), "uvd" (px, px, mm) or "xyz"
             (mm); see :func:`normalise_poses`.
         spec: the crop spec (taken from the checkpoint when ``generator`` is a path).
-        noise_seed: seed of the generator's noise input, if it has one; every pose gets the same
-            noise vector, so interpolations change only with the pose.
         batch_size: poses per forward pass.
 
     Returns:
@@ -232,16 +230,11 @@ def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
     if joints.ndim != 3 or joints.shape[1:] != (cfg.num_joints, 3):
         raise HandganError(f"poses must be (N, {cfg.num_joints}, 3), got shape {joints.shape}")
     device = next(gen.parameters()).device
-    noise = None
-    if cfg.noise_dim:
-        g = torch.Generator().manual_seed(noise_seed)
-        noise = torch.randn(1, cfg.noise_dim, generator=g).to(device)
     out = []
     with torch.inference_mode():
         for start in range(0, len(joints), batch_size):
             j = torch.from_numpy(joints[start:start + batch_size]).to(device)
-            z = None if noise is None else noise.expand(len(j), -1)
-            out.append(gen(j, z)[:, 0].float().cpu().numpy())  # (b, S, S)
+            out.append(gen(j)[:, 0].float().cpu().numpy())  # (b, S, S)
     if not out:
         return np.empty((0, cfg.size, cfg.size), np.float32)
     return np.concatenate(out)
@@ -307,8 +300,8 @@ def _save_crops(path: Path, crops: np.ndarray) -> Path:
 
 def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
                         poses: str | os.PathLike | None = None,
-                        interpolate: tuple[str, str] | None = None, steps: int = 8,
-                        noise_seed: int = 0) -> list[Path]:
+                        interpolate: tuple[str, str] | None = None, steps: int = 8
+                        ) -> list[Path]:
     """What ``handgan generate`` does: poses from files -> crops -> pictures in ``out``.
 
     With ``poses``: ``OUT/generated.png`` (a grid, 8 per row) and ``OUT/generated.npy``
@@ -336,7 +329,7 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
         if len(joints) > MAX_FRAMES:  # the grid and the crops are held in memory
             raise HandganError(f"{poses}: {len(joints)} poses; at most {MAX_FRAMES} per run "
                                "(split the file)")
-        crops = generate_crops(gen, normalise_poses(joints, space, spec), noise_seed=noise_seed)
+        crops = generate_crops(gen, normalise_poses(joints, space, spec))
         return [write_png(out / "generated.png", tile(crops_to_rgb(crops), cols=8)),
                 _save_crops(out / "generated.npy", crops)]
     ends = []
@@ -346,7 +339,7 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
             raise HandganError(f"{item}: holds {len(joints)} poses; give a file with one, or "
                                "FILE:LINE")
         ends.append(normalise_poses(joints, space, spec)[0])
-    crops = generate_crops(gen, interpolate_poses(ends[0], ends[1], steps), noise_seed=noise_seed)
+    crops = generate_crops(gen, interpolate_poses(ends[0], ends[1], steps))
     rgb = crops_to_rgb(crops)
     return [write_png(out / "interpolation.png", tile(rgb, cols=len(rgb))),
             write_gif(out / "interpolation.gif", rgb),

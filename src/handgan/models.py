@@ -22,7 +22,6 @@ class ModelConfig:
     size: int = 128          # crop side S (a power of two, >= 32)
     num_joints: int = 14
     width: int = 32          # channels of the first conv; doubles per layer up to 8x
-    noise_dim: int = 0       # optional noise vector appended to the generator's joints
     shared_layers: int = 2   # conv layers shared by the real/fake and pose branches (0 .. depth)
     pose_hidden: int = 1024  # fully connected width of the pose head
     gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps), at every scale
@@ -37,8 +36,6 @@ class ModelConfig:
         for name in ("num_joints", "width", "pose_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.noise_dim < 0:
-            raise ValueError(f"noise_dim must be >= 0, got {self.noise_dim}")
         for name in ("gen_edge_dropout", "gen_pixel_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -317,7 +314,7 @@ def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    """Gen(J): joints (B, J, 3) [+ noise (B, Z)] -> FC -> (C, 4, 4) -> stride-2 transposed convs
+    """Gen(J): joints (B, J, 3) -> FC -> (C, 4, 4) -> stride-2 transposed convs
     (batch norm, ReLU), each doubling the resolution -> (B, 1, S, S) in [-1, 1] (tanh).
 
     With ``gen_skeleton`` every transposed conv also reads the pose drawn in the crop at its
@@ -352,7 +349,7 @@ class Generator(nn.Module):
             # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
             self.correction_gain = nn.Parameter(torch.zeros(()))
         top = cfg.channels(cfg.depth - 1)
-        self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3 + cfg.noise_dim, top * 16, bias=False),
+        self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3, top * 16, bias=False),
                                 nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
         extra = bone_map_channels(cfg.num_joints) if cfg.gen_skeleton else 0
         extra += 1 if cfg.gen_render else 0  # the skeleton render, at every scale
@@ -364,12 +361,12 @@ class Generator(nn.Module):
         ups += [nn.ConvTranspose2d(cfg.width + extra, 1, 4, stride=2, padding=1), nn.Tanh()]
         self.up = nn.Sequential(*ups)  # one flat Sequential: the seed layout's parameter names
 
-    def forward(self, joints: torch.Tensor, noise: torch.Tensor | None = None,
-                ray: torch.Tensor | None = None, clean: bool = False) -> torch.Tensor:
-        """(B, J, 3) joints [+ noise] -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays,
-        used by the skeleton render (``gen_render``; default: a centre on the optical axis);
-        ``clean``: without the sensor's missing pixels."""
-        crops = self._clean(joints, noise, ray)
+    def forward(self, joints: torch.Tensor, ray: torch.Tensor | None = None,
+                clean: bool = False) -> torch.Tensor:
+        """(B, J, 3) joints -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays, used by the
+        skeleton render (``gen_render``; default: a centre on the optical axis); ``clean``:
+        without the sensor's missing pixels."""
+        crops = self._clean(joints, ray)
         return crops if clean else self.sensor(crops)
 
     def sensor(self, crops: torch.Tensor) -> torch.Tensor:
@@ -382,17 +379,11 @@ class Generator(nn.Module):
         return skeleton_depth(joints, self.cfg.size, self.edges, self.radii, self.forearm_radius,
                               ray, self.palm_radius, self.forearm_spread, self.bases)
 
-    def _clean(self, joints: torch.Tensor, noise: torch.Tensor | None,
-               ray: torch.Tensor | None) -> torch.Tensor:
+    def _clean(self, joints: torch.Tensor, ray: torch.Tensor | None) -> torch.Tensor:
         if self.cfg.gen_render and not self.cfg.gen_correction:
             return self.render(joints, ray).clamp(-0.98, 0.98)  # as tanh's range below
-        x = joints.flatten(1)  # (B, J*3)
-        if self.cfg.noise_dim:
-            if noise is None:
-                noise = torch.randn(x.shape[0], self.cfg.noise_dim, device=x.device, dtype=x.dtype)
-            x = torch.cat([x, noise], dim=1)
         top = self.cfg.channels(self.cfg.depth - 1)
-        h = self.fc(x).view(-1, top, 4, 4)
+        h = self.fc(joints.flatten(1)).view(-1, top, 4, 4)  # (B, J*3) -> (B, top, 4, 4)
         if not (self.cfg.gen_skeleton or self.cfg.gen_render):
             return self.up(h)  # (B, 1, S, S)
         maps = []

@@ -80,13 +80,11 @@ def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor,
             w = background_weight + (1.0 - background_weight) * training_hand_mask(
                 start, size, cube_mm)  # (B, 1, S, S): 1 in J0's hand region
             w_sum = w.sum(dim=(1, 2, 3))  # (B,)
-            noise = (torch.zeros(len(x), gen.cfg.noise_dim, device=x.device)
-                     if gen.cfg.noise_dim else None)
             joints = start.clone().requires_grad_(True)
             opt = torch.optim.Adam([joints], lr=lr)
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                drawn = gen(joints, noise, rays, clean=True)  # no random missing pixels
+                drawn = gen(joints, rays, clean=True)  # no random missing pixels
                 data = (w * (drawn - x).pow(2)).sum(dim=(1, 2, 3)) / w_sum  # (B,)
                 prior = (joints - start).pow(2).sum(-1).mean(-1)  # (B,) mean over joints
                 (data + prior_weight * prior).sum().backward()  # sum: crops stay independent

@@ -829,7 +829,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
 
     seed_everything(cfg.seed)
     gen, dis = build_models(cfg, device)  # the same initial weights in every process
-    if info.enabled:  # ...but each process its own noise
+    if info.enabled:  # ...but each process its own random draws (Gen's sensor, new poses)
         torch.manual_seed(cfg.seed * info.world_size + info.rank)
     cuda = device.type == "cuda"
     if cuda and cfg.channels_last:
@@ -926,8 +926,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         x, j, ray = samples.sample_batch(np.arange(len(samples)), rays=True)
         gen.eval()
         with torch.no_grad():
-            noise = torch.zeros(len(j), cfg.model.noise_dim, device=device)  # no RNG draw
-            fake = gen(j.to(device), noise, ray.to(device)).float().cpu().numpy()[:, 0]
+            fake = gen(j.to(device), ray.to(device)).float().cpu().numpy()[:, 0]
         gen.train()
         image = crop_pairs_image(x.numpy()[:, 0], fake)
         write_grey_png(run_dir / "samples" / f"epoch_{epoch_done:03d}.png", image)

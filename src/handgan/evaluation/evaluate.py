@@ -236,7 +236,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         metrics["full_frame"] = _full_frame(ckpt, path, reader, cache_dir, params, dis, dev,
                                             progress)
     if cfg.mode == "gan":
-        metrics["generator"] = _fidelity(gen, dis, ref, crops, dev, cfg.seed)
+        metrics["generator"] = _fidelity(gen, dis, ref, crops, dev)
     if out is None:
         out = default_out_dir(path, split)
     if out != "":
@@ -338,14 +338,11 @@ def _refine(gen: Generator, crops, pred_norm: np.ndarray, steps: int, device: to
     return np.concatenate(out).astype(np.float64) if out else pred_norm
 
 
-def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.device,
-              seed: int) -> dict:
-    """``metrics["generator"]``: Gen(J) against the split's crops (fidelity.generator_fidelity)."""
+def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.device) -> dict:
+    """``metrics["generator"]``: Gen(J) against the split's crops (fidelity.generator_fidelity,
+    which seeds the sensor's missing pixels itself, so metrics.json is repeatable)."""
     estimators = {"run": dis} if ref is None else {"run": dis, "reference": ref[1]}
-    # A generator with a noise input draws random noise: seeded, so metrics.json is repeatable.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        f = generator_fidelity(gen, crops, estimators, device)
+    f = generator_fidelity(gen, crops, estimators, device)
     block = {k: f[k] for k in ("hand_depth_error_mm", "full_depth_error_mm",
                                "blank_hand_depth_error_mm")}
     block["readback_mean_error_mm"] = f["readback_mean_error_mm"]["run"]
@@ -415,9 +412,8 @@ def _plot_generated(path: Path, cache: CropCache, true_norm: np.ndarray, gen: Ge
     half = np.array([t.half_depth_mm for t in transforms]).reshape(-1, 1, 1)
     with torch.no_grad():
         joints = torch.as_tensor(true_norm[rows], dtype=torch.float32, device=device)
-        noise = torch.zeros(len(joints), gen.cfg.noise_dim, device=device)
         rays = torch.as_tensor(np.stack([t.ray for t in transforms]), device=device)
-        fake = gen(joints, noise, rays).float().cpu().numpy()[:, 0]
+        fake = gen(joints, rays).float().cpu().numpy()[:, 0]
     diff_mm = np.abs(real - fake) * half
     size = real.shape[-1]
     px = np.stack([t.norm_to_crop_px(true_norm[i]) for t, i in zip(transforms, rows)])
