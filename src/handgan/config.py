@@ -155,7 +155,6 @@ class OptimConfig:
     batch_size: int = 64             # global batch of labelled crops (split across DDP ranks)
     max_steps: int | None = None     # stop after this many steps, whatever the epochs (smoke runs)
     lr_schedule: str = "constant"    # "constant" (the seed) | "cosine": lr * (1 + cos(pi t/T)) / 2
-    unlabeled_ratio: int = 1         # unlabelled crops per labelled crop in each batch
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -165,8 +164,6 @@ class OptimConfig:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.unlabeled_ratio >= 1,
-               f"unlabeled_ratio must be >= 1, got {self.unlabeled_ratio}")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -278,6 +275,7 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the 
     "data.augment.tilt_deg": (float, (0.0,)),
     "loss.w_bone_prior": (float, (0.0,)),
     "model.noise_dim": (int, (0,)),
+    "optim.unlabeled_ratio": (int, (1,)),
 }
 
 

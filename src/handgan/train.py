@@ -305,10 +305,9 @@ class EpochBatches(Dataset):
     def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
                  steps: int, view_augment: AugmentConfig | None = None,
-                 unlabeled_ratio: int = 1, rays: bool = False):
+                 rays: bool = False):
         self.labeled, self.unlabeled = labeled, unlabeled
         self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
-        self.ratio = unlabeled_ratio  # unlabelled crops per labelled crop in a batch
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
         self.steps = steps
         self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
@@ -321,10 +320,8 @@ class EpochBatches(Dataset):
         x_l, j_l, *ray_l = self.labeled.sample_batch(self.order[window][self.share], self.rays)
         ray_l = ray_l[0] if ray_l else None
         x_u = views = None
-        if self.order_u is not None:
-            r = self.ratio
-            rows = self.order_u[b * self.batch * r:(b + 1) * self.batch * r][
-                self.share.start * r:self.share.stop * r]
+        if self.order_u is not None:  # one unlabelled crop per labelled crop
+            rows = self.order_u[window][self.share]
             if self.view_augment is not None:
                 x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment)
                 views = (x_a, maps)
@@ -979,14 +976,13 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             order = np.concatenate([perm_rng.permutation(len(labeled)) for _ in range(reps)])
             order_u = None
             if use_unlabeled:
-                reps = math.ceil(steps_per_epoch * batch * cfg.optim.unlabeled_ratio
-                                 / len(unlabeled))
+                reps = math.ceil(steps_per_epoch * batch / len(unlabeled))
                 order_u = np.concatenate([perm_rng.permutation(len(unlabeled))
                                           for _ in range(reps)])
             start_batch = batch_in_epoch
             n_batches = min(steps_per_epoch - start_batch, total_steps - step)
             batches = EpochBatches(labeled, unlabeled, order, order_u, batch, share,
-                                   start_batch + n_batches, view_augment, cfg.optim.unlabeled_ratio,
+                                   start_batch + n_batches, view_augment,
                                    rays=gan and cfg.model.gen_render)
             loader = iterate_batches(batches, start_batch, cfg.num_workers if n_batches > 1 else 0,
                                      pin)
