@@ -21,6 +21,7 @@ from handgan.localize import (
     HandDetector,
     Localizer,
     LocalizerConfig,
+    candidate_choice,
     decode_detections,
     detection_candidates,
     detector_input,
@@ -133,14 +134,18 @@ def detector_output(peaks, grid=(15, 20)):
 
 def test_detection_candidates_are_the_highest_peaks_one_per_blob():
     out = detector_output({(5, 7): 5.0, (6, 7): 4.0, (14, 7): 3.0, (1, 1): 1.0})
-    uv = detection_candidates(out, 4, 3)[0]
+    uv, logits = detection_candidates(out, 4, 3)
     # cell middle: input px (c + 0.5) * 8 - 0.5, full frame 4 p + 2; (6, 7) is A's shoulder
-    np.testing.assert_allclose(uv, [[176.0, 240.0], [464.0, 240.0], [48.0, 48.0]])
+    np.testing.assert_allclose(uv[0], [[176.0, 240.0], [464.0, 240.0], [48.0, 48.0]])
+    np.testing.assert_allclose(logits, [[5.0, 3.0, 1.0]])
+    uv = uv[0]
     np.testing.assert_allclose(decode_detections(out, 4), uv[:1])
     hill = detector_output({})
     y, x = torch.meshgrid(torch.arange(15), torch.arange(20), indexing="ij")
     hill[0, 0] = -((x - 5).abs() + (y - 7).abs()).float()  # one peak: the rest are its slopes
-    np.testing.assert_allclose(detection_candidates(hill, 4, 3)[0], [[176.0, 240.0]] * 3)
+    uv, logits = detection_candidates(hill, 4, 3)
+    np.testing.assert_allclose(uv[0], [[176.0, 240.0]] * 3)
+    np.testing.assert_allclose(logits, [[0.0] * 3])
 
 
 class FixedDetector(torch.nn.Module):
@@ -153,17 +158,25 @@ class FixedDetector(torch.nn.Module):
 
 
 class ForegroundVerifier(torch.nn.Module):
-    """Scores a crop by how much of it is foreground: above ``share`` = a hand."""
+    """Scores a crop by how much of it is foreground: above ``share`` = a hand, logit ``gain``
+    per unit of share."""
 
-    def __init__(self, share):
+    def __init__(self, share, gain=100.0):
         super().__init__()
-        self.share = share
+        self.share, self.gain = share, gain
 
     def forward(self, crops):
-        return 100.0 * ((crops < 1.0).float().mean(dim=(1, 2, 3)) - self.share)[:, None]
+        return self.gain * ((crops < 1.0).float().mean(dim=(1, 2, 3)) - self.share)[:, None]
 
 
-def test_the_verifier_replaces_the_best_peak_only_where_it_judges_it_no_hand():
+def test_candidate_choice_adds_the_detectors_log_odds_twice_to_the_verifiers():
+    verifier = np.array([[-1.0, 2.0, 0.0], [-1.0, 4.0, 0.0], [5.0, -3.0, 9.0]])
+    detector = np.array([[6.0, 4.0, 1.0], [6.0, 4.0, 1.0], [2.0, 1.0, 0.0]])
+    # sums: 11, 10, 2 | 11, 12, 2 | 9, -1, 9 (a tie goes to the detector's better peak)
+    np.testing.assert_array_equal(candidate_choice(verifier, detector), [0, 1, 0])
+
+
+def test_the_verifier_outweighs_the_detectors_best_peak_only_where_it_is_surer():
     frame = np.zeros((480, 640), np.uint16)
     frame[230:250, 166:186] = 800  # A: small, at the detector's best peak
     frame[190:290, 414:514] = 800  # B: large, at its second peak
@@ -171,16 +184,17 @@ def test_the_verifier_replaces_the_best_peak_only_where_it_judges_it_no_hand():
     cfg = LocalizerConfig(iterations=1, fine_iterations=1, candidates=2)
     zero = ConstantNet([0.0, 0.0, 0.0])
 
-    def located(share, candidates=2):
+    def located(gain, candidates=2):
         loc = Localizer(replace(cfg, candidates=candidates), zero, detector=detector, fine=zero,
-                        verifier=ForegroundVerifier(share))
+                        verifier=ForegroundVerifier(0.05, gain))
         return loc.locate(frame, NYU)
 
-    # A fills ~0.5 % of its 400 mm crop, B ~12 %
-    np.testing.assert_allclose(located(0.05)[:2], [464.0, 240.0])  # A judged no hand: B
-    np.testing.assert_allclose(located(0.001)[:2], [176.0, 240.0])  # A a hand: kept
-    np.testing.assert_allclose(located(0.05, candidates=1)[:2], [176.0, 240.0])  # no choice
-    assert located(0.05)[2] == pytest.approx(800.0)
+    # A fills ~0.5 % of its 400 mm crop, B ~12 %: the verifier prefers B by gain * 0.115 logits,
+    # the detector A by 2 * (5 - 3) = 4
+    np.testing.assert_allclose(located(100.0)[:2], [464.0, 240.0])  # 11.5 > 4: B
+    np.testing.assert_allclose(located(20.0)[:2], [176.0, 240.0])  # 2.3 < 4: A kept
+    np.testing.assert_allclose(located(100.0, candidates=1)[:2], [176.0, 240.0])  # no choice
+    assert located(100.0)[2] == pytest.approx(800.0)
 
 
 def test_refinement_moves_by_the_networks_answer_each_iteration():

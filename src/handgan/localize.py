@@ -182,10 +182,11 @@ class HandDetector(nn.Module):
         return self.head(self.body(frames))
 
 
-def detection_candidates(out: torch.Tensor, stride: int, count: int) -> np.ndarray:
-    """(B, 3, gh, gw) detector output -> (B, count, 2) full-frame u, v of the ``count`` highest
+def detection_candidates(out: torch.Tensor, stride: int, count: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 3, gh, gw) detector output -> ((B, count, 2) full-frame u, v of the ``count`` highest
     peaks of the cell scores (cells no lower than their 8 neighbours: one candidate per blob),
-    best first; a frame with fewer peaks repeats its best."""
+    best first, (B, count) their cell logits); a frame with fewer peaks repeats its best."""
     b, _, gh, gw = out.shape
     scores = out[:, :1]
     peaks = scores >= F.max_pool2d(scores, 3, stride=1, padding=1)
@@ -194,16 +195,31 @@ def detection_candidates(out: torch.Tensor, stride: int, count: int) -> np.ndarr
     cells = torch.where(torch.isfinite(top.values), top.indices, top.indices[:, :1])  # (B, K)
     if cells.shape[1] < count:
         cells = torch.cat([cells, cells[:, :1].expand(b, count - cells.shape[1])], dim=1)
+    logits = torch.gather(scores.reshape(b, -1), 1, cells)
     offsets = torch.sigmoid(torch.gather(out[:, 1:].reshape(b, 2, -1), 2,
                                          cells[:, None, :].expand(b, 2, count)))  # (B, 2, K)
     xy = torch.stack([cells % gw, cells // gw], dim=1).double()  # (B, 2, K)
     p = (xy + offsets.double()) * CELL - 0.5  # detector input px
-    return (p * stride + stride // 2).permute(0, 2, 1).cpu().numpy()
+    return ((p * stride + stride // 2).permute(0, 2, 1).cpu().numpy(),
+            logits.double().cpu().numpy())
 
 
 def decode_detections(out: torch.Tensor, stride: int) -> np.ndarray:
     """(B, 3, gh, gw) detector output -> (B, 2) full-frame u, v of the best cell's point."""
-    return detection_candidates(out, stride, 1)[:, 0]
+    return detection_candidates(out, stride, 1)[0][:, 0]
+
+
+# How much the detector's peak logit counts beside the verifier's logit when choosing among the
+# candidates (docs/results.md: chosen among 0.75-3 on 2,800 frames)
+DETECTOR_WEIGHT = 2.0
+
+
+def candidate_choice(verifier_logits: np.ndarray, peak_logits: np.ndarray) -> np.ndarray:
+    """(N, K) verifier and detector logits of each frame's candidates -> (N,) the chosen one:
+    the highest sum of the two networks' log-odds, the detector's weighted by DETECTOR_WEIGHT
+    (either alone errs more: the verifier tells hands from arms but may reject a hand it sees
+    badly, the detector knows which hand is the labelled one from the whole body)."""
+    return np.argmax(verifier_logits + DETECTOR_WEIGHT * peak_logits, axis=1)
 
 
 def surface_depth(depth_mm: np.ndarray, uv: np.ndarray, radius_px: int = 6) -> float | None:
@@ -306,17 +322,15 @@ class Localizer:
         Raises:
             HandganError: "no hand found: ..." when a frame has no usable depth.
         """
-        starts = self.detect(frames, intr, self.config.candidates if self.verifier else 1)
+        starts, peak_logits = self.detect_scored(frames, intr,
+                                                 self.config.candidates if self.verifier else 1)
         n, k = starts.shape[:2]
         repeated = [f for f in frames for _ in range(k)]
         found = self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3)
         if k == 1:
             return found[:, 0]
         scores = self.verify(repeated, found.reshape(-1, 3), intr).reshape(n, k)
-        # The detector's best peak is the hand in ~95 % of frames: another candidate replaces it
-        # only where the verifier judges it no hand (docs/results.md)
-        choice = np.where(scores[:, 0] >= 0.0, 0, scores.argmax(axis=1))
-        return found[np.arange(n), choice]
+        return found[np.arange(n), candidate_choice(scores, peak_logits)]
 
     def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
                ) -> np.ndarray:
@@ -327,13 +341,20 @@ class Localizer:
         Raises:
             HandganError: "no hand found: ..." for a frame with no usable depth.
         """
+        return self.detect_scored(frames, intr, count)[0]
+
+    def detect_scored(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`detect`'s start centres and (N, K) the detector's logits of their peaks (0
+        without a detector)."""
         if self.detector is None:
-            return np.stack([localize_hand(d, intr, cube_mm=self.config.cube_mm)
-                             for d in frames])[:, None]
+            starts = np.stack([localize_hand(d, intr, cube_mm=self.config.cube_mm)
+                               for d in frames])[:, None]
+            return starts, np.zeros(starts.shape[:2])
         stride = detector_stride(intr)
         x = torch.from_numpy(np.stack([detector_input(d, stride) for d in frames])[:, None])
         with torch.inference_mode():
-            uv = detection_candidates(self.detector(x.to(self.device)), stride, count)
+            uv, logits = detection_candidates(self.detector(x.to(self.device)), stride, count)
         starts = np.empty(uv.shape[:2] + (3,))
         for i, (depth, peaks) in enumerate(zip(frames, uv)):
             fallback = None
@@ -342,7 +363,7 @@ class Localizer:
                 if d is None and fallback is None:
                     fallback = localize_hand(depth, intr, cube_mm=self.config.cube_mm)
                 starts[i, j] = [p[0], p[1], d] if d is not None else fallback
-        return starts
+        return starts, logits
 
     def verify(self, frames: Sequence[np.ndarray], centres: np.ndarray, intr: Intrinsics
                ) -> np.ndarray:

@@ -72,10 +72,12 @@ def encode_nyu_depth(depth_mm: np.ndarray) -> np.ndarray:
         if kind == "f" and np.any(depth_mm != np.round(depth_mm)):
             raise ValueError("depth must be whole mm (the format stores integers); round it first")
         depth_mm = depth_mm.astype(np.uint16)
+    # G, B = the high and low bytes of the depth, each written in one pass (a big-endian view
+    # copied into rgb[..., 1:] is 6x slower: a full frame took 3 ms, a fifth of its synthesis)
     rgb = np.empty(depth_mm.shape + (3,), dtype=np.uint8)
     rgb[..., 0] = 0
-    # G, B = the big-endian bytes of the depth
-    rgb[..., 1:] = depth_mm.astype(">u2").view(np.uint8).reshape(depth_mm.shape + (2,))
+    np.right_shift(depth_mm, 8, out=rgb[..., 1], casting="unsafe")
+    np.copyto(rgb[..., 2], depth_mm, casting="unsafe")  # uint16 -> uint8 keeps the low byte
     return rgb
 
 
