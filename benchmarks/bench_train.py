@@ -20,13 +20,14 @@ import torch
 
 import handgan.train as train_mod
 from handgan.config import apply_overrides, preset
+from handgan.device import resolve_device
 
 
 def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, device: str,
           amp: bool, channels_last: bool, compile_: bool, repeats: int) -> dict:
     cfg = apply_overrides(preset(preset_name), [f"mode={mode}", f"optim.batch_size={batch}",
                                                 f"device={device}"])
-    dev = train_mod.resolve_device(device)
+    dev = resolve_device(device)
     train_mod.seed_everything(0)
     gen, dis = train_mod.build_models(cfg, dev)
     cuda = dev.type == "cuda"
@@ -84,10 +85,10 @@ def main() -> None:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     args = p.parse_args()
-    cuda = train_mod.resolve_device(args.device).type == "cuda"
+    cuda = resolve_device(args.device).type == "cuda"
     steps = args.steps or (200 if cuda else 30)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {train_mod.resolve_device(args.device)}"
+          f"device {resolve_device(args.device)}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
     for name in args.preset or ["quick", "seed"]:
         for mode in args.mode or ["gan", "supervised"]:

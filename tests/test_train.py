@@ -12,9 +12,9 @@ import handgan.train as train_mod
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, load_yaml, preset
 from handgan.errors import HandganError
-from handgan.evaluation.evaluate import load_networks
 from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
+from handgan.networks import load_networks
 from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
@@ -144,7 +144,7 @@ def test_short_run_writes_a_complete_run_folder(workdir, tmp_path):
     assert evals and all(r["mean_error_mm"] > 0 for r in evals)
     # GAN runs log the generator's fidelity with every evaluation (here on the test split:
     # this config holds out no validation frames), as handgan evaluate computes it
-    _, gen, dis = load_networks(load_checkpoint(run / "checkpoints" / "last.pt"), "cpu")
+    _, gen, dis = load_networks(run / "checkpoints" / "last.pt")
     expected = generator_fidelity(gen, train_mod.load_data(cfg, progress=False).test,
                                   {"run": dis})
     assert evals[-1]["generator_hand_depth_error_mm"] == pytest.approx(
