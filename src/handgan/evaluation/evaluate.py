@@ -386,13 +386,16 @@ def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray
 def _plot_generated(path: Path, cache: CropCache, true_norm: np.ndarray, gen: Generator,
                     device: torch.device) -> None:
     """8 evenly spread frames: real crop | Gen(true joints) | |difference| in mm, hand region
-    outlined."""
+    outlined. Gen's sensor model draws its missing pixels from seed 0 (as ``fidelity`` does),
+    so the figure is the same however the networks were built; the caller's RNG is untouched."""
     rows = np.unique(np.linspace(0, len(cache) - 1, min(GENERATED_FRAMES, len(cache)))
                      .round().astype(int))
     real = np.asarray(cache.crops[rows], np.float32)  # (N, S, S)
     transforms = [cache.transform(int(i)) for i in rows]
     half = np.array([t.half_depth_mm for t in transforms]).reshape(-1, 1, 1)
-    with torch.no_grad():
+    cuda = torch.device(device).type == "cuda"
+    with torch.no_grad(), torch.random.fork_rng(devices=None if cuda else []):
+        torch.manual_seed(0)
         joints = torch.as_tensor(true_norm[rows], dtype=torch.float32, device=device)
         rays = torch.as_tensor(np.stack([t.ray for t in transforms]), device=device)
         fake = gen(joints, rays).float().cpu().numpy()[:, 0]
