@@ -22,13 +22,15 @@ import time
 import numpy as np
 import torch
 
+from handgan.batches import load_data
 from handgan.checkpoint import resolve_checkpoint
 from handgan.config import apply_overrides, preset
 from handgan.device import resolve_device
 from handgan.fidelity import generator_fidelity
 from handgan.losses import reconstruction_loss
 from handgan.networks import load_networks
-from handgan.train import build_models, load_data, recons_weight, seed_everything
+from handgan.steps import recons_weight
+from handgan.train import build_models, seed_everything
 
 
 def train_generator(cfg, data, steps: int, device: torch.device) -> torch.nn.Module:

@@ -19,8 +19,10 @@ from contextlib import nullcontext
 import torch
 
 import handgan.train as train_mod
+from handgan.batches import Batch
 from handgan.config import apply_overrides, preset
 from handgan.device import resolve_device
+from handgan.steps import gan_step, supervised_step
 
 
 def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, device: str,
@@ -45,12 +47,13 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
     x_l = (torch.rand(batch, 1, s, s, device=dev) * 2 - 1).contiguous(memory_format=fmt)
     x_u = (torch.rand(batch, 1, s, s, device=dev) * 2 - 1).contiguous(memory_format=fmt)
     j_l = torch.randn(batch, cfg.model.num_joints, 3, device=dev) * 0.3
+    batch_ = Batch(x_l, j_l, x_u)
 
     def step():
         if mode == "gan":
-            train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast)
+            gan_step(gen, dis, opt_g, opt_d, batch_, cfg, autocast=autocast)
         else:
-            train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg, autocast)
+            supervised_step(dis, opt_d, batch_, cfg, autocast)
 
     for _ in range(warmup):
         step()
