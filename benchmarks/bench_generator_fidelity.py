@@ -22,12 +22,15 @@ import time
 import numpy as np
 import torch
 
-from handgan.checkpoint import load_checkpoint
-from handgan.config import apply_overrides, from_dict, preset
-from handgan.evaluation.evaluate import load_networks, resolve_checkpoint
+from handgan.batches import load_data
+from handgan.checkpoint import resolve_checkpoint
+from handgan.config import apply_overrides, preset
+from handgan.device import resolve_device
 from handgan.fidelity import generator_fidelity
 from handgan.losses import reconstruction_loss
-from handgan.train import build_models, load_data, recons_weight, resolve_device, seed_everything
+from handgan.networks import load_networks
+from handgan.steps import recons_weight
+from handgan.train import build_models, seed_everything
 
 
 def train_generator(cfg, data, steps: int, device: torch.device) -> torch.nn.Module:
@@ -69,13 +72,11 @@ def main() -> None:
     device = resolve_device(args.device)
     estimators = {}
     if args.reference:
-        _, _, ref = load_networks(load_checkpoint(resolve_checkpoint(args.reference)), device)
+        _, _, ref = load_networks(resolve_checkpoint(args.reference), device=device)
         estimators["reference"] = ref
     started = time.perf_counter()
     if args.run:
-        ckpt = load_checkpoint(resolve_checkpoint(args.run))
-        cfg, gen, dis = load_networks(ckpt, device)
-        cfg = from_dict(ckpt["config"])
+        cfg, gen, dis = load_networks(resolve_checkpoint(args.run), device=device)
         estimators["run"] = dis
     else:
         cfg = apply_overrides(preset(args.preset),

@@ -19,14 +19,17 @@ from contextlib import nullcontext
 import torch
 
 import handgan.train as train_mod
+from handgan.batches import Batch
 from handgan.config import apply_overrides, preset
+from handgan.device import resolve_device
+from handgan.steps import gan_step, supervised_step
 
 
 def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, device: str,
           amp: bool, channels_last: bool, compile_: bool, repeats: int) -> dict:
     cfg = apply_overrides(preset(preset_name), [f"mode={mode}", f"optim.batch_size={batch}",
                                                 f"device={device}"])
-    dev = train_mod.resolve_device(device)
+    dev = resolve_device(device)
     train_mod.seed_everything(0)
     gen, dis = train_mod.build_models(cfg, dev)
     cuda = dev.type == "cuda"
@@ -44,12 +47,13 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
     x_l = (torch.rand(batch, 1, s, s, device=dev) * 2 - 1).contiguous(memory_format=fmt)
     x_u = (torch.rand(batch, 1, s, s, device=dev) * 2 - 1).contiguous(memory_format=fmt)
     j_l = torch.randn(batch, cfg.model.num_joints, 3, device=dev) * 0.3
+    batch_ = Batch(x_l, j_l, x_u)
 
     def step():
         if mode == "gan":
-            train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg, autocast)
+            gan_step(gen, dis, opt_g, opt_d, batch_, cfg, autocast=autocast)
         else:
-            train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg, autocast)
+            supervised_step(dis, opt_d, batch_, cfg, autocast)
 
     for _ in range(warmup):
         step()
@@ -84,10 +88,10 @@ def main() -> None:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     args = p.parse_args()
-    cuda = train_mod.resolve_device(args.device).type == "cuda"
+    cuda = resolve_device(args.device).type == "cuda"
     steps = args.steps or (200 if cuda else 30)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {train_mod.resolve_device(args.device)}"
+          f"device {resolve_device(args.device)}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
     for name in args.preset or ["quick", "seed"]:
         for mode in args.mode or ["gan", "supervised"]:

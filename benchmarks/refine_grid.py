@@ -24,11 +24,10 @@ import time
 import numpy as np
 import torch
 
-from handgan.checkpoint import load_checkpoint
 from handgan.data.sources import open_split, parse_source
 from handgan.dataset import CropParams, LabeledCrops, load_or_build_cache
-from handgan.evaluation.evaluate import load_networks
 from handgan.evaluation.metrics import crops_mean_error_mm
+from handgan.networks import load_networks
 from handgan.refine import refine_poses
 
 DEFAULT_GRID = ("10:0.003:0,10:0.01:0,10:0.03:0,10:0.01:1,10:0.01:10,10:0.01:100,"
@@ -50,7 +49,7 @@ def main() -> None:
     grid = [(int(a), float(b), float(c)) for a, b, c in
             (item.split(":") for item in args.grid.split(","))]
 
-    cfg, gen, dis = load_networks(load_checkpoint(args.checkpoint), torch.device("cpu"))
+    cfg, gen, dis = load_networks(args.checkpoint)
     cache = load_or_build_cache(open_split(parse_source(args.data), args.split),
                                 cfg.data.cache_dir, CropParams(size=cfg.model.size,
                                                                cube_mm=cfg.data.cube_mm,

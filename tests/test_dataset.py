@@ -428,7 +428,7 @@ def test_two_views_match_augmentation_of_labelled_crops(cache):
     # View B of an unlabelled crop is the crop augmented with its own seeded draw, and the map
     # carries the true joints of view A exactly where augmenting the labelled crop puts them.
     from handgan.augment import augment_crop
-    from handgan.train import UnlabeledPool
+    from handgan.batches import UnlabeledPool
     view_aug = AugmentConfig(combine=True)
     labeled, unlabeled = split_labeled(cache, 0.25, seed=2)
     unlabeled.set_epoch(3)

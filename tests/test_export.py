@@ -13,8 +13,9 @@ from handgan.camera import NYU
 from handgan.cli import main
 from handgan.errors import HandganError
 from handgan.export import export_onnx, onnxruntime_session
-from handgan.inference import Estimator, load_networks
+from handgan.inference import Estimator
 from handgan.models import ModelConfig
+from handgan.networks import load_networks
 from handgan.preprocess import CropTransform
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (handgan[export])")
@@ -44,7 +45,7 @@ def test_onnx_matches_pytorch_on_100_crops_within_1e_3_mm(ckpt, estimator_onnx):
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_dynamic_batch_axis(ckpt, estimator_onnx, batch):
-    net, _, _ = load_networks(ckpt, "estimator")
+    _, net = load_networks(ckpt, ["estimator"])
     crops = torch.rand(batch, 1, 64, 64) * 2 - 1
     got = onnxruntime_session(estimator_onnx).run(None, {"crops": crops.numpy()})[0]
     with torch.inference_mode():

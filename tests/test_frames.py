@@ -11,8 +11,9 @@ import pytest
 from handgan.camera import NYU, Intrinsics
 from handgan.cli import main
 from handgan.errors import HandganError
-from handgan.frames import DatasetFrames, FileFrames, open_sources
+from handgan.frames import DatasetFrames, FileFrames
 from handgan.realsense import REALSENSE_MISSING
+from handgan.sequence import open_sources
 
 
 def _realsense():

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import handgan.models as models
+import handgan.steps as steps_mod
 import handgan.train as train_mod
+from handgan.batches import Batch
 from handgan.config import LossConfig, apply_overrides, preset
 from handgan.errors import HandganError
 from handgan.losses import feature_matching_loss, reconstruction_loss
@@ -294,9 +296,9 @@ def test_generator_sensor_only_where_asked_and_reconstruction_sees_the_clean_cro
 
 def test_rays_for_new_poses_repeat_the_labelled_rays():
     ray_l = torch.arange(6.0).view(2, 3)
-    assert train_mod.rays_for(None, 5) is None
-    assert train_mod.rays_for(ray_l, 2) is ray_l
-    assert train_mod.rays_for(ray_l, 5).tolist() == [ray_l[i % 2].tolist() for i in range(5)]
+    assert steps_mod.rays_for(None, 5) is None
+    assert steps_mod.rays_for(ray_l, 2) is ray_l
+    assert steps_mod.rays_for(ray_l, 5).tolist() == [ray_l[i % 2].tolist() for i in range(5)]
 
 
 def test_centre_rays_are_the_centre_direction_and_depth_in_half_cubes():
@@ -340,21 +342,21 @@ def test_new_poses_recombine_labelled_hands():
 
 def test_step_phase_warm_up_then_ramp():
     loss = LossConfig(gen_warmup_epochs=2, w_synth=4.0, synth_ramp_epochs=2)
-    phase = train_mod.step_phase
-    assert phase(loss, 0, 10) == train_mod.StepPhase(gen_adversarial=False, synth_weight=0.0)
+    phase = steps_mod.step_phase
+    assert phase(loss, 0, 10) == steps_mod.StepPhase(gen_adversarial=False, synth_weight=0.0)
     assert phase(loss, 19, 10).gen_adversarial is False
-    assert phase(loss, 20, 10) == train_mod.StepPhase(True, 0.0)
+    assert phase(loss, 20, 10) == steps_mod.StepPhase(True, 0.0)
     assert phase(loss, 30, 10).synth_weight == pytest.approx(2.0)
     assert phase(loss, 400, 10).synth_weight == pytest.approx(4.0)
-    assert phase(LossConfig(), 0, 10) == train_mod.StepPhase(True, 0.0)  # the seed: no phases
+    assert phase(LossConfig(), 0, 10) == steps_mod.StepPhase(True, 0.0)  # the seed: no phases
 
 
 def test_synth_gate_drops_pairs_read_back_far_worse_than_the_median():
     target = torch.zeros(4, 1, 3)
     pred = torch.tensor([1.0, 1.0, 1.0, 10.0]).view(4, 1, 1) * torch.tensor([1.0, 0, 0])
     errors = [1.0, 1.0, 1.0, 100.0]
-    assert train_mod.synth_pose_loss(pred, target, 0.0).item() == pytest.approx(sum(errors) / 4)
-    assert train_mod.synth_pose_loss(pred, target, 3.0).item() == pytest.approx(1.0)
+    assert steps_mod.synth_pose_loss(pred, target, 0.0).item() == pytest.approx(sum(errors) / 4)
+    assert steps_mod.synth_pose_loss(pred, target, 3.0).item() == pytest.approx(1.0)
 
 
 def test_synth_poses_are_checked():
@@ -379,16 +381,16 @@ def test_gan_step_trains_the_pose_head_on_generated_pairs(monkeypatch):
     j_l = torch.randn(6, 14, 3, generator=g) * 0.3
     x_u = torch.rand(5, 1, 64, 64, generator=g) * 2 - 1
     seen = []
-    real = train_mod.synth_pose_loss
-    monkeypatch.setattr(train_mod, "synth_pose_loss",
+    real = steps_mod.synth_pose_loss
+    monkeypatch.setattr(steps_mod, "synth_pose_loss",
                         lambda p, t, gate: seen.append((p.shape[0], t)) or real(p, t, gate))
-    losses = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg,
-                                phase=train_mod.StepPhase(True, 0.5))
+    losses = steps_mod.gan_step(gen, dis, opt_g, opt_d, Batch(x_l, j_l, x_u), cfg,
+                                phase=steps_mod.StepPhase(True, 0.5))
     # 6 new poses from the labelled ones + 5 read off the unlabelled crops, never their labels
     assert seen[0][0] == 11 and "loss_synth" in losses and math.isfinite(losses["loss_synth"])
     assert not torch.equal(seen[0][1][:6], j_l)
     # in the warm-up nothing is generated for the pose head and Gen has no adversarial term
     seen.clear()
-    losses = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg,
-                                phase=train_mod.StepPhase(False, 0.0))
+    losses = steps_mod.gan_step(gen, dis, opt_g, opt_d, Batch(x_l, j_l, x_u), cfg,
+                                phase=steps_mod.StepPhase(False, 0.0))
     assert not seen and losses["loss_gen_adv"] == 0.0

@@ -184,8 +184,8 @@ def test_checkpoint_listing_removed_options_at_their_off_values_still_loads(tmp_
     # their off values (and a mean teacher's empty slot): it loads and estimates as before. One
     # that had such an option on is refused in one line naming the commit that still has it.
     from handgan.config import REMOVED_IN, REMOVED_KEYS
-    from handgan.evaluation.evaluate import load_networks
     from handgan.generation import load_generator
+    from handgan.networks import load_networks
     path = tmp_path / "old.pt"
     save_tiny_checkpoint(path)  # the same networks as ``est``'s checkpoint
     ckpt = torch.load(path, weights_only=True)
@@ -201,7 +201,7 @@ def test_checkpoint_listing_removed_options_at_their_off_values_still_loads(tmp_
     np.testing.assert_array_equal(old.estimate(frames[0]).xyz, est.estimate(frames[0]).xyz)
     gen, _ = load_generator(path)
     assert gen.cfg == TINY
-    cfg, _, _ = load_networks(torch.load(path, weights_only=True), "cpu")
+    cfg, _, _ = load_networks(path)
     assert cfg.model == TINY
     ckpt["config"]["model"]["noise_dim"] = 16
     save_checkpoint(path, ckpt)
@@ -341,7 +341,7 @@ def test_predict_intrinsics_option(ckpt, frames, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 
 def test_refining_estimator_is_the_network_then_refine_poses(ckpt, est, frames):
-    from handgan.inference import load_networks
+    from handgan.networks import load_networks
     from handgan.refine import refine_poses
 
     refining = Estimator.from_checkpoint(ckpt, device="cpu", refine=3)
@@ -349,7 +349,7 @@ def test_refining_estimator_is_the_network_then_refine_poses(ckpt, est, frames):
     crops, transforms = zip(*(crop_depth(d, localize_hand(d, NYU, cube_mm=250.0), 250.0, 64,
                                          intr=NYU) for d in frames))
     crops = np.stack(crops)
-    gen = load_networks(ckpt, "generator")[0]
+    _, gen = load_networks(ckpt, ["generator"])
     x = torch.as_tensor(crops).unsqueeze(1)
     expected = refine_poses(gen, x, torch.as_tensor(est.predict_norm(crops)), 3,
                             cube_mm=250.0).numpy()

@@ -333,7 +333,7 @@ def test_training_crops_centred_by_the_localiser(localised_run, tmp_path):
     ckpt = load_checkpoint(run2 / "checkpoints" / "last.pt")
     assert ckpt["crop"]["centre"] == "com"
     # the training cache's centres are the localiser's
-    from handgan.train import load_data
+    from handgan.batches import load_data
     data = load_data(com, progress=False, localizer=localizer)
     rows = data.train_cache.frame_index[:5]
     want = np.stack([localizer.locate(reader.depth(int(i)), NYU) for i in rows])

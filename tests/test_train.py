@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+import handgan.batches as batches_mod
+import handgan.steps as steps_mod
 import handgan.train as train_mod
+from handgan.batches import Batch
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, load_yaml, preset
 from handgan.errors import HandganError
-from handgan.evaluation.evaluate import load_networks
 from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
+from handgan.networks import load_networks
 from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
@@ -79,7 +82,7 @@ def test_gan_step_updates_both_networks(workdir):
     cfg = make_cfg(workdir)
     gen, dis, opt_g, opt_d = models(cfg)
     g0, d0 = params(gen), params(dis)
-    losses = train_mod.gan_step(gen, dis, opt_g, opt_d, *batch(), cfg)
+    losses = steps_mod.gan_step(gen, dis, opt_g, opt_d, Batch(*batch()), cfg)
     assert changed(g0, gen) and changed(d0, dis)
     assert all(np.isfinite(v) for v in losses.values())
 
@@ -89,7 +92,7 @@ def test_supervised_step_updates_only_the_pose_network(workdir):
     gen, dis, _, opt_d = models(cfg)
     g0, rf0, trunk0, pose0 = params(gen), params(dis.real_fake), params(dis.trunk), params(dis.pose)
     x_l, j_l, _ = batch()
-    train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg)
+    steps_mod.supervised_step(dis, opt_d, Batch(x_l, j_l), cfg)
     assert changed(trunk0, dis.trunk) and changed(pose0, dis.pose)
     assert not changed(rf0, dis.real_fake) and not changed(g0, gen)
 
@@ -108,13 +111,13 @@ def test_unlabelled_crops_never_reach_the_joint_loss(workdir, monkeypatch):
     gen, dis, opt_g, opt_d = models(cfg)
     x_l, j_l, x_u = batch(n_u=5)
     calls, pose_inputs = [], []
-    real_joint_loss = train_mod.joint_loss
+    real_joint_loss = steps_mod.joint_loss
 
     def spy(predicted, target):
         calls.append((predicted.shape[0], target))
         return real_joint_loss(predicted, target)
 
-    monkeypatch.setattr(train_mod, "joint_loss", spy)
+    monkeypatch.setattr(steps_mod, "joint_loss", spy)
     dis.pose.register_forward_pre_hook(lambda m, args: pose_inputs.append(args[0].shape[0]))
     # Record which crops go into the pose branch: the labelled batch, generated crops, never x_u.
     seen = []
@@ -125,7 +128,7 @@ def test_unlabelled_crops_never_reach_the_joint_loss(workdir, monkeypatch):
         return trunk_forward(x)
 
     monkeypatch.setattr(dis.trunk, "forward", trunk_spy)
-    train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg)
+    steps_mod.gan_step(gen, dis, opt_g, opt_d, Batch(x_l, j_l, x_u), cfg)
 
     assert all(n == BATCH for n in pose_inputs)  # x_u has 5 rows: never in the pose branch
     assert len(calls) == 1
@@ -144,8 +147,8 @@ def test_short_run_writes_a_complete_run_folder(workdir, tmp_path):
     assert evals and all(r["mean_error_mm"] > 0 for r in evals)
     # GAN runs log the generator's fidelity with every evaluation (here on the test split:
     # this config holds out no validation frames), as handgan evaluate computes it
-    _, gen, dis = load_networks(load_checkpoint(run / "checkpoints" / "last.pt"), "cpu")
-    expected = generator_fidelity(gen, train_mod.load_data(cfg, progress=False).test,
+    _, gen, dis = load_networks(run / "checkpoints" / "last.pt")
+    expected = generator_fidelity(gen, batches_mod.load_data(cfg, progress=False).test,
                                   {"run": dis})
     assert evals[-1]["generator_hand_depth_error_mm"] == pytest.approx(
         expected["hand_depth_error_mm"], rel=1e-5)
@@ -203,7 +206,7 @@ def test_resume_matches_an_uninterrupted_run(workdir, tmp_path, stop_mid_epoch, 
 
 def test_validation_split_chooses_best_and_samples_are_drawn(workdir, tmp_path):
     cfg = make_cfg(workdir, "data.val_fraction=0.25", "optim.epochs=3", "data.labeled_fraction=0.5")
-    data = train_mod.load_data(cfg, progress=False)
+    data = batches_mod.load_data(cfg, progress=False)
     val, lab = set(data.val.indices), set(data.labeled.indices)
     assert len(val) == 12 and not val & lab  # 48 * 0.25 held out, never trained on
     assert len(lab) == 18  # half of the 36 remaining frames
@@ -242,7 +245,7 @@ def test_generated_crops_do_not_move_the_running_statistics(workdir):
     with torch.no_grad():
         dis_ref(x_l)
         dis_ref(x_u, heads="real_fake")
-    train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_u, cfg)
+    steps_mod.gan_step(gen, dis, opt_g, opt_d, Batch(x_l, j_l, x_u), cfg)
     for a, b in zip(dis.modules(), dis_ref.modules()):
         if isinstance(a, torch.nn.BatchNorm2d):
             assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
@@ -293,9 +296,9 @@ def test_equivariance_term_matches_its_formula(workdir, mode):
     assert not np.allclose(target.numpy(), pose_a.numpy())  # the map did turn the poses
     pose_before = params(dis.pose)
     if mode == "gan":
-        out = train_mod.gan_step(gen, dis, opt_g, opt_d, x_l, j_l, x_b, cfg, views=(x_a, maps))
+        out = steps_mod.gan_step(gen, dis, opt_g, opt_d, Batch(x_l, j_l, x_b, (x_a, maps)), cfg)
     else:
-        out = train_mod.supervised_step(dis, opt_d, x_l, j_l, cfg, x_u=x_b, views=(x_a, maps))
+        out = steps_mod.supervised_step(dis, opt_d, Batch(x_l, j_l, x_b, (x_a, maps)), cfg)
     assert out["loss_equivariance"] == pytest.approx(expected, rel=1e-5)
     assert changed(pose_before, dis.pose)
 
@@ -311,14 +314,14 @@ def test_equivariance_run_uses_unlabelled_crops_in_supervised_mode(workdir, tmp_
 def test_equivariance_views_and_batch_statistics_target(workdir):
     cfg = make_cfg(workdir, "loss.w_equivariance=1", "loss.equi_rotation_deg=45",
                    "data.augment.pixel_dropout_p=0.1", "data.augment.rotation_deg=180")
-    view = train_mod.equivariance_augment(cfg)
+    view = batches_mod.equivariance_augment(cfg)
     assert view.combine and view.rotation_deg == 45
     assert view.pixel_dropout_p == 0.0  # data.augment's dropout is for the labelled crops
     assert cfg.data.augment.rotation_deg == 180 and not cfg.data.augment.combine  # untouched
     assert (view.translation_sigma_mm, view.scale_sigma) == (cfg.data.augment.translation_sigma_mm,
                                                              cfg.data.augment.scale_sigma)
     stronger = apply_overrides(cfg, ["loss.equi_translation_mm=15", "loss.equi_scale_sigma=0.05"])
-    view = train_mod.equivariance_augment(stronger)
+    view = batches_mod.equivariance_augment(stronger)
     assert view.translation_sigma_mm == 15
     assert view.scale_sigma == 0.05 and view.rotation_deg == 45
     # The target is Dis's pose with the batch's statistics, as the student's (not the running
@@ -336,7 +339,7 @@ def test_equivariance_views_and_batch_statistics_target(workdir):
     dis.train()
     assert on_running > 1e-6
     running = [b.clone() for b in dis.buffers() if b.is_floating_point()]
-    assert train_mod.equivariance_loss(dis, pose_b, (x_a, maps)).item() < 1e-10
+    assert steps_mod.equivariance_loss(dis, pose_b, (x_a, maps)).item() < 1e-10
     assert dis.training and all(torch.equal(b, r) for b, r in zip(
         [b for b in dis.buffers() if b.is_floating_point()], running))
 
@@ -352,7 +355,7 @@ def test_equivariance_target_is_clipped_to_the_cube(workdir):
     x_a = torch.zeros(3, 1, 64, 64)
     maps = identity_view_maps(3)
     pose_b = torch.zeros(3, 14, 3)
-    loss = train_mod.equivariance_loss(Wild(), pose_b, (x_a, maps))
+    loss = steps_mod.equivariance_loss(Wild(), pose_b, (x_a, maps))
     expected = 13 * 3 * 0.25 + (1.0 + 1.0 + 0.0625)  # joint 0 -> (1, -1, 0.25)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -360,9 +363,9 @@ def test_equivariance_target_is_clipped_to_the_cube(workdir):
 def test_epoch_batches_take_each_ranks_share(workdir):
     # Batch b holds one unlabelled crop per labelled crop: window b of each epoch order, each
     # rank its share of both.
-    from handgan.train import EpochBatches
+    from handgan.batches import EpochBatches
     cfg = make_cfg(workdir, "data.labeled_fraction=0.25")
-    data = train_mod.load_data(cfg, progress=False)
+    data = batches_mod.load_data(cfg, progress=False)
     n_u = len(data.unlabeled)
     order_u = np.concatenate([np.arange(n_u)[::-1]] * 4)
     batches = EpochBatches(data.labeled, data.unlabeled, np.arange(8), order_u, 4,
@@ -381,7 +384,7 @@ def test_an_nyu_folder_without_train_split_is_refused(workdir, tmp_path):
     shutil.copytree(workdir / "synth" / "test", only_test / "test")
     cfg = make_cfg(workdir, f"data.source=nyu:{only_test}")
     with pytest.raises(HandganError, match=r"no train split to train on \(found: test\)"):
-        train_mod.load_data(cfg, progress=False)
+        batches_mod.load_data(cfg, progress=False)
 
 
 def _write_icvl(root, train_frames=12, test_frames=3):

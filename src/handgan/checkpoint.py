@@ -139,6 +139,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return ckpt
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder -> its ``checkpoints/best.pt`` (else ``last.pt``); a file -> itself (what
+    ``handgan evaluate``, ``predict``, ``generate`` and ``export`` take as a checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for name in ("best.pt", "last.pt"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise HandganError(f"{path}: no checkpoints/best.pt or last.pt (not a run folder?)")
+    if not path.exists():
+        raise HandganError(f"{path}: no such run folder or checkpoint")
+    return path
+
+
 def _check_container(path: Path) -> None:
     """Say what a file is when it is not a torch.save zip archive (torch.load's own message for
     random bytes is "would run code", which is wrong)."""

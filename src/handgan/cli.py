@@ -273,7 +273,8 @@ def _run_evaluate(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    from handgan.evaluation.evaluate import default_out_dir, resolve_checkpoint
+    from handgan.checkpoint import resolve_checkpoint
+    from handgan.evaluation.evaluate import default_out_dir
 
     out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), m["split"])
     base = m["mean_pose_baseline_mm"]
@@ -447,9 +448,10 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
+    from handgan.checkpoint import resolve_checkpoint
     from handgan.data.folder import parse_intrinsics
-    from handgan.evaluation.evaluate import resolve_checkpoint
-    from handgan.inference import Estimator, format_records, predict_files
+    from handgan.inference import Estimator, predict_files
+    from handgan.sequence import format_records
 
     intr = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     est = Estimator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device,

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from handgan.atomic import atomic_write
+from handgan.checkpoint import load_checkpoint
 from handgan.errors import HandganError
-from handgan.inference import load_networks
+from handgan.networks import load_networks, read_crop_spec
 from handgan.outputs import check_outputs
 
 DEFAULT_OPSET = 17
@@ -108,7 +109,9 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
     onnx = _require("onnx")
     if verify:
         _require("onnxruntime")
-    net, spec, cfg = load_networks(checkpoint, what, "cpu")
+    ckpt = load_checkpoint(checkpoint)
+    run_cfg, net = load_networks(checkpoint, [what], ckpt=ckpt)
+    cfg, spec = run_cfg.model, read_crop_spec(ckpt, run_cfg.model, checkpoint)
     g = torch.Generator().manual_seed(seed)
     if what == "estimator":
         module: nn.Module = net

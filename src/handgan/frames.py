@@ -10,9 +10,10 @@ labelled dataset, its true joints. The depth itself is read when the frame is us
     realsense.RealSenseFrames(path)   a RealSense recording (.bag, .db3), played with pyrealsense2
     realsense.RealSenseFrames(None)   a live RealSense camera (pyrealsense2)
 
-``open_sources(inputs)`` maps command-line inputs to sources. Another camera (Azure Kinect,
-Orbbec, ...) plugs in as one more class with ``length``, ``files`` and ``__iter__`` yielding
-frames of depth in mm with the camera's ``Intrinsics``, and one more line in ``open_sources``.
+``sequence.open_sources(inputs)`` maps command-line inputs to sources. Another camera (Azure
+Kinect, Orbbec, ...) plugs in as one more class with ``length``, ``files`` and ``__iter__``
+yielding frames of depth in mm with the camera's ``Intrinsics``, and one more line in
+``sequence.open_sources``.
 """
 from __future__ import annotations
 
@@ -70,6 +71,44 @@ class FrameSource(Protocol):
 # Files and labelled datasets
 # --------------------------------------------------------------------------------------------
 
+def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
+    """Read one depth frame -> (H, W) float32 mm.
+
+    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm (ICVL),
+    MSRA 2015's ``*_depth.bin`` (float32 mm of the hand's box), or a 2-D integer/float ``.npy``
+    of mm (read without pickle).
+
+    Raises:
+        HandganError: one line naming the file (missing, not a depth image, wrong shape/dtype).
+    """
+    from handgan.data.files import PNG_COLOR_TYPES, decode_png, png_header, read_bytes
+    from handgan.data.folder import read_depth_npy
+    from handgan.data.nyu import decode_nyu_depth
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return read_depth_npy(path)
+    if suffix == ".bin":
+        from handgan.data.msra import read_depth_bin
+
+        return read_depth_bin(path)
+    if suffix != ".png":
+        raise HandganError(f"{path}: not a depth frame file (expected .png, .npy or MSRA .bin)")
+    data = read_bytes(path, "depth PNG")
+    expected = "an NYU 8-bit RGB or a 16-bit greyscale depth PNG"
+    bit_depth, colour = png_header(data, path, expected)
+    # The same decoding as data.nyu.read_depth_png / data.icvl.read_depth_png16, on the bytes
+    # already read for the header.
+    if colour == 2 and bit_depth == 8:
+        return decode_nyu_depth(decode_png(data, path))
+    if colour == 0 and bit_depth == 16:
+        return decode_png(data, path).astype(np.float32)
+    kind = PNG_COLOR_TYPES.get(colour, f"colour type {colour}")
+    raise HandganError(f"{path}: not a depth image (expected {expected}, got {bit_depth}-bit "
+                       f"{kind})")
+
+
 class FileFrames:
     """Depth frame files, in the order given, with one camera (None = the checkpoint's)."""
 
@@ -80,8 +119,6 @@ class FileFrames:
         self.names = unique_names([p.stem for p in self.files])
 
     def __iter__(self) -> Iterator[Frame]:
-        from handgan.inference import read_depth_frame
-
         for path, name in zip(self.files, self.names):
             yield Frame(name, str(path), lambda p=path: read_depth_frame(p), self.intrinsics)
 
@@ -146,50 +183,3 @@ def unique_names(stems: Sequence[str]) -> list[str]:
         count = seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if count == 1 else f"{stem}-{count}")
     return names
-
-
-def open_sources(inputs: Sequence[str | os.PathLike], intrinsics: Intrinsics | None = None,
-                 max_frames: int | None = None) -> list[FrameSource]:
-    """Command-line inputs -> frame sources, in order.
-
-    * ``realsense`` or ``realsense:SERIAL``: a live RealSense camera;
-    * a ``.bag`` / ``.db3`` file: a RealSense recording (its own camera and depth unit);
-    * a folder holding ``joint_data.mat``: an NYU-format labelled split (its camera, NYU);
-    * other folders and files: depth frame files with ``intrinsics``, as before.
-
-    Consecutive plain files and folders form one source. ``max_frames`` caps recordings and
-    the live camera.
-    """
-    sources: list[FrameSource] = []
-    plain: list[str | os.PathLike] = []
-
-    def flush() -> None:
-        if plain:
-            sources.append(FileFrames(list_depth_files(plain), intrinsics))
-            plain.clear()
-
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if text == LIVE_PREFIX or (text.startswith(LIVE_PREFIX + ":") and not path.exists()):
-            from handgan.realsense import RealSenseFrames
-
-            flush()
-            serial = text.partition(":")[2] or None
-            sources.append(RealSenseFrames(None, serial=serial, max_frames=max_frames))
-        elif path.suffix.lower() in RECORDING_SUFFIXES:
-            from handgan.realsense import RealSenseFrames
-
-            flush()
-            if not path.is_file():
-                raise HandganError(f"{path}: no such recording")
-            sources.append(RealSenseFrames(path, max_frames=max_frames))
-        elif path.is_dir() and is_nyu_split(path):
-            from handgan.data.nyu import NYUSplit
-
-            flush()
-            sources.append(DatasetFrames(NYUSplit(path.parent, path.name)))
-        else:
-            plain.append(item)
-    flush()
-    return sources

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from handgan.atomic import atomic_write
+from handgan.checkpoint import load_checkpoint
 from handgan.errors import HandganError
-from handgan.inference import CropSpec, load_networks
 from handgan.models import Generator
+from handgan.networks import CropSpec, load_networks, read_crop_spec
 from handgan.outputs import check_outputs
 from handgan.preprocess import CropTransform
 
@@ -193,9 +194,9 @@ def interpolate_poses(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"
                    ) -> tuple[Generator, CropSpec]:
     """The generator of a training checkpoint (eval mode) and its crop spec."""
-    net, spec, _ = load_networks(path, "generator", device)
-    assert isinstance(net, Generator)
-    return net, spec
+    ckpt = load_checkpoint(path)
+    cfg, net = load_networks(path, ["generator"], device, ckpt=ckpt)
+    return net, read_crop_spec(ckpt, cfg.model, path)
 
 
 def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,

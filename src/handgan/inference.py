@@ -11,179 +11,38 @@ joints) -> optionally ``refine`` steps of analysis by synthesis with the generat
 ``CropTransform``.
 
 The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``: files,
-labelled folders, RealSense recordings and cameras) through ``sequence.predict_frames``
-(outputs, video, smoothing), drawn by ``overlay.py``.
+labelled folders, RealSense recordings and cameras; ``sequence.open_sources``) through
+``sequence.predict_frames`` (outputs, video, smoothing), drawn by ``overlay.py``. The networks
+come from the checkpoint through ``networks.load_networks``.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from handgan.camera import NYU, Intrinsics
-from handgan.checkpoint import check_networks, load_checkpoint
+from handgan.camera import Intrinsics
+from handgan.checkpoint import load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
-from handgan.frames import FRAME_SUFFIXES, list_depth_files  # noqa: F401  (API: in frames.py)
-from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
+from handgan.export import onnx_bytes, onnxruntime_session
+from handgan.frames import (  # noqa: F401  (API: in frames.py)
+    FRAME_SUFFIXES,
+    list_depth_files,
+    read_depth_frame,
+)
 from handgan.localize import Localizer
-from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
+from handgan.networks import CropSpec, load_networks, read_crop_spec
 from handgan.overlay import save_overlay  # noqa: F401  (API: moved to overlay.py)
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
 from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
-from handgan.sequence import PredictReport
+from handgan.sequence import PredictReport, open_sources, predict_frames
 
 BACKENDS = ("torch", "onnxruntime")
-DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
-
-
-# --------------------------------------------------------------------------------------------
-# What a checkpoint says about its crops
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CropSpec:
-    """How the training crops were made, so new frames are cropped the same way.
-
-    Attributes:
-        size: S, crop side in px (= the model's input size).
-        cube_mm: (x, y, z) cube sides in mm.
-        intrinsics: the training camera (the default for new frames).
-        joint_names: names of the J joints, in the network's output order.
-        centre: how training crops were centred: "gt" (a labelled joint) or "com" (localisation).
-        source: the training data source, for information.
-    """
-
-    size: int
-    cube_mm: tuple[float, float, float]
-    intrinsics: Intrinsics
-    joint_names: tuple[str, ...]
-    centre: str = "gt"
-    source: str = "unknown"
-
-    @property
-    def centre_joint(self) -> int | None:
-        """Index of the joint that training crops were centred on (the palm), if the joint set
-        is a known one; None otherwise."""
-        return centre_joint_index(self.joint_names)
-
-
-def centre_joint_index(joint_names: Sequence[str]) -> int | None:
-    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA; readable or
-    dataset names), else None."""
-    layout = layout_of_names(joint_names)
-    return layout.centre if layout is not None else None
-
-
-def is_nyu14(joint_names: Sequence[str]) -> bool:
-    """True for the 14 NYU evaluation joints (either naming)."""
-    return layout_of_names(joint_names) is NYU14
-
-
-def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:
-    """The crop spec saved under ``ckpt["crop"]`` by training.
-
-    Checkpoints written before that key existed still load, with the defaults of the NYU set-up
-    they were trained on: crop size = ``model.size``, a 300 mm cube, the NYU camera and the 14
-    NYU evaluation joints (``joints.NYU14_NAMES``). A saved ``cube_mm`` of None (an empty training
-    cache) also falls back to 300 mm.
-
-    Raises:
-        HandganError: when the saved metadata contradicts the model (size, joint count) or is
-            malformed; the message names ``path``.
-    """
-    crop = ckpt.get("crop")
-    if crop is None:
-        names = NYU14_NAMES if model.num_joints == 14 else \
-            tuple(f"joint_{j}" for j in range(model.num_joints))
-        return CropSpec(model.size, (DEFAULT_CUBE_MM,) * 3, NYU, names, "gt", "unknown")
-    try:
-        size = int(crop.get("size", model.size))
-        cube = crop.get("cube_mm")
-        cube = (DEFAULT_CUBE_MM,) * 3 if cube is None else \
-            tuple(float(c) for c in np.broadcast_to(np.asarray(cube, dtype=np.float64), (3,)))
-        intr = crop.get("intrinsics")
-        intrinsics = NYU if intr is None else Intrinsics(
-            fx=float(intr["fx"]), fy=float(intr["fy"]), cx=float(intr["cx"]),
-            cy=float(intr["cy"]), width=int(intr["width"]), height=int(intr["height"]),
-            y_up=bool(intr.get("y_up", True)))
-        names = tuple(str(n) for n in crop.get("joint_names") or ())
-        centre, source = str(crop.get("centre", "gt")), str(crop.get("source", "unknown"))
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise HandganError(f"{path}: malformed crop metadata in the checkpoint "
-                           f"({type(e).__name__}: {e})") from None
-    if size != model.size:
-        raise HandganError(f"{path}: crop size {size} does not match the model's input size "
-                           f"{model.size}")
-    if not all(math.isfinite(c) and c > 0 for c in cube):
-        raise HandganError(f"{path}: crop cube_mm must be positive, got {list(cube)}")
-    if not names:
-        names = NYU14_NAMES if model.num_joints == 14 else \
-            tuple(f"joint_{j}" for j in range(model.num_joints))
-    if len(names) != model.num_joints:
-        raise HandganError(f"{path}: {len(names)} joint names but the model predicts "
-                           f"{model.num_joints} joints")
-    # Checkpoints save the dataset's names (F1_KNU3_A ..., C, T1 ...): print the readable ones.
-    return CropSpec(size, cube, intrinsics, readable_names(names), centre, source)
-
-
-def load_networks(path: str | os.PathLike, what: str, device: str | torch.device = "cpu",
-                  ckpt: dict[str, Any] | None = None
-                  ) -> tuple[torch.nn.Module, CropSpec, ModelConfig]:
-    """Load one network of a training checkpoint, in eval mode with gradients off.
-
-    Args:
-        path: checkpoint file (``load_checkpoint``: plain weights only, never runs code).
-        what: "estimator" (the discriminator's trunk + pose branch, as a ``PoseEstimator``; the
-            generator and the real/fake head are neither built nor needed) or "generator".
-        device: where the network lives.
-        ckpt: the checkpoint ``path`` holds, if already loaded (not read again).
-
-    Returns:
-        (network, crop spec, model config).
-
-    Raises:
-        HandganError: unreadable / foreign checkpoint, missing keys, weights that do not fit.
-    """
-    from handgan.config import from_dict
-
-    ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    check_networks(ckpt, path, ("generator" if what == "generator" else "discriminator",))
-    try:
-        model_cfg = from_dict(ckpt["config"]).model
-    except (ValueError, TypeError) as e:  # from_dict reports bad keys itself as HandganError
-        raise HandganError(f"{path}: bad config in the checkpoint ({e})") from None
-    spec = read_crop_spec(ckpt, model_cfg, path)
-    if what == "generator":
-        state = ckpt["generator"]
-        with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
-            net: torch.nn.Module = Generator(model_cfg)
-    elif what == "estimator":
-        # The estimator's state-dict keys (trunk.*, pose.*) are the discriminator's; the
-        # real/fake head is built on the meta device only and dropped with ``dis``.
-        state = {k: v for k, v in ckpt["discriminator"].items()
-                 if k.startswith(("trunk.", "pose."))}
-        with torch.device("meta"):
-            dis = Discriminator(model_cfg)
-        net = PoseEstimator(dis)
-        del dis
-    else:
-        raise ValueError(f"what must be 'estimator' or 'generator', got {what!r}")
-    net = net.to_empty(device=device)
-    try:
-        net.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = " ".join(str(e).split())[:200]
-        raise HandganError(f"{path}: the {what} weights do not fit the saved model config "
-                           f"({first})") from None
-    net.eval().requires_grad_(False)
-    return net, spec, model_cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,8 +121,6 @@ class Estimator:
                           if refine else None)
         self._session = None
         if backend == "onnxruntime":
-            from handgan.export import onnx_bytes, onnxruntime_session
-
             example = {"crops": torch.zeros(1, 1, spec.size, spec.size)}
             self._session = onnxruntime_session(onnx_bytes(self.network, example, ["joints"]),
                                                 threads=threads)
@@ -305,14 +162,15 @@ class Estimator:
         if threads is not None and backend == "torch":
             torch.set_num_threads(int(threads))
         ckpt = load_checkpoint(path)
-        network, spec, _ = load_networks(path, "estimator", "cpu", ckpt=ckpt)
+        cfg, network = load_networks(path, ["estimator"], ckpt=ckpt)
+        spec = read_crop_spec(ckpt, cfg.model, path)
         generator = None
         if refine:
             mode = ckpt["config"].get("mode", "gan")
             if mode != "gan":
                 raise HandganError(f"{path}: refinement needs a trained generator; this is a "
                                    f"mode {mode!r} checkpoint, whose generator was never trained")
-            generator = load_networks(path, "generator", "cpu", ckpt=ckpt)[0]
+            _, generator = load_networks(path, ["generator"], ckpt=ckpt)
         localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
                      if ckpt.get("localizer") is not None else None)
         return cls(network, spec, device, backend=backend, threads=threads, generator=generator,
@@ -490,46 +348,8 @@ def check_depth_frame(depth_mm: Any, intr: Intrinsics) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Files: reading frames, writing predictions and overlays
+# Files: frame sources in, predictions out
 # --------------------------------------------------------------------------------------------
-
-def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
-    """Read one depth frame -> (H, W) float32 mm.
-
-    Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm (ICVL),
-    MSRA 2015's ``*_depth.bin`` (float32 mm of the hand's box), or a 2-D integer/float ``.npy``
-    of mm (read without pickle).
-
-    Raises:
-        HandganError: one line naming the file (missing, not a depth image, wrong shape/dtype).
-    """
-    from handgan.data.files import PNG_COLOR_TYPES, decode_png, png_header, read_bytes
-    from handgan.data.folder import read_depth_npy
-    from handgan.data.nyu import decode_nyu_depth
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return read_depth_npy(path)
-    if suffix == ".bin":
-        from handgan.data.msra import read_depth_bin
-
-        return read_depth_bin(path)
-    if suffix != ".png":
-        raise HandganError(f"{path}: not a depth frame file (expected .png, .npy or MSRA .bin)")
-    data = read_bytes(path, "depth PNG")
-    expected = "an NYU 8-bit RGB or a 16-bit greyscale depth PNG"
-    bit_depth, colour = png_header(data, path, expected)
-    # The same decoding as data.nyu.read_depth_png / data.icvl.read_depth_png16, on the bytes
-    # already read for the header.
-    if colour == 2 and bit_depth == 8:
-        return decode_nyu_depth(decode_png(data, path))
-    if colour == 0 and bit_depth == 16:
-        return decode_png(data, path).astype(np.float32)
-    kind = PNG_COLOR_TYPES.get(colour, f"colour type {colour}")
-    raise HandganError(f"{path}: not a depth image (expected {expected}, got {bit_depth}-bit "
-                       f"{kind})")
-
 
 def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
                   out: str | os.PathLike | None = None, intrinsics: Intrinsics | None = None,
@@ -539,7 +359,7 @@ def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
                   max_frames: int | None = None) -> PredictReport:
     """Estimate every frame of ``inputs``; a bad frame does not stop the rest.
 
-    Inputs are what ``frames.open_sources`` reads: depth frame files and folders of them, NYU-
+    Inputs are what ``sequence.open_sources`` reads: depth frame files and folders of them, NYU-
     format labelled folders (true skeleton and error drawn too), RealSense recordings (.bag,
     .db3) and ``realsense[:SERIAL]`` for a live camera. With ``out``: per frame
     ``OUT/<stem>.json`` (uvd and xyz per named joint) and, if ``overlay``,
@@ -568,31 +388,7 @@ def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
     Raises:
         HandganError: an input that does not exist, or ``out`` is an input folder.
     """
-    from handgan.frames import open_sources
-    from handgan.sequence import predict_frames
-
     sources = open_sources(inputs, intrinsics, max_frames=max_frames)
     return predict_frames(estimator, sources, out=out, overlay=overlay, video=video, fps=fps,
                           smooth=smooth, progress=progress, on_failure=on_failure,
                           inputs=inputs)
-
-
-def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
-    """Prediction records (``{"file": ..., **Prediction.to_dict()}``) as JSON text with one joint
-    per line: a single record as an object, several as a list."""
-    import json
-
-    def one(record: dict[str, Any], indent: str) -> str:
-        items = []
-        for key, value in record.items():
-            if key in ("joints", "truth"):
-                joints = ",\n".join(f"{indent}    {json.dumps(name)}: {json.dumps(j)}"
-                                     for name, j in value.items())
-                items.append(f"{indent}  {json.dumps(key)}: {{\n{joints}\n{indent}  }}")
-            else:
-                items.append(f"{indent}  {json.dumps(key)}: {json.dumps(value)}")
-        return f"{indent}{{\n" + ",\n".join(items) + f"\n{indent}}}"
-
-    if isinstance(records, dict):
-        return one(records, "") + "\n"
-    return "[\n" + ",\n".join(one(r, "  ") for r in records) + "\n]\n"

@@ -11,16 +11,27 @@ that fails (unreadable, no hand) is reported and skipped; the others go on.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from handgan.camera import Intrinsics
 from handgan.errors import HandganError
-from handgan.frames import Frame, FrameSource
+from handgan.frames import (
+    LIVE_PREFIX,
+    RECORDING_SUFFIXES,
+    DatasetFrames,
+    FileFrames,
+    Frame,
+    FrameSource,
+    is_nyu_split,
+    list_depth_files,
+)
 
 DEFAULT_FPS = 15.0
 
@@ -83,6 +94,53 @@ class CentreSmoother:
         return intr.xyz_to_uvd(self._xyz)
 
 
+def open_sources(inputs: Sequence[str | os.PathLike], intrinsics: Intrinsics | None = None,
+                 max_frames: int | None = None) -> list[FrameSource]:
+    """Command-line inputs -> frame sources, in order.
+
+    * ``realsense`` or ``realsense:SERIAL``: a live RealSense camera;
+    * a ``.bag`` / ``.db3`` file: a RealSense recording (its own camera and depth unit);
+    * a folder holding ``joint_data.mat``: an NYU-format labelled split (its camera, NYU);
+    * other folders and files: depth frame files with ``intrinsics``, as before.
+
+    Consecutive plain files and folders form one source. ``max_frames`` caps recordings and
+    the live camera.
+    """
+    sources: list[FrameSource] = []
+    plain: list[str | os.PathLike] = []
+
+    def flush() -> None:
+        if plain:
+            sources.append(FileFrames(list_depth_files(plain), intrinsics))
+            plain.clear()
+
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if text == LIVE_PREFIX or (text.startswith(LIVE_PREFIX + ":") and not path.exists()):
+            from handgan.realsense import RealSenseFrames
+
+            flush()
+            serial = text.partition(":")[2] or None
+            sources.append(RealSenseFrames(None, serial=serial, max_frames=max_frames))
+        elif path.suffix.lower() in RECORDING_SUFFIXES:
+            from handgan.realsense import RealSenseFrames
+
+            flush()
+            if not path.is_file():
+                raise HandganError(f"{path}: no such recording")
+            sources.append(RealSenseFrames(path, max_frames=max_frames))
+        elif path.is_dir() and is_nyu_split(path):
+            from handgan.data.nyu import NYUSplit
+
+            flush()
+            sources.append(DatasetFrames(NYUSplit(path.parent, path.name)))
+        else:
+            plain.append(item)
+    flush()
+    return sources
+
+
 def predict_frames(estimator, sources: Sequence[FrameSource],
                    out: str | os.PathLike | None = None, overlay: bool = True,
                    video: str | os.PathLike | None = None, fps: float = DEFAULT_FPS,
@@ -99,7 +157,7 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
 
     Args:
         estimator: an ``inference.Estimator``.
-        sources: frame sources (``frames.open_sources``).
+        sources: frame sources (:func:`open_sources`).
         out: output folder, or None to write no per-frame files.
         overlay: write the overlay PNGs.
         video: a .gif or .mp4 path: the overlays of the frames that worked, as a video.
@@ -234,7 +292,6 @@ def _unique(name: str, used: dict[str, int]) -> str:
 def _write_frame(out_dir: Path, name: str, frame: Frame, pred, error: float | None,
                  picture: np.ndarray | None) -> list[Path]:
     from handgan.atomic import atomic_write_text
-    from handgan.inference import format_records
     from handgan.overlay import write_png
 
     record = {"file": frame.origin, **pred.to_dict()}
@@ -263,3 +320,22 @@ def _write_predictions(out_dir: Path, report: PredictReport) -> list[Path]:
 
 def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in values]
+
+
+def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
+    """Prediction records (``{"file": ..., **Prediction.to_dict()}``) as JSON text with one joint
+    per line: a single record as an object, several as a list."""
+    def one(record: dict[str, Any], indent: str) -> str:
+        items = []
+        for key, value in record.items():
+            if key in ("joints", "truth"):
+                joints = ",\n".join(f"{indent}    {json.dumps(name)}: {json.dumps(j)}"
+                                     for name, j in value.items())
+                items.append(f"{indent}  {json.dumps(key)}: {{\n{joints}\n{indent}  }}")
+            else:
+                items.append(f"{indent}  {json.dumps(key)}: {json.dumps(value)}")
+        return f"{indent}{{\n" + ",\n".join(items) + f"\n{indent}}}"
+
+    if isinstance(records, dict):
+        return one(records, "") + "\n"
+    return "[\n" + ",\n".join(one(r, "  ") for r in records) + "\n]\n"

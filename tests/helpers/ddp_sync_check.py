@@ -10,8 +10,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import handgan.train as train_mod
+from handgan.batches import Batch
 from handgan.config import apply_overrides, preset
 from handgan.distributed import init_distributed, shutdown
+from handgan.steps import gan_step, supervised_step
 
 
 def flat(module):
@@ -40,9 +42,9 @@ def main():
         j_l = torch.randn(4, 14, 3, generator=g) * 0.3
         x_u = torch.rand(4, 1, 64, 64, generator=g) * 2 - 1
         if gan:
-            train_mod.gan_step(gen_t, dis_t, opt_g, opt_d, x_l, j_l, x_u, cfg)
+            gan_step(gen_t, dis_t, opt_g, opt_d, Batch(x_l, j_l, x_u), cfg)
         else:
-            train_mod.supervised_step(dis_t, opt_d, x_l, j_l, cfg)
+            supervised_step(dis_t, opt_d, Batch(x_l, j_l), cfg)
     for name, module, before in (("generator", gen, start[0]), ("discriminator", dis, start[1])):
         mine = flat(module)
         everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from handgan.atomic import atomic_write_text
-from handgan.checkpoint import check_networks, load_checkpoint
-from handgan.config import CENTRES, DataConfig, TrainConfig, from_dict
+from handgan.checkpoint import load_checkpoint, resolve_checkpoint
+from handgan.config import CENTRES, DataConfig, TrainConfig
 from handgan.data.sources import (
     ensure_synthetic,
     open_split,
@@ -43,6 +43,7 @@ from handgan.data.sources import (
     split_names,
 )
 from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
+from handgan.device import resolve_device
 from handgan.errors import HandganError
 from handgan.evaluation.figures import (
     plot_generated,
@@ -51,7 +52,7 @@ from handgan.evaluation.figures import (
 )
 from handgan.evaluation.metrics import (
     CURVE_KINDS,
-    joint_errors_xyz,
+    crop_errors_mm,
     mean_error_mm,
     per_joint_error_mm,
     success_auc,
@@ -63,6 +64,7 @@ from handgan.fidelity import generator_fidelity, hand_region_mask, radius_px, sk
 from handgan.joints import readable_names
 from handgan.localize import Localizer, localisation_errors, localisation_summary, locate_reader
 from handgan.models import Discriminator, Generator
+from handgan.networks import load_networks, predict, read_crop_spec
 from handgan.outputs import check_output_folder
 from handgan.plots import crop_skeleton_grid, sample_grid
 from handgan.refine import refine_poses
@@ -73,40 +75,11 @@ FRAME_GRID = 8  # whole frames in frames.png
 REFINE_BATCH = 256
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A run folder -> its ``checkpoints/best.pt`` (else ``last.pt``); a file -> itself."""
-    path = Path(path)
-    if path.is_dir():
-        for folder in (path / "checkpoints", path):
-            for name in ("best.pt", "last.pt"):
-                if (folder / name).is_file():
-                    return folder / name
-        raise HandganError(f"{path}: no checkpoints/best.pt or last.pt (not a run folder?)")
-    if not path.exists():
-        raise HandganError(f"{path}: no such run folder or checkpoint")
-    return path
-
-
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """RUN/eval-SPLIT for a checkpoint inside RUN/checkpoints/, else next to the file."""
     folder = checkpoint.parent
     run = folder.parent if folder.name == "checkpoints" else folder
     return run / f"eval-{split}"
-
-
-def load_networks(ckpt: dict, device: torch.device) -> tuple[TrainConfig, Generator,
-                                                              Discriminator]:
-    """The run's config and both networks in eval mode."""
-    cfg = from_dict(ckpt["config"])
-    gen, dis = Generator(cfg.model), Discriminator(cfg.model)
-    try:
-        gen.load_state_dict(ckpt["generator"])
-        dis.load_state_dict(ckpt["discriminator"])
-    except (KeyError, RuntimeError) as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
-        raise HandganError(f"checkpoint weights do not fit its config, written by another "
-                           f"handgan version? ({detail})") from None
-    return cfg, gen.to(device).eval(), dis.to(device).eval()
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
@@ -146,27 +119,69 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
             ``reference`` on a supervised run (its generator was never trained); a reference
             that does not fit the run.
     """
-    from handgan.train import predict, resolve_device
-
     path = resolve_checkpoint(checkpoint)
     if out != "" and (out is not None or split is not None):  # RUN/eval-SPLIT: once it is known
         check_output_folder(out if out is not None else default_out_dir(path, split))
     ckpt = load_checkpoint(path)
-    check_networks(ckpt, path)
     dev = resolve_device(device)
-    cfg, gen, dis = load_networks(ckpt, dev)
+    cfg, gen, dis = load_networks(path, device=dev, ckpt=ckpt)
+    ref = _reference(path, cfg, refine, reference, dev)
+    centre = centre or cfg.data.centre
+    spec, split = _pick_split(path, cfg, data, split, centre, out, progress)
+    cache_dir = DataConfig.cache_dir if cache_dir is None else cache_dir  # not the checkpoint's
+    params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
+    reader = open_split(spec, split)
+    localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
+                 if centre == "com" and ckpt.get("localizer") is not None else None)
+    cache = _labelled_cache(spec, split, reader, cache_dir, params, cfg, localizer, progress)
+    crops = all_labeled(cache)
+    if ref is not None:
+        _check_reference(ref, cache)
+    pred_norm = predict(dis, crops, dev, progress=progress)
+    if refine:
+        pred_norm = _refine(gen, crops, pred_norm, refine, dev, progress)
+    errors = crop_errors_mm(pred_norm, crops)
+    mean_pose = ckpt.get("mean_pose")  # the baseline: always the mean labelled training pose
+    baseline_errors = crop_errors_mm(mean_pose.double().numpy(), crops) if mean_pose is not None \
+        else None
+    metrics = {"checkpoint": str(path), "step": ckpt.get("step"), "mode": cfg.mode,
+               "data": str(spec), "split": split, "centre": centre, "frames": len(cache),
+               "skipped_frames": len(cache.bad_frames),
+               "joints": list(readable_names(cache.joint_names)),
+               **_error_metrics(errors, baseline_errors), "refine_steps": refine}
+    if centre == "com":
+        metrics["localisation"] = _localisation(reader, cache, localizer)
+    elif ckpt.get("localizer") is not None and full_frame:
+        metrics["full_frame"] = _full_frame(ckpt, path, reader, cache_dir, params, dis, dev,
+                                            progress)
+    if cfg.mode == "gan":
+        metrics["generator"] = _fidelity(gen, dis, ref, crops, dev)
+    out = default_out_dir(path, split) if out is None else out
+    if out != "":
+        _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, gen, dev,
+                      reader)
+    return metrics
+
+
+def _reference(path: Path, cfg: TrainConfig, refine: int, reference, device: torch.device):
+    """The options that need the run's generator, checked; the reference loaded, or None."""
     if refine < 0:
         raise HandganError(f"refine must be >= 0 steps, got {refine}")
     if cfg.mode != "gan" and (refine or reference is not None):
         what = "refinement" if refine else "a reference (it reads back Gen(J))"
         raise HandganError(f"{path}: {what} needs a trained generator; this is a mode "
                            f"{cfg.mode!r} run, whose generator was never trained")
-    ref = _load_reference(reference, cfg, dev) if reference is not None else None
+    return _load_reference(reference, cfg, device) if reference is not None else None
+
+
+def _pick_split(path: Path, cfg: TrainConfig, data: str | None, split: str | None, centre: str,
+                out, progress: bool):
+    """(source spec, split name) to evaluate: the given ones, checked, or the run's source and
+    its test split (then the default report folder is checked, now that its name is known)."""
     source = data or cfg.data.source
     if data is None and _missing_synthetic(parse_source(source)):
         raise HandganError(f"{source}: the checkpoint's training data is not here (give --data; "
                            "--data synthetic makes the default set in data/synthetic)")
-    centre = centre or cfg.data.centre
     if centre not in CENTRES:
         raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
     spec = parse_source(source)
@@ -181,12 +196,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
             check_output_folder(default_out_dir(path, split))
     if split not in names:
         raise HandganError(f"{spec}: no split {split!r} (has: {', '.join(names)})")
-    params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
-    if cache_dir is None:
-        cache_dir = DataConfig.cache_dir  # the local default, not the checkpoint's
-    reader = open_split(spec, split)
-    localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
-                 if centre == "com" and ckpt.get("localizer") is not None else None)
+    return spec, split
+
+
+def _labelled_cache(spec, split: str, reader, cache_dir, params: CropParams, cfg: TrainConfig,
+                    localizer: Localizer | None, progress: bool) -> CropCache:
+    """The split's crops, cropped as the run's were (centred by ``localizer`` when given);
+    refused without labels or with another joint count than the model's."""
     located = locate_reader(localizer, reader, progress) if localizer is not None else None
     cache = load_or_build_cache(reader, cache_dir, params, progress=progress,
                                 on_bad=cfg.data.on_bad, located=located)
@@ -195,32 +211,19 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     if cache.joints_norm.shape[1] != cfg.model.num_joints:
         raise HandganError(f"{spec}: {cache.joints_norm.shape[1]} joints per frame, the model "
                            f"predicts {cfg.model.num_joints} (trained on another dataset?)")
-    crops = all_labeled(cache)
-    if ref is not None:
-        _check_reference(ref, cache)
-    pred_norm = predict(dis, crops, dev, progress=progress)
-    if refine:
-        pred_norm = _refine(gen, crops, pred_norm, refine, dev, progress)
-    true_norm = np.asarray(cache.joints_norm, np.float64)
-    pred_uvd, true_uvd, pred_xyz, true_xyz = _to_frame(cache, pred_norm, true_norm)
-    errors = joint_errors_xyz(pred_xyz, true_xyz)
+    return cache
 
-    mean_pose = ckpt.get("mean_pose")
-    baseline_errors = None
-    if mean_pose is not None:
-        base_norm = np.broadcast_to(mean_pose.double().numpy(), true_norm.shape)
-        baseline_errors = joint_errors_xyz(_to_frame(cache, base_norm, true_norm)[2], true_xyz)
 
+def _error_metrics(errors: np.ndarray, baseline_errors: np.ndarray | None) -> dict:
+    """The metrics of (N, J) joint errors: mean, median, per joint, per-frame worst, the
+    mean-pose baseline's mean and the three success curves with their AUC."""
     thresholds = thresholds_mm()
     success = {}
     for kind in CURVE_KINDS:
         rates = success_rates(errors, thresholds, kind)
         success[kind] = {"thresholds": thresholds.tolist(), "rates": rates.tolist(),
                          "auc": success_auc(thresholds, rates)}
-    metrics = {
-        "checkpoint": str(path), "step": ckpt.get("step"), "mode": cfg.mode,
-        "data": str(spec), "split": split, "centre": centre, "frames": len(cache),
-        "skipped_frames": len(cache.bad_frames), "joints": list(readable_names(cache.joint_names)),
+    return {
         "mean_error_mm": mean_error_mm(errors),
         "median_error_mm": float(np.median(errors)),
         "per_joint_mm": per_joint_error_mm(errors).tolist(),
@@ -228,21 +231,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         "mean_pose_baseline_mm": (mean_error_mm(baseline_errors)
                                   if baseline_errors is not None else None),
         "success": success,
-        "refine_steps": refine,
     }
-    if centre == "com":
-        metrics["localisation"] = _localisation(reader, cache, localizer)
-    elif ckpt.get("localizer") is not None and full_frame:
-        metrics["full_frame"] = _full_frame(ckpt, path, reader, cache_dir, params, dis, dev,
-                                            progress)
-    if cfg.mode == "gan":
-        metrics["generator"] = _fidelity(gen, dis, ref, crops, dev)
-    if out is None:
-        out = default_out_dir(path, split)
-    if out != "":
-        _write_report(Path(out), metrics, cache, errors, baseline_errors, pred_norm, true_norm,
-                      pred_uvd, true_uvd, gen, dev, reader)
-    return metrics
 
 
 def _full_frame(ckpt: dict, path: Path, reader, cache_dir, params: CropParams,
@@ -250,16 +239,12 @@ def _full_frame(ckpt: dict, path: Path, reader, cache_dir, params: CropParams,
     """The same split with crops centred where the checkpoint's localiser finds the hand in the
     full frame, as ``predict`` on a camera's frames does: its error and how far the centres
     lie from the labelled palm centre (frames where no hand is found are counted, left out)."""
-    from handgan.train import predict
-
     localizer = Localizer.from_state(ckpt["localizer"], where=str(path))
     cache = load_or_build_cache(reader, cache_dir, dataclasses.replace(params, centre="com"),
                                 progress=progress, on_bad="skip",
                                 located=locate_reader(localizer, reader, progress))
     crops = all_labeled(cache)
-    true_norm = np.asarray(cache.joints_norm, np.float64)
-    _, _, pred_xyz, true_xyz = _to_frame(cache, predict(dis, crops, device), true_norm)
-    errors = joint_errors_xyz(pred_xyz, true_xyz)
+    errors = crop_errors_mm(predict(dis, crops, device), crops)
     return {"mean_error_mm": mean_error_mm(errors), "median_error_mm": float(np.median(errors)),
             "frames": len(cache), "skipped_frames": len(cache.bad_frames),
             "localisation": _localisation(reader, cache, localizer)}
@@ -285,28 +270,24 @@ def _missing_synthetic(spec) -> bool:
     return spec.kind == "synthetic" and read_manifest(spec.root) is None
 
 
-def _to_frame(cache: CropCache, pred_norm: np.ndarray, true_norm: np.ndarray):
-    """Normalised joints -> (pred uvd, true uvd, pred xyz, true xyz), row by row with each crop's
+def _to_uvd(cache: CropCache, norm: np.ndarray) -> np.ndarray:
+    """Normalised joints (N, J, 3) -> full-frame u, v px, d mm, row by row with each crop's
     exact transform."""
-    shape = pred_norm.shape
-    pred_uvd, true_uvd = np.empty(shape), np.empty(shape)
-    pred_xyz, true_xyz = np.empty(shape), np.empty(shape)
-    for i in range(shape[0]):
-        t = cache.transform(i)
-        pred_uvd[i], true_uvd[i] = t.norm_to_uvd(pred_norm[i]), t.norm_to_uvd(true_norm[i])
-        pred_xyz[i], true_xyz[i] = t.norm_to_xyz(pred_norm[i]), t.norm_to_xyz(true_norm[i])
-    return pred_uvd, true_uvd, pred_xyz, true_xyz
+    uvd = np.empty(norm.shape)
+    for i in range(norm.shape[0]):
+        uvd[i] = cache.transform(i).norm_to_uvd(norm[i])
+    return uvd
 
 
 def _load_reference(reference: str | os.PathLike, cfg: TrainConfig, device: torch.device):
     """(path, pose network, crop spec) of a reference checkpoint that predicts the run's joints."""
-    from handgan.inference import load_networks as load_network
-
     path = resolve_checkpoint(reference)
-    net, spec, model = load_network(path, "estimator", device)
-    if model.num_joints != cfg.model.num_joints:
-        raise HandganError(f"{path}: the reference predicts {model.num_joints} joints, the run "
-                           f"{cfg.model.num_joints}")
+    ckpt = load_checkpoint(path)
+    ref_cfg, net = load_networks(path, ["estimator"], device, ckpt=ckpt)
+    spec = read_crop_spec(ckpt, ref_cfg.model, path)
+    if ref_cfg.model.num_joints != cfg.model.num_joints:
+        raise HandganError(f"{path}: the reference predicts {ref_cfg.model.num_joints} joints, "
+                           f"the run {cfg.model.num_joints}")
     return path, net, spec
 
 
@@ -356,12 +337,13 @@ def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.devi
 
 
 def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray,
-                  baseline_errors: np.ndarray | None, pred_norm: np.ndarray,
-                  true_norm: np.ndarray, pred_uvd: np.ndarray, true_uvd: np.ndarray,
-                  gen: Generator, device: torch.device, reader=None) -> None:
+                  baseline_errors: np.ndarray | None, pred_norm: np.ndarray, gen: Generator,
+                  device: torch.device, reader=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    true_norm = np.asarray(cache.joints_norm, np.float64)
+    pred_uvd = _to_uvd(cache, pred_norm)
     write_predictions(out / "predictions.txt", pred_uvd)
-    write_predictions(out / "groundtruth.txt", true_uvd)
+    write_predictions(out / "groundtruth.txt", _to_uvd(cache, true_norm))
 
     label = "handgan" if metrics["mode"] == "gan" else "supervised baseline"
     curve = metrics["success"]["max-frame"]
@@ -404,13 +386,16 @@ def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray
 def _plot_generated(path: Path, cache: CropCache, true_norm: np.ndarray, gen: Generator,
                     device: torch.device) -> None:
     """8 evenly spread frames: real crop | Gen(true joints) | |difference| in mm, hand region
-    outlined."""
+    outlined. Gen's sensor model draws its missing pixels from seed 0 (as ``fidelity`` does),
+    so the figure is the same however the networks were built; the caller's RNG is untouched."""
     rows = np.unique(np.linspace(0, len(cache) - 1, min(GENERATED_FRAMES, len(cache)))
                      .round().astype(int))
     real = np.asarray(cache.crops[rows], np.float32)  # (N, S, S)
     transforms = [cache.transform(int(i)) for i in rows]
     half = np.array([t.half_depth_mm for t in transforms]).reshape(-1, 1, 1)
-    with torch.no_grad():
+    cuda = torch.device(device).type == "cuda"
+    with torch.no_grad(), torch.random.fork_rng(devices=None if cuda else []):
+        torch.manual_seed(0)
         joints = torch.as_tensor(true_norm[rows], dtype=torch.float32, device=device)
         rays = torch.as_tensor(np.stack([t.ray for t in transforms]), device=device)
         fake = gen(joints, rays).float().cpu().numpy()[:, 0]

@@ -134,17 +134,23 @@ def mean_error_mm(errors: np.ndarray) -> float:
     return float(np.mean(_check_errors(errors)))
 
 
-def crops_mean_error_mm(pred_norm: np.ndarray, crops) -> float:
-    """Mean 3D joint error (mm) of normalised predictions (N, J, 3), or one pose (J, 3) for every
-    row, against the labels of ``crops`` (a LabeledCrops); normalised -> mm with each row's exact
-    crop transform (``norm_to_xyz``)."""
+def crop_errors_mm(pred_norm: np.ndarray, crops) -> np.ndarray:
+    """(N, J) 3D joint errors in mm of normalised predictions (N, J, 3), or of one pose (J, 3)
+    for every row, against the labels of ``crops`` (a LabeledCrops): both mapped to camera xyz
+    with each row's exact crop transform (``norm_to_xyz``). Training's evaluations and
+    ``handgan evaluate`` both score with it."""
     target = np.asarray(crops.joints_norm[crops.indices], np.float64)
     errors = []
     for k in range(len(crops)):
         t = crops.transform(k)
         p = pred_norm if pred_norm.ndim == 2 else pred_norm[k]
         errors.append(np.linalg.norm(t.norm_to_xyz(p) - t.norm_to_xyz(target[k]), axis=-1))
-    return float(np.mean(errors))
+    return np.stack(errors) if errors else np.zeros((0, target.shape[1]))
+
+
+def crops_mean_error_mm(pred_norm: np.ndarray, crops) -> float:
+    """Mean 3D joint error (mm) over frames and joints: the mean of :func:`crop_errors_mm`."""
+    return float(np.mean(crop_errors_mm(pred_norm, crops)))
 
 
 def per_joint_error_mm(errors: np.ndarray) -> np.ndarray:

@@ -1,0 +1,316 @@
+"""A run's data, from the configured sources to the batches of each training step.
+
+    data = load_data(cfg)                                   # crop caches, split, baseline pose
+    order = epoch_order(rng, len(data.labeled), count)      # one epoch's batch order
+    batches = EpochBatches(data.labeled, data.unlabeled, order, order_u, batch, share, steps)
+    x_l, j_l, x_u, views, ray_l = batches[b]                # a Batch
+
+The crop caches and the labelled / unlabelled crop sets are :mod:`handgan.dataset`'s; this module
+splits the training split into labelled, validation and unlabelled rows, adds any ``--unlabeled``
+source, and cuts each epoch into batches. Every batch is a pure function of the epoch's orders,
+which the training loop draws from one seeded generator: that generator's state is checkpointed,
+so a resumed run takes exactly the batches an uninterrupted run would have taken.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from handgan.augment import AugmentConfig
+from handgan.config import TrainConfig
+from handgan.data.sources import (
+    ensure_synthetic,
+    open_split,
+    parse_source,
+    pick_test_split,
+    split_names,
+)
+from handgan.dataset import (
+    CropCache,
+    CropParams,
+    LabeledCrops,
+    UnlabeledCrops,
+    ViewMaps,
+    all_labeled,
+    all_unlabeled,
+    load_or_build_cache,
+    split_labeled,
+)
+from handgan.errors import HandganError
+from handgan.localize import Localizer, fit_run_localizer, locate_reader
+
+# --------------------------------------------------------------------------------------------
+# A run's crops
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """What one run trains and evaluates on."""
+
+    labeled: LabeledCrops          # labelled training crops (augmented)
+    unlabeled: UnlabeledPool       # unlabelled training crops (+ any --unlabeled source)
+    val: LabeledCrops | None       # held-out training frames that choose best.pt
+    test: LabeledCrops | None      # the source's test split: reported, never used to choose
+    mean_pose: np.ndarray          # (J, 3) mean normalised labelled pose: the baseline
+    crop: dict                     # crop_metadata() of the training crops
+    train_cache: CropCache         # the training split's crops (labelled, val and unlabelled)
+    train_frames: int              # labelled + unlabelled frames of the training split
+
+
+def load_data(cfg: TrainConfig, progress: bool = True,
+              localizer: Localizer | None = None) -> TrainData:
+    """Open (building on first use) the crop caches of the configured sources and split them.
+    With ``data.centre == "com"`` and a ``localizer``, crops are centred where it finds the hand
+    (else where :func:`~handgan.preprocess.localize_hand` does)."""
+    spec = parse_source(cfg.data.source)
+    ensure_synthetic(spec, seed=cfg.seed, progress=progress)
+    names = split_names(spec)
+    if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names and spec.option is None:
+        # never train on a test split by accident; nyu:DIR:SPLIT names the split to train on
+        hint = f"; to train on it, name it: {spec}:{names[0]}" if spec.kind == "nyu" and names \
+            else ""
+        raise HandganError(f"{spec}: no train split to train on (found: "
+                           f"{', '.join(names) or 'none'}); its frames can "
+                           f"join a run as unlabelled ones: --unlabeled {spec}{hint}")
+    train_cache = _cache(spec, names[0], cfg, progress, localizer)
+    test_name = pick_test_split(names[1:])  # none: the run reports its validation hold-out only
+    test_cache = _cache(spec, test_name, cfg, progress, localizer) if test_name else None
+    d = cfg.data
+    amount = ({"labeled_count": d.labeled_count} if d.labeled_count is not None
+              else {"labeled_fraction": d.labeled_fraction})
+    augment = _augment(cfg)
+    if not train_cache.labeled:
+        raise HandganError(f"{spec}: the training split has no labels; give it as --unlabeled "
+                           "and train on a labelled source")
+    train_rows, val_rows = validation_rows(len(train_cache), d.val_fraction, d.split_seed)
+    labeled, unlabeled = split_labeled(train_cache, **amount, seed=d.split_seed, augment=augment,
+                                       rows=train_rows)
+    parts = [unlabeled]
+    if d.unlabeled and d.unlabeled.lower() not in ("none", "null"):
+        extra_spec = parse_source(d.unlabeled)
+        ensure_synthetic(extra_spec, seed=cfg.seed, progress=progress)
+        extra = _cache(extra_spec, split_names(extra_spec)[0], cfg, progress, localizer)
+        parts.append(all_unlabeled(extra, augment=augment, seed=d.split_seed))
+    mean_pose = np.asarray(train_cache.joints_norm[labeled.indices], np.float64).mean(axis=0)
+    val = LabeledCrops(train_cache, val_rows) if len(val_rows) else None
+    test = all_labeled(test_cache) if test_cache is not None else None
+    return TrainData(labeled, UnlabeledPool(parts), val, test, mean_pose,
+                     crop_metadata(train_cache, cfg), train_cache, len(train_rows))
+
+
+def prepare_data(cfg: TrainConfig, run_dir: Path, device: torch.device, progress: bool
+                 ) -> tuple[TrainData, Localizer | None, dict | None]:
+    """The run's data and its hand localiser (stage 1: trained on the labelled training frames,
+    or loaded when a resumed run has it). With ``data.centre == "com"`` the crops are then
+    centred by that localiser, so the labelled/validation split is first drawn on crops centred
+    by the labels. Returns (data, localizer or None, the localiser's log record or None)."""
+    if not cfg.localizer.enabled:
+        return load_data(cfg, progress), None, None
+    located = cfg.data.centre == "com"
+    by_labels = (dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, centre="gt"))
+                 if located else cfg)
+    data = load_data(by_labels, progress)
+    spec = parse_source(cfg.data.source)
+    cache = data.train_cache
+    localizer, record = fit_run_localizer(
+        run_dir, cfg.localizer, open_split(spec, split_names(spec)[0]),
+        cache.frame_index[data.labeled.indices],
+        cache.frame_index[data.val.indices] if data.val is not None else np.arange(0),
+        seed=cfg.seed, device=device, progress=progress)
+    if located:
+        data = load_data(cfg, progress, localizer)
+    return data, localizer, record
+
+
+def validation_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of an n-row training cache; no validation rows for
+    ``fraction == 0``. Drawn with its own seeded stream, so the labelled draw among the
+    training rows does not depend on the hold-out's size."""
+    if fraction <= 0:
+        return np.arange(n), np.arange(0)
+    n_val = max(1, math.floor(fraction * n + 0.5))
+    if n_val >= n:
+        raise HandganError(f"{n} training frames: too few to hold out {fraction:g} for validation "
+                           "(set data.val_fraction=0)")
+    order = np.random.default_rng((seed, 0x7A1)).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def crop_metadata(cache: CropCache, cfg: TrainConfig) -> dict:
+    """What inference needs to crop a new frame the way the training crops were made; saved in
+    every checkpoint under ``"crop"`` (plain data, ``weights_only``-safe)."""
+    cubes = cache.transforms[:, 3:6]
+    intr = cache.intrinsics
+    return {
+        "size": int(cache.size),
+        "cube_mm": [float(c) for c in np.median(cubes, axis=0)] if len(cubes) else None,
+        "centre": cfg.data.centre,
+        "joint_names": list(cache.joint_names),
+        "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy,
+                       "width": intr.width, "height": intr.height, "y_up": intr.y_up},
+        "source": cfg.data.source,
+    }
+
+
+def _cache(spec, split: str, cfg: TrainConfig, progress: bool,
+           localizer: Localizer | None = None) -> CropCache:
+    params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=cfg.data.centre)
+    reader = open_split(spec, split)
+    located = None
+    if localizer is not None and cfg.data.centre == "com":
+        located = locate_reader(localizer, reader, progress)
+    return load_or_build_cache(reader, cfg.data.cache_dir, params, progress=progress,
+                               on_bad=cfg.data.on_bad, located=located)
+
+
+def _augment(cfg: TrainConfig) -> AugmentConfig | None:
+    """The AugmentConfig, or None when it cannot change a crop (enables the fast path)."""
+    a = cfg.data.augment
+    if tuple(a.modes) == ("none",) and not a.pixel_dropout_p and not a.depth_noise_sigma_mm:
+        return None
+    return a
+
+
+class UnlabeledPool:
+    """Several UnlabeledCrops seen as one: positions index their concatenation."""
+
+    def __init__(self, parts: list[UnlabeledCrops]):
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def _by_part(self, positions: np.ndarray):
+        """(part, where, local positions) for each part that ``positions`` touch."""
+        positions = np.asarray(positions, dtype=np.int64)
+        part = np.searchsorted(self.offsets, positions, side="right") - 1
+        for k, p in enumerate(self.parts):
+            where = np.flatnonzero(part == k)
+            if len(where):
+                yield p, where, positions[where] - self.offsets[k]
+
+    def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
+        out: list[torch.Tensor | None] = [None] * len(positions)
+        for p, where, local in self._by_part(positions):
+            for w, crop in zip(where, p.sample_batch(local)):
+                out[w] = crop
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
+                     ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
+        """:meth:`UnlabeledCrops.sample_views` over the concatenated parts, in ``positions``
+        order."""
+        views_a, views_b, maps, where_all = [], [], [], []
+        for p, where, local in self._by_part(positions):
+            a, b, m = p.sample_views(local, view_augment)
+            views_a.append(a)
+            views_b.append(b)
+            maps.append(m)
+            where_all.append(where)
+        back = np.argsort(np.concatenate(where_all), kind="stable")  # -> positions order
+        return torch.cat(views_a)[back], torch.cat(views_b)[back], ViewMaps.concat(maps, back)
+
+
+def equivariance_augment(cfg: TrainConfig) -> AugmentConfig:
+    """How the equivariance term's view B is drawn from the crop (view A).
+
+    Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
+    amounts, with the rotation range ``loss.equi_rotation_deg``, the centre shift
+    ``loss.equi_translation_mm`` and the cube scale ``loss.equi_scale_sigma`` where set; no
+    pixel dropout (``data.augment``'s is for the labelled crops).
+    """
+    w = cfg.loss
+    amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
+               "scale_sigma": w.equi_scale_sigma}
+    return dataclasses.replace(cfg.data.augment, combine=True, pixel_dropout_p=0.0,
+                               **{k: v for k, v in amounts.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+class Batch(NamedTuple):
+    """One training batch: this process's share of a global batch."""
+
+    x_l: torch.Tensor                   # (B, 1, S, S) labelled crops in [-1, 1]
+    j_l: torch.Tensor                   # (B, J, 3) their normalised joints
+    x_u: torch.Tensor | None = None     # (B, 1, S, S) unlabelled crops (view B with ``views``)
+    views: tuple[torch.Tensor, ViewMaps] | None = None  # equivariance: view A of x_u, A -> B maps
+    ray_l: torch.Tensor | None = None   # (B, 3) the labelled crops' centre rays (skeleton render)
+
+    def to(self, device: torch.device, memory_format=torch.preserve_format) -> Batch:
+        """The batch on ``device`` (crops in ``memory_format``; the view maps stay numpy)."""
+        def crops(x):
+            return x.to(device, non_blocking=True, memory_format=memory_format)
+
+        def other(x):
+            return None if x is None else x.to(device, non_blocking=True)
+
+        return Batch(crops(self.x_l), other(self.j_l),
+                     None if self.x_u is None else crops(self.x_u),
+                     None if self.views is None else (crops(self.views[0]), self.views[1]),
+                     other(self.ray_l))
+
+
+def epoch_order(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    """At least ``count`` positions of ``range(n)`` for one epoch: whole permutations, end to end
+    (a set smaller than an epoch's draws is cycled through several times)."""
+    return np.concatenate([rng.permutation(n) for _ in range(math.ceil(count / n))])
+
+
+class EpochBatches(Dataset):
+    """Batch ``b`` of one epoch, this process's share: a :class:`Batch`. Every batch is a pure
+    function of the epoch's orders, so worker processes can prepare batches ahead (augmentation
+    included) and the run is the same with any number of workers."""
+
+    def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
+                 order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
+                 steps: int, view_augment: AugmentConfig | None = None,
+                 rays: bool = False):
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
+        self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
+        self.steps = steps
+        self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, b: int) -> Batch:
+        window = slice(b * self.batch, (b + 1) * self.batch)
+        x_l, j_l, *ray_l = self.labeled.sample_batch(self.order[window][self.share], self.rays)
+        ray_l = ray_l[0] if ray_l else None
+        x_u = views = None
+        if self.order_u is not None:  # one unlabelled crop per labelled crop
+            rows = self.order_u[window][self.share]
+            if self.view_augment is not None:
+                x_a, x_u, maps = self.unlabeled.sample_views(rows, self.view_augment)
+                views = (x_a, maps)
+            else:
+                x_u = self.unlabeled.sample_batch(rows)
+        return Batch(x_l, j_l, x_u, views, ray_l)
+
+
+def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):
+    """Batches ``start..`` of an epoch, prepared by ``workers`` processes ahead of training (in
+    order), or in this process for ``workers == 0``."""
+    if workers == 0:
+        return (batches[b] for b in range(start, len(batches)))
+    # A private generator: the loader's seed draw must not move torch's global RNG.
+    return iter(DataLoader(batches, batch_size=None, sampler=range(start, len(batches)),
+                           num_workers=workers, pin_memory=pin, prefetch_factor=4,
+                           generator=torch.Generator()))

@@ -1,0 +1,217 @@
+"""A training checkpoint's networks: the one way from a checkpoint to Gen, Dis or the pose
+estimator, for training's resume, evaluation, inference, generation and export.
+
+    ckpt = load_checkpoint(path)
+    cfg, gen, dis = load_networks(path, ckpt=ckpt)                 # both networks, eval mode
+    cfg, estimator = load_networks(path, ["estimator"])            # Dis's trunk + pose branch
+    load_weights(ckpt, path, {"generator": gen, "discriminator": dis})   # into built networks
+    spec = read_crop_spec(ckpt, cfg.model, path)                   # how its crops were made
+    pred_norm = predict(dis, crops)                                # the pose branch on a crop set
+
+Networks are built on the meta device and filled from the checkpoint (no random initialisation),
+strictly: weights that do not fit the saved config are refused in one line naming the file.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from handgan.camera import NYU, Intrinsics
+from handgan.checkpoint import check_networks, load_checkpoint
+from handgan.config import TrainConfig, from_dict
+from handgan.dataset import LabeledCrops
+from handgan.errors import HandganError
+from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
+from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
+
+PARTS = ("generator", "discriminator", "estimator")
+DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
+EVAL_BATCH = 256
+
+
+# --------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------
+
+def load_networks(path: str | os.PathLike, parts: Sequence[str] = ("generator", "discriminator"),
+                  device: str | torch.device = "cpu", ckpt: Mapping[str, Any] | None = None
+                  ) -> tuple:
+    """The run config and the ``parts`` of a training checkpoint, in eval mode with gradients off.
+
+    Args:
+        path: checkpoint file (``load_checkpoint``: plain weights only, never runs code).
+        parts: any of "generator", "discriminator" and "estimator" (the discriminator's trunk +
+            pose branch as a ``PoseEstimator``; the real/fake head is not kept).
+        device: where the networks live.
+        ckpt: the checkpoint ``path`` holds, if already loaded (not read again).
+
+    Returns:
+        (config, *networks), the networks in the order of ``parts``.
+
+    Raises:
+        HandganError: unreadable / foreign checkpoint, missing keys, a bad config, or weights that
+            do not fit it.
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"parts must be among {', '.join(PARTS)}, got {unknown}")
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    keys = tuple(dict.fromkeys("generator" if p == "generator" else "discriminator"
+                               for p in parts))
+    check_networks(ckpt, path, keys)
+    cfg = read_config(ckpt, path)
+    nets = {}
+    with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
+        for part in parts:
+            nets[part] = (Generator(cfg.model) if part == "generator" else
+                          Discriminator(cfg.model) if part == "discriminator" else
+                          PoseEstimator(Discriminator(cfg.model)))
+    nets = {part: net.to_empty(device=device) for part, net in nets.items()}
+    load_weights(ckpt, path, nets)
+    return (cfg, *(nets[p].eval().requires_grad_(False) for p in parts))
+
+
+def load_weights(ckpt: Mapping[str, Any], path: str | os.PathLike,
+                 networks: Mapping[str, nn.Module], config: str = "the saved model config"
+                 ) -> None:
+    """Copy a checkpoint's weights into built ``networks`` (keyed as :func:`load_networks`'s
+    parts), strictly. ``config`` names what the networks were built from, for the message.
+
+    Raises:
+        HandganError: weights that do not fit a network (one line naming ``path``).
+    """
+    for part, net in networks.items():
+        try:
+            if part == "estimator":  # its keys (trunk.*, pose.*) are the discriminator's
+                state = {k: v for k, v in ckpt["discriminator"].items()
+                         if k.startswith(("trunk.", "pose."))}
+            else:
+                state = ckpt[part]
+            net.load_state_dict(state, strict=True)
+        except (KeyError, RuntimeError, TypeError, AttributeError, ValueError) as e:
+            first = " ".join(str(e).split())[:200]
+            raise HandganError(f"{path}: the {part} weights do not fit {config} "
+                               f"({first})") from None
+
+
+def read_config(ckpt: Mapping[str, Any], path: str | os.PathLike) -> TrainConfig:
+    """The run's config saved in a checkpoint."""
+    try:
+        return from_dict(ckpt["config"])
+    except (ValueError, TypeError) as e:  # from_dict reports bad keys itself as HandganError
+        raise HandganError(f"{path}: bad config in the checkpoint ({e})") from None
+
+
+@torch.no_grad()
+def predict(dis: Discriminator, crops: LabeledCrops, device: torch.device | str = "cpu",
+            progress: bool = False) -> np.ndarray:
+    """Normalised joints (N, J, 3) float64 of a crop set, predicted by Dis's pose branch in eval
+    mode (the network is left in the mode it was in)."""
+    was_training = dis.training
+    dis.eval()
+    out = []
+    starts = range(0, len(crops), EVAL_BATCH)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+        x, _ = crops.sample_batch(np.arange(start, min(start + EVAL_BATCH, len(crops))))
+        out.append(dis.estimate(x.to(device)).float().cpu().numpy())
+    dis.train(was_training)
+    return np.concatenate(out).astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# What a checkpoint says about its crops
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How the training crops were made, so new frames are cropped the same way.
+
+    Attributes:
+        size: S, crop side in px (= the model's input size).
+        cube_mm: (x, y, z) cube sides in mm.
+        intrinsics: the training camera (the default for new frames).
+        joint_names: names of the J joints, in the network's output order.
+        centre: how training crops were centred: "gt" (a labelled joint) or "com" (localisation).
+        source: the training data source, for information.
+    """
+
+    size: int
+    cube_mm: tuple[float, float, float]
+    intrinsics: Intrinsics
+    joint_names: tuple[str, ...]
+    centre: str = "gt"
+    source: str = "unknown"
+
+    @property
+    def centre_joint(self) -> int | None:
+        """Index of the joint that training crops were centred on (the palm), if the joint set
+        is a known one; None otherwise."""
+        return centre_joint_index(self.joint_names)
+
+
+def centre_joint_index(joint_names: Sequence[str]) -> int | None:
+    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA; readable or
+    dataset names), else None."""
+    layout = layout_of_names(joint_names)
+    return layout.centre if layout is not None else None
+
+
+def is_nyu14(joint_names: Sequence[str]) -> bool:
+    """True for the 14 NYU evaluation joints (either naming)."""
+    return layout_of_names(joint_names) is NYU14
+
+
+def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:
+    """The crop spec saved under ``ckpt["crop"]`` by training.
+
+    Checkpoints written before that key existed still load, with the defaults of the NYU set-up
+    they were trained on: crop size = ``model.size``, a 300 mm cube, the NYU camera and the 14
+    NYU evaluation joints (``joints.NYU14_NAMES``). A saved ``cube_mm`` of None (an empty training
+    cache) also falls back to 300 mm.
+
+    Raises:
+        HandganError: when the saved metadata contradicts the model (size, joint count) or is
+            malformed; the message names ``path``.
+    """
+    crop = ckpt.get("crop")
+    if crop is None:
+        names = NYU14_NAMES if model.num_joints == 14 else \
+            tuple(f"joint_{j}" for j in range(model.num_joints))
+        return CropSpec(model.size, (DEFAULT_CUBE_MM,) * 3, NYU, names, "gt", "unknown")
+    try:
+        size = int(crop.get("size", model.size))
+        cube = crop.get("cube_mm")
+        cube = (DEFAULT_CUBE_MM,) * 3 if cube is None else \
+            tuple(float(c) for c in np.broadcast_to(np.asarray(cube, dtype=np.float64), (3,)))
+        intr = crop.get("intrinsics")
+        intrinsics = NYU if intr is None else Intrinsics(
+            fx=float(intr["fx"]), fy=float(intr["fy"]), cx=float(intr["cx"]),
+            cy=float(intr["cy"]), width=int(intr["width"]), height=int(intr["height"]),
+            y_up=bool(intr.get("y_up", True)))
+        names = tuple(str(n) for n in crop.get("joint_names") or ())
+        centre, source = str(crop.get("centre", "gt")), str(crop.get("source", "unknown"))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise HandganError(f"{path}: malformed crop metadata in the checkpoint "
+                           f"({type(e).__name__}: {e})") from None
+    if size != model.size:
+        raise HandganError(f"{path}: crop size {size} does not match the model's input size "
+                           f"{model.size}")
+    if not all(math.isfinite(c) and c > 0 for c in cube):
+        raise HandganError(f"{path}: crop cube_mm must be positive, got {list(cube)}")
+    if not names:
+        names = NYU14_NAMES if model.num_joints == 14 else \
+            tuple(f"joint_{j}" for j in range(model.num_joints))
+    if len(names) != model.num_joints:
+        raise HandganError(f"{path}: {len(names)} joint names but the model predicts "
+                           f"{model.num_joints} joints")
+    # Checkpoints save the dataset's names (F1_KNU3_A ..., C, T1 ...): print the readable ones.
+    return CropSpec(size, cube, intrinsics, readable_names(names), centre, source)
