@@ -69,8 +69,8 @@ def batch(n_l=BATCH, n_u=5, size=64):
 def identity_view_maps(n):
     """Two-view maps whose views A and B are the same crop (the map is the identity)."""
     from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
     from handgan.preprocess import CropTransform
+    from handgan.views import ViewMaps
     t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
     return ViewMaps([(t, t)] * n)
 
@@ -275,9 +275,9 @@ def test_equivariance_term_matches_its_formula(workdir, mode):
     import copy
 
     from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
     from handgan.losses import joint_loss
     from handgan.preprocess import CropTransform
+    from handgan.views import ViewMaps
     cfg = make_cfg(workdir, f"mode={mode}", "loss.w_equivariance=1", "loss.w_joint=0",
                    "loss.w_gan=0")
     gen, dis, opt_g, opt_d = models(cfg)

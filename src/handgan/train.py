@@ -37,6 +37,9 @@ from tqdm import tqdm
 
 from handgan.atomic import ATOMIC_TMP, atomic_write
 from handgan.augment import AugmentConfig
+from handgan.cachebuild import load_or_build_cache
+from handgan.cachesource import CropParams
+from handgan.cachestore import CropCache
 from handgan.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -52,14 +55,10 @@ from handgan.data.sources import (
     split_names,
 )
 from handgan.dataset import (
-    CropCache,
-    CropParams,
     LabeledCrops,
     UnlabeledCrops,
-    ViewMaps,
     all_labeled,
     all_unlabeled,
-    load_or_build_cache,
     split_labeled,
 )
 from handgan.device import (
@@ -91,6 +90,7 @@ from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_ba
 from handgan.plots import crop_pairs_image, write_grey_png
 from handgan.posespace import new_poses
 from handgan.runlock import FolderLock
+from handgan.views import ViewMaps
 
 EVAL_BATCH = 256
 

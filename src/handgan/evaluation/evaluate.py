@@ -33,8 +33,11 @@ import numpy as np
 import torch
 
 from handgan.atomic import atomic_write_text
+from handgan.cachebuild import load_or_build_cache
+from handgan.cachesource import CENTRES, CropParams
+from handgan.cachestore import CropCache
 from handgan.checkpoint import check_networks, load_checkpoint
-from handgan.config import CENTRES, DataConfig, TrainConfig, from_dict
+from handgan.config import DataConfig, TrainConfig, from_dict
 from handgan.data.sources import (
     ensure_synthetic,
     open_split,
@@ -42,7 +45,7 @@ from handgan.data.sources import (
     pick_test_split,
     split_names,
 )
-from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
+from handgan.dataset import all_labeled
 from handgan.errors import HandganError
 from handgan.evaluation.figures import (
     plot_generated,
