@@ -24,6 +24,7 @@ import torch
 
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, from_dict, preset
+from handgan.data.sources import prepare_sources
 from handgan.evaluation.evaluate import load_networks, resolve_checkpoint
 from handgan.fidelity import generator_fidelity
 from handgan.losses import reconstruction_loss
@@ -76,10 +77,12 @@ def main() -> None:
         ckpt = load_checkpoint(resolve_checkpoint(args.run))
         cfg, gen, dis = load_networks(ckpt, device)
         cfg = from_dict(ckpt["config"])
+        prepare_sources([cfg.data.source, cfg.data.unlabeled], seed=cfg.seed)
         estimators["run"] = dis
     else:
         cfg = apply_overrides(preset(args.preset),
                               [f"data.labeled_fraction={args.labeled_fraction}", *args.overrides])
+        prepare_sources([cfg.data.source, cfg.data.unlabeled], seed=cfg.seed)
         data = load_data(cfg, progress=False)
         gen = train_generator(cfg, data, args.steps, device)
     data = load_data(cfg, progress=False)

@@ -48,10 +48,10 @@ from handgan.checkpoint import (
 )
 from handgan.config import LossConfig, OptimConfig, TrainConfig, from_dict, save_yaml, to_dict
 from handgan.data.sources import (
-    ensure_synthetic,
     open_split,
     parse_source,
     pick_test_split,
+    prepare_sources,
     split_names,
 )
 from handgan.dataset import (
@@ -261,7 +261,6 @@ def load_data(cfg: TrainConfig, progress: bool = True,
     With ``data.centre == "com"`` and a ``localizer``, crops are centred where it finds the hand
     (else where :func:`~handgan.preprocess.localize_hand` does)."""
     spec = parse_source(cfg.data.source)
-    ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
     if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names and spec.option is None:
         # never train on a test split by accident; nyu:DIR:SPLIT names the split to train on
@@ -286,7 +285,6 @@ def load_data(cfg: TrainConfig, progress: bool = True,
     parts = [unlabeled]
     if d.unlabeled and d.unlabeled.lower() not in ("none", "null"):
         extra_spec = parse_source(d.unlabeled)
-        ensure_synthetic(extra_spec, seed=cfg.seed, progress=progress)
         extra = _cache(extra_spec, split_names(extra_spec)[0], cfg, progress, localizer)
         parts.append(all_unlabeled(extra, augment=augment, seed=d.split_seed))
     mean_pose = np.asarray(train_cache.joints_norm[labeled.indices], np.float64).mean(axis=0)
@@ -794,6 +792,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     seed_everything(cfg.seed)
     localizer_record = None
     if main:  # rank 0 builds the caches and trains the localiser; the others then open them
+        prepare_sources([cfg.data.source, cfg.data.unlabeled], seed=cfg.seed, progress=progress)
         data, localizer, localizer_record = prepare_data(cfg, run_dir, device, progress)
     barrier(info)
     if not main:

@@ -39,7 +39,6 @@ from handgan.cachestore import CropCache
 from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.config import DataConfig, TrainConfig, from_dict
 from handgan.data.sources import (
-    ensure_synthetic,
     open_split,
     parse_source,
     pick_test_split,
@@ -173,7 +172,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     if centre not in CENTRES:
         raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
     spec = parse_source(source)
-    ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
     if split is None:
         split = pick_test_split(names)
