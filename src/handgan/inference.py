@@ -35,12 +35,11 @@ from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
 from handgan.localize import Localizer
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
 from handgan.overlay import save_overlay  # noqa: F401  (API: moved to overlay.py)
-from handgan.preprocess import CropTransform, crop_depth, localize_hand
+from handgan.preprocess import DEFAULT_CUBE_MM, CropTransform, crop_depth, localize_hand
 from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
 from handgan.sequence import PredictReport
 
 BACKENDS = ("torch", "onnxruntime")
-DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
 
 
 # --------------------------------------------------------------------------------------------

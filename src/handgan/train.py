@@ -89,6 +89,7 @@ from handgan.models import Discriminator, Generator, init_weights
 from handgan.monitor import JsonlWriter, ScalarWriter, keep_records, progress_bar
 from handgan.plots import crop_pairs_image, write_grey_png
 from handgan.posespace import new_poses
+from handgan.preprocess import DEFAULT_CUBE_MM
 from handgan.runlock import FolderLock
 from handgan.views import ViewMaps
 
@@ -450,7 +451,8 @@ def recons_weight(joints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None
     elsewhere (None when w_hand = 1)."""
     if cfg.loss.w_hand == 1.0:
         return None
-    mask = training_hand_mask(joints.detach().float(), cfg.model.size, cfg.data.cube_mm or 300.0)
+    mask = training_hand_mask(joints.detach().float(), cfg.model.size,
+                              cfg.data.cube_mm or DEFAULT_CUBE_MM)
     return 1.0 + (cfg.loss.w_hand - 1.0) * mask
 
 

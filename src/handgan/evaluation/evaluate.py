@@ -67,6 +67,7 @@ from handgan.localize import Localizer, localisation_errors, localisation_summar
 from handgan.models import Discriminator, Generator
 from handgan.outputs import check_output_folder
 from handgan.plots import crop_skeleton_grid, sample_grid
+from handgan.preprocess import DEFAULT_CUBE_MM
 from handgan.refine import refine_poses
 
 GRID_FRAMES = 16
@@ -327,7 +328,7 @@ def _refine(gen: Generator, crops, pred_norm: np.ndarray, steps: int, device: to
     """The estimates refined by ``steps`` analysis-by-synthesis steps, a batch at a time."""
     from tqdm import tqdm
 
-    cube_x = float(crops.transform(0).cube_mm[0]) if len(crops) else 300.0
+    cube_x = float(crops.transform(0).cube_mm[0]) if len(crops) else DEFAULT_CUBE_MM
     out = []
     for start in tqdm(range(0, len(crops), REFINE_BATCH), desc="refine", unit="batch",
                       disable=not progress, dynamic_ncols=True):
