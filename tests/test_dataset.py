@@ -28,10 +28,9 @@ from handgan.dataset import (
 )
 from handgan.errors import HandganError
 from handgan.preprocess import crop_depth, preprocess_frame
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 N_TRAIN = 24
 

@@ -16,10 +16,9 @@ from handgan.data.sources import (
     split_names,
 )
 from handgan.errors import HandganError
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 
 @pytest.fixture(scope="module")

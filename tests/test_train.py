@@ -15,10 +15,9 @@ from handgan.errors import HandganError
 from handgan.evaluation.evaluate import load_networks
 from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
