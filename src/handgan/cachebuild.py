@@ -90,12 +90,13 @@ def load_or_build_cache(reader: FrameReader, cache_root: str | Path,
 
     A cache is reused when its manifest matches the source (reader settings, the names, sizes and
     mtimes of its depth and label files, the labels) and the parameters, and its arrays pass the
-    ``verify`` check ("quick" or "full", see the module doc). Any change of a source file or a
-    parameter gives another key, so it is rebuilt; an older cache of the same source and
-    parameters is then deleted. A reused cache with bad frames recorded raises like a build does
-    when ``on_bad="stop"``. ``located``: with ``params.centre == "com"``, the centres a learned
-    localiser found (part of the key), instead of :func:`~handgan.preprocess.localize_hand` in
-    the workers. Other arguments: see :func:`build_cache`.
+    ``verify`` check ("quick" or "full", see :mod:`handgan.cachestore`). Any change of a source
+    file or a parameter gives another key, so it is rebuilt; an older cache of the same source
+    and parameters is then deleted. A reused cache with bad frames recorded raises like a build
+    does when ``on_bad="stop"``. ``located``: with ``params.centre == "com"``, the centres a
+    learned localiser found (part of the key), instead of
+    :func:`~handgan.preprocess.localize_hand` in the workers. Other arguments: see
+    :func:`build_cache`.
     """
     if on_bad not in ON_BAD:
         raise HandganError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
