@@ -30,8 +30,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from handgan.augment import AugmentConfig
+from handgan.cachebuild import build_cache, load_or_build_cache
+from handgan.cachesource import CropParams
 from handgan.data.nyu import NYUSplit
-from handgan.dataset import CropParams, LabeledCrops, build_cache, load_or_build_cache
+from handgan.dataset import LabeledCrops
 
 
 def loader_rate(data, batch: int, workers: int, epochs: int) -> float:

@@ -25,6 +25,7 @@ import torch
 from handgan.batches import load_data
 from handgan.checkpoint import resolve_checkpoint
 from handgan.config import apply_overrides, preset
+from handgan.data.sources import prepare_sources
 from handgan.device import resolve_device
 from handgan.fidelity import generator_fidelity
 from handgan.losses import reconstruction_loss
@@ -77,10 +78,12 @@ def main() -> None:
     started = time.perf_counter()
     if args.run:
         cfg, gen, dis = load_networks(resolve_checkpoint(args.run), device=device)
+        prepare_sources([cfg.data.source, cfg.data.unlabeled], seed=cfg.seed)
         estimators["run"] = dis
     else:
         cfg = apply_overrides(preset(args.preset),
                               [f"data.labeled_fraction={args.labeled_fraction}", *args.overrides])
+        prepare_sources([cfg.data.source, cfg.data.unlabeled], seed=cfg.seed)
         data = load_data(cfg, progress=False)
         gen = train_generator(cfg, data, args.steps, device)
     data = load_data(cfg, progress=False)

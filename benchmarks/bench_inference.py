@@ -34,6 +34,7 @@ from handgan.config import preset, to_dict
 from handgan.errors import HandganError
 from handgan.inference import Estimator
 from handgan.models import Discriminator, Generator, init_weights
+from handgan.preprocess import DEFAULT_CUBE_MM
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
 
 DISTINCT_FRAMES = 16  # rendered once, then cycled
@@ -47,7 +48,7 @@ def random_checkpoint(path: Path, preset_name: str) -> None:
     gen.apply(init_weights)
     dis.apply(init_weights)
     intr = dataclasses.asdict(NYU)
-    crop = {"size": cfg.model.size, "cube_mm": [300.0] * 3, "centre": "gt",
+    crop = {"size": cfg.model.size, "cube_mm": [DEFAULT_CUBE_MM] * 3, "centre": "gt",
             "joint_names": [f"joint_{j}" for j in range(cfg.model.num_joints)],
             "intrinsics": intr, "source": "random weights (benchmark)"}
     save_checkpoint(path, {"config": to_dict(cfg), "generator": gen.state_dict(),

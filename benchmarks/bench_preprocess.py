@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from handgan.data.nyu import NYUSplit
-from handgan.preprocess import crop_depth, localize_hand
+from handgan.preprocess import DEFAULT_CUBE_MM, crop_depth, localize_hand
 
 _FRAMES: list[np.ndarray] = []
 
@@ -27,7 +27,7 @@ def _crop_all(args: tuple) -> int:
     intr, size, repeats = args
     for _ in range(repeats):
         for depth in _FRAMES:
-            crop_depth(depth, localize_hand(depth, intr), 300.0, size, intr=intr)
+            crop_depth(depth, localize_hand(depth, intr), DEFAULT_CUBE_MM, size, intr=intr)
     return repeats * len(_FRAMES)
 
 

@@ -24,8 +24,10 @@ import time
 import numpy as np
 import torch
 
+from handgan.cachebuild import load_or_build_cache
+from handgan.cachesource import CropParams
 from handgan.data.sources import open_split, parse_source
-from handgan.dataset import CropParams, LabeledCrops, load_or_build_cache
+from handgan.dataset import LabeledCrops
 from handgan.evaluation.metrics import crops_mean_error_mm
 from handgan.networks import load_networks
 from handgan.refine import refine_poses

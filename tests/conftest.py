@@ -1,13 +1,14 @@
 """Fixtures shared by the test modules."""
 import pytest
-from test_inference import save_tiny_checkpoint
 
 from handgan.inference import Estimator
+
+from helpers import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    """A tiny checkpoint from random networks (``test_inference.save_tiny_checkpoint``)."""
+    """A tiny checkpoint from random networks (``helpers.save_tiny_checkpoint``)."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_tiny_checkpoint(path)
     return path

@@ -13,11 +13,10 @@ from handgan.checkpoint import _torch_save, load_checkpoint, save_checkpoint
 from handgan.cli import main
 from handgan.config import apply_overrides, preset
 from handgan.errors import HandganError
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 
 @pytest.fixture(scope="module")

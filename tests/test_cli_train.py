@@ -3,10 +3,9 @@ import subprocess
 import sys
 
 from handgan.checkpoint import load_checkpoint
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 SMALL = ["--set", "model.width=8", "--set", "localizer.enabled=false", "--set", "model.pose_hidden=32", "--set", "optim.batch_size=8"]
 

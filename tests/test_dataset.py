@@ -11,28 +11,26 @@ import pytest
 import torch
 from PIL import Image
 
-import handgan.dataset as ds
+import handgan.cachebuild as cachebuild
 from handgan.augment import AugmentConfig
+from handgan.cachebuild import build_cache, load_or_build_cache
+from handgan.cachesource import CropParams
+from handgan.cachestore import _TMP_MARK, CropCache
 from handgan.camera import NYU
 from handgan.data.folder import FolderFrames
 from handgan.data.nyu import NYUSplit, depth_png_name, write_depth_png
 from handgan.dataset import (
-    CropCache,
-    CropParams,
     LabeledCrops,
     UnlabeledCrops,
     all_labeled,
     all_unlabeled,
-    build_cache,
-    load_or_build_cache,
     split_labeled,
 )
 from handgan.errors import HandganError
 from handgan.preprocess import crop_depth, preprocess_frame
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 N_TRAIN = 24
 
@@ -58,13 +56,13 @@ def cache(source_dataset, tmp_path_factory):
 @pytest.fixture
 def count_builds(monkeypatch):
     calls = []
-    real = ds._build
+    real = cachebuild._build
 
     def counting(*args, **kwargs):
         calls.append(args[0].key)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ds, "_build", counting)
+    monkeypatch.setattr(cachebuild, "_build", counting)
     return calls
 
 
@@ -173,21 +171,21 @@ def test_damaged_cache_is_rebuilt(source_dataset, tmp_path, count_builds):
 
 def test_interrupted_build_leaves_no_cache(source_dataset, tmp_path, monkeypatch, count_builds):
     reader = NYUSplit(source_dataset, "train")
-    real = ds._crop_frame
+    real = cachebuild._crop_frame
 
     def crash_at_10(reader, i, *args):
         if i == 10:
             raise RuntimeError("simulated crash")
         return real(reader, i, *args)
 
-    monkeypatch.setattr(ds, "_crop_frame", crash_at_10)
+    monkeypatch.setattr(cachebuild, "_crop_frame", crash_at_10)
     with pytest.raises(RuntimeError, match="simulated crash"):
         load_or_build_cache(reader, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither a cache nor a temp folder
-    monkeypatch.setattr(ds, "_crop_frame", real)
+    monkeypatch.setattr(cachebuild, "_crop_frame", real)
 
     # a build killed with SIGKILL leaves its temp folder; the next build removes it
-    abandoned = tmp_path / f".somekey{ds._TMP_MARK}999999999-abcdef"
+    abandoned = tmp_path / f".somekey{_TMP_MARK}999999999-abcdef"
     abandoned.mkdir()
     (abandoned / "crops.npy").write_bytes(b"partial")
     cache = load_or_build_cache(reader, tmp_path, progress=False)

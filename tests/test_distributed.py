@@ -12,10 +12,9 @@ import handgan.train as train_mod
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, from_dict
 from handgan.models import Discriminator, Generator
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_sync_check.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -10,11 +10,10 @@ from handgan.cli import main
 from handgan.config import apply_overrides, preset
 from handgan.evaluation.compare import compare_methods
 from handgan.evaluation.predfile import read_predictions
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND, save_tiny_checkpoint
 
 
 def _tiny_run(root, mode: str):
@@ -98,8 +97,6 @@ def test_reference_reads_back_with_its_own_network(run, supervised_run, capsys):
 
 
 def test_reference_with_other_joints_is_one_line(run, tmp_path, capsys):
-    from test_inference import save_tiny_checkpoint
-
     from handgan.models import ModelConfig
 
     path = tmp_path / "icvl16.pt"

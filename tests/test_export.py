@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_inference import save_tiny_checkpoint
 
 from handgan.camera import NYU
 from handgan.cli import main
@@ -17,6 +16,8 @@ from handgan.inference import Estimator
 from handgan.models import ModelConfig
 from handgan.networks import load_networks
 from handgan.preprocess import CropTransform
+
+from helpers import save_tiny_checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (handgan[export])")
 

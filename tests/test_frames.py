@@ -15,6 +15,8 @@ from handgan.frames import DatasetFrames, FileFrames
 from handgan.realsense import REALSENSE_MISSING
 from handgan.sequence import open_sources
 
+from helpers import save_tiny_checkpoint
+
 
 def _realsense():
     """pyrealsense2, or skip: it is in the dev extra where its wheel exists (x86-64)."""
@@ -103,8 +105,6 @@ def test_a_slow_reader_gets_every_recorded_frame_in_order(tmp_path):
 
 
 def test_predict_on_a_recording_equals_predict_on_its_frame_files(tmp_path, capsys):
-    from test_inference import save_tiny_checkpoint
-
     from handgan.data.nyu import read_depth_png
     from handgan.synth.generate import synthesize_dataset
 
@@ -124,8 +124,6 @@ def test_predict_on_a_recording_equals_predict_on_its_frame_files(tmp_path, caps
 
 
 def test_missing_realsense_extra_is_one_line(tmp_path, monkeypatch, capsys):
-    from test_inference import save_tiny_checkpoint
-
     ckpt = tmp_path / "tiny.pt"
     save_tiny_checkpoint(ckpt)
     rec = tmp_path / "x.bag"
@@ -139,8 +137,6 @@ def test_missing_realsense_extra_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_bad_recording_and_absent_camera_are_one_line(tmp_path, capsys):
     _realsense()
-    from test_inference import save_tiny_checkpoint
-
     ckpt = tmp_path / "tiny.pt"
     save_tiny_checkpoint(ckpt)
     bad = tmp_path / "bad.db3"

@@ -11,10 +11,9 @@ import pytest
 
 from handgan.checkpoint import load_checkpoint
 from handgan.monitor import read_jsonl
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 SETS = ["model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=8", "optim.epochs=15",
         "device=cpu", "log_every=1", "data.val_fraction=0", "data.labeled_fraction=0.5",

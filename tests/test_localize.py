@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from handgan.cachebuild import load_or_build_cache
+from handgan.cachesource import CropParams, LocatedCentres
 from handgan.camera import NYU
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, preset
 from handgan.data.sources import open_split, parse_source
-from handgan.dataset import CropParams, LocatedCentres, load_or_build_cache
 from handgan.errors import HandganError
 from handgan.evaluation.evaluate import evaluate_checkpoint
 from handgan.inference import Estimator

@@ -8,11 +8,10 @@ import numpy as np
 from handgan.cli import main
 from handgan.config import apply_overrides, preset
 from handgan.evaluation.predfile import read_predictions
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 from handgan.train import train
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 
 def test_predict_matches_evaluate_on_rendered_frames(tmp_path, capsys):

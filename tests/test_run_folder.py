@@ -15,10 +15,9 @@ from handgan.checkpoint import load_checkpoint
 from handgan.cli import main
 from handgan.monitor import read_jsonl
 from handgan.runlock import LOCK_NAME, FolderLock
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 # 24 training frames, batch 8, no hold-out: 3 steps per epoch.
 STEPS_PER_EPOCH = 3

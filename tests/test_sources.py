@@ -7,12 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handgan.data.sources import open_split, parse_source, pick_test_split, split_names
+from handgan.data import sources
+from handgan.data.sources import (
+    open_split,
+    parse_source,
+    pick_test_split,
+    prepare_sources,
+    split_names,
+)
 from handgan.errors import HandganError
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +73,48 @@ def test_synthetic_reads_through_the_nyu_reader(synth_root):
         assert split_names(spec) == ["train", "test"]
         test = open_split(spec, "test")
         assert len(test) == 3 and test.joints_xyz().shape == (3, 14, 3)
+
+
+def test_opening_a_missing_synthetic_source_generates_nothing(tmp_path):
+    spec = parse_source(f"synthetic:{tmp_path / 's'}")
+    for open_ in (lambda: split_names(spec), lambda: open_split(spec, "train")):
+        with pytest.raises(HandganError, match="no synthetic dataset in .* yet; the commands"):
+            open_()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tiny_default(monkeypatch):
+    """The explicit generation step makes 2 + 1 frames instead of 4,000 + 1,000."""
+    monkeypatch.setitem(sources.DEFAULT_SYNTHETIC_COUNTS, "train", 2)
+    monkeypatch.setitem(sources.DEFAULT_SYNTHETIC_COUNTS, "test", 1)
+
+
+def test_prepare_sources_generates_a_missing_synthetic_source_once(tmp_path, tiny_default,
+                                                                    capsys):
+    root = tmp_path / "s"
+    prepare_sources([f"synthetic:{root}", None, "none"], seed=2)
+    err = capsys.readouterr().err
+    assert f"{root}: generating the synthetic dataset (2 training + 1 test frames, seed 2)" in err
+    assert json.loads((root / "handgan_synth.json").read_text())["seed"] == 2
+    assert split_names(parse_source(f"synthetic:{root}")) == ["train", "test"]
+    prepare_sources([f"synthetic:{root}"], seed=2)  # there now: nothing to do, nothing said
+    assert "generating" not in capsys.readouterr().err
+
+
+def test_evaluate_generates_its_missing_data_with_the_runs_seed(ckpt, tmp_path, tiny_default):
+    import torch
+
+    from handgan.checkpoint import save_checkpoint
+    from handgan.cli import main
+
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["seed"] = 4
+    save_checkpoint(tmp_path / "seed4.pt", state)
+    root = tmp_path / "s"
+    assert main(["evaluate", str(tmp_path / "seed4.pt"), "--data", f"synthetic:{root}", "--quiet",
+                 "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((root / "handgan_synth.json").read_text())["seed"] == 4
 
 
 def _cli(*args):

@@ -7,10 +7,9 @@ import pytest
 from handgan.cli import main
 from handgan.errors import HandganError
 from handgan.study import parse_fractions, parse_variants, summarise
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 
 def test_study_end_to_end_and_rerun(tmp_path, capsys, monkeypatch):

@@ -17,8 +17,9 @@ from handgan.synth import hand as H
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
 from handgan.synth.render import SensorConfig
 
+from helpers import HAND
+
 CLEAN = SynthConfig(scene="hand", sensor=SensorConfig(enabled=False))
-HAND = SynthConfig(scene="hand")
 FULL_CLEAN = SynthConfig(scene="full", sensor=SensorConfig(enabled=False))
 
 

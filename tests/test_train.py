@@ -18,10 +18,9 @@ from handgan.errors import HandganError
 from handgan.fidelity import generator_fidelity
 from handgan.monitor import read_jsonl
 from handgan.networks import load_networks
-from handgan.synth.frame import SynthConfig
 from handgan.synth.generate import synthesize_dataset
 
-HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
+from helpers import HAND
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -72,8 +71,8 @@ def batch(n_l=BATCH, n_u=5, size=64):
 def identity_view_maps(n):
     """Two-view maps whose views A and B are the same crop (the map is the identity)."""
     from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
     from handgan.preprocess import CropTransform
+    from handgan.views import ViewMaps
     t = CropTransform(np.array([300.0, 220.0, 700.0]), 300.0, 64, NYU)
     return ViewMaps([(t, t)] * n)
 
@@ -278,9 +277,9 @@ def test_equivariance_term_matches_its_formula(workdir, mode):
     import copy
 
     from handgan.camera import NYU
-    from handgan.dataset import ViewMaps
     from handgan.losses import joint_loss
     from handgan.preprocess import CropTransform
+    from handgan.views import ViewMaps
     cfg = make_cfg(workdir, f"mode={mode}", "loss.w_equivariance=1", "loss.w_joint=0",
                    "loss.w_gan=0")
     gen, dis, opt_g, opt_d = models(cfg)

@@ -24,27 +24,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from handgan.augment import AugmentConfig
+from handgan.cachebuild import load_or_build_cache
+from handgan.cachesource import CropParams
+from handgan.cachestore import CropCache
 from handgan.config import TrainConfig
 from handgan.data.sources import (
-    ensure_synthetic,
     open_split,
     parse_source,
     pick_test_split,
     split_names,
 )
 from handgan.dataset import (
-    CropCache,
-    CropParams,
     LabeledCrops,
     UnlabeledCrops,
-    ViewMaps,
     all_labeled,
     all_unlabeled,
-    load_or_build_cache,
     split_labeled,
 )
 from handgan.errors import HandganError
 from handgan.localize import Localizer, fit_run_localizer, locate_reader
+from handgan.views import ViewMaps
 
 # --------------------------------------------------------------------------------------------
 # A run's crops
@@ -71,7 +70,6 @@ def load_data(cfg: TrainConfig, progress: bool = True,
     With ``data.centre == "com"`` and a ``localizer``, crops are centred where it finds the hand
     (else where :func:`~handgan.preprocess.localize_hand` does)."""
     spec = parse_source(cfg.data.source)
-    ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
     if spec.kind in ("synthetic", "nyu", "icvl") and "train" not in names and spec.option is None:
         # never train on a test split by accident; nyu:DIR:SPLIT names the split to train on
@@ -96,7 +94,6 @@ def load_data(cfg: TrainConfig, progress: bool = True,
     parts = [unlabeled]
     if d.unlabeled and d.unlabeled.lower() not in ("none", "null"):
         extra_spec = parse_source(d.unlabeled)
-        ensure_synthetic(extra_spec, seed=cfg.seed, progress=progress)
         extra = _cache(extra_spec, split_names(extra_spec)[0], cfg, progress, localizer)
         parts.append(all_unlabeled(extra, augment=augment, seed=d.split_seed))
     mean_pose = np.asarray(train_cache.joints_norm[labeled.indices], np.float64).mean(axis=0)

@@ -266,6 +266,8 @@ def _run_evaluate(args) -> int:
 
     from handgan.evaluation.evaluate import evaluate_checkpoint
 
+    if args.data is not None:  # the explicit step: a synthetic --data not there yet is made
+        _generate_synthetic_for(args, progress=not (args.quiet or args.json))
     m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                             centre=args.centre, device=args.device,
                             progress=not (args.quiet or args.json), cache_dir=args.cache_dir,
@@ -302,6 +304,27 @@ def _run_evaluate(args) -> int:
               f"{g['readback_mean_error_mm']:.2f} mm")
     print(f"report: {Path(out) / 'report.md'}")
     return 0
+
+
+def _generate_synthetic_for(args, progress: bool) -> None:
+    """``evaluate --data synthetic[:DIR]`` that is not there yet: generate it with the run's seed,
+    as its training would have (after the checks evaluate makes first: checkpoint, --out)."""
+    from handgan.checkpoint import load_checkpoint
+    from handgan.config import from_dict
+    from handgan.data.sources import ensure_synthetic, missing_synthetic, parse_source
+    from handgan.evaluation.evaluate import resolve_checkpoint
+    from handgan.outputs import check_output_folder
+
+    spec = parse_source(args.data)
+    if not missing_synthetic(spec):
+        return
+    path = resolve_checkpoint(args.checkpoint)
+    if args.out is not None:
+        check_output_folder(args.out)
+    config = load_checkpoint(path).get("config")
+    if not isinstance(config, dict):
+        raise HandganError(f"{path}: not a training checkpoint (no 'config' dict)")
+    ensure_synthetic(spec, seed=from_dict(config).seed, progress=progress)
 
 
 def _add_study(sub) -> None:

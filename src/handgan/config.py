@@ -32,13 +32,13 @@ import yaml
 
 from handgan.atomic import atomic_write
 from handgan.augment import AugmentConfig
+from handgan.cachebuild import ON_BAD
+from handgan.cachesource import CENTRES
 from handgan.errors import HandganError
 from handgan.localize import LocalizerConfig
 from handgan.models import ModelConfig
 
 TRAIN_MODES = ("gan", "supervised")
-CENTRES = ("gt", "com")
-ON_BAD = ("stop", "skip")
 RECONS_MODES = ("sample_floor", "pixel_truncate", "pixel_sum", "pixel_l1")
 GEN_ADV_KINDS = ("bce", "feature_matching")
 SYNTH_POSE_SOURCES = ("mix", "finger", "rotate", "unlabeled")

@@ -30,6 +30,7 @@ from torch import nn
 
 # the bones of a known layout, or none (the hand region is then discs around the joints)
 from handgan.joints import skeleton_edges
+from handgan.preprocess import DEFAULT_CUBE_MM
 
 HAND_RADIUS_MM = 20.0  # hand region: pixels within this distance (crop plane) of a bone
 FIDELITY_BATCH = 256
@@ -43,7 +44,8 @@ def approx_crop_px(joints_norm: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([x, y], dim=-1)
 
 
-def radius_px(size: int, cube_mm: float = 300.0, radius_mm: float = HAND_RADIUS_MM) -> float:
+def radius_px(size: int, cube_mm: float = DEFAULT_CUBE_MM,
+              radius_mm: float = HAND_RADIUS_MM) -> float:
     """``radius_mm`` in crop px for a crop of ``size`` px over a cube of ``cube_mm``."""
     return radius_mm * size / cube_mm
 
@@ -72,7 +74,7 @@ def hand_region_mask(crop_px: torch.Tensor, size: int, edges: Sequence[tuple[int
     return (nearest.sqrt() <= radius).float().view(-1, 1, size, size)
 
 
-def training_hand_mask(joints_norm: torch.Tensor, size: int, cube_mm: float = 300.0
+def training_hand_mask(joints_norm: torch.Tensor, size: int, cube_mm: float = DEFAULT_CUBE_MM
                        ) -> torch.Tensor:
     """The hand region of (B, J, 3) normalised poses for a training loss (orthographic)."""
     return hand_region_mask(approx_crop_px(joints_norm, size), size,

@@ -38,7 +38,12 @@ from handgan.frames import (  # noqa: F401  (API: in frames.py)
 from handgan.localize import Localizer
 from handgan.networks import CropSpec, load_networks, read_crop_spec
 from handgan.overlay import save_overlay  # noqa: F401  (API: moved to overlay.py)
-from handgan.preprocess import CropTransform, crop_depth, localize_hand
+from handgan.preprocess import (  # noqa: F401  (API: DEFAULT_CUBE_MM)
+    DEFAULT_CUBE_MM,
+    CropTransform,
+    crop_depth,
+    localize_hand,
+)
 from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
 from handgan.sequence import PredictReport, open_sources, predict_frames
 

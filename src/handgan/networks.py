@@ -31,9 +31,9 @@ from handgan.dataset import LabeledCrops
 from handgan.errors import HandganError
 from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
+from handgan.preprocess import DEFAULT_CUBE_MM
 
 PARTS = ("generator", "discriminator", "estimator")
-DEFAULT_CUBE_MM = 300.0  # checkpoints without crop metadata: DeepPrior++'s NYU cube
 EVAL_BATCH = 256
 
 

@@ -44,6 +44,7 @@ from handgan.camera import Intrinsics
 from handgan.errors import HandganError
 
 BACKGROUND = 1.0  # normalised depth of missing / far pixels (the cube's back face)
+DEFAULT_CUBE_MM = 300.0  # DeepPrior++'s NYU cube: the crop cube wherever nothing else sets one
 MIN_CROP_SIZE = 16
 
 
@@ -399,7 +400,7 @@ _CONVERGED_MM = 1.0
 
 
 def localize_hand(depth_mm: np.ndarray, intr: Intrinsics, max_depth_mm: float = 1500.0,
-                  band_mm: float = 150.0, cube_mm: float = 300.0, refine_iters: int = 10,
+                  band_mm: float = 150.0, cube_mm: float = DEFAULT_CUBE_MM, refine_iters: int = 10,
                   near_margin_mm: float | None = 30.0) -> np.ndarray:
     """Find the hand as the nearest object: DeepPrior++'s centre of mass, refined in a cube.
 

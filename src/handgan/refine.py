@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from handgan.fidelity import training_hand_mask
+from handgan.preprocess import DEFAULT_CUBE_MM
 
 # The best of benchmarks/refine_grid.py's grid on crops a quick-preset generator drew itself (a
 # faithful generator by construction: 16.0 -> 14.2 mm in 10 steps from J + 10 mm noise). On real
@@ -33,7 +34,7 @@ BACKGROUND_WEIGHT = 0.1
 
 def refine_poses(gen: nn.Module, crops: torch.Tensor, init_joints: torch.Tensor, steps: int,
                  lr: float = DEFAULT_LR, prior_weight: float = DEFAULT_PRIOR_WEIGHT,
-                 background_weight: float = BACKGROUND_WEIGHT, cube_mm: float = 300.0,
+                 background_weight: float = BACKGROUND_WEIGHT, cube_mm: float = DEFAULT_CUBE_MM,
                  rays: torch.Tensor | None = None) -> torch.Tensor:
     """Refine (B, J, 3) normalised joints on their (B, 1, S, S) crops by ``steps`` Adam steps.
 

@@ -27,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from handgan.batches import Batch
 from handgan.config import LossConfig, TrainConfig
-from handgan.dataset import ViewMaps
 from handgan.fidelity import training_hand_mask
 from handgan.losses import (
     discriminator_gan_loss,
@@ -37,6 +36,8 @@ from handgan.losses import (
     reconstruction_loss,
 )
 from handgan.posespace import new_poses
+from handgan.preprocess import DEFAULT_CUBE_MM
+from handgan.views import ViewMaps
 
 # The losses a step returns, in the order they are logged.
 LOSS_NAMES = ("loss_dis", "loss_joint", "loss_gan", "loss_gen", "loss_recons", "loss_gen_adv",
@@ -242,7 +243,8 @@ def recons_weight(joints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None
     elsewhere (None when w_hand = 1)."""
     if cfg.loss.w_hand == 1.0:
         return None
-    mask = training_hand_mask(joints.detach().float(), cfg.model.size, cfg.data.cube_mm or 300.0)
+    mask = training_hand_mask(joints.detach().float(), cfg.model.size,
+                              cfg.data.cube_mm or DEFAULT_CUBE_MM)
     return 1.0 + (cfg.loss.w_hand - 1.0) * mask
 
 

@@ -53,7 +53,7 @@ from handgan.checkpoint import (
     restore_rng_state,
 )
 from handgan.config import OptimConfig, TrainConfig, from_dict, save_yaml, to_dict
-from handgan.data.sources import open_split, parse_source, split_names
+from handgan.data.sources import open_split, parse_source, prepare_sources, split_names
 from handgan.dataset import LabeledCrops
 from handgan.device import oversubscribed, resolve_device, training_threads
 from handgan.distributed import (
@@ -153,6 +153,7 @@ def open_data(cfg: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     """:func:`~handgan.batches.prepare_data` on rank 0, which builds the crop caches and trains
     the localiser; the other processes then open what it made."""
     if info.is_main:
+        prepare_sources([cfg.data.source, cfg.data.unlabeled], seed=cfg.seed, progress=progress)
         data, localizer, record = prepare_data(cfg, run_dir, device, progress)
     barrier(info)
     if not info.is_main:

@@ -26,6 +26,7 @@ from handgan.camera import CAMERAS, Intrinsics
 from handgan.data.files import MAX_FRAME_PIXELS, check_frame_pixels, check_frame_size, one_line
 from handgan.data.icvl import ICVL_INVALID_DEPTH, read_depth_png16
 from handgan.errors import HandganError
+from handgan.preprocess import DEFAULT_CUBE_MM
 
 FRAME_SUFFIXES = (".png", ".npy")
 # Focal lengths of real depth cameras are a few hundred px; these bounds only catch unit mistakes.
@@ -121,7 +122,7 @@ class FolderFrames:
         self,
         root: str | Path,
         intrinsics: Intrinsics,
-        cube_mm: float = 300.0,
+        cube_mm: float = DEFAULT_CUBE_MM,
         pattern: str | None = None,
     ) -> None:
         self.root, self.intrinsics, self.pattern = Path(root), intrinsics, pattern

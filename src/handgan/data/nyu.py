@@ -35,6 +35,7 @@ from handgan.data.files import (
 )
 from handgan.errors import HandganError
 from handgan.joints import NYU_EVAL_IDS, NYU_JOINT_NAMES
+from handgan.preprocess import DEFAULT_CUBE_MM
 
 JOINT_DATA_NAME = "joint_data.mat"
 JOINT_SETS: dict[str, tuple[int, ...]] = {"eval14": NYU_EVAL_IDS, "all36": tuple(range(36))}
@@ -302,7 +303,7 @@ class NYUSplit:
         # DeepPrior++ crops around the palm centre (NYU id 32) with a 300 mm cube; its second test
         # subject (test_2, frames 2441-8252 of the official test set) uses 250 mm.
         self.centre_joint: int = self.joint_ids.index(32)
-        self.default_cube_mm: float = 250.0 if split == "test_2" else 300.0
+        self.default_cube_mm: float = 250.0 if split == "test_2" else DEFAULT_CUBE_MM
 
     def __len__(self) -> int:
         return len(self.frame_ids)

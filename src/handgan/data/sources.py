@@ -1,7 +1,6 @@
 """Data source specs on the command line -> dataset readers.
 
-    synthetic[:DIR]        our synthetic NYU-format dataset (generated into DIR if missing;
-                           default DIR: data/synthetic)
+    synthetic[:DIR]        our synthetic NYU-format dataset (default DIR: data/synthetic)
     nyu:DIR[:SPLIT]        the NYU hand dataset (DIR/train, DIR/test, or test_1/test_2);
                            SPLIT names the one split to use (a folder with only test/ trains
                            on it only when named: nyu:DIR:test)
@@ -11,10 +10,18 @@
                            CAMERA = nyu | icvl | msra | fx,fy,cx,cy[,width,height] (default nyu)
 
 Every reader has the same interface (see ``data/nyu.py``: ``NYUSplit``).
+
+Parsing a spec and opening a split read files only: a synthetic source that is not there yet is
+refused. Generating it is an explicit step, :func:`prepare_sources` (:func:`ensure_synthetic` for
+one spec), taken before the sources are opened: by ``train`` once the run folder is checked
+(``handgan train``, ``study labels``), and by ``handgan evaluate --data`` and ``handgan data
+info``. In Python, call it before ``evaluate_checkpoint`` or ``load_data``.
 """
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +29,7 @@ from handgan.errors import HandganError
 
 KINDS = ("synthetic", "nyu", "icvl", "msra", "folder")
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
-# What `synthetic` generates when its folder does not exist yet.
+# What the explicit step (ensure_synthetic) generates for `synthetic` whose folder does not exist.
 DEFAULT_SYNTHETIC_COUNTS = {"train": 4000, "test": 1000}
 _SPLIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -62,6 +69,7 @@ def parse_source(text: str) -> SourceSpec:
 
 def split_names(spec: SourceSpec) -> list[str]:
     """The splits a source offers, in the order a user expects to see them."""
+    _check_generated(spec)
     if spec.kind in ("synthetic", "nyu"):
         from handgan.data.nyu import list_splits
 
@@ -93,6 +101,7 @@ def pick_test_split(names: list[str]) -> str | None:
 
 def open_split(spec: SourceSpec, split: str):
     """The reader for one split of a source."""
+    _check_generated(spec)
     if spec.kind in ("synthetic", "nyu"):
         from handgan.data.nyu import NYUSplit
 
@@ -119,15 +128,45 @@ def open_split(spec: SourceSpec, split: str):
     return FolderFrames(spec.root, parse_intrinsics(spec.option or "nyu"))
 
 
+def missing_synthetic(spec: SourceSpec) -> bool:
+    """Whether ``spec`` is a synthetic source whose dataset is not there yet (or not complete:
+    an interrupted generation)."""
+    from handgan.synth.generate import read_manifest
+
+    return spec.kind == "synthetic" and read_manifest(spec.root) is None
+
+
 def ensure_synthetic(spec: SourceSpec, seed: int = 0, workers: int | None = None,
                      progress: bool = True) -> None:
-    """Generate the default synthetic dataset on first use (resumes an interrupted generation);
-    ``workers`` None = every core (the bytes do not depend on it)."""
+    """The explicit generation step: make a synthetic source's dataset if it is not there yet
+    (``DEFAULT_SYNTHETIC_COUNTS`` frames; resumes an interrupted generation); nothing for any
+    other source. ``progress``: a one-line message and a progress bar on stderr. ``workers``
+    None = every core (the bytes do not depend on it)."""
     from handgan.device import cores
-    from handgan.synth.generate import read_manifest, synthesize_dataset
+    from handgan.synth.generate import synthesize_dataset
 
-    workers = workers or cores()
-    if spec.kind != "synthetic" or read_manifest(spec.root) is not None:
+    if not missing_synthetic(spec):
         return
-    synthesize_dataset(spec.root, DEFAULT_SYNTHETIC_COUNTS["train"], DEFAULT_SYNTHETIC_COUNTS["test"],
-                       seed=seed, workers=workers, progress=progress)
+    n_train, n_test = DEFAULT_SYNTHETIC_COUNTS["train"], DEFAULT_SYNTHETIC_COUNTS["test"]
+    if progress:
+        print(f"{spec.root}: generating the synthetic dataset ({n_train:,} training + "
+              f"{n_test:,} test frames, seed {seed}); done once, later runs reuse it",
+              file=sys.stderr, flush=True)
+    synthesize_dataset(spec.root, n_train, n_test, seed=seed, workers=workers or cores(),
+                       progress=progress)
+
+
+def prepare_sources(specs: Iterable[str | None], seed: int = 0, progress: bool = True) -> None:
+    """What a command does before a run opens its data: :func:`ensure_synthetic` for each source
+    spec (e.g. ``data.source`` and ``data.unlabeled``; None, "", "none" and "null" stand for
+    no source)."""
+    for text in specs:
+        if text and text.lower() not in ("none", "null"):
+            ensure_synthetic(parse_source(text), seed=seed, progress=progress)
+
+
+def _check_generated(spec: SourceSpec) -> None:
+    if missing_synthetic(spec):
+        raise HandganError(f"{spec}: no synthetic dataset in {spec.root} yet; the commands "
+                           "generate it on first use (in Python: handgan.data.sources."
+                           f"prepare_sources([{str(spec)!r}]) first)")

@@ -33,16 +33,18 @@ import numpy as np
 import torch
 
 from handgan.atomic import atomic_write_text
+from handgan.cachebuild import load_or_build_cache
+from handgan.cachesource import CENTRES, CropParams
+from handgan.cachestore import CropCache
 from handgan.checkpoint import load_checkpoint, resolve_checkpoint
-from handgan.config import CENTRES, DataConfig, TrainConfig
+from handgan.config import DataConfig, TrainConfig
 from handgan.data.sources import (
-    ensure_synthetic,
     open_split,
     parse_source,
     pick_test_split,
     split_names,
 )
-from handgan.dataset import CropCache, CropParams, all_labeled, load_or_build_cache
+from handgan.dataset import all_labeled
 from handgan.device import resolve_device
 from handgan.errors import HandganError
 from handgan.evaluation.figures import (
@@ -67,6 +69,7 @@ from handgan.models import Discriminator, Generator
 from handgan.networks import load_networks, predict, read_crop_spec
 from handgan.outputs import check_output_folder
 from handgan.plots import crop_skeleton_grid, sample_grid
+from handgan.preprocess import DEFAULT_CUBE_MM
 from handgan.refine import refine_poses
 
 GRID_FRAMES = 16
@@ -185,7 +188,6 @@ def _pick_split(path: Path, cfg: TrainConfig, data: str | None, split: str | Non
     if centre not in CENTRES:
         raise HandganError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
     spec = parse_source(source)
-    ensure_synthetic(spec, seed=cfg.seed, progress=progress)
     names = split_names(spec)
     if split is None:
         split = pick_test_split(names)
@@ -307,7 +309,7 @@ def _refine(gen: Generator, crops, pred_norm: np.ndarray, steps: int, device: to
     """The estimates refined by ``steps`` analysis-by-synthesis steps, a batch at a time."""
     from tqdm import tqdm
 
-    cube_x = float(crops.transform(0).cube_mm[0]) if len(crops) else 300.0
+    cube_x = float(crops.transform(0).cube_mm[0]) if len(crops) else DEFAULT_CUBE_MM
     out = []
     for start in tqdm(range(0, len(crops), REFINE_BATCH), desc="refine", unit="batch",
                       disable=not progress, dynamic_ncols=True):
