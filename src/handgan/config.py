@@ -429,24 +429,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise HandganError(f"{key}: expected true or false, got {_show(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise HandganError(f"{key}: expected an integer, got {_show(value)}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+    if tp in (int, float):
+        kinds = (int, float) if tp is float else (int,)  # an int key takes no 2.5 (nor 2.0)
+        if isinstance(value, kinds) and not isinstance(value, bool):
+            return tp(value)
         if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string: accept it here
             try:
-                return float(value.strip())
+                return tp(value.strip())
             except ValueError:
                 pass
-        raise HandganError(f"{key}: expected a float, got {_show(value)}")
+        raise HandganError(f"{key}: expected {'an integer' if tp is int else 'a float'}, got "
+                           f"{_show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value

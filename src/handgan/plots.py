@@ -53,13 +53,8 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
                 cols: int = 4, zoom: bool = True, margin_px: int = 30) -> Path:
     """A grid of depth frames, each with its skeleton; zoomed on the hand by default."""
     n = len(frames)
-    cols = min(cols, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
-    for k, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if k >= n:
-            continue
+    fig, axes = _grid(n, cols, (3.0, 3.0))
+    for k, ax in enumerate(axes[:n]):
         depth, uvd = frames[k], np.asarray(joints_uvd[k])
         centre_d = float(np.median(uvd[:, 2]))
         rgb = depth_to_rgb(depth, centre_d - 150.0, centre_d + 200.0)
@@ -81,6 +76,24 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
         ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
         if titles:
             ax.set_title(titles[k], fontsize=8)
+    return save_figure(fig, out)
+
+
+
+def _grid(n: int, cols: int, cell_inches: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``n`` panels, ``cols`` to a row (fewer for small n), axes off: (figure, the
+    flat array of its axes, the first ``n`` to draw in)."""
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cell_inches[0] * cols, cell_inches[1] * rows),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, axes.ravel()
+
+
+def save_figure(fig: plt.Figure, out: str | Path) -> Path:
+    """Lay out, write ``out`` as a 90-dpi PNG (atomically, creating its folder), close."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +155,8 @@ def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarr
         cols: crops per row.
     """
     n = len(crops)
-    cols = max(1, min(cols, n))
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
-    for k, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if k >= n:
-            continue
+    fig, axes = _grid(n, cols, (2.6, 2.7))
+    for k, ax in enumerate(axes[:n]):
         size = crops[k].shape[-1]
         ax.imshow(crops[k], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
         t, p = np.asarray(true_px[k]), np.asarray(pred_px[k])
@@ -163,9 +171,4 @@ def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarr
         ax.set_ylim(size - 0.5, -0.5)
         if titles:
             ax.set_title(titles[k], fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -34,6 +34,15 @@ def read_bytes(path: Path, what: str) -> bytes:
         raise HandganError(f"{path}: cannot read {what} ({e.strerror or e})") from None
 
 
+def read_text(path: Path, what: str) -> str:
+    """The whole file as UTF-8 (a BOM dropped); :func:`read_bytes`'s errors, and "not a text
+    file" for other bytes."""
+    try:
+        return read_bytes(path, what).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise HandganError(f"{path}: {what} is not a text file (not UTF-8/ASCII)") from None
+
+
 def png_header(data: bytes, path: Path, expected: str) -> tuple[int, int]:
     """(bit depth, colour type) from the IHDR, read by us: Pillow silently converts some modes."""
     if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":

@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import ICVL, Intrinsics
-from handgan.data.files import PNG_COLOR_TYPES, check_frame_size, decode_png, png_header, read_bytes
+from handgan.data.files import (
+    PNG_COLOR_TYPES,
+    check_frame_size,
+    decode_png,
+    png_header,
+    read_bytes,
+    read_text,
+)
 from handgan.errors import HandganError
 from handgan.joints import ICVL_JOINT_NAMES  # C, T1 .. P3: file order (readable: joints.ICVL16)
 
@@ -101,14 +108,7 @@ def read_icvl_labels(
     HandganError naming the file and line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise HandganError(f"{path}: ICVL label file not found") from None
-    except UnicodeDecodeError:
-        raise HandganError(f"{path}: not a text label file (not UTF-8/ASCII)") from None
-    except OSError as e:
-        raise HandganError(f"{path}: cannot read label file ({e.strerror or e})") from None
+    text = read_text(path, "ICVL label file")
 
     relpaths: list[str] = []
     line_numbers: list[int] = []

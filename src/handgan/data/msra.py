@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import MSRA, Intrinsics
-from handgan.data.files import check_frame_size
+from handgan.data.files import check_frame_size, read_text
 from handgan.errors import HandganError
 from handgan.joints import MSRA_JOINT_NAMES  # wrist, then index .. thumb, knuckle to tip
 
@@ -109,14 +109,7 @@ def read_joint_txt(path: str | Path) -> np.ndarray:
     (blank lines at the end are allowed). Errors name the file and line.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise HandganError(f"{path}: joint.txt not found") from None
-    except UnicodeDecodeError:
-        raise HandganError(f"{path}: not a text file (not UTF-8/ASCII)") from None
-    except OSError as e:
-        raise HandganError(f"{path}: cannot read joint.txt ({e.strerror or e})") from None
+    lines = read_text(path, "joint.txt").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     head = lines[0].split() if lines else []
