@@ -174,20 +174,10 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     """
     from tqdm import tqdm
 
-    from handgan.outputs import check_outputs
-    from handgan.video import check_video_path, open_video
+    from handgan.video import open_video
 
     out_dir = Path(out) if out is not None else None
-    files = [f for s in sources for f in s.files]
-    if out_dir is not None:
-        if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
-            raise HandganError(f"{out_dir}: --out must not be an input folder (its overlay PNGs "
-                               "would be read as frames next time)")
-        named = [n for s in sources for n in getattr(s, "names", ())]
-        check_outputs([out_dir / f"{n}{ext}" for n in named for ext in (".json", ".overlay.png")]
-                      + [out_dir / "predictions.txt", out_dir / "predictions_frames.txt"], files)
-    if video is not None:
-        check_outputs([check_video_path(video)], files)
+    _check_outputs(sources, out_dir, video, inputs)
     smoother = None
     if smooth is not None:
         smoother = CentreSmoother(smooth, jump_mm or estimator.spec.cube_mm[0] / 2.0)
@@ -213,21 +203,8 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
                     with tqdm.external_write_mode():  # the message does not garble the bar
                         on_failure(result)
                 continue
-            depth, pred, error = result
-            report.frames.append((Path(frame.origin), pred))
-            report.errors_mm.append(error)
-            name = _unique(frame.name, used)
-            picture = None
-            if writer is not None or (out_dir is not None and overlay):
-                from handgan.overlay import render_overlay
-
-                picture = render_overlay(depth, pred, Path(frame.origin).name,
-                                         frame.truth_uvd if error is not None else None, error)
-            if writer is not None:
-                writer.add(picture)
-            if out_dir is not None:
-                report.written.extend(_write_frame(out_dir, name, frame, pred, error,
-                                                   picture if overlay else None))
+            _record_frame(report, frame, result, _unique(frame.name, used), out_dir, overlay,
+                          writer)
     except KeyboardInterrupt:
         if not live:
             if writer is not None:
@@ -243,6 +220,44 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     if out_dir is not None and len(report.frames) + len(report.failures) > 1 and report.frames:
         report.written.extend(_write_predictions(out_dir, report))
     return report
+
+
+def _check_outputs(sources: Sequence[FrameSource], out_dir: Path | None,
+                   video: str | os.PathLike | None, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse, before any work, an output folder that is an input folder and outputs that would
+    replace an input frame."""
+    from handgan.outputs import check_outputs
+    from handgan.video import check_video_path
+
+    files = [f for s in sources for f in s.files]
+    if out_dir is not None:
+        if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
+            raise HandganError(f"{out_dir}: --out must not be an input folder (its overlay PNGs "
+                               "would be read as frames next time)")
+        named = [n for s in sources for n in getattr(s, "names", ())]
+        check_outputs([out_dir / f"{n}{ext}" for n in named for ext in (".json", ".overlay.png")]
+                      + [out_dir / "predictions.txt", out_dir / "predictions_frames.txt"], files)
+    if video is not None:
+        check_outputs([check_video_path(video)], files)
+
+
+def _record_frame(report: PredictReport, frame, result: tuple, name: str, out_dir: Path | None,
+                  overlay: bool, writer) -> None:
+    """One estimated frame into the report, its files and the video."""
+    depth, pred, error = result
+    report.frames.append((Path(frame.origin), pred))
+    report.errors_mm.append(error)
+    picture = None
+    if writer is not None or (out_dir is not None and overlay):
+        from handgan.overlay import render_overlay
+
+        picture = render_overlay(depth, pred, Path(frame.origin).name,
+                                 frame.truth_uvd if error is not None else None, error)
+    if writer is not None:
+        writer.add(picture)
+    if out_dir is not None:
+        report.written.extend(_write_frame(out_dir, name, frame, pred, error,
+                                           picture if overlay else None))
 
 
 def _frames(sources: Sequence[FrameSource], smoother: CentreSmoother | None):
