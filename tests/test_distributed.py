@@ -57,3 +57,24 @@ def test_two_process_run_loads_and_resumes_in_one_process(tmp_path):
     cfg = apply_overrides(cfg, ["optim.max_steps=5"])
     train_mod.train(cfg, run, resume=True, progress=False)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
+
+
+def test_a_two_process_resume_of_a_finished_run_evaluates_and_saves_on_every_process(tmp_path):
+    """A run whose last epoch ended but wrote no summary.json (killed in between): the resume has
+    nothing to train and nothing evaluated yet, so it evaluates and saves, and the save is a
+    collective: every process must take that branch, not rank 0 alone (which hung)."""
+    data = synthesize_dataset(tmp_path / "ds", 40, 8, seed=0, workers=1, config=HAND, progress=False)
+    run = tmp_path / "run"
+    sets = [a for kv in [*SMALL, "optim.epochs=1"] for a in ("--set", kv)]
+    _torchrun("-m", "handgan", "train", "--out", str(run), "--data", f"synthetic:{data}",
+              "--quiet", *sets, cwd=tmp_path)
+    steps = json.loads((run / "summary.json").read_text())["steps"]
+    (run / "summary.json").unlink()
+    r = subprocess.run([*TORCHRUN, "-m", "handgan", "train", "--out", str(run), "--resume",
+                        "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == steps and summary["world_size"] == 2
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"event": "eval"' in line]
+    assert evals[-1]["step"] == steps

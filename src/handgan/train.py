@@ -59,6 +59,7 @@ from handgan.device import oversubscribed, resolve_device, training_threads
 from handgan.distributed import (
     DistInfo,
     barrier,
+    broadcast_object,
     gather_objects,
     init_distributed,
     mean_over_ranks,
@@ -641,7 +642,10 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
         # The end (all epochs, or max_steps): a final evaluation and a loadable checkpoint.
         if p.batch_in_epoch:  # mid-epoch: resume redraws this epoch's order and skips what is done
             end_of_epoch(run, p, p.epoch_start, force_eval=True)
-        elif main and not run.last_eval and (run.data.val is not None or run.data.test is not None):
+        elif broadcast_object(not run.last_eval and (run.data.val is not None
+                                                     or run.data.test is not None), info):
+            # nothing evaluated this session (a resumed finished run, or the last epochs between
+            # evaluations): rank 0 decides, and every process joins the save
             end_of_epoch(run, p, capture_rng_state({"perm": perm_rng}), force_eval=True)
     finally:
         bar.close()
