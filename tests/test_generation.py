@@ -63,6 +63,21 @@ def test_generate_crops_shapes_range_and_determinism(ckpt, poses_uvd):
     np.testing.assert_allclose(generate_crops(gen, norm[1]), crops[1:], atol=1e-6)
 
 
+def test_generated_crops_are_the_same_for_a_seed_and_leave_the_callers_rng_alone():
+    import torch
+
+    from handgan.models import Generator, ModelConfig
+
+    torch.manual_seed(5)
+    gen = Generator(ModelConfig(size=64, width=8, gen_pixel_dropout=0.3, gen_edge_dropout=0.3))
+    poses = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 14, 3)).astype(np.float32)
+    state = torch.get_rng_state()
+    a, b = generate_crops(gen, poses, seed=7), generate_crops(gen, poses, seed=7)
+    np.testing.assert_array_equal(a, b)  # the same missing pixels
+    assert not np.array_equal(a, generate_crops(gen, poses, seed=8))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_interpolation_includes_both_ends():
     a, b = np.zeros((14, 3)), np.ones((14, 3))
     steps = interpolate_poses(a, b, 5)

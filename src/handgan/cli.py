@@ -519,6 +519,9 @@ def _add_generate(sub) -> None:
     group.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="interpolate A -> B")
     p.add_argument("--steps", type=_positive, default=8,
                    help="interpolation steps, A and B included (default 8, at most 1000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the generator's missing sensor pixels: the same poses and seed "
+                        "give the same crops (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=_run_generate)
 
@@ -527,7 +530,8 @@ def _run_generate(args) -> int:
     from handgan.generation import generate_from_files
 
     for path in generate_from_files(args.checkpoint, args.out, poses=args.poses,
-                                    interpolate=args.interpolate, steps=args.steps):
+                                    interpolate=args.interpolate, steps=args.steps,
+                                    seed=args.seed):
         print(f"wrote {path}")
     return 0
 

@@ -201,7 +201,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
                    space: str = "norm", spec: CropSpec | None = None,
-                   batch_size: int = 256) -> np.ndarray:
+                   batch_size: int = 256, seed: int = 0) -> np.ndarray:
     """Depth crops from poses with the generator.
 
     Args:
@@ -212,6 +212,8 @@ def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
             (mm); see :func:`normalise_poses`.
         spec: the crop spec (taken from the checkpoint when ``generator`` is a path).
         batch_size: poses per forward pass.
+        seed: seeds the missing pixels of Gen's sensor (``model.gen_*_dropout``): the same
+            poses and seed give the same crops; the caller's torch RNG is left as it was.
 
     Returns:
         (N, S, S) float32 crops of normalised depth in [-1, 1] (background +1).
@@ -232,7 +234,9 @@ def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
         raise HandganError(f"poses must be (N, {cfg.num_joints}, 3), got shape {joints.shape}")
     device = next(gen.parameters()).device
     out = []
-    with torch.inference_mode():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            torch.inference_mode():
+        torch.manual_seed(seed)
         for start in range(0, len(joints), batch_size):
             j = torch.from_numpy(joints[start:start + batch_size]).to(device)
             out.append(gen(j)[:, 0].float().cpu().numpy())  # (b, S, S)
@@ -301,14 +305,15 @@ def _save_crops(path: Path, crops: np.ndarray) -> Path:
 
 def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
                         poses: str | os.PathLike | None = None,
-                        interpolate: tuple[str, str] | None = None, steps: int = 8
-                        ) -> list[Path]:
+                        interpolate: tuple[str, str] | None = None, steps: int = 8,
+                        seed: int = 0) -> list[Path]:
     """What ``handgan generate`` does: poses from files -> crops -> pictures in ``out``.
 
     With ``poses``: ``OUT/generated.png`` (a grid, 8 per row) and ``OUT/generated.npy``
     ((N, S, S) normalised crops). With ``interpolate=(A, B)`` (pose files holding one frame each,
     or ``FILE:LINE``): ``OUT/interpolation.png`` (a strip of ``steps`` crops, A to B),
-    ``OUT/interpolation.gif`` (the same, animated) and ``OUT/interpolation.npy``.
+    ``OUT/interpolation.gif`` (the same, animated) and ``OUT/interpolation.npy``. ``seed``: as
+    in :func:`generate_crops`.
 
     Returns:
         The files written.
@@ -330,7 +335,7 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
         if len(joints) > MAX_FRAMES:  # the grid and the crops are held in memory
             raise HandganError(f"{poses}: {len(joints)} poses; at most {MAX_FRAMES} per run "
                                "(split the file)")
-        crops = generate_crops(gen, normalise_poses(joints, space, spec))
+        crops = generate_crops(gen, normalise_poses(joints, space, spec), seed=seed)
         return [write_png(out / "generated.png", tile(crops_to_rgb(crops), cols=8)),
                 _save_crops(out / "generated.npy", crops)]
     ends = []
@@ -340,7 +345,7 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
             raise HandganError(f"{item}: holds {len(joints)} poses; give a file with one, or "
                                "FILE:LINE")
         ends.append(normalise_poses(joints, space, spec)[0])
-    crops = generate_crops(gen, interpolate_poses(ends[0], ends[1], steps))
+    crops = generate_crops(gen, interpolate_poses(ends[0], ends[1], steps), seed=seed)
     rgb = crops_to_rgb(crops)
     return [write_png(out / "interpolation.png", tile(rgb, cols=len(rgb))),
             write_gif(out / "interpolation.gif", rgb),
