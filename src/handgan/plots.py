@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from handgan.atomic import atomic_write
-from handgan.joints import NYU14, NYU_EVAL_IDS, JointLayout, layout_for
+from handgan.joints import NYU_EVAL_IDS, JointLayout, layout_for
 
 # One colour per digit (joints.DIGITS): little, ring, middle, index, thumb, palm.
 _FINGER_COLOURS = ("#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#222222")
@@ -32,12 +32,6 @@ def draw_skeleton(ax, uv: np.ndarray, layout: JointLayout | None = None,
         colour = _FINGER_COLOURS[digits[j]]
         shown = True if visible is None else bool(visible[j])
         ax.plot(x, y, "o", ms=4.5, mec="white", mew=0.8, color=colour if shown else "none")
-
-
-def draw_skeleton14(ax, uv: np.ndarray, visible: np.ndarray | None = None, offset=(0.0, 0.0),
-                    scale: float = 1.0) -> None:
-    """Draw the NYU 14-joint skeleton (uv in image pixels): :func:`draw_skeleton` with NYU14."""
-    draw_skeleton(ax, uv, NYU14, visible, offset, scale)
 
 
 def depth_to_rgb(depth_mm: np.ndarray, near_mm: float, far_mm: float) -> np.ndarray:
