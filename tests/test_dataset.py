@@ -27,10 +27,10 @@ from handgan.dataset import (
     split_labeled,
 )
 from handgan.errors import HandganError
-from handgan.preprocess import crop_depth, preprocess_frame
+from handgan.preprocess import crop_depth
 from handgan.synth.generate import synthesize_dataset
 
-from helpers import HAND
+from helpers import HAND, preprocess_frame
 
 N_TRAIN = 24
 

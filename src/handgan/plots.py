@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from handgan.atomic import atomic_write
-from handgan.joints import NYU_EVAL_IDS, JointLayout, layout_for
+from handgan.joints import JointLayout, layout_for
 
 # One colour per digit (joints.DIGITS): little, ring, middle, index, thumb, palm.
 _FINGER_COLOURS = ("#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#222222")
@@ -94,11 +94,6 @@ def save_figure(fig: plt.Figure, out: str | Path) -> Path:
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
     plt.close(fig)
     return out
-
-
-def eval14(joints36: np.ndarray) -> np.ndarray:
-    """Select the 14 evaluation joints from (..., 36, 3) NYU arrays."""
-    return np.asarray(joints36)[..., list(NYU_EVAL_IDS), :]
 
 
 def crop_pairs_image(real: np.ndarray, fake: np.ndarray, cols: int = 4, gap: int = 2) -> np.ndarray:
