@@ -284,9 +284,7 @@ def _check_bin_files(folder: Path, count: int) -> None:
         )
 
 
-def msra_fold(
-    root: str | Path, test_subject: int, skip_faulty: bool = False
-) -> tuple[MSRADataset, MSRADataset]:
+def msra_fold(root: str | Path, test_subject: int) -> tuple[MSRADataset, MSRADataset]:
     """Leave-one-subject-out split: (every other subject present, ``test_subject``)."""
     available = list_subjects(root)
     if test_subject not in available:
@@ -298,7 +296,4 @@ def msra_fold(
     train_subjects = [s for s in available if s != test_subject]
     if not train_subjects:
         raise HandganError(f"{root}: only subject P{test_subject} is present; nothing to train on")
-    return (
-        MSRADataset(root, train_subjects, skip_faulty=skip_faulty),
-        MSRADataset(root, [test_subject], skip_faulty=skip_faulty),
-    )
+    return MSRADataset(root, train_subjects), MSRADataset(root, [test_subject])
