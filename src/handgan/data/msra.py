@@ -170,7 +170,7 @@ class MSRADataset:
 
     Frames are ordered by subject, then gesture folder (sorted), then frame number. ``subjects``
     defaults to every ``P0``-``P8`` folder present. With ``skip_faulty`` the frames listed in
-    ``MSRA_FAULTY_FRAMES`` are left out. Per frame: ``subject_ids``, ``gestures`` and
+    ``MSRA_FAULTY_FRAMES`` are left out. Per frame: ``subject_ids`` and
     ``frame_numbers`` (the number in the .bin name). ``default_cube_mm`` is the largest cube of
     the subjects (one crop size that holds every hand); ``cube_mm(i)`` is DeepPrior++'s cube for
     frame i's subject.
@@ -233,11 +233,6 @@ class MSRADataset:
         self._xyz[..., 2] *= -1.0  # joint.txt stores -z; DeepPrior++ negates it to get depth
         self._uvd = self.intrinsics.xyz_to_uvd(self._xyz)
         self.default_cube_mm: float = max(MSRA_CUBES_MM[s] for s in self.subjects)
-
-    @property
-    def gestures(self) -> list[str]:
-        """Gesture folder name of each frame."""
-        return [self._folders[k].name for k in self._folder_ids]
 
     def __len__(self) -> int:
         return len(self.frame_numbers)
