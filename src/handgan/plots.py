@@ -17,12 +17,11 @@ _FINGER_COLOURS = ("#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#2222
 
 
 def draw_skeleton(ax, uv: np.ndarray, layout: JointLayout | None = None,
-                  visible: np.ndarray | None = None, offset=(0.0, 0.0),
-                  scale: float = 1.0) -> None:
+                  visible: np.ndarray | None = None, offset=(0.0, 0.0)) -> None:
     """Draw a skeleton (uv in image pixels) on an image axis, bones coloured by finger; hidden
     joints hollow. ``layout`` defaults to the one with as many joints as ``uv`` has; a joint set
     of no known dataset is drawn as joints alone."""
-    pts = (np.asarray(uv)[:, :2] - np.asarray(offset)) * scale
+    pts = np.asarray(uv)[:, :2] - np.asarray(offset)
     layout = layout or layout_for(len(pts))
     digits = layout.digits if layout is not None else (0,) * len(pts)
     for a, b in layout.edges if layout is not None else ():
