@@ -27,10 +27,10 @@ from handgan.dataset import (
     split_labeled,
 )
 from handgan.errors import HandganError
-from handgan.preprocess import crop_depth, preprocess_frame
+from handgan.preprocess import crop_depth
 from handgan.synth.generate import synthesize_dataset
 
-from helpers import HAND
+from helpers import HAND, preprocess_frame
 
 N_TRAIN = 24
 
@@ -351,9 +351,9 @@ def test_unlabeled_crops_cannot_reach_labels(cache):
 
 def test_augmentation_is_reproducible_per_seed_epoch_and_item(cache):
     aug = AugmentConfig(combine=True)
-    data = all_labeled(cache, augment=aug, seed=3)
+    data = LabeledCrops(cache, np.arange(len(cache)), augment=aug, seed=3)
     crop0, joints0 = data[4]
-    crop1, joints1 = all_labeled(cache, augment=aug, seed=3)[4]
+    crop1, joints1 = LabeledCrops(cache, np.arange(len(cache)), augment=aug, seed=3)[4]
     assert torch.equal(crop0, crop1) and torch.equal(joints0, joints1)
     data.set_epoch(1)
     crop2, joints2 = data[4]
@@ -380,7 +380,7 @@ def test_dataloader_and_batched_path(cache):
     # with rays: each crop's centre ray, the batched path and the item path alike
     _, _, rays = data.sample_batch(positions, rays=True)
     assert np.allclose(rays.numpy(), [data.transform(int(k)).ray for k in positions])
-    aug = all_labeled(cache, augment=AugmentConfig(), seed=3)
+    aug = LabeledCrops(cache, np.arange(len(cache)), augment=AugmentConfig(), seed=3)
     _, joints_a, rays_a = aug.sample_batch(positions, rays=True)
     assert torch.equal(joints_a, aug.sample_batch(positions)[1])
     assert not np.allclose(rays_a.numpy(), rays.numpy())  # the augmented crops' new centres

@@ -19,10 +19,10 @@ from handgan.generation import (
     normalise_poses,
     read_poses,
 )
-from handgan.joints import NYU14_PALM
-from handgan.plots import eval14
-from handgan.preprocess import preprocess_frame
+from handgan.joints import NYU14_PALM, NYU_EVAL_IDS
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
+
+from helpers import preprocess_frame
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def frame():
 @pytest.fixture(scope="module")
 def poses_uvd(frame):
     """Two different poses: the rendered one and a copy with the fingers moved 20 px."""
-    a = eval14(frame.joints_uvd)
+    a = frame.joints_uvd[..., list(NYU_EVAL_IDS), :]
     b = a.copy()
     b[:NYU14_PALM, 0] += 20.0
     return np.stack([a, b])

@@ -10,10 +10,9 @@ import time
 import pytest
 
 from handgan.checkpoint import load_checkpoint
-from handgan.monitor import read_jsonl
 from handgan.synth.generate import synthesize_dataset
 
-from helpers import HAND
+from helpers import HAND, read_jsonl
 
 SETS = ["model.width=8", "localizer.enabled=false", "model.pose_hidden=32", "optim.batch_size=8", "optim.epochs=15",
         "device=cpu", "log_every=1", "data.val_fraction=0", "data.labeled_fraction=0.5",

@@ -23,10 +23,9 @@ from handgan.localize import (
     Localizer,
     LocalizerConfig,
     candidate_choice,
-    decode_detections,
     detection_candidates,
     detector_input,
-    detector_target,
+    detector_points,
     localisation_errors,
     localisation_summary,
     localizer_samples,
@@ -110,14 +109,14 @@ def test_warped_detector_frames_keep_the_palm_on_its_target_cell():
 def test_detector_cells_decode_back_to_the_pixel():
     uv = np.array([[0.0, 0.0], [319.5, 239.5], [637.2, 478.9], [100.3, 410.0]])
     grid = (15, 20)  # 120 x 160 detector input, 8 px cells
-    target = detector_target(uv, 4, grid)
+    target = points_to_cells(torch.from_numpy(detector_points(uv, 4)), grid).numpy()
     out = torch.full((len(uv), 3, *grid), -10.0, dtype=torch.float64)
     for b, (cell, ox, oy) in enumerate(target):
         out[b, 0].view(-1)[int(cell)] = 10.0
         for channel, o in ((1, ox), (2, oy)):
             o = min(max(o, 1e-12), 1 - 1e-12)
             out[b, channel].view(-1)[int(cell)] = float(np.log(o / (1 - o)))
-    np.testing.assert_allclose(decode_detections(out, 4), uv, atol=1e-6)
+    np.testing.assert_allclose(detection_candidates(out, 4, 1)[0][:, 0], uv, atol=1e-6)
     x = detector_input(flat_frame(), 4)
     assert x.shape == (120, 160) and x[60, 80] == pytest.approx(800 * 2 / 4000 - 1)
     assert x[0, 0] == 1.0  # missing depth = background
@@ -139,8 +138,6 @@ def test_detection_candidates_are_the_highest_peaks_one_per_blob():
     # cell middle: input px (c + 0.5) * 8 - 0.5, full frame 4 p + 2; (6, 7) is A's shoulder
     np.testing.assert_allclose(uv[0], [[176.0, 240.0], [464.0, 240.0], [48.0, 48.0]])
     np.testing.assert_allclose(logits, [[5.0, 3.0, 1.0]])
-    uv = uv[0]
-    np.testing.assert_allclose(decode_detections(out, 4), uv[:1])
     hill = detector_output({})
     y, x = torch.meshgrid(torch.arange(15), torch.arange(20), indexing="ij")
     hill[0, 0] = -((x - 5).abs() + (y - 7).abs()).float()  # one peak: the rest are its slopes

@@ -15,14 +15,21 @@ from handgan.preprocess import (
     CropTransform,
     crop_depth,
     localize_hand,
-    preprocess_frame,
     rewarp_crop,
 )
+
+from helpers import pixel_rays, preprocess_frame
 
 CAMERAS = [pytest.param(NYU, id="nyu-y-up"), pytest.param(ICVL, id="icvl-y-down")]
 # Much stronger than the defaults, so that direction or scale mistakes cannot hide.
 STRONG = AugmentConfig(combine=True, rotation_deg=180.0, scale_sigma=0.1,
                        translation_sigma_mm=20.0)
+
+
+def crop_px(t: CropTransform, uvd) -> np.ndarray:
+    """(..., 2+) full-frame u, v -> (..., 2) crop px through the transform's matrix ``M``."""
+    uv = np.asarray(uvd, dtype=np.float64)[..., :2]
+    return uv @ t.M[:2, :2].T + t.M[:2, 2]
 
 
 # ---- synthetic frames -------------------------------------------------------------------------
@@ -41,7 +48,7 @@ def hand_frame(intr, palm_xyz, radius_mm=55.0, arm_width_mm=50.0, arm_deg=60.0, 
     goes down and away from the camera at arm_deg, out of the frame, before a far wall. Exact ray
     cast."""
     v, u = np.mgrid[:intr.height, :intr.width]
-    rays = intr.pixel_rays(u, v)  # (H, W, 3), z = 1
+    rays = pixel_rays(intr, u, v)  # (H, W, 3), z = 1
     c = np.asarray(palm_xyz, float)
     depth = np.full((intr.height, intr.width), wall_mm)
     on_plane = c[2] * rays
@@ -64,8 +71,8 @@ def test_box_of_the_deep_prior_example():
     t = CropTransform([320.0, 240.0, 600.0], 300.0, 128, NYU)
     assert t.box_px == (173, 93, 467, 387)  # x in [173, 467), y in [93, 387): 294 x 294 px
     assert t.paste_px == (0, 0, 128, 128)
-    np.testing.assert_allclose(t.uvd_to_crop_px([173.0, 93.0]), [0.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose(t.uvd_to_crop_px([320.0, 240.0, 600.0]), [64.0, 64.0], atol=1e-12)
+    np.testing.assert_allclose(crop_px(t, [173.0, 93.0]), [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(crop_px(t, [320.0, 240.0, 600.0]), [64.0, 64.0], atol=1e-12)
     np.testing.assert_allclose(t.M[0, 0], 128 / 294)
     np.testing.assert_allclose(t.centre_xyz, [0.0, 0.0, 600.0])
 
@@ -86,7 +93,6 @@ def test_depth_normalisation_front_centre_back_and_missing():
     out = t.depth_to_norm(d)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
-    np.testing.assert_allclose(t.norm_to_depth(np.array([-1.0, 0.0, 0.5])), [450.0, 600.0, 675.0])
 
 
 def test_crop_pixels_front_clamped_background_and_centre_depth():
@@ -100,7 +106,7 @@ def test_crop_pixels_front_clamped_background_and_centre_depth():
     assert crop.shape == (128, 128) and crop.dtype == np.float32
 
     def at(u, v):
-        x, y = np.rint(t.uvd_to_crop_px([u, v])).astype(int)
+        x, y = np.rint(crop_px(t, [u, v])).astype(int)
         return crop[y, x]
 
     assert at(320, 240) == 0.0  # the centre depth
@@ -115,7 +121,7 @@ def test_crop_outside_the_image_is_zero_padded_background():
     crop, t = crop_depth(depth, [5.0, 470.0, 700.0], 300.0, 64, intr=NYU)
     xstart, ystart, _, _ = t.box_px
     assert xstart < 0 and t.box_px[3] > 480
-    x0, y0 = t.uvd_to_crop_px([0.0, 479.0])  # the image corner inside the crop
+    x0, y0 = crop_px(t, [0.0, 479.0])  # the image corner inside the crop
     assert crop[int(np.ceil(y0)) + 1, int(np.floor(x0)) - 2] == 1.0  # left of the image: padding
     assert crop[int(np.floor(y0)) - 1, int(np.ceil(x0)) + 1] == 0.0  # inside: the 700 mm wall
 
@@ -124,8 +130,8 @@ def test_rotation_turns_content_clockwise_in_y_down_pixels():
     # A disc right of the centre appears below the centre after +90 degrees.
     depth = disc_frame(NYU, [(400, 240, 12, 620)])
     crop, t = crop_depth(depth, [320.0, 240.0, 600.0], 300.0, 128, intr=NYU, rotation_deg=90.0)
-    cx, cy = t.uvd_to_crop_px([320.0, 240.0])
-    px, py = t.uvd_to_crop_px([400.0, 240.0])
+    cx, cy = crop_px(t, [320.0, 240.0])
+    px, py = crop_px(t, [400.0, 240.0])
     assert abs(px - cx) < 1e-9 and py - cy == pytest.approx(80 * 128 / 294)
     assert crop[int(round(py)), int(round(px))] == pytest.approx((620 - 600) / 150)
     # the normalised joint turns the same way: straight below the centre, i.e. y < 0 (y up)
@@ -164,7 +170,7 @@ def test_joint_round_trip_crop_uncrop_with_and_without_augmentation(intr):
         assert crop.shape == (size, size) and crop.dtype == np.float32
         assert -1.0 <= crop.min() and crop.max() <= 1.0
         # the centre sits in the middle up to the box rounding (half an image px) and the paste
-        assert np.all(np.abs(t.uvd_to_crop_px(centre) - size / 2) <= 0.5 * t.M[0, 0] + 1.0)
+        assert np.all(np.abs(crop_px(t, centre) - size / 2) <= 0.5 * t.M[0, 0] + 1.0)
         np.testing.assert_allclose(t.norm_to_xyz(joints_norm), joints_xyz, rtol=0, atol=1e-3)
         np.testing.assert_allclose(t.norm_to_uvd(joints_norm), joints_uvd, rtol=0, atol=1e-6)
         # the same normalised joints from xyz directly
@@ -225,7 +231,7 @@ def test_augmented_crop_shows_each_disc_under_its_projected_joint(intr, size):
             # the pixel under each joint shows its disc, at the joint's normalised depth
             # (the normalised joints, projected in the crop's rotated frame, land where the
             # image matrix puts the original joints)
-            np.testing.assert_allclose(t.norm_to_crop_px(joints_norm), t.uvd_to_crop_px(joints_uvd),
+            np.testing.assert_allclose(t.norm_to_crop_px(joints_norm), crop_px(t, joints_uvd),
                                        atol=1e-6)
             px = np.rint(t.norm_to_crop_px(joints_norm)).astype(int)  # (5, 2) x, y
             alive &= np.all((px >= 0) & (px < size), axis=1)
@@ -288,7 +294,7 @@ def test_rewarp_into_a_farther_cube_keeps_background_and_reclamps():
     out = rewarp_crop(crop, t, t2)
     # old front face 450 mm -> -1 (clamped); 600 mm -> -2/3; 675 mm -> -1/6; background stays +1
     np.testing.assert_allclose(np.unique(out), [-1.0, -2 / 3, -1 / 6, 1.0], atol=1e-6)
-    x, y = np.rint(t2.uvd_to_crop_px([320.0, 240.0])).astype(int)  # old crop px (32, 32)
+    x, y = np.rint(crop_px(t2, [320.0, 240.0])).astype(int)  # old crop px (32, 32)
     assert out[y, x] == pytest.approx(-1 / 6)
 
 

@@ -6,11 +6,13 @@ import pytest
 from handgan.camera import ICVL, NYU
 from handgan.synth.render import Scene, SensorConfig, apply_sensor, render_depth
 
+from helpers import pixel_rays
+
 FB_MM_PX = NYU.fx * 75.0  # focal length x baseline
 
 
 def _rays(intr, u, v):
-    return intr.pixel_rays(np.asarray(u, float), np.asarray(v, float))
+    return pixel_rays(intr, np.asarray(u, float), np.asarray(v, float))
 
 
 def _sphere_t(d, c, r):

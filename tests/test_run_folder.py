@@ -13,11 +13,10 @@ import pytest
 
 from handgan.checkpoint import load_checkpoint
 from handgan.cli import main
-from handgan.monitor import read_jsonl
 from handgan.runlock import LOCK_NAME, FolderLock
 from handgan.synth.generate import synthesize_dataset
 
-from helpers import HAND
+from helpers import HAND, read_jsonl
 
 # 24 training frames, batch 8, no hold-out: 3 steps per epoch.
 STEPS_PER_EPOCH = 3

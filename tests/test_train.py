@@ -16,11 +16,10 @@ from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, load_yaml, preset
 from handgan.errors import HandganError
 from handgan.fidelity import generator_fidelity
-from handgan.monitor import read_jsonl
 from handgan.networks import load_networks
 from handgan.synth.generate import synthesize_dataset
 
-from helpers import HAND
+from helpers import HAND, read_jsonl
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -45,17 +45,6 @@ class Intrinsics:
         v = np.where(z == 0, self.cy, self.cy + sign * self.fy * y / safe_z)
         return np.stack([u, v, z], axis=-1)
 
-    def pixel_rays(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Unnormalised ray directions (..., 3) through pixels (u, v), with z component 1.
-
-        A point at depth z on the ray through (u, v) is ``z * ray``.
-        """
-        x = (np.asarray(u, dtype=np.float64) - self.cx) / self.fx
-        y = (np.asarray(v, dtype=np.float64) - self.cy) / self.fy
-        if self.y_up:
-            y = -y
-        return np.stack([x, y, np.ones_like(x)], axis=-1)
-
 
 # NYU hand dataset (Kinect/PrimeSense 1.09, 640x480), as used by DeepPrior++ and the field's evaluator.
 NYU = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0, width=640, height=480, y_up=True)

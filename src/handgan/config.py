@@ -510,12 +510,8 @@ def load_yaml(path: str | os.PathLike) -> TrainConfig:
         raise HandganError(f"{path}: {e}") from None
 
 
-def save_yaml(cfg: TrainConfig, path: str | os.PathLike, header: str | None = None) -> None:
-    """Write ``cfg`` in full as YAML, atomically (:func:`handgan.atomic.atomic_write`).
-
-    ``header`` (optional) is written first as ``#`` comment lines.
-    """
-    text = "".join(f"# {line}\n" if line else "#\n" for line in (header or "").splitlines())
-    text += yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False)
+def save_yaml(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` in full as YAML, atomically (:func:`handgan.atomic.atomic_write`)."""
+    text = yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

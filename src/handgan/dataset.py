@@ -268,10 +268,9 @@ def split_labeled(cache: CropCache, labeled_fraction: float | None = None,
     return labeled, unlabeled
 
 
-def all_labeled(cache: CropCache, *, augment: AugmentConfig | None = None,
-                seed: int = 0) -> LabeledCrops:
+def all_labeled(cache: CropCache) -> LabeledCrops:
     """Every row with its labels: the supervised 100 % case and test sets."""
-    return LabeledCrops(cache, np.arange(len(cache)), augment=augment, seed=seed)
+    return LabeledCrops(cache, np.arange(len(cache)))
 
 
 def all_unlabeled(cache: CropCache, *, augment: AugmentConfig | None = None,

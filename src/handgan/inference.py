@@ -30,20 +30,10 @@ from handgan.checkpoint import load_checkpoint
 from handgan.device import resolve_device
 from handgan.errors import HandganError
 from handgan.export import onnx_bytes, onnxruntime_session
-from handgan.frames import (  # noqa: F401  (API: in frames.py)
-    FRAME_SUFFIXES,
-    list_depth_files,
-    read_depth_frame,
-)
+from handgan.frames import read_depth_frame  # noqa: F401  (API: in frames.py)
 from handgan.localize import Localizer
 from handgan.networks import CropSpec, load_networks, read_crop_spec
-from handgan.overlay import save_overlay  # noqa: F401  (API: moved to overlay.py)
-from handgan.preprocess import (  # noqa: F401  (API: DEFAULT_CUBE_MM)
-    DEFAULT_CUBE_MM,
-    CropTransform,
-    crop_depth,
-    localize_hand,
-)
+from handgan.preprocess import CropTransform, crop_depth, localize_hand
 from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
 from handgan.sequence import PredictReport, open_sources, predict_frames
 

@@ -154,11 +154,6 @@ def points_to_cells(points: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     return torch.column_stack([cell[:, 1] * grid[1] + cell[:, 0], offset])
 
 
-def detector_target(uv: np.ndarray, stride: int, grid: tuple[int, int]) -> np.ndarray:
-    """(N, 2) full-frame u, v -> (N, 3) [flat cell index, offset x, offset y in [0, 1)]."""
-    return points_to_cells(torch.from_numpy(detector_points(uv, stride)), grid).numpy()
-
-
 class HandDetector(nn.Module):
     """(B, 1, h, w) :func:`detector_input` -> (B, 3, ceil(h/8), ceil(w/8)): per cell the palm
     centre's logit and its place inside the cell (x, y logits of a sigmoid). Dilated layers
@@ -202,11 +197,6 @@ def detection_candidates(out: torch.Tensor, stride: int, count: int
     p = (xy + offsets.double()) * CELL - 0.5  # detector input px
     return ((p * stride + stride // 2).permute(0, 2, 1).cpu().numpy(),
             logits.double().cpu().numpy())
-
-
-def decode_detections(out: torch.Tensor, stride: int) -> np.ndarray:
-    """(B, 3, gh, gw) detector output -> (B, 2) full-frame u, v of the best cell's point."""
-    return detection_candidates(out, stride, 1)[0][:, 0]
 
 
 # How much the detector's peak logit counts beside the verifier's logit when choosing among the

@@ -445,9 +445,6 @@ class Discriminator(nn.Module):
             raise ValueError(f"heads must be 'both', 'real_fake' or 'pose', got {heads!r}")
         return self.real_fake(h).squeeze(1), self.pose(h).view(-1, self.cfg.num_joints, 3)
 
-    def real_fake_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.real_fake(self.trunk(x)).squeeze(1)
-
     def estimate(self, x: torch.Tensor) -> torch.Tensor:
         """The pose branch alone: (B, 1, S, S) -> (B, J, 3). Never touches the real/fake head."""
         return self.pose(self.trunk(x)).view(-1, self.cfg.num_joints, 3)

@@ -57,12 +57,6 @@ def keep_records(path: str | Path, keep: Callable[[dict], bool]) -> None:
     atomic_write_text(path, "".join(kept))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every record of a JSON-lines file (blank lines skipped)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def progress_bar(total: int | None, initial: int = 0, enabled: bool = True,
                  desc: str = "train") -> tqdm:
     """The training progress bar over steps (``disable`` when not ``enabled``)."""

@@ -29,7 +29,7 @@ from handgan.checkpoint import check_networks, load_checkpoint
 from handgan.config import TrainConfig, from_dict
 from handgan.dataset import LabeledCrops
 from handgan.errors import HandganError
-from handgan.joints import NYU14, NYU14_NAMES, layout_of_names, readable_names
+from handgan.joints import NYU14_NAMES, layout_of_names, readable_names
 from handgan.models import Discriminator, Generator, ModelConfig, PoseEstimator
 from handgan.preprocess import DEFAULT_CUBE_MM
 
@@ -163,11 +163,6 @@ def centre_joint_index(joint_names: Sequence[str]) -> int | None:
     dataset names), else None."""
     layout = layout_of_names(joint_names)
     return layout.centre if layout is not None else None
-
-
-def is_nyu14(joint_names: Sequence[str]) -> bool:
-    """True for the 14 NYU evaluation joints (either naming)."""
-    return layout_of_names(joint_names) is NYU14
 
 
 def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:

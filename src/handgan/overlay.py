@@ -108,10 +108,3 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     atomic_write(path, lambda f: Image.fromarray(rgb, mode="RGB").save(f, format="PNG"),
                  durable=False)
     return path
-
-
-def save_overlay(path: str | os.PathLike, depth_mm: np.ndarray, pred: Prediction,
-                 title: str = "", truth_uvd: np.ndarray | None = None,
-                 error_mm: float | None = None) -> Path:
-    """A PNG of the prediction (:func:`render_overlay`), written atomically."""
-    return write_png(path, render_overlay(depth_mm, pred, title, truth_uvd, error_mm))

@@ -10,19 +10,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from handgan.atomic import atomic_write
-from handgan.joints import NYU14, NYU_EVAL_IDS, JointLayout, layout_for
+from handgan.joints import JointLayout, layout_for
 
 # One colour per digit (joints.DIGITS): little, ring, middle, index, thumb, palm.
 _FINGER_COLOURS = ("#e41a1c", "#ff7f00", "#4daf4a", "#377eb8", "#984ea3", "#222222")
 
 
 def draw_skeleton(ax, uv: np.ndarray, layout: JointLayout | None = None,
-                  visible: np.ndarray | None = None, offset=(0.0, 0.0),
-                  scale: float = 1.0) -> None:
+                  visible: np.ndarray | None = None, offset=(0.0, 0.0)) -> None:
     """Draw a skeleton (uv in image pixels) on an image axis, bones coloured by finger; hidden
     joints hollow. ``layout`` defaults to the one with as many joints as ``uv`` has; a joint set
     of no known dataset is drawn as joints alone."""
-    pts = (np.asarray(uv)[:, :2] - np.asarray(offset)) * scale
+    pts = np.asarray(uv)[:, :2] - np.asarray(offset)
     layout = layout or layout_for(len(pts))
     digits = layout.digits if layout is not None else (0,) * len(pts)
     for a, b in layout.edges if layout is not None else ():
@@ -32,12 +31,6 @@ def draw_skeleton(ax, uv: np.ndarray, layout: JointLayout | None = None,
         colour = _FINGER_COLOURS[digits[j]]
         shown = True if visible is None else bool(visible[j])
         ax.plot(x, y, "o", ms=4.5, mec="white", mew=0.8, color=colour if shown else "none")
-
-
-def draw_skeleton14(ax, uv: np.ndarray, visible: np.ndarray | None = None, offset=(0.0, 0.0),
-                    scale: float = 1.0) -> None:
-    """Draw the NYU 14-joint skeleton (uv in image pixels): :func:`draw_skeleton` with NYU14."""
-    draw_skeleton(ax, uv, NYU14, visible, offset, scale)
 
 
 def depth_to_rgb(depth_mm: np.ndarray, near_mm: float, far_mm: float) -> np.ndarray:
@@ -100,11 +93,6 @@ def save_figure(fig: plt.Figure, out: str | Path) -> Path:
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90), durable=False)
     plt.close(fig)
     return out
-
-
-def eval14(joints36: np.ndarray) -> np.ndarray:
-    """Select the 14 evaluation joints from (..., 36, 3) NYU arrays."""
-    return np.asarray(joints36)[..., list(NYU_EVAL_IDS), :]
 
 
 def crop_pairs_image(real: np.ndarray, fake: np.ndarray, cols: int = 4, gap: int = 2) -> np.ndarray:

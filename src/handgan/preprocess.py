@@ -8,8 +8,7 @@ The pipeline (facts in ``shared/research/deep-prior-pp.md`` sections 2 and 3):
    the 3x3 matrix ``M`` (full-image px -> crop px), the depth normalisation and the joint
    normalisation, each in one place, and maps both ways.
 3. :func:`crop_depth`: cut, clamp, resize (nearest neighbour) and normalise the crop to [-1, 1].
-4. :func:`preprocess_frame`: 1 to 3 plus the joints' normalised coordinates.
-5. :func:`rewarp_crop`: a cached crop re-expressed for another transform (used by augmentation).
+4. :func:`rewarp_crop`: a cached crop re-expressed for another transform (used by augmentation).
 
 Conventions (the rest of handgan relies on them):
 
@@ -130,18 +129,10 @@ class CropTransform:
         norm[~(d > 0)] = BACKGROUND  # missing: 0, negative or NaN
         return norm
 
-    def norm_to_depth(self, d_norm: np.ndarray) -> np.ndarray:
-        """Normalised depth -> mm, the linear inverse of :meth:`depth_to_norm` (+1 gives the back
-        face, -1 the front face: the clamping itself cannot be undone)."""
-        d = np.asarray(d_norm)
-        if not np.issubdtype(d.dtype, np.floating):
-            d = d.astype(np.float64)
-        return d * d.dtype.type(self.half_depth_mm) + d.dtype.type(self.centre_uvd[2])
-
     def renormalise(self, crop: np.ndarray, src: CropTransform) -> np.ndarray:
         """Normalised depth of ``src`` -> normalised depth of this transform, as if cropped anew:
-        ``self.depth_to_norm(src.norm_to_depth(crop))``, with ``src``'s background kept as
-        background; written as one affine map for speed. (S, S) -> (S, S) float32."""
+        ``self.depth_to_norm(crop * src.half_depth_mm + src.centre_uvd[2])``, with ``src``'s
+        background kept as background; written as one affine map for speed. (S, S) -> (S, S) float32."""
         crop = np.asarray(crop, dtype=np.float32)
         scale = src.half_depth_mm / self.half_depth_mm
         shift = (src.centre_uvd[2] - self.centre_uvd[2]) / self.half_depth_mm
@@ -186,13 +177,6 @@ class CropTransform:
         xyz = np.asarray(norm, dtype=np.float64) * self.half_depth_mm + self.centre_xyz
         uvd = self.intr.xyz_to_uvd(xyz)
         return uvd if self.rotation_deg == 0.0 else self._rotate_uv(uvd, -1.0)
-
-    def uvd_to_crop_px(self, uvd: np.ndarray) -> np.ndarray:
-        """(..., 3) or (..., 2) full-frame u, v (px) -> (..., 2) crop px (x = column, y = row),
-        for drawing. The crop pixel nearest to it samples the image pixel nearest to (u, v)
-        (exactly when the crop does not downscale)."""
-        uv = np.asarray(uvd, dtype=np.float64)[..., :2]
-        return uv @ self.M[:2, :2].T + self.M[:2, 2]
 
     def norm_to_crop_px(self, norm: np.ndarray) -> np.ndarray:
         """(..., 3) normalised joints -> (..., 2) crop px, for drawing predictions.
@@ -543,45 +527,3 @@ def _no_hand_reason(depth: np.ndarray, max_depth_mm: float) -> str:
                 f"(nearest is {nearest:g} mm)")
     return (f"no hand found: only isolated pixels with depth within {max_depth_mm:g} mm "
             f"({int((positive & (d <= max_depth_mm)).sum())} pixels)")
-
-
-# --------------------------------------------------------------------------------------------
-# Whole frame
-# --------------------------------------------------------------------------------------------
-
-def preprocess_frame(depth_mm: np.ndarray, intr: Intrinsics, cube_mm: float | np.ndarray,
-                     size: int = 128, centre_uvd: np.ndarray | None = None,
-                     joints_uvd: np.ndarray | None = None, *,
-                     joints_xyz: np.ndarray | None = None,
-                     max_depth_mm: float = 1500.0) -> tuple[np.ndarray, CropTransform,
-                                                            np.ndarray | None]:
-    """Full frame -> normalised crop, its transform and the normalised joints.
-
-    Args:
-        depth_mm: (H, W) frame in mm.
-        intr: camera intrinsics.
-        cube_mm: cube side (scalar) or sides (3,) in mm.
-        size: S, crop side in px.
-        centre_uvd: (3,) crop centre (e.g. the ground-truth palm joint in training); None ->
-            :func:`localize_hand` with the cube's z side.
-        joints_uvd: (J, 3) joints u, v px, d mm, or None.
-        joints_xyz: (J, 3) joints in mm instead of joints_uvd (NYU's ``joint_xyz``).
-        max_depth_mm: far limit of the localisation.
-
-    Returns:
-        crop: (S, S) float32 in [-1, 1].
-        transform: :class:`CropTransform`.
-        joints_norm: (J, 3) normalised joints, or None without joints.
-    """
-    if joints_uvd is not None and joints_xyz is not None:
-        raise ValueError("give joints_uvd or joints_xyz, not both")
-    if centre_uvd is None:
-        cube_z = float(np.broadcast_to(np.asarray(cube_mm, dtype=np.float64), (3,))[2])
-        centre_uvd = localize_hand(depth_mm, intr, max_depth_mm=max_depth_mm, cube_mm=cube_z)
-    crop, transform = crop_depth(depth_mm, centre_uvd, cube_mm, size, intr=intr)
-    joints_norm = None
-    if joints_uvd is not None:
-        joints_norm = transform.uvd_to_norm(joints_uvd)
-    elif joints_xyz is not None:
-        joints_norm = transform.xyz_to_norm(joints_xyz)
-    return crop, transform, joints_norm

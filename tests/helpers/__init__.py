@@ -4,14 +4,18 @@ scripts the tests run in other processes (ddp_sync_check.py, under torchrun)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from handgan.camera import NYU
+from handgan.camera import NYU, Intrinsics
 from handgan.checkpoint import save_checkpoint
 from handgan.config import preset, to_dict
 from handgan.joints import NYU_EVAL_IDS, NYU_JOINT_NAMES
 from handgan.models import Discriminator, Generator, ModelConfig, init_weights
+from handgan.preprocess import CropTransform, crop_depth, localize_hand
 from handgan.synth.frame import SynthConfig
 
 HAND = SynthConfig(scene="hand")  # hand-only frames: faster, and enough for these tests
@@ -48,3 +52,36 @@ def save_tiny_checkpoint(path, cfg: ModelConfig = TINY, crop: dict | None | str 
     if crop is not None:
         state["crop"] = crop_meta(cfg) if crop == "default" else crop
     save_checkpoint(path, state)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a JSON-lines file such as a run's ``metrics.jsonl`` (blank lines skipped)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def pixel_rays(intr: Intrinsics, u, v) -> np.ndarray:
+    """Unnormalised ray directions (..., 3) through pixels (u, v), with z component 1: a point at
+    depth z on the ray through (u, v) is ``z * ray``."""
+    x = (np.asarray(u, dtype=np.float64) - intr.cx) / intr.fx
+    y = (np.asarray(v, dtype=np.float64) - intr.cy) / intr.fy
+    if intr.y_up:
+        y = -y
+    return np.stack([x, y, np.ones_like(x)], axis=-1)
+
+
+def preprocess_frame(depth_mm: np.ndarray, intr: Intrinsics, cube_mm, size: int = 128,
+                     centre_uvd=None, joints_uvd=None, *, joints_xyz=None,
+                     ) -> tuple[np.ndarray, CropTransform, np.ndarray | None]:
+    """Full frame -> (crop, its transform, the normalised joints or None), as the cache crops a
+    frame: the centre is ``centre_uvd``, or :func:`localize_hand` with the cube's z side."""
+    if centre_uvd is None:
+        cube_z = float(np.broadcast_to(np.asarray(cube_mm, dtype=np.float64), (3,))[2])
+        centre_uvd = localize_hand(depth_mm, intr, cube_mm=cube_z)
+    crop, transform = crop_depth(depth_mm, centre_uvd, cube_mm, size, intr=intr)
+    joints_norm = None
+    if joints_uvd is not None:
+        joints_norm = transform.uvd_to_norm(joints_uvd)
+    elif joints_xyz is not None:
+        joints_norm = transform.xyz_to_norm(joints_xyz)
+    return crop, transform, joints_norm

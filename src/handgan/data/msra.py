@@ -170,7 +170,7 @@ class MSRADataset:
 
     Frames are ordered by subject, then gesture folder (sorted), then frame number. ``subjects``
     defaults to every ``P0``-``P8`` folder present. With ``skip_faulty`` the frames listed in
-    ``MSRA_FAULTY_FRAMES`` are left out. Per frame: ``subject_ids``, ``gestures`` and
+    ``MSRA_FAULTY_FRAMES`` are left out. Per frame: ``subject_ids`` and
     ``frame_numbers`` (the number in the .bin name). ``default_cube_mm`` is the largest cube of
     the subjects (one crop size that holds every hand); ``cube_mm(i)`` is DeepPrior++'s cube for
     frame i's subject.
@@ -234,11 +234,6 @@ class MSRADataset:
         self._uvd = self.intrinsics.xyz_to_uvd(self._xyz)
         self.default_cube_mm: float = max(MSRA_CUBES_MM[s] for s in self.subjects)
 
-    @property
-    def gestures(self) -> list[str]:
-        """Gesture folder name of each frame."""
-        return [self._folders[k].name for k in self._folder_ids]
-
     def __len__(self) -> int:
         return len(self.frame_numbers)
 
@@ -284,9 +279,7 @@ def _check_bin_files(folder: Path, count: int) -> None:
         )
 
 
-def msra_fold(
-    root: str | Path, test_subject: int, skip_faulty: bool = False
-) -> tuple[MSRADataset, MSRADataset]:
+def msra_fold(root: str | Path, test_subject: int) -> tuple[MSRADataset, MSRADataset]:
     """Leave-one-subject-out split: (every other subject present, ``test_subject``)."""
     available = list_subjects(root)
     if test_subject not in available:
@@ -298,7 +291,4 @@ def msra_fold(
     train_subjects = [s for s in available if s != test_subject]
     if not train_subjects:
         raise HandganError(f"{root}: only subject P{test_subject} is present; nothing to train on")
-    return (
-        MSRADataset(root, train_subjects, skip_faulty=skip_faulty),
-        MSRADataset(root, [test_subject], skip_faulty=skip_faulty),
-    )
+    return MSRADataset(root, train_subjects), MSRADataset(root, [test_subject])

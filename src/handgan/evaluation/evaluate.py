@@ -130,7 +130,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     cfg, gen, dis = load_networks(path, device=dev, ckpt=ckpt)
     ref = _reference(path, cfg, refine, reference, dev)
     centre = centre or cfg.data.centre
-    spec, split = _pick_split(path, cfg, data, split, centre, out, progress)
+    spec, split = _pick_split(path, cfg, data, split, centre, out)
     cache_dir = DataConfig.cache_dir if cache_dir is None else cache_dir  # not the checkpoint's
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
     reader = open_split(spec, split)
@@ -178,7 +178,7 @@ def _reference(path: Path, cfg: TrainConfig, refine: int, reference, device: tor
 
 
 def _pick_split(path: Path, cfg: TrainConfig, data: str | None, split: str | None, centre: str,
-                out, progress: bool):
+                out):
     """(source spec, split name) to evaluate: the given ones, checked, or the run's source and
     its test split (then the default report folder is checked, now that its name is known)."""
     source = data or cfg.data.source

@@ -30,7 +30,6 @@ from handgan.data.nyu import depth_png_name, write_depth_png, write_joint_data
 from handgan.errors import HandganError
 from handgan.synth import hand as H
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
-from handgan.synth.render import SensorConfig
 
 MANIFEST = "handgan_synth.json"
 EXTRA = "handgan_extra.npz"
@@ -112,14 +111,6 @@ def _config_dict(cfg: SynthConfig) -> dict:
     d = asdict(cfg)
     d["depth_range_mm"] = list(cfg.depth_range_mm)
     return d
-
-
-def config_from_dict(d: dict) -> SynthConfig:
-    d = dict(d)
-    d.setdefault("scene", "hand")  # written before full scenes existed
-    d["sensor"] = SensorConfig(**d.get("sensor", {}))
-    d["depth_range_mm"] = tuple(d["depth_range_mm"])
-    return SynthConfig(**d)
 
 
 def _prepare_output(out: Path, params: dict, overwrite: bool) -> None:

@@ -86,11 +86,6 @@ class HandPose:
     rotation: np.ndarray = field(default_factory=lambda: np.eye(3))  # hand frame -> camera frame
     palm_centre_mm: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 800.0]))
 
-    def angles_vector(self) -> np.ndarray:
-        """The 22 articulation angles in a fixed order (for saving as ground truth)."""
-        return np.concatenate([self.finger_mcp_flex, self.finger_mcp_abd, self.finger_pip_flex,
-                               self.finger_dip_flex, self.thumb, self.wrist])
-
 
 ANGLE_NAMES = tuple(
     [f"{f}_mcp_flex" for f in FINGERS] + [f"{f}_mcp_abd" for f in FINGERS]
@@ -100,7 +95,7 @@ ANGLE_NAMES = tuple(
 
 
 def angle_limits() -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) arrays matching :meth:`HandPose.angles_vector`."""
+    """(low, high) arrays of the 22 articulation angles, in :data:`ANGLE_NAMES` order."""
     lo = np.concatenate([
         np.full(4, FINGER_LIMITS["mcp_flex"][0]), MCP_ABD_LIMITS[:, 0],
         np.full(4, FINGER_LIMITS["pip_flex"][0]), np.full(4, FINGER_LIMITS["dip_flex"][0]),

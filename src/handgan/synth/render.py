@@ -1,7 +1,8 @@
 """Exact ray-cast depth of spheres, round cones and planes; a Kinect-style structured-light sensor.
 
 Everything is in the camera frame in mm (NYU: x right, y up, z forward). The ray through pixel
-(u, v) is ``intr.pixel_rays(u, v)`` = (x, y, 1), so a hit at ray parameter t lies at depth z = t.
+(u, v) is (x, y, 1) = ((u - cx) / fx, ±(v - cy) / fy, 1) (minus when ``intr.y_up``), so a hit at
+ray parameter t lies at depth z = t.
 
 Rendering (:func:`render_depth`) is vectorised per primitive type: each primitive's exact screen
 footprint is bounded by the convex hull of the bounding discs of its end spheres' silhouettes, cut

@@ -201,7 +201,7 @@ def sample_surroundings(rng: np.random.Generator, sk: H.Skeleton, g: H.HandGeome
 
     table = None
     if rng.uniform() < TABLE_P:
-        table = _table(rng, body, sk, g, elbow, origin, up, forward, lateral, front, intr)
+        table = _table(rng, body, g, elbow, origin, up, forward, lateral, intr)
     if table is not None:
         tags.append("table")
     sitting = table is not None or rng.uniform() < 0.4
@@ -210,7 +210,7 @@ def sample_surroundings(rng: np.random.Generator, sk: H.Skeleton, g: H.HandGeome
         floor = min(floor, table.height - rng.uniform(680.0, 760.0))
     floor = min(floor, -400.0, float((hand_pts @ up).min()) - 200.0)
     _legs(body, hips, up, forward, lateral, floor, sitting, bs, hand_pts, hand_r, intr)
-    _room(rng, body, hands, up, forward, lateral, floor)
+    _room(rng, body, hands, up, floor)
     return Surroundings(hands.scene(), body.scene(), table, tags, shoulder, elbow, front)
 
 
@@ -273,7 +273,7 @@ def _other_arm(rng, body: _Parts, hands: _Parts, shoulder, sk: H.Skeleton, g: H.
         bend = _turn(-up + 0.5 * lat, axis, swivel)  # the elbow points down and out
         bend = _unit(bend - (bend @ axis) * axis)
         elbow = shoulder + l1 * (cos_a * axis + np.sqrt(max(1.0 - cos_a * cos_a, 0.0)) * bend)
-        geo = _mirrored_hand(angles, roll, wrist, elbow, sk, s)
+        geo = _mirrored_hand(angles, roll, wrist, elbow, s)
         pts = np.concatenate([geo.a, geo.b, [elbow, shoulder]])
         rad = np.concatenate([geo.ra, geo.rb, [33.0 * bs, 44.0 * bs]])
         # Neither hides the other hand: the target must stay unoccluded, and this hand, when
@@ -291,7 +291,7 @@ def _other_arm(rng, body: _Parts, hands: _Parts, shoulder, sk: H.Skeleton, g: H.
     return "other_hidden"
 
 
-def _mirrored_hand(angles, roll, wrist, elbow, sk: H.Skeleton, s: float) -> H.HandGeometry:
+def _mirrored_hand(angles, roll, wrist, elbow, s: float) -> H.HandGeometry:
     """A left hand: hand.py's right hand posed along elbow -> wrist, mirrored across its own
     palm's mid-plane (radial axis flipped); its forearm runs back to the elbow."""
     distal = _unit(wrist - elbow)
@@ -313,7 +313,7 @@ def _mirrored_hand(angles, roll, wrist, elbow, sk: H.Skeleton, s: float) -> H.Ha
     return H.HandGeometry(mirror(geo.a), mirror(geo.b), geo.ra, geo.rb, geo.labels)
 
 
-def _table(rng, body: _Parts, sk, g, elbow, origin, up, fwd, lat, front, intr) -> Table | None:
+def _table(rng, body: _Parts, g, elbow, origin, up, fwd, lat, intr) -> Table | None:
     """A table top below the hand, the elbow and the camera, from the person's belly towards
     the camera, with up to three objects on it away from the hand."""
     hand_pts, hand_r = _hand_points(g)
@@ -349,7 +349,7 @@ def _table(rng, body: _Parts, sk, g, elbow, origin, up, fwd, lat, front, intr) -
     return table
 
 
-def _room(rng, body: _Parts, hands: _Parts, up, fwd, lat, floor: float) -> None:
+def _room(rng, body: _Parts, hands: _Parts, up, floor: float) -> None:
     """Floor, back wall, sometimes a side wall and a ceiling, all behind/around the person."""
     body.plane(up, floor)
     facing = _turn(_unit(np.array([0.0, 0.0, -1.0]) + up[2] * up), up, rng.uniform(-20.0, 20.0))
