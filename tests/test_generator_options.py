@@ -340,6 +340,12 @@ def test_new_poses_recombine_labelled_hands():
         new_poses(poses, ("unlabeled",))
 
 
+def test_the_skeleton_term_turns_poses_by_at_most_loss_synth_turn_deg():
+    poses = torch.rand(6, 14, 3, generator=torch.Generator().manual_seed(5)) - 0.5
+    assert torch.equal(steps_mod.synth_targets(poses, None, ["rotate"], 0.0), poses)  # no turn
+    assert not torch.allclose(steps_mod.synth_targets(poses, None, ["rotate"], 90.0), poses)
+
+
 def test_step_phase_warm_up_then_ramp():
     loss = LossConfig(gen_warmup_epochs=2, w_synth=4.0, synth_ramp_epochs=2)
     phase = steps_mod.step_phase

@@ -121,7 +121,8 @@ def update_discriminator(gen: nn.Module, dis: nn.Module, opt_d: torch.optim.Opti
         elif has_u:
             real_logits = torch.cat([real_logits, dis(x_u, heads="real_fake")])  # real/fake only
         if synth:
-            j_syn = synth_targets(j_l, pose_u if synth_from_u else None, synth_sources)
+            j_syn = synth_targets(j_l, pose_u if synth_from_u else None, synth_sources,
+                                  w.synth_turn_deg)
             synth = len(j_syn) > 0
         j_gen = torch.cat([j_l, j_syn]) if synth else j_l
         with torch.no_grad():  # no gradient into Gen here
@@ -259,11 +260,11 @@ def synth_pose_loss(predicted: torch.Tensor, target: torch.Tensor, gate: float) 
 
 
 def synth_targets(j_l: torch.Tensor, pose_u: torch.Tensor | None,
-                  sources: list[str]) -> torch.Tensor:
+                  sources: list[str], max_turn_deg: float) -> torch.Tensor:
     """New poses J' (fixed) for the skeleton-space term: drawn from the labelled poses, plus
     the poses Dis reads off the unlabelled crops (clipped to the crop cube) when given; Gen
-    turns each into a labelled pair."""
-    j_new = [new_poses(j_l.float(), sources)] if sources else []
+    turns each into a labelled pair (``max_turn_deg``: ``loss.synth_turn_deg``)."""
+    j_new = [new_poses(j_l.float(), sources, max_turn_deg)] if sources else []
     if pose_u is not None:
         j_new.append(pose_u.detach().float().clamp(-1.0, 1.0))
     return torch.cat(j_new) if j_new else j_l[:0]
