@@ -162,13 +162,14 @@ def renormalise(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> to
     """``CropTransform.renormalise`` for a batch: (B, 1, S, S) normalised depth of the ``src``
     rows -> that of the ``dst`` rows, background kept as background, float32. Rows whose centre
     depth and cube depth are the same are returned unchanged, as ``rewarp_crop`` does."""
-    crops = crops.to(torch.float32)
     src, dst = src.to(torch.float64), dst.to(torch.float64)
     half_src, half_dst = src[:, 5] / 2.0, dst[:, 5] / 2.0  # half_depth_mm
     scale = (half_src / half_dst).to(torch.float32)[:, None, None, None]
     shift = ((src[:, 2] - dst[:, 2]) / half_dst).to(torch.float32)[:, None, None, None]
-    out = (crops * scale + shift).clamp(-1.0, BACKGROUND)
-    out = torch.where(crops >= BACKGROUND, BACKGROUND, out)
+    crops = crops.to(torch.float32)
+    out = crops * scale  # rounded, then the shift added and rounded, as numpy (no fused
+    out.add_(shift).clamp_(-1.0, BACKGROUND)  # multiply-add)
+    out.masked_fill_(crops >= BACKGROUND, BACKGROUND)
     same_depth = (src[:, 2] == dst[:, 2]) & (src[:, 5] == dst[:, 5])
     return torch.where(same_depth[:, None, None, None], crops, out)
 
@@ -184,9 +185,12 @@ def _warp_nearest(images: torch.Tensor, dst_to_src: torch.Tensor, fill: float) -
     # row terms, clipped onto the border, so the int cast of these values >= 0 is a floor
     col = (a[:, :, 0] * q + 1.5).to(torch.float32)  # (B, 2, S): x and y terms of each column
     row = (a[:, :, 1] * q + a[:, :, 2]).to(torch.float32)  # (B, 2, S): those of each row
-    src_xy = (col[:, :, None, :] + row[:, :, :, None]).clamp(0, n + 1)  # (B, 2, S rows, S cols)
-    flat = src_xy[:, 1].long() * (n + 2) + src_xy[:, 0].long()  # (B, S, S)
-    return padded.reshape(b, -1).gather(1, flat.reshape(b, -1)).reshape(b, n, n)
+    src_xy = col[:, :, None, :] + row[:, :, :, None]  # (B, 2, S rows, S cols)
+    index = torch.int32 if b * (n + 2) ** 2 < 2**31 else torch.int64  # int32: faster on CPUs
+    ixy = src_xy.clamp_(0, n + 1).to(index)
+    first = torch.arange(b, dtype=index, device=images.device)[:, None, None] * (n + 2) ** 2
+    flat = torch.add(ixy[:, 0], ixy[:, 1], alpha=n + 2).add_(first)  # (B, S, S) into padded
+    return padded.reshape(-1).index_select(0, flat.reshape(-1)).reshape(b, n, n)
 
 
 def rewarp_crops(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
@@ -205,7 +209,7 @@ def rewarp_crops(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
         outside the old crop is background.
     """
     _check(crops, src, dst)
-    renorm = renormalise(crops, src, dst)[:, 0]  # (B, S, S) float32
+    renorm = renormalise(crops.to(torch.float32), src, dst)[:, 0]  # (B, S, S) float32
     dst_to_src = _compose_affine(crop_matrices(src, intr),
                                  _affine_inverse(crop_matrices(dst, intr)))  # new px -> old px
     return _warp_nearest(renorm, dst_to_src.to(renorm.device), BACKGROUND)[:, None]
@@ -309,10 +313,10 @@ def augment_batch(crops: torch.Tensor, src: torch.Tensor, joints_norm: torch.Ten
         Rows that kept their transform ('none') keep their crop and joints exactly.
     """
     _check(crops, src)
+    crops = crops.to(torch.float32)
     dst = draw_transforms(src, cfg, intr, generator)
     kept = (dst == src.to(torch.float64)).all(dim=1)  # the CPU path's `new_t is transform`
-    out = torch.where(kept[:, None, None, None], crops.to(torch.float32),
-                      rewarp_crops(crops, src, dst, intr))
+    out = torch.where(kept[:, None, None, None], crops, rewarp_crops(crops, src, dst, intr))
     out = _sensor_noise(out, dst, cfg, generator)
     if joints_norm is not None:
         joints = joints_norm.to(torch.float64)
