@@ -243,6 +243,15 @@ def test_draw_combined_and_the_cpu_draw_agree_in_distribution():
                                        rtol=0, atol=0.1 * scale)
 
 
+def test_draw_a_subset_of_modes_and_a_mode_listed_twice():
+    src = torch.tensor([[320.0, 240.0, 700.0, 300.0, 300.0, 300.0, 64.0, 0.0]]).repeat(6000, 1)
+    dst = da.draw_transforms(src, AugmentConfig(modes=("rot", "none", "rot")), NYU,
+                             torch.Generator().manual_seed(3))
+    turned = dst[:, 7] != src[:, 7]
+    assert torch.equal(dst[:, :7], src[:, :7].double())  # only the angle ever changes
+    assert turned.double().mean().item() == pytest.approx(2 / 3, abs=0.02)  # as numpy's draw
+
+
 def test_draw_is_reproducible_per_generator_seed():
     src = torch.tensor([[320.0, 240.0, 700.0, 300.0, 300.0, 300.0, 64.0, 0.0]]).repeat(16, 1)
     a = da.draw_transforms(src, STRONG, NYU, torch.Generator().manual_seed(4))

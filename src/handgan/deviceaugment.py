@@ -277,9 +277,11 @@ def draw_transforms(src: torch.Tensor, cfg: AugmentConfig, intr: Intrinsics,
         do_com = do_rot = do_sc = torch.ones(b, dtype=torch.bool, device=dev)
     else:
         pick = torch.randint(len(cfg.modes), (b,), generator=generator, device=dev)
-        modes = list(cfg.modes)
-        do_com, do_rot, do_sc = (torch.tensor([m == name for m in modes], device=dev)[pick]
-                                 for name in ("com", "rot", "sc"))
+        do_com, do_rot, do_sc = (torch.zeros(b, dtype=torch.bool, device=dev) for _ in range(3))
+        for k, mode in enumerate(cfg.modes):  # a mode listed twice is drawn twice as often
+            for flag, name in ((do_com, "com"), (do_rot, "rot"), (do_sc, "sc")):
+                if mode == name:
+                    flag |= pick == k
     offset_mm = draw(torch.randn, b, 3) * cfg.translation_sigma_mm
     moved = _xyz_to_uvd(_uvd_to_xyz(p[:, 0:3], intr) + offset_mm, intr)
     centre = torch.where(do_com[:, None], moved, p[:, 0:3])
