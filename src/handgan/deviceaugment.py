@@ -27,6 +27,8 @@ warp's per-pixel coordinates are float32 sums of float64 row and column terms as
 can differ in the last float64 bit are ``torch.cos``/``torch.sin`` (libm on the CPU path) and
 numpy's 3x3 products (BLAS); such a bit changes a pixel only if it moves a float32 term across a
 rounding boundary. tests/test_device_augment.py measures it: no pixel differed in its cases.
+This holds in eager mode, one rounding per operation; ``torch.compile`` may fuse a multiply
+and an add into one rounding, and then a rare pixel could differ.
 """
 from __future__ import annotations
 
