@@ -1,0 +1,343 @@
+"""Batched crop augmentation in torch, on any device: the tensor twin of :mod:`handgan.augment`.
+
+The CPU path augments one crop at a time (numpy, one
+:class:`~handgan.preprocess.CropTransform` object per crop). This module does the same for a
+batch of cached crops held as tensors wherever they are (issue 16: the crop cache in GPU memory,
+batches gathered by index there):
+
+* :func:`draw_transforms`: the new crops' transform parameters, with the distributions of
+  ``augment._draw_transform`` (one mode per crop, or all combined), from a ``torch.Generator``.
+  It does not reproduce numpy's random streams, only their distributions.
+* :func:`rewarp_crops`: :func:`~handgan.preprocess.rewarp_crop` for a batch: depth
+  re-normalised for the new centre and cube, then a nearest-neighbour warp by
+  ``src.M @ inv(dst.M)``, background where the old crop has no pixel.
+* :func:`map_joints`: :func:`handgan.augment.map_joints` for a batch.
+* :func:`augment_batch`: the three together with the optional sensor noise:
+  :func:`~handgan.augment.augment_crop` (or, without joints, ``augment_view``) for a batch.
+
+Transforms travel as (B, 8) rows in the cache's layout (``cachestore.TRANSFORM_COLUMNS``:
+centre u, v px, d mm, cube x, y, z mm, size, rotation deg), the rows of ``CropCache.transforms``.
+Preconditions that ``CropTransform`` checks (centre depth > 0, cube > 0) are not checked here:
+checking would wait for the device.
+
+Exactness. The geometry is float64 and repeats the CPU path's operations in the same order
+(``_box_and_matrix``, ``_rotation_about``, ``_affine_inverse``, the camera's projection), and the
+warp's per-pixel coordinates are float32 sums of float64 row and column terms as in
+``_warp_nearest``, so the crops equal ``rewarp_crop``'s pixel for pixel. The only operations that
+can differ in the last float64 bit are ``torch.cos``/``torch.sin`` (libm on the CPU path) and
+numpy's 3x3 products (BLAS); such a bit changes a pixel only if it moves a float32 term across a
+rounding boundary. tests/test_device_augment.py measures it: no pixel differed in its cases.
+This holds in eager mode, one rounding per operation; ``torch.compile`` may fuse a multiply
+and an add into one rounding, and then a rare pixel could differ.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from handgan.augment import AugmentConfig
+from handgan.camera import Intrinsics
+from handgan.preprocess import BACKGROUND
+
+PARAMS = 8  # columns of a transform row: u, v, d, cube x, y, z, size, rotation (TRANSFORM_COLUMNS)
+_DEG_TO_RAD = math.pi / 180.0  # math.radians' own constant, so the angles round alike
+
+
+# --------------------------------------------------------------------------------------------
+# Camera and crop geometry (float64, the CPU path's operations in its order)
+# --------------------------------------------------------------------------------------------
+
+def _uvd_to_xyz(uvd: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
+    """:meth:`Intrinsics.uvd_to_xyz` for float64 tensors: (..., 3) u, v px, d mm -> x, y, z mm."""
+    u, v, d = uvd.unbind(-1)
+    x = (u - intr.cx) * d / intr.fx
+    y = (v - intr.cy) * d / intr.fy
+    return torch.stack([x, -y if intr.y_up else y, d], dim=-1)
+
+
+def _xyz_to_uvd(xyz: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
+    """:meth:`Intrinsics.xyz_to_uvd` for float64 tensors (points at z = 0 -> (cx, cy, 0))."""
+    x, y, z = xyz.unbind(-1)
+    at_zero = z == 0
+    safe_z = torch.where(at_zero, torch.ones_like(z), z)
+    sign = -1.0 if intr.y_up else 1.0
+    u = torch.where(at_zero, intr.cx, intr.cx + intr.fx * x / safe_z)
+    v = torch.where(at_zero, intr.cy, intr.cy + sign * intr.fy * y / safe_z)
+    return torch.stack([u, v, z], dim=-1)
+
+
+def _rotate_uv(uvd: torch.Tensor, params: torch.Tensor, sign: float) -> torch.Tensor:
+    """``CropTransform._rotate_uv`` for a batch: (B, J, 3) uvd, (u, v) rotated about each row's
+    centre by sign * its rotation; rows without rotation are returned as they are."""
+    cu, cv, rot = params[:, 0, None], params[:, 1, None], params[:, 7, None]  # (B, 1) each
+    a = (sign * rot) * _DEG_TO_RAD
+    c, s = torch.cos(a), torch.sin(a)
+    du, dv = uvd[..., 0] - cu, uvd[..., 1] - cv  # (B, J)
+    u = cu + c * du - s * dv
+    v = cv + s * du + c * dv
+    rotated = torch.stack([u, v, uvd[..., 2]], dim=-1)
+    return torch.where((rot != 0)[..., None], rotated, uvd)
+
+
+def crop_matrices(params: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
+    """(B, 8) transform rows -> (B, 3, 3) float64 matrices M (full-image px -> crop px), each equal
+    to ``CropTransform.M``: DeepPrior++'s box and aspect-keeping scale (``_box_and_matrix``),
+    times the rotation about the centre (``_rotation_about``)."""
+    p = params.to(torch.float64)
+    u, v, z, size, rot = p[:, 0], p[:, 1], p[:, 2], p[:, 6], p[:, 7]  # (B,) each
+    half_w_px = p[:, 3] * intr.fx / (2.0 * z)
+    half_h_px = p[:, 4] * intr.fy / (2.0 * z)
+    xstart, xend = torch.floor(u - half_w_px + 0.5), torch.floor(u + half_w_px + 0.5)
+    ystart, yend = torch.floor(v - half_h_px + 0.5), torch.floor(v + half_h_px + 0.5)
+    wb, hb = (xend - xstart).clamp(min=1), (yend - ystart).clamp(min=1)  # whole numbers
+    wide = wb > hb  # the longer side fills the crop, the other keeps the aspect ratio
+    short = torch.div(torch.minimum(wb, hb) * size, torch.maximum(wb, hb),
+                      rounding_mode="floor").clamp(min=1)  # exact: small whole numbers
+    w_rz, h_rz = torch.where(wide, size, short), torch.where(wide, short, size)
+    scale = size / torch.where(wide, wb, hb)
+    xoff, yoff = torch.floor(size / 2 - w_rz / 2), torch.floor(size / 2 - h_rz / 2)
+    t0, t1 = xoff - scale * xstart, yoff - scale * ystart  # (B,) translation of M0
+
+    a = rot * _DEG_TO_RAD
+    c, s = torch.cos(a), torch.sin(a)
+    r02 = u - c * u + s * v  # translation of the rotation about (u, v)
+    r12 = v - s * u - c * v
+    zero, one = torch.zeros_like(u), torch.ones_like(u)
+    # M = M0 @ R with M0 = [[scale, 0, t0], [0, scale, t1], [0, 0, 1]]; unrotated rows keep M0
+    m = torch.stack([
+        torch.stack([scale * c, scale * -s, scale * r02 + t0], dim=-1),
+        torch.stack([scale * s, scale * c, scale * r12 + t1], dim=-1),
+        torch.stack([zero, zero, one], dim=-1),
+    ], dim=1)  # (B, 3, 3)
+    m0 = torch.stack([
+        torch.stack([scale, zero, t0], dim=-1),
+        torch.stack([zero, scale, t1], dim=-1),
+        torch.stack([zero, zero, one], dim=-1),
+    ], dim=1)
+    return torch.where((rot == 0)[:, None, None], m0, m)
+
+
+def _affine_inverse(m: torch.Tensor) -> torch.Tensor:
+    """``preprocess._affine_inverse`` for (B, 3, 3) affine matrices (last row 0, 0, 1)."""
+    a, b, c = m[:, 0].unbind(-1)
+    d, e, f = m[:, 1].unbind(-1)
+    det = a * e - b * d
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack([
+        torch.stack([e / det, -b / det, (b * f - c * e) / det], dim=-1),
+        torch.stack([-d / det, a / det, (c * d - a * f) / det], dim=-1),
+        torch.stack([zero, zero, one], dim=-1),
+    ], dim=1)
+
+
+def _compose_affine(m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) m @ n for affine matrices, each entry summed over k = 0, 1, 2 in order."""
+    rows = []
+    for i in range(2):
+        rows.append(torch.stack([
+            m[:, i, 0] * n[:, 0, 0] + m[:, i, 1] * n[:, 1, 0],
+            m[:, i, 0] * n[:, 0, 1] + m[:, i, 1] * n[:, 1, 1],
+            m[:, i, 0] * n[:, 0, 2] + m[:, i, 1] * n[:, 1, 2] + m[:, i, 2],
+        ], dim=-1))
+    rows.append(m[:, 2])
+    return torch.stack(rows, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Crops and joints
+# --------------------------------------------------------------------------------------------
+
+def _check(crops: torch.Tensor | None, *params: torch.Tensor) -> None:
+    """Shapes only: value checks would wait for the device."""
+    b = params[0].shape[0]
+    for p in params:
+        if p.ndim != 2 or p.shape != (b, PARAMS):
+            raise ValueError(f"transform rows must be (B, {PARAMS}), got {tuple(p.shape)}")
+    if crops is not None and (crops.ndim != 4 or crops.shape[:2] != (b, 1)
+                              or crops.shape[2] != crops.shape[3]):
+        raise ValueError(f"crops must be ({b}, 1, S, S), got {tuple(crops.shape)}")
+
+
+def renormalise(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``CropTransform.renormalise`` for a batch: (B, 1, S, S) normalised depth of the ``src``
+    rows -> that of the ``dst`` rows, background kept as background, float32. Rows whose centre
+    depth and cube depth are the same are returned unchanged, as ``rewarp_crop`` does."""
+    src, dst = src.to(torch.float64), dst.to(torch.float64)
+    half_src, half_dst = src[:, 5] / 2.0, dst[:, 5] / 2.0  # half_depth_mm
+    scale = (half_src / half_dst).to(torch.float32)[:, None, None, None]
+    shift = ((src[:, 2] - dst[:, 2]) / half_dst).to(torch.float32)[:, None, None, None]
+    crops = crops.to(torch.float32)
+    out = crops * scale  # rounded, then the shift added and rounded, as numpy (no fused
+    out.add_(shift).clamp_(-1.0, BACKGROUND)  # multiply-add)
+    out.masked_fill_(crops >= BACKGROUND, BACKGROUND)
+    same_depth = (src[:, 2] == dst[:, 2]) & (src[:, 5] == dst[:, 5])
+    return torch.where(same_depth[:, None, None, None], crops, out)
+
+
+def _warp_nearest(images: torch.Tensor, dst_to_src: torch.Tensor, fill: float) -> torch.Tensor:
+    """``preprocess._warp_nearest`` over the whole crop, batched: (B, S, S) -> (B, S, S); pixel
+    (x, y) reads images at round(dst_to_src @ (x, y, 1)) (half up), ``fill`` outside."""
+    b, n = images.shape[0], images.shape[-1]
+    padded = F.pad(images, (1, 1, 1, 1), value=fill)  # (B, S + 2, S + 2): a 1-px border of fill
+    q = torch.arange(n, dtype=torch.float64, device=images.device)[None]  # (1, S) px
+    a = dst_to_src[:, :2, :, None]  # (B, 2, 3, 1)
+    # index into padded = floor(source coordinate + 0.5) + 1: float32 sums of float64 column and
+    # row terms, clipped onto the border, so the int cast of these values >= 0 is a floor
+    col = (a[:, :, 0] * q + 1.5).to(torch.float32)  # (B, 2, S): x and y terms of each column
+    row = (a[:, :, 1] * q + a[:, :, 2]).to(torch.float32)  # (B, 2, S): those of each row
+    src_xy = col[:, :, None, :] + row[:, :, :, None]  # (B, 2, S rows, S cols)
+    index = torch.int32 if b * (n + 2) ** 2 < 2**31 else torch.int64  # int32: faster on CPUs
+    ixy = src_xy.clamp_(0, n + 1).to(index)
+    first = torch.arange(b, dtype=index, device=images.device)[:, None, None] * (n + 2) ** 2
+    flat = torch.add(ixy[:, 0], ixy[:, 1], alpha=n + 2).add_(first)  # (B, S, S) into padded
+    return padded.reshape(-1).index_select(0, flat.reshape(-1)).reshape(b, n, n)
+
+
+def rewarp_crops(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                 intr: Intrinsics) -> torch.Tensor:
+    """:func:`~handgan.preprocess.rewarp_crop` for a batch of same-size crops.
+
+    Args:
+        crops: (B, 1, S, S) normalised crops (float16 or float32), row b made with ``src[b]``.
+        src: (B, 8) their transform rows.
+        dst: (B, 8) the new transform rows (same frame and camera; size column = S).
+        intr: the camera of the frames.
+
+    Returns:
+        (B, 1, S, S) float32 crops in [-1, 1] on the crops' device: depth re-normalised for each
+        new centre and cube, warped with nearest neighbour by ``src.M @ inv(dst.M)``; what was
+        outside the old crop is background.
+    """
+    _check(crops, src, dst)
+    renorm = renormalise(crops.to(torch.float32), src, dst)[:, 0]  # (B, S, S) float32
+    dst_to_src = _compose_affine(crop_matrices(src, intr),
+                                 _affine_inverse(crop_matrices(dst, intr)))  # new px -> old px
+    return _warp_nearest(renorm, dst_to_src.to(renorm.device), BACKGROUND)[:, None]
+
+
+def norm_to_uvd(joints_norm: torch.Tensor, params: torch.Tensor,
+                intr: Intrinsics) -> torch.Tensor:
+    """``CropTransform.norm_to_uvd`` for a batch: (B, J, 3) normalised joints of the rows
+    ``params`` -> (B, J, 3) float64 u, v px, d mm in the full frame."""
+    p = params.to(torch.float64)
+    half = (p[:, 5] / 2.0)[:, None, None]  # (B, 1, 1) half_depth_mm
+    xyz = joints_norm.to(torch.float64) * half + _uvd_to_xyz(p[:, None, 0:3], intr)
+    return _rotate_uv(_xyz_to_uvd(xyz, intr), p, -1.0)
+
+
+def uvd_to_norm(joints_uvd: torch.Tensor, params: torch.Tensor,
+                intr: Intrinsics) -> torch.Tensor:
+    """``CropTransform.uvd_to_norm`` for a batch: (B, J, 3) u, v px, d mm -> (B, J, 3) float64
+    joints normalised by the rows ``params``."""
+    p = params.to(torch.float64)
+    half = (p[:, 5] / 2.0)[:, None, None]
+    uvd = _rotate_uv(joints_uvd.to(torch.float64), p, +1.0)
+    return (_uvd_to_xyz(uvd, intr) - _uvd_to_xyz(p[:, None, 0:3], intr)) / half
+
+
+def map_joints(joints_norm: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+               intr: Intrinsics) -> torch.Tensor:
+    """:func:`handgan.augment.map_joints` for a batch: (B, J, 3) joints normalised by the ``src``
+    rows -> (B, J, 3) float64, the same 3D joints normalised by the ``dst`` rows (through uvd,
+    as the CPU path)."""
+    _check(None, src, dst)
+    return uvd_to_norm(norm_to_uvd(joints_norm, src, intr), dst, intr)
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing and the whole augmentation
+# --------------------------------------------------------------------------------------------
+
+def draw_transforms(src: torch.Tensor, cfg: AugmentConfig, intr: Intrinsics,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The augmented crops' transform rows, drawn as ``augment._draw_transform`` draws them.
+
+    Without ``cfg.combine`` each row gets one mode drawn uniformly from ``cfg.modes``: 'com'
+    moves the centre by N(0, translation_sigma_mm^2) mm per axis in 3D, 'sc' multiplies the cube
+    by |1 + N(0, scale_sigma^2)|, 'rot' adds U(-rotation_deg, rotation_deg) to the angle (kept in
+    [-180, 180)), 'none' keeps the row as it is (bit for bit). ``cfg.combine`` applies all three.
+
+    Args:
+        src: (B, 8) transform rows of the crops.
+        cfg: the augmentation to draw.
+        intr: their camera (the centre moves in 3D).
+        generator: a ``torch.Generator`` on ``src``'s device, or None for torch's default one.
+
+    Returns:
+        (B, 8) float64 transform rows on ``src``'s device.
+    """
+    _check(None, src)
+    p = src.to(torch.float64)
+    b, dev = p.shape[0], p.device
+
+    def draw(fn, *shape):
+        return fn(*shape, generator=generator, dtype=torch.float64, device=dev)
+
+    if cfg.combine:
+        do_com = do_rot = do_sc = torch.ones(b, dtype=torch.bool, device=dev)
+    else:
+        pick = torch.randint(len(cfg.modes), (b,), generator=generator, device=dev)
+        do_com, do_rot, do_sc = (torch.zeros(b, dtype=torch.bool, device=dev) for _ in range(3))
+        for k, mode in enumerate(cfg.modes):  # a mode listed twice is drawn twice as often
+            for flag, name in ((do_com, "com"), (do_rot, "rot"), (do_sc, "sc")):
+                if mode == name:
+                    flag |= pick == k
+    offset_mm = draw(torch.randn, b, 3) * cfg.translation_sigma_mm
+    moved = _xyz_to_uvd(_uvd_to_xyz(p[:, 0:3], intr) + offset_mm, intr)
+    centre = torch.where(do_com[:, None], moved, p[:, 0:3])
+    factor = (1.0 + draw(torch.randn, b) * cfg.scale_sigma).abs()
+    cube = torch.where(do_sc[:, None], p[:, 3:6] * factor[:, None], p[:, 3:6])
+    angle = p[:, 7] + (draw(torch.rand, b) * 2.0 - 1.0) * cfg.rotation_deg
+    angle = torch.remainder(angle + 180.0, 360.0) - 180.0  # keep it in [-180, 180)
+    angle = torch.where(do_rot, angle, p[:, 7])
+    return torch.cat([centre, cube, p[:, 6:7], angle[:, None]], dim=1)
+
+
+def augment_batch(crops: torch.Tensor, src: torch.Tensor, joints_norm: torch.Tensor | None,
+                  intr: Intrinsics, cfg: AugmentConfig, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`~handgan.augment.augment_crop` for a batch, on the crops' device.
+
+    Args:
+        crops: (B, 1, S, S) cached crops (float16 or float32), row b made with ``src[b]``.
+        src: (B, 8) their transform rows.
+        joints_norm: (B, J, 3) joints normalised by ``src``, or None (unlabelled crops: the
+            second view of the equivariance term is ``augment_batch(crops, src, None, ...)``,
+            and ``map_joints(pose, src, dst, intr)`` carries a pose into it).
+        intr: the camera of the frames.
+        cfg: what to draw (and the optional sensor noise).
+        generator: a ``torch.Generator`` on the crops' device, or None for the default one.
+
+    Returns:
+        crops: (B, 1, S, S) float32 augmented crops in [-1, 1].
+        transforms: (B, 8) float64 rows of the new transforms.
+        joints_norm: (B, J, 3) float64 joints normalised by them (None if none were given).
+        Rows that kept their transform ('none') keep their crop and joints exactly.
+    """
+    _check(crops, src)
+    crops = crops.to(torch.float32)
+    dst = draw_transforms(src, cfg, intr, generator)
+    kept = (dst == src.to(torch.float64)).all(dim=1)  # the CPU path's `new_t is transform`
+    out = torch.where(kept[:, None, None, None], crops, rewarp_crops(crops, src, dst, intr))
+    out = _sensor_noise(out, dst, cfg, generator)
+    if joints_norm is not None:
+        joints = joints_norm.to(torch.float64)
+        joints_norm = torch.where(kept[:, None, None], joints, map_joints(joints, src, dst, intr))
+    return out, dst, joints_norm
+
+
+def _sensor_noise(crops: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """``augment._sensor_noise`` for a batch: additive depth noise on foreground pixels, then
+    pixel dropout to background (each only when its setting is > 0)."""
+    if cfg.depth_noise_sigma_mm > 0:
+        sigma = (cfg.depth_noise_sigma_mm / (params[:, 5] / 2.0)).to(torch.float32)  # normalised
+        noise = torch.randn(crops.shape, generator=generator, device=crops.device)
+        noisy = (crops + noise * sigma[:, None, None, None]).clamp(-1.0, 1.0)
+        crops = torch.where(crops < BACKGROUND, noisy, crops)
+    if cfg.pixel_dropout_p > 0:
+        drop = torch.rand(crops.shape, generator=generator, device=crops.device)
+        crops = torch.where(drop < cfg.pixel_dropout_p, BACKGROUND, crops)
+    return crops
