@@ -462,9 +462,6 @@ def _add_predict(sub) -> None:
                         "handgan[export])")
     p.add_argument("--threads", type=_positive,
                    help="CPU threads for the network (default: the library's, all cores)")
-    p.add_argument("--refine", type=_count, default=0, metavar="N",
-                   help="GAN checkpoints: refine each pose by N analysis-by-synthesis steps "
-                        "with the generator (PyTorch, also with --backend onnxruntime; default 0)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(run=_run_predict)
@@ -478,8 +475,7 @@ def _run_predict(args) -> int:
 
     intr = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     est = Estimator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device,
-                                    threads=args.threads, backend=args.backend,
-                                    refine=args.refine)
+                                    threads=args.threads, backend=args.backend)
     report = predict_files(est, args.inputs, out=args.out, intrinsics=intr,
                            overlay=not args.no_overlay, progress=not (args.quiet or args.json),
                            on_failure=lambda line: print(f"handgan predict: error: {line}",
