@@ -2,17 +2,14 @@
 onnxruntime, for the pose network of a preset's model size.
 
     python benchmarks/bench_inference.py --preset seed [--frames 200] [--batch 64] [--threads N]
-                                         [--refine 10]
 
 The networks have random (DCGAN-initialised) weights: the timings do not depend on the weights,
 and the output says so. Frames are synthetic NYU-camera renders (cycled). Per frame it times the
 three steps of ``Estimator.estimate`` separately (hand localisation, crop, network + mapping back
 to mm) and end to end, and reports median and p90 over ``--frames`` frames after a warm-up; then
 crops/s of the network alone at ``--batch``. Backends: PyTorch on CPU (and CUDA when available)
-and onnxruntime on CPU (``Estimator(backend="onnxruntime")``, skipped if not installed). With
-``--refine N`` (default 10; 0 = skip) it also times N analysis-by-synthesis steps per estimate
-(``Estimator(refine=N)``, the generator in PyTorch): one crop at a time (median, p90) and per
-crop at ``--batch``. Prints human lines and one JSON line.
+and onnxruntime on CPU (``Estimator(backend="onnxruntime")``, skipped if not installed). Prints
+human lines and one JSON line.
 """
 from __future__ import annotations
 
@@ -121,8 +118,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed batches (default 5)")
     parser.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads "
                         "(default: torch's default, the physical cores)")
-    parser.add_argument("--refine", type=int, default=10,
-                        help="refinement steps to time (default 10; 0 = skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +126,7 @@ def main() -> None:
     frames = render_frames(DISTINCT_FRAMES)
     results: dict = {"bench": "inference", "preset": args.preset, "weights": "random",
                      "frame": "640x480", "frames": args.frames, "batch": args.batch,
-                     "threads": threads, "refine_steps": args.refine, "torch": torch.__version__,
+                     "threads": threads, "torch": torch.__version__,
                      "cpu": platform.processor() or platform.machine()}
     runs = [("torch", "cpu"), ("onnxruntime", "cpu")]
     if torch.cuda.is_available():
@@ -148,10 +143,6 @@ def main() -> None:
                 print(f"  {backend}: skipped ({e})")
                 continue
             results[f"{backend}_{device}"] = bench_estimator(est, frames, args)
-            if args.refine and backend == "torch":
-                refining = Estimator.from_checkpoint(path, device=device, threads=threads,
-                                                     refine=args.refine)
-                results[f"refine_{device}"] = bench_refine(refining, frames, args)
     print(json.dumps(results))
 
 
@@ -170,25 +161,6 @@ def bench_estimator(est: Estimator, frames: list[np.ndarray], args) -> dict:
           f"{s['crop']['median_ms']:.2f} + network and mapping {s['network']['median_ms']:.2f} "
           f"ms, medians); batch {args.batch}: {rate:.0f} crops/s")
     return {"estimate": e2e, "split": split, "crops_per_s": round(rate, 1)}
-
-
-def bench_refine(est: Estimator, frames: list[np.ndarray], args) -> dict:
-    """What ``refine`` steps add to an estimate: per crop alone and per crop in a batch."""
-    crops = np.stack([est.crop(f, est.locate(f))[0] for f in frames])  # (F, S, S)
-    times = []
-    for k in range(args.warmup // 4 + args.frames // 4):  # each call is ~N network passes
-        t0 = time.perf_counter()
-        est.pose_norm(crops[k % len(crops)][None])
-        if k >= args.warmup // 4:
-            times.append(time.perf_counter() - t0)
-    one = stats_ms(times)
-    batch = np.resize(crops, (args.batch, est.size, est.size))
-    rate = crops_per_s(lambda: est.pose_norm(batch), args.batch, max(1, args.repeats // 2))
-    print(f"  refinement, {est.refine} steps ({est.device.type}, generator in torch): one crop "
-          f"median {one['median_ms']:.2f} ms, p90 {one['p90_ms']:.2f} ms (network included); "
-          f"batch {args.batch}: {1e3 / rate:.2f} ms per crop ({rate:.0f} crops/s)")
-    return {"one_crop": one, "batch_ms_per_crop": round(1e3 / rate, 3),
-            "crops_per_s": round(rate, 1)}
 
 
 if __name__ == "__main__":

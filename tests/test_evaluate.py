@@ -60,7 +60,7 @@ def test_report_folder_and_agreement(run, capsys):
     report = (out / "report.md").read_text()
     assert "![" in report and "## Generator fidelity" in report
     g = m["generator"]
-    assert m["refine_steps"] == 0 and g["hand_radius_mm"] == 20
+    assert g["hand_radius_mm"] == 20
     for key in ("hand_depth_error_mm", "full_depth_error_mm", "blank_hand_depth_error_mm",
                 "readback_mean_error_mm"):
         assert math.isfinite(g[key]) and g[key] > 0, key
@@ -70,14 +70,14 @@ def test_report_folder_and_agreement(run, capsys):
     assert Image.open(out / "generated.png").size[0] >= 600
 
 
-def test_supervised_run_has_no_generator_block_and_refuses_refine(supervised_run, capsys):
+def test_supervised_run_has_no_generator_block_and_refuses_a_reference(supervised_run, capsys):
     assert main(["evaluate", str(supervised_run), "--json", "--out", ""]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["mode"] == "supervised" and "generator" not in m and m["refine_steps"] == 0
-    for flags in (["--refine", "1"], ["--reference", str(supervised_run)]):
-        assert main(["evaluate", str(supervised_run), "--quiet", *flags]) == 2
-        err = capsys.readouterr().err
-        assert "needs a trained generator" in err and len(err.strip().splitlines()) == 1
+    assert m["mode"] == "supervised" and "generator" not in m
+    assert main(["evaluate", str(supervised_run), "--quiet", "--reference",
+                 str(supervised_run)]) == 2
+    err = capsys.readouterr().err
+    assert "needs a trained generator" in err and len(err.strip().splitlines()) == 1
 
 
 def test_reference_reads_back_with_its_own_network(run, supervised_run, capsys):
@@ -110,22 +110,6 @@ def test_reference_with_other_joints_is_one_line(run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--quiet", "--reference", str(small)]) == 2
     err = capsys.readouterr().err
     assert "trained on 32 px crops" in err and len(err.strip().splitlines()) == 1
-
-
-def test_refine_zero_is_plain_evaluation_and_refine_changes_the_poses(run, capsys):
-    assert main(["evaluate", str(run), "--json", "--out", ""]) == 0
-    plain = json.loads(capsys.readouterr().out)
-    assert main(["evaluate", str(run), "--json", "--out", "", "--refine", "0"]) == 0
-    zero = json.loads(capsys.readouterr().out)
-    assert zero == plain
-    assert main(["evaluate", str(run), "--json", "--out", "", "--refine", "3"]) == 0
-    refined = json.loads(capsys.readouterr().out)
-    assert refined["refine_steps"] == 3 and math.isfinite(refined["mean_error_mm"])
-    assert refined["mean_error_mm"] != pytest.approx(plain["mean_error_mm"], abs=1e-3)
-    assert refined["generator"] == plain["generator"]  # fidelity is the generator's, unrefined
-    with pytest.raises(SystemExit) as e:
-        main(["evaluate", str(run), "--refine", "-2"])
-    assert e.value.code == 2 and "--refine: must be >= 0" in capsys.readouterr().err
 
 
 def test_run_folder_defaults_to_best_and_eval_dir(run, capsys):

@@ -299,56 +299,9 @@ def test_predict_intrinsics_option(ckpt, frames, tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)) == 1
 
 
-# --------------------------------------------------------------------------------------------
-# Refinement (analysis by synthesis with the generator)
-# --------------------------------------------------------------------------------------------
-
-def test_refining_estimator_is_the_network_then_refine_poses(ckpt, est, frames):
-    from handgan.networks import load_networks
-    from handgan.refine import refine_poses
-
-    refining = Estimator.from_checkpoint(ckpt, device="cpu", refine=3)
-    assert refining.refine == 3 and not refining.generator.training
-    crops, transforms = zip(*(crop_depth(d, localize_hand(d, NYU, cube_mm=250.0), 250.0, 64,
-                                         intr=NYU) for d in frames))
-    crops = np.stack(crops)
-    _, gen = load_networks(ckpt, ["generator"])
-    x = torch.as_tensor(crops).unsqueeze(1)
-    expected = refine_poses(gen, x, torch.as_tensor(est.predict_norm(crops)), 3,
-                            cube_mm=250.0).numpy()
-    np.testing.assert_allclose(refining.pose_norm(crops), expected, atol=1e-6)
-    preds = refining.estimate_crops(crops, transforms)
-    np.testing.assert_allclose(preds[0].xyz, transforms[0].norm_to_xyz(expected[0]), atol=1e-3)
-    # refinement moved the joints: the plain estimator's differ by more than 0.1 mm
-    assert np.abs(est.estimate_crops(crops, transforms)[0].xyz - preds[0].xyz).max() > 0.1
-    assert np.array_equal(Estimator.from_checkpoint(ckpt, device="cpu", refine=0)
-                          .pose_norm(crops), est.predict_norm(crops))
-
-
-def test_refinement_with_the_onnxruntime_backend_runs_the_generator_in_torch(ckpt, frames):
-    pytest.importorskip("onnxruntime")
-    crop = crop_depth(frames[0], localize_hand(frames[0], NYU, cube_mm=250.0), 250.0, 64,
-                      intr=NYU)[0][None]
-    by_torch = Estimator.from_checkpoint(ckpt, device="cpu", refine=2).pose_norm(crop)
-    by_ort = Estimator.from_checkpoint(ckpt, backend="onnxruntime", refine=2).pose_norm(crop)
-    np.testing.assert_allclose(by_ort, by_torch, atol=1e-4)
-
-
-def test_predict_refine_errors_are_one_line(ckpt, frames_dir, tmp_path, capsys):
-    png = str(frames_dir / "depth_1_0000001.png")
-    with pytest.raises(SystemExit) as e:  # argparse's own exit
-        main(["predict", str(ckpt), png, "--refine", "-1"])
-    assert e.value.code == 2 and "--refine: must be >= 0" in capsys.readouterr().err
+def test_predict_reads_a_supervised_checkpoint_too(frames_dir, tmp_path, capsys):
     supervised = tmp_path / "supervised.pt"
     save_tiny_checkpoint(supervised, mode="supervised")
-    assert main(["predict", str(supervised), png, "--refine", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "refinement needs a trained generator" in err and len(err.strip().splitlines()) == 1
-    assert main(["predict", str(supervised), png, "--quiet"]) == 0  # no refinement: fine
-    assert main(["predict", str(ckpt), png, "--refine", "2", "--json"]) == 0
+    png = str(frames_dir / "depth_1_0000001.png")
+    assert main(["predict", str(supervised), png, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["joints"]) == 14
-    plain = Estimator.from_checkpoint(ckpt, device="cpu")
-    with pytest.raises(HandganError, match="needs the checkpoint's generator"):
-        Estimator(plain.network, plain.spec, refine=1)
-    with pytest.raises(HandganError, match="refine must be >= 0"):
-        Estimator.from_checkpoint(ckpt, refine=-1)

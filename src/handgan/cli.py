@@ -251,9 +251,6 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--reference", metavar="CKPT_OR_RUN",
                    help="GAN runs: also read Gen(J) back with this checkpoint's pose network "
                         "(same joints, crop size and cube)")
-    p.add_argument("--refine", type=_count, default=0, metavar="N",
-                   help="GAN runs: refine each pose by N analysis-by-synthesis steps (Gen(J) "
-                        "against the crop) before scoring (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -271,7 +268,7 @@ def _run_evaluate(args) -> int:
     m = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                             centre=args.centre, device=args.device,
                             progress=not (args.quiet or args.json), cache_dir=args.cache_dir,
-                            reference=args.reference, refine=args.refine)
+                            reference=args.reference)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -284,8 +281,7 @@ def _run_evaluate(args) -> int:
              else "crops centred where the hand was localised in the full frame")
     print(f"{m['data']} {m['split']}: mean 3D joint error {m['mean_error_mm']:.2f} mm over "
           f"{m['frames']} frames, {where}, {Path(m['checkpoint']).name}"
-          + (f" (mean-pose baseline {base:.2f} mm)" if base else "")
-          + (f", refined by {m['refine_steps']} steps" if m["refine_steps"] else ""))
+          + (f" (mean-pose baseline {base:.2f} mm)" if base else ""))
     full = m.get("full_frame")
     if full:
         loc = full["localisation"]
@@ -462,9 +458,6 @@ def _add_predict(sub) -> None:
                         "handgan[export])")
     p.add_argument("--threads", type=_positive,
                    help="CPU threads for the network (default: the library's, all cores)")
-    p.add_argument("--refine", type=_count, default=0, metavar="N",
-                   help="GAN checkpoints: refine each pose by N analysis-by-synthesis steps "
-                        "with the generator (PyTorch, also with --backend onnxruntime; default 0)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(run=_run_predict)
@@ -478,8 +471,7 @@ def _run_predict(args) -> int:
 
     intr = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     est = Estimator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device,
-                                    threads=args.threads, backend=args.backend,
-                                    refine=args.refine)
+                                    threads=args.threads, backend=args.backend)
     report = predict_files(est, args.inputs, out=args.out, intrinsics=intr,
                            overlay=not args.no_overlay, progress=not (args.quiet or args.json),
                            on_failure=lambda line: print(f"handgan predict: error: {line}",

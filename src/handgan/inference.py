@@ -6,9 +6,7 @@
 
 A frame goes through: hand localisation (``localize_hand``, skipped when a centre is given) ->
 cube crop with the checkpoint's cube and size (``crop_depth``) -> the pose network (normalised
-joints) -> optionally ``refine`` steps of analysis by synthesis with the generator
-(``refine.refine_poses``) -> back to full-frame uvd and camera xyz with the crop's exact
-``CropTransform``.
+joints) -> back to full-frame uvd and camera xyz with the crop's exact ``CropTransform``.
 
 The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``: files,
 labelled folders, RealSense recordings and cameras; ``sequence.open_sources``) through
@@ -34,7 +32,6 @@ from handgan.frames import read_depth_frame  # noqa: F401  (API: in frames.py)
 from handgan.localize import Localizer
 from handgan.networks import CropSpec, load_networks, read_crop_spec
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
-from handgan.refine import DEFAULT_LR, DEFAULT_PRIOR_WEIGHT, refine_poses
 from handgan.sequence import PredictReport, open_sources, predict_frames
 
 BACKENDS = ("torch", "onnxruntime")
@@ -89,31 +86,18 @@ class Estimator:
         spec: how crops are made (size, cube, default camera, joint names).
         device: where the torch network runs (CPU for the onnxruntime backend).
         backend: "torch" or "onnxruntime".
-        generator: the checkpoint's generator when ``refine`` > 0 (always run with PyTorch, on
-            ``device``; with the onnxruntime backend only the pose network runs there), else None.
-        refine: analysis-by-synthesis steps after the pose network (0 = none).
     """
 
     def __init__(self, network: torch.nn.Module, spec: CropSpec,
                  device: str | torch.device = "cpu", backend: str = "torch",
-                 threads: int | None = None, generator: torch.nn.Module | None = None,
-                 refine: int = 0, refine_lr: float = DEFAULT_LR,
-                 refine_prior: float = DEFAULT_PRIOR_WEIGHT,
-                 localizer: Localizer | None = None) -> None:
+                 threads: int | None = None, localizer: Localizer | None = None) -> None:
         if backend not in BACKENDS:
             raise HandganError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if refine < 0:
-            raise HandganError(f"refine must be >= 0 steps, got {refine}")
-        if refine and generator is None:
-            raise HandganError("refinement needs the checkpoint's generator")
         self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.spec = spec
         self.localizer = localizer
         self.backend = backend
-        self.refine, self.refine_lr, self.refine_prior = int(refine), refine_lr, refine_prior
-        self.generator = (generator.to(self.device).eval().requires_grad_(False)
-                          if refine else None)
         self._session = None
         if backend == "onnxruntime":
             example = {"crops": torch.zeros(1, 1, spec.size, spec.size)}
@@ -127,9 +111,8 @@ class Estimator:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-                        threads: int | None = None, backend: str = "torch", refine: int = 0
-                        ) -> Estimator:
-        """Load the pose branch of a training checkpoint (and its generator, to refine).
+                        threads: int | None = None, backend: str = "torch") -> Estimator:
+        """Load the pose branch of a training checkpoint.
 
         Args:
             path: checkpoint file (``last.pt`` / ``best.pt``).
@@ -140,36 +123,22 @@ class Estimator:
                 avoids waiting for a descheduled worker thread at every layer).
             backend: "torch", or "onnxruntime" (CPU; the same network exported to ONNX in
                 memory, usually faster for one frame; needs ``pip install 'handgan[export]'``).
-            refine: analysis-by-synthesis steps per estimate with the checkpoint's generator
-                (``refine.refine_poses``, default lr and prior; always PyTorch). GAN checkpoints
-                only: a ``mode: supervised`` run's generator was never trained.
 
         Returns:
             An Estimator, warmed up (the first real frame does not pay for kernel set-up).
 
         Raises:
             HandganError: missing, corrupt, foreign or code-carrying checkpoint (one line naming
-                the file), onnxruntime missing for that backend, ``refine`` < 0, or ``refine``
-                with a supervised checkpoint.
+                the file), or onnxruntime missing for that backend.
         """
-        if refine < 0:
-            raise HandganError(f"refine must be >= 0 steps, got {refine}")
         if threads is not None and backend == "torch":
             torch.set_num_threads(int(threads))
         ckpt = load_checkpoint(path)
         cfg, network = load_networks(path, ["estimator"], ckpt=ckpt)
         spec = read_crop_spec(ckpt, cfg.model, path)
-        generator = None
-        if refine:
-            mode = ckpt["config"].get("mode", "gan")
-            if mode != "gan":
-                raise HandganError(f"{path}: refinement needs a trained generator; this is a "
-                                   f"mode {mode!r} checkpoint, whose generator was never trained")
-            _, generator = load_networks(path, ["generator"], ckpt=ckpt)
         localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
                      if ckpt.get("localizer") is not None else None)
-        return cls(network, spec, device, backend=backend, threads=threads, generator=generator,
-                   refine=refine, localizer=localizer)
+        return cls(network, spec, device, backend=backend, threads=threads, localizer=localizer)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -222,23 +191,6 @@ class Estimator:
         with torch.inference_mode():
             joints = self.network(x.to(self.device, non_blocking=True))
         return joints.cpu().numpy()  # (B, J, 3)
-
-    def pose_norm(self, crops: np.ndarray | torch.Tensor, rays: np.ndarray | None = None
-                  ) -> np.ndarray:
-        """The normalised joints the estimates use: :meth:`predict_norm`, then ``refine``
-        analysis-by-synthesis steps when the estimator refines (``rays``: the crops' centre
-        rays, for a generator that renders the skeleton)."""
-        joints = self.predict_norm(crops)
-        if not self.refine:
-            return joints
-        x = torch.as_tensor(crops, dtype=torch.float32).reshape(-1, 1, self.size, self.size)
-        refined = refine_poses(self.generator, x.to(self.device),
-                               torch.as_tensor(joints, device=self.device), self.refine,
-                               lr=self.refine_lr, prior_weight=self.refine_prior,
-                               cube_mm=float(self.spec.cube_mm[0]),
-                               rays=None if rays is None
-                               else torch.as_tensor(rays, device=self.device))
-        return refined.cpu().numpy()
 
     # ---- public estimates ------------------------------------------------------------------
 
@@ -308,7 +260,7 @@ class Estimator:
             raise ValueError(f"{len(crops)} crops but {len(transforms)} transforms")
         if len(crops) == 0:
             return []
-        norm = self.pose_norm(crops, np.stack([t.ray for t in transforms]))
+        norm = self.predict_norm(crops)
         return [self._to_prediction(n, t) for n, t in zip(norm, transforms)]
 
     def _to_prediction(self, norm: np.ndarray, transform: CropTransform) -> Prediction:

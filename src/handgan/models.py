@@ -331,7 +331,7 @@ class Generator(nn.Module):
 
     ``gen_edge_dropout`` / ``gen_pixel_dropout`` end Gen with a depth camera's missing pixels
     (:func:`sensor_dropout`), as the real crops have them; ``forward(..., clean=True)`` leaves
-    them out (the reconstruction loss and refinement compare the clean crop)."""
+    them out (the reconstruction loss compares the clean crop)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -18,9 +18,7 @@ exact crop transform maps them back to full-frame ``u v d`` and to mm. The outpu
 
 GAN runs also get ``metrics["generator"]``: how faithful Gen(J) is to the test crops
 (``fidelity.generator_fidelity``: depth errors in the hand region and over the whole crop, the
-read-back error of the run's pose network and of an optional ``reference`` network). With
-``refine=N`` the poses are refined by N analysis-by-synthesis steps (``refine.refine_poses``)
-and every error is that of the refined poses.
+read-back error of the run's pose network and of an optional ``reference`` network).
 """
 from __future__ import annotations
 
@@ -69,13 +67,10 @@ from handgan.models import Discriminator, Generator
 from handgan.networks import load_networks, predict, read_crop_spec
 from handgan.outputs import check_output_folder
 from handgan.plots import crop_skeleton_grid, sample_grid
-from handgan.preprocess import DEFAULT_CUBE_MM
-from handgan.refine import refine_poses
 
 GRID_FRAMES = 16
 GENERATED_FRAMES = 8
 FRAME_GRID = 8  # whole frames in frames.png
-REFINE_BATCH = 256
 
 
 def default_out_dir(checkpoint: Path, split: str) -> Path:
@@ -89,8 +84,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
                         split: str | None = None, out: str | os.PathLike | None = None,
                         centre: str | None = None, device: str = "auto",
                         progress: bool = True, cache_dir: str | os.PathLike | None = None,
-                        reference: str | os.PathLike | None = None, refine: int = 0,
-                        full_frame: bool = True) -> dict:
+                        reference: str | os.PathLike | None = None, full_frame: bool = True
+                        ) -> dict:
     """Evaluate a run (or checkpoint) on a labelled split and write the report folder.
 
     Args:
@@ -109,7 +104,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         reference: GAN runs: a run folder or checkpoint whose pose network also reads Gen(J)
             back (``metrics["generator"]["reference_readback_mean_error_mm"]``); it must
             predict the same joints from crops of the same size and cube.
-        refine: analysis-by-synthesis steps on each estimate (GAN runs; 0 = none).
         full_frame: with labelled-centre crops and a checkpoint that carries a hand localiser,
             also score the split with crops centred where the localiser finds the hand
             (``metrics["full_frame"]``: the figure a camera user gets).
@@ -118,9 +112,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         The metrics dict written to metrics.json.
 
     Raises:
-        HandganError: bad checkpoint, data, split or centre; ``refine`` < 0; ``refine`` or
-            ``reference`` on a supervised run (its generator was never trained); a reference
-            that does not fit the run.
+        HandganError: bad checkpoint, data, split or centre; ``reference`` on a supervised run
+            (its generator was never trained); a reference that does not fit the run.
     """
     path = resolve_checkpoint(checkpoint)
     if out != "" and (out is not None or split is not None):  # RUN/eval-SPLIT: once it is known
@@ -128,7 +121,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     ckpt = load_checkpoint(path)
     dev = resolve_device(device)
     cfg, gen, dis = load_networks(path, device=dev, ckpt=ckpt)
-    ref = _reference(path, cfg, refine, reference, dev)
+    ref = _reference(path, cfg, reference, dev)
     centre = centre or cfg.data.centre
     spec, split = _pick_split(path, cfg, data, split, centre, out)
     cache_dir = DataConfig.cache_dir if cache_dir is None else cache_dir  # not the checkpoint's
@@ -141,8 +134,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     if ref is not None:
         _check_reference(ref, cache)
     pred_norm = predict(dis, crops, dev, progress=progress)
-    if refine:
-        pred_norm = _refine(gen, crops, pred_norm, refine, dev, progress)
     errors = crop_errors_mm(pred_norm, crops)
     mean_pose = ckpt.get("mean_pose")  # the baseline: always the mean labelled training pose
     baseline_errors = crop_errors_mm(mean_pose.double().numpy(), crops) if mean_pose is not None \
@@ -151,7 +142,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
                "data": str(spec), "split": split, "centre": centre, "frames": len(cache),
                "skipped_frames": len(cache.bad_frames),
                "joints": list(readable_names(cache.joint_names)),
-               **_error_metrics(errors, baseline_errors), "refine_steps": refine}
+               **_error_metrics(errors, baseline_errors)}
     if centre == "com":
         metrics["localisation"] = _localisation(reader, cache, localizer)
     elif ckpt.get("localizer") is not None and full_frame:
@@ -166,14 +157,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     return metrics
 
 
-def _reference(path: Path, cfg: TrainConfig, refine: int, reference, device: torch.device):
-    """The options that need the run's generator, checked; the reference loaded, or None."""
-    if refine < 0:
-        raise HandganError(f"refine must be >= 0 steps, got {refine}")
-    if cfg.mode != "gan" and (refine or reference is not None):
-        what = "refinement" if refine else "a reference (it reads back Gen(J))"
-        raise HandganError(f"{path}: {what} needs a trained generator; this is a mode "
-                           f"{cfg.mode!r} run, whose generator was never trained")
+def _reference(path: Path, cfg: TrainConfig, reference, device: torch.device):
+    """The reference, checked (it needs the run's generator) and loaded; or None."""
+    if cfg.mode != "gan" and reference is not None:
+        raise HandganError(f"{path}: a reference (it reads back Gen(J)) needs a trained "
+                           f"generator; this is a mode {cfg.mode!r} run, whose generator was "
+                           "never trained")
     return _load_reference(reference, cfg, device) if reference is not None else None
 
 
@@ -304,23 +293,6 @@ def _check_reference(ref, cache: CropCache) -> None:
                            f"px of {list(cube)} mm")
 
 
-def _refine(gen: Generator, crops, pred_norm: np.ndarray, steps: int, device: torch.device,
-            progress: bool) -> np.ndarray:
-    """The estimates refined by ``steps`` analysis-by-synthesis steps, a batch at a time."""
-    from tqdm import tqdm
-
-    cube_x = float(crops.transform(0).cube_mm[0]) if len(crops) else DEFAULT_CUBE_MM
-    out = []
-    for start in tqdm(range(0, len(crops), REFINE_BATCH), desc="refine", unit="batch",
-                      disable=not progress, dynamic_ncols=True):
-        rows = np.arange(start, min(start + REFINE_BATCH, len(crops)))
-        x, _, rays = crops.sample_batch(rows, rays=True)
-        j0 = torch.as_tensor(pred_norm[rows], dtype=torch.float32, device=device)
-        out.append(refine_poses(gen, x.to(device), j0, steps, cube_mm=cube_x,
-                                rays=rays.to(device)).cpu().numpy())
-    return np.concatenate(out).astype(np.float64) if out else pred_norm
-
-
 def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.device) -> dict:
     """``metrics["generator"]``: Gen(J) against the split's crops (fidelity.generator_fidelity,
     which seeds the sensor's missing pixels itself, so metrics.json is repeatable)."""
@@ -423,9 +395,7 @@ def _report_markdown(m: dict, files: list[str]) -> str:
         "",
         f"Checkpoint `{m['checkpoint']}` (step {m['step']}, mode {m['mode']}); {m['frames']} "
         f"frames cropped around the {'ground-truth palm' if m['centre'] == 'gt' else 'localised hand'}"
-        + (f", {m['skipped_frames']} skipped" if m["skipped_frames"] else "") + "."
-        + (f" Poses refined by {m['refine_steps']} analysis-by-synthesis steps."
-           if m.get("refine_steps") else ""),
+        + (f", {m['skipped_frames']} skipped" if m["skipped_frames"] else "") + ".",
         "",
         "| metric | value |",
         "|---|---|",
