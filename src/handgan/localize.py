@@ -14,9 +14,10 @@
    then ``fine_iterations`` times on a finer one (``fine_cube_mm``, trained on the smaller
    shifts the coarse stage leaves).
 3. A verifier (the refiner's network with one output) scores each refined candidate's coarse
-   crop: the detector's ``candidates`` highest peaks are all refined, and where the verifier
-   judges the best peak's result no hand, the candidate it scores highest replaces it. The
-   detector lands on the forearm, the elbow or the other arm in about 5 % of our scenes.
+   crop: the detector's ``candidates`` highest peaks are all refined, and the one with the
+   highest verifier logit plus twice its peak's detector logit is kept (:func:`candidate_choice`).
+   The detector's best peak lies on the forearm, the elbow or the other arm in about 5 % of our
+   scenes.
 
 All learn from labelled frames only (:func:`train_localizer`): the detector from the frames
 themselves, scaled, turned and shifted (:func:`warp_frames`); each refiner from crops centred on
@@ -306,21 +307,29 @@ class Localizer:
         return self.locate_batch([depth_mm], intr)[0]
 
     def locate_batch(self, frames: Sequence[np.ndarray], intr: Intrinsics) -> np.ndarray:
-        """Frames -> (N, 3) palm centres uvd: each candidate start refined, the verifier's best
-        kept (the detector's best peak alone without a verifier).
+        """Frames -> (N, 3) palm centres uvd: each candidate start refined, the
+        :func:`candidate_choice` kept (the detector's best peak alone without a verifier).
 
         Raises:
             HandganError: "no hand found: ..." when a frame has no usable depth.
         """
-        starts, peak_logits = self.detect_scored(frames, intr,
-                                                 self.config.candidates if self.verifier else 1)
-        n, k = starts.shape[:2]
-        repeated = [f for f in frames for _ in range(k)]
-        found = self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3)
+        found, peak_logits = self.candidates(frames, intr,
+                                             self.config.candidates if self.verifier else 1)
+        n, k = found.shape[:2]
         if k == 1:
             return found[:, 0]
+        repeated = [f for f in frames for _ in range(k)]
         scores = self.verify(repeated, found.reshape(-1, 3), intr).reshape(n, k)
         return found[np.arange(n), candidate_choice(scores, peak_logits)]
+
+    def candidates(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """((N, K, 3) the detector's ``count`` best peaks, each refined; (N, K) their peak
+        logits) — what the verifier chooses among, and learns from."""
+        starts, peak_logits = self.detect_scored(frames, intr, count)
+        n, k = starts.shape[:2]
+        repeated = [f for f in frames for _ in range(k)]
+        return self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3), peak_logits
 
     def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
                ) -> np.ndarray:
@@ -689,16 +698,13 @@ def verifier_samples(localizer: Localizer, depth_of: Callable[[int], np.ndarray]
     for start in range(0, len(frames), CHUNK):
         rows = range(start, min(start + CHUNK, len(frames)))
         depths = [depth_of(int(frames[k])) for k in rows]
-        starts = localizer.detect(depths, intr, config.candidates)  # (n, K, 3)
-        n, k = starts.shape[:2]
-        repeated = [d for d in depths for _ in range(k)]
-        found = localizer.refine(repeated, starts.reshape(-1, 3), intr)
-        dist = np.linalg.norm(intr.uvd_to_xyz(found).reshape(n, k, 3)
-                              - truth_xyz[start:start + n, None], axis=-1)
+        found, _ = localizer.candidates(depths, intr, config.candidates)  # (n, K, 3)
+        n, k = found.shape[:2]
+        dist = np.linalg.norm(intr.uvd_to_xyz(found) - truth_xyz[start:start + n, None], axis=-1)
         for j, (depth, row) in enumerate(zip(depths, rows)):
             for c in range(k):
                 if dist[j, c] <= VERIFY_NEAR_MM or dist[j, c] >= VERIFY_FAR_MM:
-                    add(depth, found[j * k + c], float(dist[j, c] <= VERIFY_NEAR_MM))
+                    add(depth, found[j, c], float(dist[j, c] <= VERIFY_NEAR_MM))
             near = intr.xyz_to_uvd(truth_xyz[row] + _offsets(rng, 1, 10.0)[0])
             direction = rng.normal(size=3)
             far = intr.xyz_to_uvd(truth_xyz[row] + direction / np.linalg.norm(direction)
