@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import math
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from handgan import __version__
 from handgan.errors import HandganError
@@ -36,8 +39,7 @@ def _count(text: str) -> int:
 
 
 def _positive(text: str) -> int:
-    value = _count(text)
-    if value == 0:
+    if (value := _count(text)) == 0:
         raise argparse.ArgumentTypeError("must be >= 1, got 0")
     return value
 
@@ -89,8 +91,8 @@ def _run_synth(args) -> int:
     if complete:  # synthesize_dataset refuses a complete dataset made with other settings
         print(f"{out}: the dataset is complete ({args.train} train + {args.test} test frames); "
               "nothing to do")
-        return 0
-    print(f"wrote {args.train} train + {args.test} test frames to {out}")
+    else:
+        print(f"wrote {args.train} train + {args.test} test frames to {out}")
     return 0
 
 
@@ -123,8 +125,8 @@ def _add_data(sub) -> None:
     p = sub.add_parser("data", help="inspect data sources",
                        description="Inspect a data source (synthetic[:DIR], nyu:DIR, icvl:DIR, "
                                    "msra:DIR[:FOLD], folder:DIR[:CAMERA]).")
-    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
-    data_sub.required = True
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser,
+                                required=True)
     info = data_sub.add_parser(
         "info", help="frames per split, joints, intrinsics, depth range, bad frames",
         description="Print what a data source holds: frames per split, joints, intrinsics, depth "
@@ -140,8 +142,6 @@ def _add_data(sub) -> None:
 
 
 def _run_data_info(args) -> int:
-    import json
-
     from handgan.data.info import describe_source, format_report
     from handgan.data.sources import ensure_synthetic, parse_source
 
@@ -178,23 +178,25 @@ def _add_train(sub) -> None:
     p.set_defaults(run=_run_train)
 
 
-def _run_train(args) -> int:
-    import json
-    from pathlib import Path
-
+def _config(args, flags: dict, saved: Path | None = None, first: tuple[str, ...] = ()):
+    """``saved`` (a run's config.yaml), else --config, else --preset; then ``first``, the flags
+    that are set (``{"optim.max_steps": args.max_steps, ...}``) and the --set overrides."""
     from handgan.config import apply_overrides, load_yaml, preset
+
+    path = saved or args.config
+    cfg = load_yaml(path) if path else preset(args.preset)
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return apply_overrides(cfg, [*first, *sets, *args.overrides])
+
+
+def _run_train(args) -> int:
     from handgan.train import train
 
-    out = Path(args.out)
-    if args.resume:
-        cfg = load_yaml(out / "config.yaml")
-    else:  # train() refuses a folder that holds an earlier run
-        cfg = load_yaml(args.config) if args.config else preset(args.preset)
-    flags = {"data.source": args.data, "data.unlabeled": args.unlabeled,
-             "data.labeled_fraction": args.labeled_fraction, "mode": args.mode,
-             "optim.max_steps": args.max_steps}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + args.overrides
-    cfg = apply_overrides(cfg, overrides)
+    out = Path(args.out)  # a fresh run: train() refuses a folder that holds an earlier run
+    cfg = _config(args, {"data.source": args.data, "data.unlabeled": args.unlabeled,
+                         "data.labeled_fraction": args.labeled_fraction, "mode": args.mode,
+                         "optim.max_steps": args.max_steps},
+                  saved=out / "config.yaml" if args.resume else None)
     run = train(cfg, out, resume=args.resume, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
@@ -258,10 +260,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    import json
-    from pathlib import Path
-
-    from handgan.evaluation.evaluate import evaluate_checkpoint
+    from handgan.checkpoint import resolve_checkpoint
+    from handgan.evaluation.evaluate import default_out_dir, evaluate_checkpoint
 
     if args.data is not None:  # the explicit step: a synthetic --data not there yet is made
         _generate_synthetic_for(args, progress=not (args.quiet or args.json))
@@ -272,9 +272,6 @@ def _run_evaluate(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    from handgan.checkpoint import resolve_checkpoint
-    from handgan.evaluation.evaluate import default_out_dir
-
     out = args.out or default_out_dir(resolve_checkpoint(args.checkpoint), m["split"])
     base = m["mean_pose_baseline_mm"]
     where = ("crops centred on the labelled palm" if m["centre"] == "gt"
@@ -305,10 +302,9 @@ def _run_evaluate(args) -> int:
 def _generate_synthetic_for(args, progress: bool) -> None:
     """``evaluate --data synthetic[:DIR]`` that is not there yet: generate it with the run's seed,
     as its training would have (after the checks evaluate makes first: checkpoint, --out)."""
-    from handgan.checkpoint import load_checkpoint
+    from handgan.checkpoint import load_checkpoint, resolve_checkpoint
     from handgan.config import from_dict
     from handgan.data.sources import ensure_synthetic, missing_synthetic, parse_source
-    from handgan.evaluation.evaluate import resolve_checkpoint
     from handgan.outputs import check_output_folder
 
     spec = parse_source(args.data)
@@ -326,8 +322,8 @@ def _generate_synthetic_for(args, progress: bool) -> None:
 def _add_study(sub) -> None:
     p = sub.add_parser("study", help="experiments over many training runs",
                        description="Experiments that train and evaluate many runs.")
-    study_sub = p.add_subparsers(dest="study_command", metavar="STUDY", parser_class=_Parser)
-    study_sub.required = True
+    study_sub = p.add_subparsers(dest="study_command", metavar="STUDY", parser_class=_Parser,
+                                 required=True)
     s = study_sub.add_parser(
         "labels", help="test error vs labelled fraction, GAN vs supervised baseline",
         description="Train every (fraction, mode, seed) with the same budget, evaluate each on "
@@ -358,25 +354,16 @@ def _add_study(sub) -> None:
 
 
 def _run_study_labels(args) -> int:
-    import shlex
+    from handgan.study import StudyPlan, format_table, parse_fractions, parse_variants, run_study
 
-    from handgan.config import apply_overrides, load_yaml, preset
-    from handgan.study import StudyPlan, parse_fractions, parse_variants, run_study
-
-    base = load_yaml(args.config) if args.config else preset(args.preset)
-    flags = {"data.source": args.data, "optim.epochs": args.epochs,
-             "optim.max_steps": args.max_steps}
     # The study scores crops centred on the labelled palm: no run needs a hand localiser
     # (--set localizer.enabled=true trains one anyway).
-    base = apply_overrides(base, ["localizer.enabled=false"]
-                           + [f"{k}={v}" for k, v in flags.items() if v is not None]
-                           + args.overrides)
+    base = _config(args, {"data.source": args.data, "optim.epochs": args.epochs,
+                          "optim.max_steps": args.max_steps}, first=("localizer.enabled=false",))
     plan = StudyPlan(base, parse_fractions(args.fractions),
                      parse_variants(args.modes, args.variant), args.seeds,
                      extra={"command": "handgan " + shlex.join(args.argv)})
     study = run_study(plan, args.out, progress=not args.quiet, jobs=args.jobs)
-    from handgan.study import format_table
-
     print(format_table(study), end="")
     print(f"wrote {args.out}/study.json, table.md, label-study.png")
     return 0
@@ -401,19 +388,13 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> int:
-    import json
+    from handgan.evaluation import compare
 
-    from handgan.evaluation.compare import (
-        compare_methods,
-        format_table,
-        parse_method_specs,
-        write_report,
-    )
-
-    result = compare_methods(args.dataset, args.gt, parse_method_specs(args.methods), curve=args.curve)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    methods = compare.parse_method_specs(args.methods)
+    result = compare.compare_methods(args.dataset, args.gt, methods, curve=args.curve)
+    print(json.dumps(result, indent=2) if args.json else compare.format_table(result))
     if args.out:
-        for path in write_report(result, args.out).values():
+        for path in compare.write_report(result, args.out).values():
             print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -421,17 +402,16 @@ def _run_compare(args) -> int:
 def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="3D joints from depth frames with a trained checkpoint",
-        description="Localise the hand in each depth frame, crop it as in training and predict "
-                    "its 3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, MSRA "
+        description="Localise the hand in each depth frame, crop it as in training and predict its "
+                    "3D joints. Inputs: NYU-encoded PNGs (8-bit RGB), 16-bit depth PNGs, MSRA "
                     ".bin, .npy arrays of mm, or folders of them (sorted by name); an NYU-format "
                     "folder with joint_data.mat (labelled: the true skeleton and the error are "
                     "shown too); RealSense recordings (.bag, .db3) and 'realsense[:SERIAL]' for a "
-                    "live camera (pip install 'handgan[realsense]'). With --out: "
-                    "FRAME.json (uvd and xyz per joint) and FRAME.overlay.png per frame, and for "
-                    "several frames predictions.txt (the field's format, input order). --video "
-                    "writes the overlays as a GIF or mp4. A bad "
-                    "frame does not stop the others; each failure is one line on stderr and the "
-                    "exit code is 2.")
+                    "live camera (pip install 'handgan[realsense]'). With --out: FRAME.json (uvd "
+                    "and xyz per joint) and FRAME.overlay.png per frame, and for several frames "
+                    "predictions.txt (the field's format, input order). --video writes the "
+                    "overlays as a GIF or mp4. A bad frame does not stop the others; each failure "
+                    "is one line on stderr and the exit code is 2.")
     p.add_argument("checkpoint", metavar="RUN|CHECKPOINT",
                    help="run folder (its checkpoints/best.pt, else last.pt) or checkpoint file")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -559,18 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="handgan", description="Semi-supervised 3D hand pose estimation from "
                      "single depth images with a pose-conditioned DCGAN.")
     parser.add_argument("--version", action="version", version=f"handgan {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    _add_synth(sub)
-    _add_show_samples(sub)
-    _add_data(sub)
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_study(sub)
-    _add_compare(sub)
-    _add_predict(sub)
-    _add_generate(sub)
-    _add_export(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                required=True)
+    for add in (_add_synth, _add_show_samples, _add_data, _add_train, _add_evaluate, _add_study,
+                _add_compare, _add_predict, _add_generate, _add_export):
+        add(sub)
     return parser
 
 
@@ -580,17 +553,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except HandganError as e:
-        print(f"handgan {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
     except OSError as e:  # read-only folder, disk full, a file where a folder should be...
         if e.errno not in _USER_ERRNOS:
             raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"handgan {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        message = (f"{e.filename}: " if e.filename else "") + str(e.strerror or e)
     except KeyboardInterrupt:
         print(f"handgan {args.command}: interrupted", file=sys.stderr)
         return 130
+    print(f"handgan {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

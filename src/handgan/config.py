@@ -55,6 +55,14 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _at_least(cfg: Any, low: int, names: str, optional: bool = False) -> None:
+    """Each field in ``names`` (space-separated) is >= ``low`` (or None, if ``optional``)."""
+    for name in names.split():
+        value = getattr(cfg, name)
+        _check((optional and value is None) or value >= low,
+               f"{name} must be >= {low}, got {value}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the crops come from and how they are made."""
@@ -78,8 +86,7 @@ class DataConfig:
         if self.labeled_fraction is not None:
             _check(0.0 < self.labeled_fraction <= 1.0,
                    f"labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
-        if self.labeled_count is not None:
-            _check(self.labeled_count >= 1, f"labeled_count must be >= 1, got {self.labeled_count}")
+        _at_least(self, 1, "labeled_count", optional=True)
         _check(0.0 <= self.val_fraction < 0.5,
                f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.cube_mm is not None:
@@ -122,12 +129,10 @@ class LossConfig:
     synth_gate: float = 0.0          # drop pairs read back worse than this x the batch median; 0 = keep
 
     def __post_init__(self) -> None:
-        for name in ("w_joint", "w_gan", "w_recons", "w_gen_adv", "tau", "w_equivariance"):
-            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _at_least(self, 0, "w_joint w_gan w_recons w_gen_adv tau w_equivariance")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
         _choice("gen_adv", self.gen_adv, GEN_ADV_KINDS)
-        for name in ("w_hand", "gen_warmup_epochs", "w_synth", "synth_ramp_epochs", "synth_gate"):
-            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _at_least(self, 0, "w_hand gen_warmup_epochs w_synth synth_ramp_epochs synth_gate")
         _check(0 <= self.synth_turn_deg <= 180,
                f"synth_turn_deg must be in [0, 180], got {self.synth_turn_deg}")
         sources = self.synth_pose_sources
@@ -135,9 +140,7 @@ class LossConfig:
                and len(set(sources)) == len(sources),
                f"synth_poses must be '+'-joined names from {', '.join(SYNTH_POSE_SOURCES)}, "
                f"each once; got {self.synth_poses!r}")
-        for name in ("equi_rotation_deg", "equi_translation_mm", "equi_scale_sigma"):
-            value = getattr(self, name)
-            _check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+        _at_least(self, 0, "equi_rotation_deg equi_translation_mm equi_scale_sigma", optional=True)
 
     @property
     def synth_pose_sources(self) -> tuple[str, ...]:
@@ -161,11 +164,9 @@ class OptimConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check(all(0.0 <= b < 1.0 for b in self.betas),
                f"betas must be in [0, 1), got {self.betas}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_steps is not None:
-            _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _at_least(self, 0, "weight_decay")
+        _at_least(self, 1, "epochs batch_size")
+        _at_least(self, 1, "max_steps", optional=True)
 
 
 @dataclass(frozen=True)
@@ -191,18 +192,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, TRAIN_MODES)
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _at_least(self, 0, "seed")
         _check(self.data.size == self.model.size,
                f"data.size ({self.data.size}) and model.size ({self.model.size}) differ; "
                "set both to the same crop size")
-        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _at_least(self, 0, "num_workers")
         _check(self.threads is None or self.threads >= 1,
                f"threads must be >= 1 (or null), got {self.threads}")
-        _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        _check(self.sample_every_epochs >= 0,
-               f"sample_every_epochs must be >= 0, got {self.sample_every_epochs}")
-        _check(self.eval_every_epochs >= 1,
-               f"eval_every_epochs must be >= 1, got {self.eval_every_epochs}")
+        _at_least(self, 1, "log_every")
+        _at_least(self, 0, "sample_every_epochs")
+        _at_least(self, 1, "eval_every_epochs")
 
 
 # The method both presets train (docs/results.md, rounds 5 and 6: the line that beats the same
@@ -253,10 +252,6 @@ def preset(name: str) -> TrainConfig:
     return copy.deepcopy(PRESETS[name])  # AugmentConfig is mutable: never hand out the original
 
 
-# --------------------------------------------------------------------------------------------
-# Dict <-> config, with type conversion from the field hints
-# --------------------------------------------------------------------------------------------
-
 # Options removed after the label study measured them useless or harmful (issue 15; the figures
 # are in docs/results.md, "Options removed after the study"); commit REMOVED_IN still has them.
 # A saved config (an old run's config.yaml, the config inside its checkpoints) lists every key:
@@ -287,36 +282,27 @@ _FALSE_WORDS = ("false", "0", "no", "off")
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as nested plain dicts of str/int/float/bool/None/list (YAML-, JSON- and
     ``torch.load(weights_only=True)``-safe; tuples become lists)."""
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(cfg)
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
 
 
 def from_dict(d: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig from nested dicts, as written by :func:`to_dict` or read from YAML.
-
-    Keys left out keep their value in ``base`` (default: ``TrainConfig()``), so a partial dict is
-    fine. Unknown keys and values of the wrong type raise HandganError naming the dotted key; a
-    key of :data:`REMOVED_KEYS` is dropped at the value that left it off, refused at any other.
-    """
+    """A TrainConfig from nested dicts (:func:`to_dict`'s, or YAML's), over ``base`` (default
+    ``TrainConfig()``) for the keys left out; a bad key or value is a one-line HandganError."""
     return _merge(copy.deepcopy(base) if base is not None else TrainConfig(), d, "")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
     """A new config with ``KEY=VALUE`` overrides applied in order (the CLI's ``--set``).
 
-    KEY is a dotted field path (``optim.lr``, ``model.width``, ``data.augment.rotation_deg``).
-    VALUE is converted by the field's type: int, float, bool (true/false/1/0/yes/no/on/off), str,
-    tuples as comma lists (``optim.betas=0.9,0.99``), and ``none``/``null`` for optional fields.
-    The checks run once all overrides are in, so related fields can change together
-    (``model.size=64 data.size=64``). ``cfg`` is not changed.
+    VALUE is converted by the field's type: bool as true/false/1/0/yes/no/on/off, tuples as comma
+    lists (``optim.betas=0.9,0.99``), ``none``/``null`` for optional fields. The checks run once
+    all overrides are in, so related fields can change together (``model.size=64 data.size=64``).
     """
-    nested: dict[str, Any] = {}  # all at once, so model.size and data.size can change together
+    nested: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -415,19 +401,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
             return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) != 1:
-            raise TypeError(f"{key}: unsupported config type {tp}")
-        return _convert(value, inner[0], key)
+        (inner,) = (a for a in args if a is not type(None))  # X | None only
+        return _convert(value, inner, key)
     if origin is tuple:
         return _convert_tuple(value, args, key)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
-            return value.strip().lower() in _TRUE_WORDS
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, int) and value in (0, 1):  # bools included
             return bool(value)
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word in _TRUE_WORDS + _FALSE_WORDS:
+            return word in _TRUE_WORDS
         raise HandganError(f"{key}: expected true or false, got {_show(value)}")
     if tp in (int, float):
         kinds = (int, float) if tp is float else (int,)  # an int key takes no 2.5 (nor 2.0)
@@ -455,19 +438,12 @@ def _convert_tuple(value: Any, args: tuple, key: str) -> tuple:
         items = list(value)
     else:
         raise HandganError(f"{key}: expected a comma-separated list, got {_show(value)}")
-    if len(args) == 2 and args[1] is Ellipsis:
-        item_types = [args[0]] * len(items)
-    elif len(items) != len(args):
+    item_types = [args[0]] * len(items) if args[1:] == (Ellipsis,) else args
+    if len(items) != len(item_types):
         raise HandganError(f"{key}: expected {len(args)} comma-separated values, "
                            f"got {_show(value)}")
-    else:
-        item_types = list(args)
     return tuple(_convert(v, t, key) for v, t in zip(items, item_types))
 
-
-# --------------------------------------------------------------------------------------------
-# YAML files
-# --------------------------------------------------------------------------------------------
 
 class _Dumper(yaml.SafeDumper):
     """Safe YAML with sections as blocks and lists (modes, betas) on one line: [0.5, 0.999]."""
@@ -479,11 +455,8 @@ _Dumper.add_representer(
 
 
 def load_yaml(path: str | os.PathLike) -> TrainConfig:
-    """A config from a YAML file: a full config, or a partial one over ``preset: NAME``.
-
-    Keys the file leaves out come from the preset it names, or from ``TrainConfig()`` if none.
-    Every error is a one-line HandganError starting with the file's path.
-    """
+    """A config from a YAML file: a full config, or a partial one over ``preset: NAME`` (else
+    over ``TrainConfig()``). Every error is a one-line HandganError starting with the path."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -498,8 +471,7 @@ def load_yaml(path: str | os.PathLike) -> TrainConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise HandganError(f"{path}: not valid YAML{where}: {problem}") from None
-    if d is None:
-        d = {}
+    d = {} if d is None else d
     if not isinstance(d, dict):
         raise HandganError(f"{path}: expected a mapping of config keys, got {type(d).__name__}")
     try:

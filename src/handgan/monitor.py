@@ -33,12 +33,6 @@ class JsonlWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def keep_records(path: str | Path, keep: Callable[[dict], bool]) -> None:
     """Rewrite a JSON-lines file atomically with only the records ``keep`` accepts (a line cut
@@ -74,10 +68,6 @@ class ScalarWriter:
         except ImportError:  # tensorboard is optional
             return
         self._writer = SummaryWriter(str(log_dir))
-
-    @property
-    def enabled(self) -> bool:
-        return self._writer is not None
 
     def add_scalars(self, values: Mapping[str, Any], step: int, prefix: str = "") -> None:
         if self._writer is None:

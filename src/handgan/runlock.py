@@ -10,6 +10,7 @@ runs is taken over instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -30,10 +31,8 @@ def _close_in_child() -> None:
     flock lasts while any process holds the file open, so a killed run's orphaned worker would
     keep the folder locked."""
     for fd in _HELD:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _HELD.clear()
 
 
@@ -94,12 +93,9 @@ class FolderLock:
                 raise self._busy(owner) from None
             # The owner before us may have unlinked the file between our open and our flock:
             # then we hold a lock nobody else can see; start again on the path's current file.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return fd
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
             os.close(fd)
 
     def _exclusive(self) -> int:  # pragma: no cover (no fcntl)

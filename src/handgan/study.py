@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from handgan.atomic import atomic_write_text
-from handgan.config import TrainConfig, apply_overrides, to_dict
+from handgan.atomic import atomic_write, atomic_write_text
+from handgan.config import TrainConfig, apply_overrides, load_yaml, to_dict
 from handgan.errors import HandganError
 from handgan.runlock import FolderLock
 
@@ -89,16 +89,6 @@ def parse_variants(modes: str, variants: list[str]) -> list[Variant]:
     return out
 
 
-def run_config(plan: StudyPlan, variant: Variant, fraction: float, seed: int) -> TrainConfig:
-    return apply_overrides(plan.base, [
-        f"mode={variant.mode}", f"seed={seed}", f"data.split_seed={seed}",
-        f"data.labeled_fraction={fraction}", "data.labeled_count=none", *variant.overrides])
-
-
-def run_name(variant: Variant, fraction: float, seed: int) -> str:
-    return f"{variant.name}-f{fraction:g}-s{seed}"
-
-
 def _train_run(cfg: TrainConfig, run_dir: Path, progress: bool, threads: int | None) -> None:
     """Train (or resume) one run of the study; in a worker process with ``threads`` set."""
     from handgan.train import train
@@ -127,12 +117,14 @@ def run_study(plan: StudyPlan, out: str | os.PathLike, progress: bool = True,
 
 
 def _run_study(plan: StudyPlan, out: Path, progress: bool, jobs: int) -> dict:
-    todo = [(f, v, s) for f in plan.fractions for v in plan.variants for s in range(plan.seeds)]
+    todo = [(f, v, s, out / "runs" / f"{v.name}-f{f:g}-s{s}")
+            for f in plan.fractions for v in plan.variants for s in range(plan.seeds)]
     pending = []
-    for k, (fraction, variant, seed) in enumerate(todo, 1):
-        run_dir = out / "runs" / run_name(variant, fraction, seed)
-        cfg = run_config(plan, variant, fraction, seed)
-        if not _finished(run_dir / "summary.json", cfg):
+    for k, (fraction, variant, seed, run_dir) in enumerate(todo, 1):
+        cfg = apply_overrides(plan.base, [
+            f"mode={variant.mode}", f"seed={seed}", f"data.split_seed={seed}",
+            f"data.labeled_fraction={fraction}", "data.labeled_count=none", *variant.overrides])
+        if not _finished(run_dir, cfg):
             pending.append((k, run_dir, cfg))
     if jobs > 1 and len(pending) > 1:
         import multiprocessing
@@ -152,10 +144,8 @@ def _run_study(plan: StudyPlan, out: Path, progress: bool, jobs: int) -> dict:
                 print(f"[{k}/{len(todo)}] {run_dir.name}", flush=True)
             _train_run(cfg, run_dir, progress, None)
     rows = []
-    for fraction, variant, seed in todo:
-        run_dir = out / "runs" / run_name(variant, fraction, seed)
-        summary_path = run_dir / "summary.json"
-        s = json.loads(summary_path.read_text())
+    for fraction, variant, seed, run_dir in todo:
+        s = json.loads((run_dir / "summary.json").read_text())
         error = s.get("best_mean_error_mm") or s["final_mean_error_mm"]
         rows.append({"mode": variant.name, "base_mode": variant.mode,
                      "overrides": list(variant.overrides), "fraction": fraction, "seed": seed,
@@ -172,16 +162,14 @@ def _run_study(plan: StudyPlan, out: Path, progress: bool, jobs: int) -> dict:
     return study
 
 
-def _finished(summary_path: Path, cfg: TrainConfig) -> bool:
+def _finished(run_dir: Path, cfg: TrainConfig) -> bool:
     """A finished run of this config (a run left by an earlier study with other settings is an
     error, not something to mix in)."""
-    if not summary_path.is_file():
+    if not (run_dir / "summary.json").is_file():
         return False
-    saved = (summary_path.parent / "config.yaml")
-    from handgan.config import load_yaml
-
+    saved = run_dir / "config.yaml"
     if saved.is_file() and load_yaml(saved) != cfg:
-        raise HandganError(f"{summary_path.parent}: holds a run with another config; use another "
+        raise HandganError(f"{run_dir}: holds a run with another config; use another "
                            "--out or delete it")
     return True
 
@@ -209,11 +197,8 @@ def format_table(study: dict) -> str:
              "| labelled | " + " | ".join(modes) + " |",
              "|---|" + "---|" * len(modes)]
     for f in fractions:
-        vals = []
-        for m in modes:
-            c = cell.get((m, f))
-            vals.append("–" if c is None else
-                        f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["n"] > 1 else ""))
+        vals = ["–" if (c := cell.get((m, f))) is None else
+                f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["n"] > 1 else "") for m in modes]
         lines.append(f"| {100 * f:g} % | " + " | ".join(vals) + " |")
     baseline = [r["mean_pose_baseline_mm"] for r in study["rows"] if r["fraction"] == 1.0]
     if baseline:
@@ -224,8 +209,6 @@ def format_table(study: dict) -> str:
 def plot_study(study: dict, path: str | os.PathLike) -> Path:
     """Error vs labelled fraction (log x), one line per mode, ±1 std bars over seeds."""
     from matplotlib.figure import Figure
-
-    from handgan.atomic import atomic_write
 
     stats = summarise(study)
     fig = Figure(figsize=(6.4, 4.4))
