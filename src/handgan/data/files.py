@@ -1,5 +1,6 @@
-"""File-reading pieces every dataset reader shares: bytes, PNG headers and pixels, frame sizes.
-Each turns a user's bad file into a one-line HandganError that names the file."""
+"""What every dataset reader shares: reading bytes, PNG headers and pixels, label numbers, frame
+sizes, and the reader methods. Each turns a user's bad file into a one-line HandganError that
+names the file."""
 from __future__ import annotations
 
 import io
@@ -35,12 +36,31 @@ def read_bytes(path: Path, what: str) -> bytes:
 
 
 def read_text(path: Path, what: str) -> str:
-    """The whole file as UTF-8 (a BOM dropped); :func:`read_bytes`'s errors, and "not a text
-    file" for other bytes."""
+    """The whole file as UTF-8 (a BOM dropped); "not a text file" for other bytes."""
     try:
         return read_bytes(path, what).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise HandganError(f"{path}: {what} is not a text file (not UTF-8/ASCII)") from None
+
+
+def parse_numbers(path: Path, rows: list[list[str]], line_numbers: list[int]) -> np.ndarray:
+    """Rows of number tokens from a label file -> (rows, fields) float64; the errors name the
+    line (``line_numbers[row]``) of the first bad token, else of the first NaN/inf row."""
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except ValueError:  # numpy does not say where: find the first bad token ourselves
+        for tokens, line in zip(rows, line_numbers):
+            for token in tokens:
+                try:
+                    float(token)
+                except ValueError:
+                    raise HandganError(f"{path}:{line}: {token!r} is not a number") from None
+        raise  # unreachable: numpy and float() accept the same spellings
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise HandganError(f"{path}:{line_numbers[int(np.argmax(bad))]}: NaN or inf in the joint "
+                           "values")
+    return values
 
 
 def png_header(data: bytes, path: Path, expected: str) -> tuple[int, int]:
@@ -60,10 +80,8 @@ def check_frame_pixels(width: int, height: int, path: Path) -> None:
 
 
 def decode_png(data: bytes, path: Path) -> np.ndarray:
-    """Pixels of an in-memory PNG; truncated or corrupt files become a HandganError."""
-    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR":
-        check_frame_pixels(int.from_bytes(data[16:20], "big"),
-                           int.from_bytes(data[20:24], "big"), path)
+    """Pixels of an in-memory PNG whose :func:`png_header` was read (which refuses frames too
+    large to decode); truncated or corrupt files become a HandganError."""
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:  # BytesIO shares, not copies
             image.load()
@@ -73,9 +91,42 @@ def decode_png(data: bytes, path: Path) -> np.ndarray:
         raise HandganError(f"{path}: truncated or corrupt PNG ({one_line(e)})") from None
 
 
-def check_frame_size(depth_mm: np.ndarray, intr: Intrinsics, path: Path, hint: str = "") -> np.ndarray:
-    """The frame, if its size is the camera's; else a one-line error (with an optional hint)."""
-    if depth_mm.shape != (intr.height, intr.width):
-        raise HandganError(f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, expected "
-                           f"{intr.width}x{intr.height}{hint}")
-    return depth_mm
+class Reader:
+    """What the dataset readers share: labels in memory (``_uvd``, ``_xyz``: (N, J, 3) float64 of
+    the frames present, None when unlabelled), depth frames read on demand by ``_read(path)``,
+    refused unless their size is the camera's, with the sensor's "no depth" code ``_no_depth`` (if
+    any) read as 0."""
+
+    intrinsics: Intrinsics
+    default_cube_mm: float
+    _no_depth: int | None = None
+    _size_hint = ""  # the end of the wrong-size error
+
+    def __len__(self) -> int:
+        return len(self._uvd)
+
+    def frame_path(self, i: int) -> Path:
+        return self._paths[i]
+
+    def joints_uvd(self) -> np.ndarray | None:
+        """(N, J, 3) float64: u, v px and d mm."""
+        return None if self._uvd is None else self._uvd.copy()
+
+    def joints_xyz(self) -> np.ndarray | None:
+        """(N, J, 3) float64: x, y, z mm in the dataset's convention (see the reader's module)."""
+        return None if self._xyz is None else self._xyz.copy()
+
+    def cube_mm(self, i: int) -> float:
+        """Crop cube side (mm) for frame i."""
+        return self.default_cube_mm
+
+    def depth(self, i: int) -> np.ndarray:
+        """(H, W) float32 depth mm of frame ``i`` (0 = no depth)."""
+        path, intr = self.frame_path(i), self.intrinsics
+        depth_mm = self._read(path)
+        if depth_mm.shape != (intr.height, intr.width):
+            raise HandganError(f"{path}: frame is {depth_mm.shape[1]}x{depth_mm.shape[0]}, "
+                               f"expected {intr.width}x{intr.height}{self._size_hint}")
+        if self._no_depth is not None:
+            depth_mm[depth_mm == self._no_depth] = 0.0
+        return depth_mm

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import CAMERAS, Intrinsics
-from handgan.data.files import MAX_FRAME_PIXELS, check_frame_pixels, check_frame_size, one_line
+from handgan.data.files import MAX_FRAME_PIXELS, Reader, check_frame_pixels, one_line
 from handgan.data.icvl import ICVL_INVALID_DEPTH, read_depth_png16
 from handgan.errors import HandganError
 from handgan.preprocess import DEFAULT_CUBE_MM
@@ -36,10 +36,7 @@ _INTRINSICS_HELP = "expected nyu, icvl, msra or fx,fy,cx,cy[,width,height]"
 
 
 def parse_intrinsics(text: str) -> Intrinsics:
-    """``"nyu"``/``"icvl"``/``"msra"`` or ``"fx,fy,cx,cy[,width,height]"`` -> Intrinsics.
-
-    Without width,height the size is 640x480 (``DEFAULT_SIZE``). Custom cameras are y up.
-    """
+    """``"nyu"``/``"icvl"``/``"msra"`` or ``"fx,fy,cx,cy[,width,height]"`` -> Intrinsics."""
     name = text.strip().lower()
     if name in CAMERAS:
         return CAMERAS[name]
@@ -60,9 +57,8 @@ def parse_intrinsics(text: str) -> Intrinsics:
         try:
             width, height = int(fields[4]), int(fields[5])
         except ValueError:
-            raise HandganError(
-                f"bad intrinsics {text!r}: width and height must be whole pixels"
-            ) from None
+            raise HandganError(f"bad intrinsics {text!r}: width and height must be whole "
+                               "pixels") from None
         if width <= 0 or height <= 0:
             raise HandganError(f"bad intrinsics {text!r}: width and height must be > 0")
         if width * height > MAX_FRAME_PIXELS:
@@ -102,9 +98,8 @@ def read_depth_npy(path: str | Path) -> np.ndarray:
     if not np.all(np.isfinite(depth)):
         raise HandganError(f"{path}: depth has NaN or inf values (use 0 for no depth)")
     if array.size and array.min() < 0:
-        raise HandganError(
-            f"{path}: depth has negative values (min {array.min()}); expected mm >= 0"
-        )
+        raise HandganError(f"{path}: depth has negative values (min {array.min()}); expected "
+                           "mm >= 0")
     return depth
 
 
@@ -112,23 +107,22 @@ _READERS = {".png": read_depth_png16, ".npy": read_depth_npy}
 PROBE_FRAMES = 8  # leading frames tried when a folder is opened
 
 
-class FolderFrames:
+class FolderFrames(Reader):
     """Depth frames in one folder, read on demand; no labels (``joints_*`` return None)."""
 
     joint_names: tuple[str, ...] = ()
     centre_joint: int | None = None  # no labels: crops are centred by localize_hand
+    _uvd = _xyz = None
+    _size_hint = " by the intrinsics (give fx,fy,cx,cy,width,height)"
 
-    def __init__(
-        self,
-        root: str | Path,
-        intrinsics: Intrinsics,
-        cube_mm: float = DEFAULT_CUBE_MM,
-        pattern: str | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, intrinsics: Intrinsics, cube_mm: float = DEFAULT_CUBE_MM,
+                 pattern: str | None = None) -> None:
         self.root, self.intrinsics, self.pattern = Path(root), intrinsics, pattern
         if not (cube_mm > 0 and math.isfinite(cube_mm)):
             raise HandganError(f"cube size must be > 0 mm, got {cube_mm}")
         self.default_cube_mm = float(cube_mm)
+        # the ICVL camera's "no depth" code reads as 0, as the ICVL reader does
+        self._no_depth = ICVL_INVALID_DEPTH if intrinsics == CAMERAS["icvl"] else None
         if not self.root.is_dir():
             raise HandganError(f"{self.root}: frame folder not found")
 
@@ -139,9 +133,8 @@ class FolderFrames:
             names = fnmatch.filter(names, pattern)
             wrong = [n for n in names if Path(n).suffix.lower() not in FRAME_SUFFIXES]
             if wrong:
-                raise HandganError(
-                    f"{self.root / wrong[0]}: unsupported frame file (expected .png or .npy)"
-                )
+                raise HandganError(f"{self.root / wrong[0]}: unsupported frame file (expected "
+                                   ".png or .npy)")
         if not names:
             what = f"matching {pattern!r}" if pattern else "(*.png, *.npy)"
             raise HandganError(f"{self.root}: no depth frames {what} in the folder")
@@ -165,25 +158,6 @@ class FolderFrames:
     def __repr__(self) -> str:
         return f"FolderFrames({str(self.root)!r}, n={len(self)}, cube_mm={self.default_cube_mm})"
 
-    def frame_path(self, i: int) -> Path:
-        return self._paths[i]
-
-    def depth(self, i: int) -> np.ndarray:
-        """(H, W) float32 depth mm of frame ``i`` (0 = no depth; with the ICVL camera its
-        sensor's "no depth" code, 32001, too, as the ICVL reader does)."""
-        path = self.frame_path(i)
-        depth_mm = _READERS[path.suffix.lower()](path)
-        depth_mm = check_frame_size(depth_mm, self.intrinsics, path,
-                                    hint=" by the intrinsics (give fx,fy,cx,cy,width,height)")
-        if self.intrinsics == CAMERAS["icvl"]:
-            depth_mm[depth_mm == ICVL_INVALID_DEPTH] = 0.0
-        return depth_mm
-
-    def joints_uvd(self) -> None:
-        return None
-
-    def joints_xyz(self) -> None:
-        return None
-
-    def cube_mm(self, i: int) -> float:
-        return self.default_cube_mm
+    @staticmethod
+    def _read(path: Path) -> np.ndarray:
+        return _READERS[path.suffix.lower()](path)

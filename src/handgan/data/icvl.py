@@ -25,8 +25,8 @@ must use those, so do not compare xyz from this module with the evaluator's xyz 
 """
 from __future__ import annotations
 
+import functools
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,9 @@ import numpy as np
 from handgan.camera import ICVL, Intrinsics
 from handgan.data.files import (
     PNG_COLOR_TYPES,
-    check_frame_size,
+    Reader,
     decode_png,
+    parse_numbers,
     png_header,
     read_bytes,
     read_text,
@@ -47,20 +48,16 @@ N_JOINTS = len(ICVL_JOINT_NAMES)
 ICVL_CUBE_MM = 250.0  # DeepPrior++ uses 250 mm for every ICVL sequence
 ICVL_INVALID_DEPTH = 32001  # the sensor's "no depth" code in ICVL frames
 
-# A split is one or more label sequences read back to back; "test" is the order of the field's
-# 1596-line ground-truth file (test_seq_1 then test_seq_2).
-SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("train",),
-    "test_seq_1": ("test_seq_1",),
-    "test_seq_2": ("test_seq_2",),
-    "test": ("test_seq_1", "test_seq_2"),
-}
 # sequence -> (label file, Depth folder) relative to ROOT, in the two layouts, archive first.
 _LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "train": (("Training/labels.txt", "Training/Depth"), ("train.txt", "Depth")),
     "test_seq_1": (("Testing/test_seq_1.txt", "Testing/Depth"), ("test_seq_1.txt", "Depth")),
     "test_seq_2": (("Testing/test_seq_2.txt", "Testing/Depth"), ("test_seq_2.txt", "Depth")),
 }
+# A split is one or more label sequences read back to back; "test" is the order of the field's
+# 1596-line ground-truth file (test_seq_1 then test_seq_2).
+SPLITS: dict[str, tuple[str, ...]] = {q: (q,) for q in _LAYOUTS} | {
+    "test": ("test_seq_1", "test_seq_2")}
 _ROTATED_MAX_CHARS = 6  # DeepPrior++'s rule: a first path component this short is a rotated copy
 
 
@@ -94,69 +91,36 @@ def available_splits(root: str | Path) -> list[str]:
     return (["train"] if has("train") else []) + (["test"] if len(tests) == 2 else tests)
 
 
-# ---------------------------------------------------------------------------------------------
-# Label files
-
-
-def read_icvl_labels(
-    path: str | Path, include_rotated: bool = True
-) -> tuple[list[str], np.ndarray]:
-    """Parse an ICVL label file -> (relpaths, uvd (N, 16, 3) float64 u px, v px, d mm).
-
-    Rows stay in file order. With ``include_rotated=False`` rotated training copies are dropped
-    before their numbers are parsed (they are most of labels.txt). Malformed lines raise
-    HandganError naming the file and line.
-    """
+def read_icvl_labels(path: str | Path,
+                     include_rotated: bool = True) -> tuple[list[str], np.ndarray]:
+    """Parse an ICVL label file -> (relpaths, uvd (N, 16, 3) float64 u px, v px, d mm), rows in
+    file order. With ``include_rotated=False`` rotated training copies are dropped before their
+    numbers are parsed (they are most of labels.txt). Errors name the file and line."""
     path = Path(path)
     text = read_text(path, "ICVL label file")
-
     relpaths: list[str] = []
     line_numbers: list[int] = []
-    tokens: list[str] = []
+    rows: list[list[str]] = []
     n_rotated = 0
     for number, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 1 + 3 * N_JOINTS:
-            raise HandganError(
-                f"{path}:{number}: expected a frame path and {3 * N_JOINTS} numbers, "
-                f"got {len(parts)} fields"
-            )
+            raise HandganError(f"{path}:{number}: expected a frame path and {3 * N_JOINTS} "
+                               f"numbers, got {len(parts)} fields")
         if not include_rotated and is_rotated_copy(parts[0]):
             n_rotated += 1
             continue
         relpaths.append(parts[0])
         line_numbers.append(number)
-        tokens.extend(parts[1:])
+        rows.append(parts[1:])
     if not relpaths:
         if n_rotated:
-            raise HandganError(
-                f"{path}: all {n_rotated} label lines are rotated copies (include_rotated=False)"
-            )
+            raise HandganError(f"{path}: all {n_rotated} label lines are rotated copies "
+                               "(include_rotated=False)")
         raise HandganError(f"{path}: no label lines")
-
-    try:
-        uvd = np.array(tokens, dtype=np.float64).reshape(-1, N_JOINTS, 3)
-    except ValueError:  # numpy does not say where: find the first bad token ourselves
-        for k, token in enumerate(tokens):
-            try:
-                float(token)
-            except ValueError:
-                row = k // (3 * N_JOINTS)
-                raise HandganError(
-                    f"{path}:{line_numbers[row]}: {token!r} is not a number"
-                ) from None
-        raise  # unreachable: numpy and float() accept the same spellings
-    bad = ~np.isfinite(uvd).all(axis=(1, 2))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise HandganError(f"{path}:{line_numbers[row]}: NaN or inf in the joint values")
-    return relpaths, uvd
-
-
-# ---------------------------------------------------------------------------------------------
-# Depth PNGs
+    return relpaths, parse_numbers(path, rows, line_numbers).reshape(-1, N_JOINTS, 3)
 
 
 def read_depth_png16(path: str | Path) -> np.ndarray:
@@ -167,25 +131,21 @@ def read_depth_png16(path: str | Path) -> np.ndarray:
     bit_depth, color_type = png_header(data, path, "a 16-bit greyscale depth PNG")
     if color_type != 0 or bit_depth != 16:
         kind = PNG_COLOR_TYPES.get(color_type, f"colour type {color_type}")
-        raise HandganError(
-            f"{path}: not a depth PNG (expected 16-bit greyscale mm, got {bit_depth}-bit {kind})"
-        )
-    pixels = decode_png(data, path)  # mode 'I;16' -> uint16 ('I' -> int32 on old Pillow)
-    return pixels.astype(np.float32)
+        raise HandganError(f"{path}: not a depth PNG (expected 16-bit greyscale mm, got "
+                           f"{bit_depth}-bit {kind})")
+    # mode 'I;16' -> uint16 ('I' -> int32 on old Pillow)
+    return decode_png(data, path).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# Splits
-
-
-class ICVLSplit:
+class ICVLSplit(Reader):
     """One ICVL split: labels in memory, depth frames read on demand.
 
     ``split`` is "train", "test_seq_1", "test_seq_2" or "test" (= test_seq_1 + test_seq_2, the
     order of the field's 1596-line ground truth). Like DeepPrior++ (and ``NYUSplit``), label rows
     whose PNG is missing are skipped: ``len`` counts the frames present and frame ``i`` is row
     ``frame_ids[i]`` of the split's label rows (for "train" without rotated copies: of the
-    original-frame rows). ``include_rotated`` only affects "train".
+    original-frame rows). ``include_rotated`` only affects "train". ``joints_xyz`` is
+    back-projected from uvd with camera.ICVL (y **down**).
     """
 
     intrinsics: Intrinsics = ICVL
@@ -193,10 +153,11 @@ class ICVLSplit:
     default_cube_mm: float = ICVL_CUBE_MM
     # DeepPrior++ crops ICVL around the palm centre "C", the first joint of the file.
     centre_joint: int = 0
+    _read = staticmethod(read_depth_png16)
+    _no_depth = ICVL_INVALID_DEPTH
 
-    def __init__(
-        self, root: str | Path, split: str = "train", include_rotated: bool = False
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train",
+                 include_rotated: bool = False) -> None:
         if split not in SPLITS:
             raise HandganError(f"unknown ICVL split {split!r} (expected one of {list(SPLITS)})")
         self.root, self.split, self.include_rotated = Path(root), split, include_rotated
@@ -209,69 +170,37 @@ class ICVLSplit:
         rows: list[np.ndarray] = []
         for sequence in SPLITS[split]:
             label_path, depth_dir = find_sequence(self.root, sequence)
-            relpaths, uvd = read_icvl_labels(
-                label_path, include_rotated=include_rotated or sequence != "train"
-            )
+            relpaths, uvd = read_icvl_labels(label_path, include_rotated or sequence != "train")
             self.label_paths.append(label_path)
             depth_dirs.append(depth_dir)
             paths.extend(depth_dir / relpath for relpath in relpaths)
             rows.append(uvd)
-        uvd = np.concatenate(rows)
 
-        present = _existing(paths)
-        self.frame_ids = np.flatnonzero(present).astype(np.int64)
+        self.frame_ids = np.flatnonzero(_existing(paths)).astype(np.int64)
         if len(self.frame_ids) == 0:
             listed = ", ".join(str(p) for p in self.label_paths)
             looked = ", ".join(sorted({str(d) for d in depth_dirs}))
-            raise HandganError(
-                f"{listed}: none of the {len(paths)} depth PNGs listed is present under {looked}"
-            )
+            raise HandganError(f"{listed}: none of the {len(paths)} depth PNGs listed is present "
+                               f"under {looked}")
         self._paths = [paths[k] for k in self.frame_ids]
-        self._uvd = uvd[self.frame_ids]  # (N, 16, 3) px, px, mm
-
-    def __len__(self) -> int:
-        return len(self.frame_ids)
+        self._uvd = np.concatenate(rows)[self.frame_ids]  # (N, 16, 3) px, px, mm
 
     def __repr__(self) -> str:
-        return (
-            f"ICVLSplit({str(self.root)!r}, split={self.split!r}, "
-            f"include_rotated={self.include_rotated}, n={len(self)})"
-        )
-
-    def frame_path(self, i: int) -> Path:
-        return self._paths[i]
-
-    def depth(self, i: int) -> np.ndarray:
-        """(240, 320) float32 depth mm of frame ``i`` (0 = no depth, including ICVL's 32001)."""
-        path = self.frame_path(i)
-        depth_mm = read_depth_png16(path)
-        check_frame_size(depth_mm, self.intrinsics, path)
-        depth_mm[depth_mm == ICVL_INVALID_DEPTH] = 0.0
-        return depth_mm
-
-    def joints_uvd(self) -> np.ndarray:
-        """(N, 16, 3) float64: u, v px and d mm of the frames present, as in the label files."""
-        return self._uvd.copy()
+        return (f"ICVLSplit({str(self.root)!r}, split={self.split!r}, "
+                f"include_rotated={self.include_rotated}, n={len(self)})")
 
     def joints_xyz(self) -> np.ndarray:
-        """(N, 16, 3) float64: x, y, z mm, y **down** (ICVL), back-projected with camera.ICVL."""
-        return self.intrinsics.uvd_to_xyz(self._uvd)
-
-    def cube_mm(self, i: int) -> float:
-        return self.default_cube_mm
+        return self.intrinsics.uvd_to_xyz(self._uvd)  # on demand: labels.txt has 330k rows
 
 
 def _existing(paths: list[Path]) -> np.ndarray:
     """Which of ``paths`` exist, with one listing per folder instead of one stat per file."""
-    by_folder: dict[Path, list[int]] = defaultdict(list)
-    for k, path in enumerate(paths):
-        by_folder[path.parent].append(k)
-    present = np.zeros(len(paths), dtype=bool)
-    for folder, indices in by_folder.items():
+
+    @functools.cache
+    def listing(folder: Path) -> set[str]:
         try:
-            names = set(os.listdir(folder))
+            return set(os.listdir(folder))
         except (FileNotFoundError, NotADirectoryError):
-            continue
-        for k in indices:
-            present[k] = paths[k].name in names
-    return present
+            return set()
+
+    return np.array([path.name in listing(path.parent) for path in paths], dtype=bool)

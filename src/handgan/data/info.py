@@ -23,7 +23,8 @@ def describe_source(spec: SourceSpec, check: int | None = 200, progress: bool = 
     for split in split_names(spec):
         reader = open_split(spec, split)
         n = len(reader)
-        picked = np.arange(n) if check is None or check >= n else np.linspace(0, n - 1, check).astype(int)
+        picked = (np.arange(n) if check is None or check >= n
+                  else np.linspace(0, n - 1, check).astype(int))
         uvd = reader.joints_uvd()
         lo, hi, bad = np.inf, -np.inf, []
         for i in tqdm(picked, desc=f"checking {split}", unit="frame", disable=not progress):
@@ -66,7 +67,8 @@ def format_report(report: dict) -> str:
             f"[{split}] {r['frames']} frames, " + (f"{r['joints']} joints ({names})" if r["labeled"]
                                                    else "unlabelled"),
             f"  intrinsics: fx {i['fx']:g}, fy {i['fy']:g}, cx {i['cx']:g}, cy {i['cy']:g}, "
-            f"{i['width']}x{i['height']}, y {'up' if i['y_up'] else 'down'}; cube {r['cube_mm']:g} mm",
+            f"{i['width']}x{i['height']}, y {'up' if i['y_up'] else 'down'}; "
+            f"cube {r['cube_mm']:g} mm",
             f"  depth range: {depth} (over {r['checked']} checked frames)",
             f"  bad frames: {len(r['bad_frames'])} of {r['checked']} checked",
         ]

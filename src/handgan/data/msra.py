@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from handgan.camera import MSRA, Intrinsics
-from handgan.data.files import check_frame_size, read_text
+from handgan.data.files import Reader, parse_numbers, read_bytes, read_text
 from handgan.errors import HandganError
 from handgan.joints import MSRA_JOINT_NAMES  # wrist, then index .. thumb, knuckle to tip
 
@@ -56,44 +56,28 @@ def bin_name(frame: int) -> str:
     return f"{frame:06d}_depth.bin"
 
 
-# ---------------------------------------------------------------------------------------------
-# Files
-
-
 def read_depth_bin(path: str | Path) -> np.ndarray:
     """Read one MSRA .bin frame -> (height, width) float32 depth mm, zero outside the box."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise HandganError(f"{path}: depth .bin not found") from None
-    except OSError as e:
-        raise HandganError(f"{path}: cannot read depth .bin ({e.strerror or e})") from None
+    data = read_bytes(path, "depth .bin")
     if len(data) < _HEADER.size:
-        raise HandganError(
-            f"{path}: truncated .bin: {len(data)} bytes, "
-            f"shorter than the {_HEADER.size}-byte header"
-        )
+        raise HandganError(f"{path}: truncated .bin: {len(data)} bytes, shorter than the "
+                           f"{_HEADER.size}-byte header")
     width, height, left, top, right, bottom = _HEADER.unpack_from(data)
     box_text = f"box left={left} top={top} right={right} bottom={bottom}"
     if min(width, height, left, top, right, bottom) < 0 or width == 0 or height == 0:
-        raise HandganError(
-            f"{path}: bad .bin header: negative or zero value in image {width}x{height}, {box_text}"
-        )
+        raise HandganError(f"{path}: bad .bin header: negative or zero value in image "
+                           f"{width}x{height}, {box_text}")
     if not (left <= right <= width and top <= bottom <= height):
-        raise HandganError(
-            f"{path}: bad .bin header: {box_text} is outside the {width}x{height} image "
-            "or inverted"
-        )
+        raise HandganError(f"{path}: bad .bin header: {box_text} is outside the {width}x{height} "
+                           "image or inverted")
     box_h, box_w = bottom - top, right - left
     expected = box_h * box_w * 4
     payload = len(data) - _HEADER.size
     if payload != expected:
         problem = "truncated .bin" if payload < expected else "trailing bytes in .bin"
-        raise HandganError(
-            f"{path}: {problem}: the header's {box_w}x{box_h} box needs {expected} bytes "
-            f"of float32 depth, the file has {payload}"
-        )
+        raise HandganError(f"{path}: {problem}: the header's {box_w}x{box_h} box needs {expected} "
+                           f"bytes of float32 depth, the file has {payload}")
     box = np.frombuffer(data, dtype="<f4", count=box_h * box_w, offset=_HEADER.size)
     if not np.all(np.isfinite(box)):
         raise HandganError(f"{path}: depth has NaN or inf values")
@@ -118,34 +102,16 @@ def read_joint_txt(path: str | Path) -> np.ndarray:
         raise HandganError(f"{path}:1: expected the frame count, got {shown!r}")
     count = int(head[0])
     if len(lines) - 1 != count:
-        raise HandganError(
-            f"{path}: line 1 says {count} frames but {len(lines) - 1} label lines follow"
-        )
-
+        raise HandganError(f"{path}: line 1 says {count} frames but {len(lines) - 1} label lines "
+                           "follow")
     values = np.empty((count, 3 * N_JOINTS), dtype=np.float64)
-    for k, line in enumerate(lines[1:]):
+    for k, line in enumerate(lines[1:]):  # line by line: the first bad line is the one reported
         parts = line.split()
         if len(parts) != 3 * N_JOINTS:
-            raise HandganError(
-                f"{path}:{k + 2}: expected {3 * N_JOINTS} numbers (21 joints x, y, z), "
-                f"got {len(parts)}"
-            )
-        try:
-            values[k] = [float(p) for p in parts]
-        except ValueError:
-            bad = next(p for p in parts if not _is_float(p))
-            raise HandganError(f"{path}:{k + 2}: {bad!r} is not a number") from None
-        if not np.all(np.isfinite(values[k])):
-            raise HandganError(f"{path}:{k + 2}: NaN or inf in the joint values")
+            raise HandganError(f"{path}:{k + 2}: expected {3 * N_JOINTS} numbers (21 joints x, y, "
+                               f"z), got {len(parts)}")
+        values[k] = parse_numbers(path, [parts], [k + 2])[0]
     return values.reshape(count, N_JOINTS, 3)
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def list_subjects(root: str | Path) -> list[int]:
@@ -153,19 +119,20 @@ def list_subjects(root: str | Path) -> list[int]:
     root = Path(root)
     if not root.is_dir():
         raise HandganError(f"{root}: MSRA dataset folder not found")
-    found = []
-    for entry in os.scandir(root):
-        match = _SUBJECT_NAME.fullmatch(entry.name)
-        if match and entry.is_dir() and int(match[1]) in MSRA_CUBES_MM:
-            found.append(int(match[1]))
-    return sorted(found)
+    found = [int(m[1]) for e in os.scandir(root)
+             if (m := _SUBJECT_NAME.fullmatch(e.name)) and e.is_dir()]
+    return sorted(s for s in found if s in MSRA_CUBES_MM)
 
 
-# ---------------------------------------------------------------------------------------------
-# Dataset
+def _check_subject(root: Path, subject: int, available: list[int]) -> None:
+    if subject not in MSRA_CUBES_MM:
+        raise HandganError(f"unknown MSRA subject {subject!r} (expected 0 ... 8)")
+    if subject not in available:
+        raise HandganError(f"{root / f'P{subject}'}: MSRA subject folder not found; found "
+                           f"{available}")
 
 
-class MSRADataset:
+class MSRADataset(Reader):
     """The frames of some MSRA subjects: labels in memory, depth frames read on demand.
 
     Frames are ordered by subject, then gesture folder (sorted), then frame number. ``subjects``
@@ -173,17 +140,17 @@ class MSRADataset:
     ``MSRA_FAULTY_FRAMES`` are left out. Per frame: ``subject_ids`` and
     ``frame_numbers`` (the number in the .bin name). ``default_cube_mm`` is the largest cube of
     the subjects (one crop size that holds every hand); ``cube_mm(i)`` is DeepPrior++'s cube for
-    frame i's subject.
+    frame i's subject. uvd is projected from xyz with camera.MSRA (y up, z > 0).
     """
 
     intrinsics: Intrinsics = MSRA
     joint_names: tuple[str, ...] = MSRA_JOINT_NAMES
     # MSRA has no palm-centre joint; DeepPrior++ crops around the middle finger's MCP (index 5).
     centre_joint: int = MSRA_JOINT_NAMES.index("middle_mcp")
+    _read = staticmethod(read_depth_bin)
 
-    def __init__(
-        self, root: str | Path, subjects: list[int] | None = None, skip_faulty: bool = False
-    ) -> None:
+    def __init__(self, root: str | Path, subjects: list[int] | None = None,
+                 skip_faulty: bool = False) -> None:
         self.root, self.skip_faulty = Path(root), skip_faulty
         available = list_subjects(self.root)
         if subjects is None:
@@ -191,18 +158,13 @@ class MSRADataset:
                 raise HandganError(f"{self.root}: no MSRA subject folders P0 ... P8 found")
             subjects = available
         for s in subjects:
-            if s not in MSRA_CUBES_MM:
-                raise HandganError(f"unknown MSRA subject {s!r} (expected 0 ... 8)")
-            if s not in available:
-                raise HandganError(
-                    f"{self.root / f'P{s}'}: MSRA subject folder not found; found {available}"
-                )
+            _check_subject(self.root, s, available)
         self.subjects: tuple[int, ...] = tuple(sorted(set(subjects)))
         if not self.subjects:
             raise HandganError(f"{self.root}: no MSRA subjects selected (subjects=[])")
 
         self._folders: list[Path] = []  # one per (subject, gesture)
-        folder_ids, numbers, xyz_parts, subject_ids = [], [], [], []
+        folder_subjects, numbers, xyz_parts = [], [], []
         for s in self.subjects:
             subject_dir = self.root / f"P{s}"
             gestures = sorted(e.name for e in os.scandir(subject_dir) if e.is_dir())
@@ -216,50 +178,29 @@ class MSRADataset:
                 if skip_faulty:
                     faulty = [k for k in MSRA_FAULTY_FRAMES.get((s, gesture), ()) if k < len(keep)]
                     keep[faulty] = False
-                folder_ids.append(np.full(int(keep.sum()), len(self._folders), dtype=np.int64))
                 numbers.append(np.flatnonzero(keep))
                 xyz_parts.append(xyz_file[keep])
-                subject_ids.append(np.full(int(keep.sum()), s, dtype=np.int64))
+                folder_subjects.append(s)
                 self._folders.append(folder)
 
-        self._folder_ids = np.concatenate(folder_ids)
+        counts = [len(n) for n in numbers]
+        self._folder_ids = np.repeat(np.arange(len(self._folders), dtype=np.int64), counts)
+        self.subject_ids = np.repeat(np.array(folder_subjects, dtype=np.int64), counts)
         self.frame_numbers = np.concatenate(numbers).astype(np.int64)
-        self.subject_ids = np.concatenate(subject_ids)
         if len(self.frame_numbers) == 0:
-            raise HandganError(
-                f"{self.root}: the selected MSRA subjects {list(self.subjects)} have no frames"
-            )
+            raise HandganError(f"{self.root}: the selected MSRA subjects {list(self.subjects)} "
+                               "have no frames")
         self._xyz = np.concatenate(xyz_parts)
         self._xyz[..., 2] *= -1.0  # joint.txt stores -z; DeepPrior++ negates it to get depth
         self._uvd = self.intrinsics.xyz_to_uvd(self._xyz)
         self.default_cube_mm: float = max(MSRA_CUBES_MM[s] for s in self.subjects)
 
-    def __len__(self) -> int:
-        return len(self.frame_numbers)
-
     def __repr__(self) -> str:
-        return (
-            f"MSRADataset({str(self.root)!r}, subjects={list(self.subjects)}, "
-            f"skip_faulty={self.skip_faulty}, n={len(self)})"
-        )
+        return (f"MSRADataset({str(self.root)!r}, subjects={list(self.subjects)}, "
+                f"skip_faulty={self.skip_faulty}, n={len(self)})")
 
     def frame_path(self, i: int) -> Path:
         return self._folders[self._folder_ids[i]] / bin_name(int(self.frame_numbers[i]))
-
-    def depth(self, i: int) -> np.ndarray:
-        """(240, 320) float32 depth mm of frame ``i`` (0 = no depth, outside the hand box)."""
-        path = self.frame_path(i)
-        depth_mm = read_depth_bin(path)
-        check_frame_size(depth_mm, self.intrinsics, path)
-        return depth_mm
-
-    def joints_uvd(self) -> np.ndarray:
-        """(N, 21, 3) float64: u, v px and d mm, projected from xyz with camera.MSRA (y up)."""
-        return self._uvd.copy()
-
-    def joints_xyz(self) -> np.ndarray:
-        """(N, 21, 3) float64: x, y, z mm, y up, z > 0 (joint.txt's z negated)."""
-        return self._xyz.copy()
 
     def cube_mm(self, i: int) -> float:
         return MSRA_CUBES_MM[int(self.subject_ids[i])]
@@ -267,27 +208,18 @@ class MSRADataset:
 
 def _check_bin_files(folder: Path, count: int) -> None:
     """The folder must hold exactly frames 000000 ... count-1 (one listing, no stat calls)."""
-    numbers = sorted(
-        int(m[1]) for m in map(_BIN_NAME.fullmatch, os.listdir(folder)) if m is not None
-    )
+    numbers = sorted(int(m[1]) for m in map(_BIN_NAME.fullmatch, os.listdir(folder)) if m)
     if numbers != list(range(count)):
         missing = sorted(set(range(count)) - set(numbers))
         detail = f"; first missing: {bin_name(missing[0])}" if missing else ""
-        raise HandganError(
-            f"{folder / JOINT_FILE}: says {count} frames but the folder has {len(numbers)} "
-            f"*_depth.bin files{detail}"
-        )
+        raise HandganError(f"{folder / JOINT_FILE}: says {count} frames but the folder has "
+                           f"{len(numbers)} *_depth.bin files{detail}")
 
 
 def msra_fold(root: str | Path, test_subject: int) -> tuple[MSRADataset, MSRADataset]:
     """Leave-one-subject-out split: (every other subject present, ``test_subject``)."""
     available = list_subjects(root)
-    if test_subject not in available:
-        if test_subject not in MSRA_CUBES_MM:
-            raise HandganError(f"unknown MSRA subject {test_subject!r} (expected 0 ... 8)")
-        raise HandganError(
-            f"{Path(root) / f'P{test_subject}'}: MSRA subject folder not found; found {available}"
-        )
+    _check_subject(Path(root), test_subject, available)
     train_subjects = [s for s in available if s != test_subject]
     if not train_subjects:
         raise HandganError(f"{root}: only subject P{test_subject} is present; nothing to train on")

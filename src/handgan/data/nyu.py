@@ -27,7 +27,7 @@ from handgan.camera import NYU, Intrinsics
 from handgan.data.files import (
     PNG_COLOR_TYPES,
     PNG_SIGNATURE,
-    check_frame_size,
+    Reader,
     decode_png,
     one_line,
     png_header,
@@ -40,6 +40,7 @@ from handgan.preprocess import DEFAULT_CUBE_MM
 JOINT_DATA_NAME = "joint_data.mat"
 JOINT_SETS: dict[str, tuple[int, ...]] = {"eval14": NYU_EVAL_IDS, "all36": tuple(range(36))}
 N_JOINTS = len(NYU_JOINT_NAMES)
+DEFLATES = ("zlib", "isal")
 
 # scipy stamps the creation time into the 116-byte text header; a fixed text (same standard
 # "MATLAB 5.0 MAT-file" prefix) makes the same labels give the same bytes.
@@ -49,10 +50,6 @@ _MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: handgan".ljust
 def depth_png_name(frame_id: int, view: int = 1) -> str:
     """Depth PNG name for .mat row ``frame_id`` (0-based) of Kinect ``view`` (1-based)."""
     return f"depth_{view}_{frame_id + 1:07d}.png"
-
-
-# ---------------------------------------------------------------------------------------------
-# Depth PNGs
 
 
 def encode_nyu_depth(depth_mm: np.ndarray) -> np.ndarray:
@@ -67,9 +64,8 @@ def encode_nyu_depth(depth_mm: np.ndarray) -> np.ndarray:
         if depth_mm.size and not np.all(np.isfinite(depth_mm)):
             raise ValueError("depth has NaN or inf values")
         if depth_mm.size and (depth_mm.min() < 0 or depth_mm.max() > 65535):
-            raise ValueError(
-                f"depth must be in [0, 65535] mm, got [{depth_mm.min()}, {depth_mm.max()}]"
-            )
+            raise ValueError(f"depth must be in [0, 65535] mm, got [{depth_mm.min()}, "
+                             f"{depth_mm.max()}]")
         if kind == "f" and np.any(depth_mm != np.round(depth_mm)):
             raise ValueError("depth must be whole mm (the format stores integers); round it first")
         depth_mm = depth_mm.astype(np.uint16)
@@ -92,29 +88,22 @@ def decode_nyu_depth(rgb: np.ndarray) -> np.ndarray:
 
 def write_depth_png(path: str | Path, depth_mm: np.ndarray, compress_level: int = 1,
                     deflate: str = "zlib") -> None:
-    """Write one NYU depth PNG atomically (a reader never sees a half-written file).
-
-    The PNG (8-bit RGB, non-interlaced) is assembled here from zlib output because that is twice as
-    fast as Pillow's encoder, which tries five row filters per row: on hand frames the PNG "Up"
-    filter with zlib's RLE strategy at level 1 takes ~2.9 ms and ~58 KB vs Pillow's ~5.5 ms and
-    ~57 KB. Every PNG decoder (Pillow, OpenCV, MATLAB) reads the result. ``deflate="isal"``
-    compresses with ISA-L instead (levels 0-3; see encode_png_rgb): the same pixels in the same
-    format, 3-4x faster; synthetic full frames use it.
-    """
+    """Write one NYU depth PNG atomically (a reader never sees a half-written file), encoded by
+    :func:`encode_png_rgb`."""
     png = encode_png_rgb(encode_nyu_depth(depth_mm), compress_level, deflate)
     atomic_write(path, lambda f: f.write(png), durable=False)  # frames are cheap to regenerate
-
-
-DEFLATES = ("zlib", "isal")
 
 
 def encode_png_rgb(rgb: np.ndarray, compress_level: int = 1, deflate: str = "zlib") -> bytes:
     """(H, W, 3) uint8 -> PNG bytes: IHDR (8-bit RGB), one IDAT with every row "Up"-filtered, IEND.
 
-    deflate: "zlib" (level 0-9, RLE strategy) or "isal" (ISA-L's deflate, level 0-3; its level 1
-    is 3-4x faster than zlib's on 640x480 depth frames and its files are about 10 % smaller on
-    full synthetic frames). Both write a zlib stream, as PNG requires; the same image gives the
-    same bytes with the same zlib or ISA-L build.
+    Assembled here from zlib output because that is twice as fast as Pillow's encoder, which
+    tries five row filters per row: on hand frames "Up" with zlib's RLE strategy at level 1 takes
+    ~2.9 ms and ~58 KB vs Pillow's ~5.5 ms and ~57 KB. Every PNG decoder (Pillow, OpenCV, MATLAB)
+    reads the result. deflate: "zlib" (level 0-9, RLE strategy) or "isal" (ISA-L, level 0-3; its
+    level 1 is 3-4x faster than zlib's on 640x480 depth frames and its files are about 10 %
+    smaller on full synthetic frames, which use it). Both write the zlib stream PNG requires; the
+    same image gives the same bytes with the same zlib or ISA-L build.
     """
     if deflate not in DEFLATES:
         raise ValueError(f"deflate must be one of {DEFLATES}, got {deflate!r}")
@@ -132,11 +121,13 @@ def encode_png_rgb(rgb: np.ndarray, compress_level: int = 1, deflate: str = "zli
         compressor = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
         idat = compressor.compress(filtered) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, colour type 2 (RGB)
-    return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    chunks = (_png_chunk(b"IHDR", header), _png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b""))
+    return PNG_SIGNATURE + b"".join(chunks)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    crc = struct.pack(">I", zlib.crc32(kind + payload))
+    return struct.pack(">I", len(payload)) + kind + payload + crc
 
 
 def read_depth_png(path: str | Path) -> np.ndarray:
@@ -151,13 +142,19 @@ def read_depth_png(path: str | Path) -> np.ndarray:
     return decode_nyu_depth(decode_png(data, path))
 
 
-# ---------------------------------------------------------------------------------------------
-# joint_data.mat
+def _png_mode(data: bytes) -> str:
+    """"mode 'L'" as Pillow names it, else the PNG colour type from the header."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            return f"mode {image.mode!r}"
+    except Exception:  # the file is rejected anyway; the mode is only a hint
+        color_type = data[25]
+        return f"{data[24]}-bit {PNG_COLOR_TYPES.get(color_type, f'color type {color_type}')}"
 
 
 def write_joint_data(path: str | Path, joint_uvd: np.ndarray, joint_xyz: np.ndarray) -> None:
-    """Write ``joint_data.mat`` atomically. Arrays are (frames, 36, 3) (one view) or (views, frames,
-    36, 3); uvd = (u px, v px, d mm), xyz mm with y up. Stored as float64 like the real files."""
+    """Write ``joint_data.mat`` atomically from (frames, 36, 3) (one view) or (views, frames, 36, 3)
+    arrays, stored as float64 like the real files."""
     joint_uvd = np.asarray(joint_uvd, dtype=np.float64)
     joint_xyz = np.asarray(joint_xyz, dtype=np.float64)
     if joint_uvd.shape != joint_xyz.shape:
@@ -180,23 +177,18 @@ def write_joint_data(path: str | Path, joint_uvd: np.ndarray, joint_xyz: np.ndar
     atomic_write(path, write)
 
 
-def read_joint_data(
-    path: str | Path, view: int = 1
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Read ``joint_data.mat`` for Kinect ``view`` (1-based) -> (names, uvd, xyz).
-
-    uvd and xyz are float64 (frames, 36, 3). xyz is returned as stored, not recomputed from uvd,
-    like DeepPrior++. A file without ``joint_names`` gets the standard NYU names.
-    """
+def read_joint_data(path: str | Path, view: int = 1) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Read ``joint_data.mat`` for Kinect ``view`` (1-based) -> (names, uvd, xyz), each array
+    float64 (frames, 36, 3). xyz is returned as stored, not recomputed from uvd, like
+    DeepPrior++. A file without ``joint_names`` gets the standard NYU names."""
     path = Path(path)
     if not path.is_file():
         raise HandganError(f"{path}: joint_data.mat not found")
     try:
         mat = scipy.io.loadmat(path)
     except NotImplementedError:  # scipy's answer to v7.3 files, which are HDF5 inside
-        raise HandganError(
-            f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save it with -v7"
-        ) from None
+        raise HandganError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save it "
+                           "with -v7") from None
     except Exception as e:  # scipy raises many types for garbage input; all mean "unreadable"
         raise HandganError(f"{path}: not a readable MATLAB 5 .mat file ({one_line(e)})") from None
 
@@ -204,12 +196,16 @@ def read_joint_data(
     if missing:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise HandganError(f"{path}: missing variable(s) {missing}; found {found}")
-    names = _read_names(path, mat)
+    names = list(NYU_JOINT_NAMES)
+    if "joint_names" in mat:
+        # A cell gives an object array of 1-element char arrays; a char matrix an array of str.
+        names = [str(np.squeeze(n)) for n in np.asarray(mat["joint_names"]).ravel()]
+        if len(names) != N_JOINTS:
+            raise HandganError(f"{path}: joint_names has {len(names)} names, expected {N_JOINTS}")
     arrays = [_checked_joint_array(path, mat, key) for key in ("joint_uvd", "joint_xyz")]
     if arrays[0].shape != arrays[1].shape:
-        raise HandganError(
-            f"{path}: joint_uvd has shape {arrays[0].shape} but joint_xyz has {arrays[1].shape}"
-        )
+        raise HandganError(f"{path}: joint_uvd has shape {arrays[0].shape} but joint_xyz has "
+                           f"{arrays[1].shape}")
     n_views = arrays[0].shape[0]
     if not 1 <= view <= n_views:
         raise HandganError(f"{path}: view {view} out of range (the file has {n_views} view(s))")
@@ -218,21 +214,9 @@ def read_joint_data(
         bad = ~np.isfinite(a)
         if bad.any():
             frame, joint, _ = np.argwhere(bad)[0]
-            raise HandganError(
-                f"{path}: {key} view {view} has {int(bad.any(-1).sum())} NaN/inf joint(s), "
-                f"first at frame row {frame} joint {joint}"
-            )
+            raise HandganError(f"{path}: {key} view {view} has {int(bad.any(-1).sum())} NaN/inf "
+                               f"joint(s), first at frame row {frame} joint {joint}")
     return names, uvd, xyz
-
-
-def _read_names(path: Path, mat: dict) -> list[str]:
-    if "joint_names" not in mat:
-        return list(NYU_JOINT_NAMES)
-    # A cell gives an object array of 1-element char arrays; a char matrix gives an array of str.
-    names = [str(np.squeeze(n)) for n in np.asarray(mat["joint_names"]).ravel()]
-    if len(names) != N_JOINTS:
-        raise HandganError(f"{path}: joint_names has {len(names)} names, expected {N_JOINTS}")
-    return names
 
 
 def _checked_joint_array(path: Path, mat: dict, key: str) -> np.ndarray:
@@ -243,14 +227,9 @@ def _checked_joint_array(path: Path, mat: dict, key: str) -> np.ndarray:
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4 or a.shape[2:] != (N_JOINTS, 3):
-        raise HandganError(
-            f"{path}: {key} has shape {mat[key].shape}, expected (views, frames, {N_JOINTS}, 3)"
-        )
+        raise HandganError(f"{path}: {key} has shape {mat[key].shape}, expected (views, frames, "
+                           f"{N_JOINTS}, 3)")
     return a.astype(np.float64, copy=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Split folders
 
 
 def list_splits(root: str | Path) -> list[str]:
@@ -261,7 +240,7 @@ def list_splits(root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / JOINT_DATA_NAME).is_file())
 
 
-class NYUSplit:
+class NYUSplit(Reader):
     """One split folder of an NYU-format dataset: labels in memory, depth frames read on demand.
 
     Like DeepPrior++, .mat rows without a depth PNG are skipped, so ``len`` counts the frames
@@ -270,10 +249,10 @@ class NYUSplit:
     """
 
     intrinsics: Intrinsics = NYU
+    _read = staticmethod(read_depth_png)
 
-    def __init__(
-        self, root: str | Path, split: str = "train", view: int = 1, joints: str = "eval14"
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", view: int = 1,
+                 joints: str = "eval14") -> None:
         if joints not in JOINT_SETS:
             raise HandganError(f"unknown NYU joint set {joints!r} (expected {list(JOINT_SETS)})")
         self.root, self.split, self.view, self.joint_set = Path(root), split, view, joints
@@ -291,10 +270,8 @@ class NYUSplit:
             [k for k in range(len(uvd)) if depth_png_name(k, view) in present], dtype=np.int64
         )
         if len(self.frame_ids) == 0:
-            raise HandganError(
-                f"{self.folder}: none of the {len(uvd)} depth_{view}_*.png frames listed in "
-                f"{JOINT_DATA_NAME} is present"
-            )
+            raise HandganError(f"{self.folder}: none of the {len(uvd)} depth_{view}_*.png frames "
+                               f"listed in {JOINT_DATA_NAME} is present")
         ids = list(JOINT_SETS[joints])
         self.joint_ids: tuple[int, ...] = tuple(ids)
         self.joint_names: tuple[str, ...] = tuple(names[j] for j in ids)
@@ -305,47 +282,9 @@ class NYUSplit:
         self.centre_joint: int = self.joint_ids.index(32)
         self.default_cube_mm: float = 250.0 if split == "test_2" else DEFAULT_CUBE_MM
 
-    def __len__(self) -> int:
-        return len(self.frame_ids)
-
     def __repr__(self) -> str:
-        folder, joints = str(self.folder), self.joint_set
-        return f"NYUSplit({folder!r}, view={self.view}, joints={joints!r}, n={len(self)})"
-
-    def cube_mm(self, i: int) -> float:
-        """Crop cube side (mm) for frame i."""
-        return self.default_cube_mm
+        return (f"NYUSplit({str(self.folder)!r}, view={self.view}, joints={self.joint_set!r}, "
+                f"n={len(self)})")
 
     def frame_path(self, i: int) -> Path:
         return self.folder / depth_png_name(int(self.frame_ids[i]), self.view)
-
-    def joints_uvd(self) -> np.ndarray:
-        """(N, J, 3) float64: u, v px and d mm of the frames present."""
-        return self._uvd.copy()
-
-    def joints_xyz(self) -> np.ndarray:
-        """(N, J, 3) float64: x, y, z mm (y up) of the frames present."""
-        return self._xyz.copy()
-
-    def depth(self, i: int) -> np.ndarray:
-        """(480, 640) float32 depth mm of frame ``i`` (0 = no depth)."""
-        path = self.frame_path(i)
-        depth_mm = read_depth_png(path)
-        check_frame_size(depth_mm, self.intrinsics, path)
-        return depth_mm
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _png_mode(data: bytes) -> str:
-    """"mode 'L'" as Pillow names it, else the PNG colour type from the header."""
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            return f"mode {image.mode!r}"
-    except Exception:  # the file is rejected anyway; the mode is only a hint
-        color_type = data[25]
-        return f"{data[24]}-bit {PNG_COLOR_TYPES.get(color_type, f'color type {color_type}')}"
-
-

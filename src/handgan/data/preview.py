@@ -14,7 +14,8 @@ from handgan.plots import sample_grid
 
 def show_samples(root: str | Path, out: str | Path, count: int = 16, split: str = "train",
                  seed: int = 0, cols: int = 4, zoom: bool = True) -> Path:
-    """Draw ``count`` frames (picked with ``seed``) of ``root/split`` with their 14-joint skeletons."""
+    """Draw ``count`` frames (picked with ``seed``) of ``root/split`` with their 14-joint
+    skeletons."""
     if count < 1:
         raise HandganError(f"--count must be >= 1, got {count}")
     check_outputs([out])
