@@ -205,15 +205,14 @@ def draw_transforms(src: torch.Tensor, cfg: AugmentConfig, intr: Intrinsics,
         pick = torch.randint(len(cfg.modes), (b,), generator=generator, device=dev)
         for k, mode in enumerate(cfg.modes):  # a mode listed twice is drawn twice as often
             do[mode] |= pick == k
-    do_com, do_rot, do_sc = do["com"], do["rot"], do["sc"]
     offset_mm = draw(torch.randn, b, 3) * cfg.translation_sigma_mm
     moved = intr.xyz_to_uvd(intr.uvd_to_xyz(p[:, 0:3]) + offset_mm)
-    centre = torch.where(do_com[:, None], moved, p[:, 0:3])
+    centre = torch.where(do["com"][:, None], moved, p[:, 0:3])
     factor = (1.0 + draw(torch.randn, b) * cfg.scale_sigma).abs()
-    cube = torch.where(do_sc[:, None], p[:, 3:6] * factor[:, None], p[:, 3:6])
+    cube = torch.where(do["sc"][:, None], p[:, 3:6] * factor[:, None], p[:, 3:6])
     angle = p[:, 7] + (draw(torch.rand, b) * 2.0 - 1.0) * cfg.rotation_deg
     angle = torch.remainder(angle + 180.0, 360.0) - 180.0  # keep it in [-180, 180)
-    angle = torch.where(do_rot, angle, p[:, 7])
+    angle = torch.where(do["rot"], angle, p[:, 7])
     return torch.cat([centre, cube, p[:, 6:7], angle[:, None]], dim=1)
 
 

@@ -210,11 +210,9 @@ def _box_and_matrix(centre_uvd: np.ndarray, cube_mm: np.ndarray, size: int, intr
     else:
         w_rz, h_rz, scale = max(wb * size // hb, 1), size, size / hb
     xoff, yoff = math.floor(size / 2 - w_rz / 2), math.floor(size / 2 - h_rz / 2)
-    m0 = np.array([
-        [scale, 0.0, xoff - scale * xstart],
-        [0.0, scale, yoff - scale * ystart],
-        [0.0, 0.0, 1.0],
-    ])
+    m0 = np.array([[scale, 0.0, xoff - scale * xstart],
+                   [0.0, scale, yoff - scale * ystart],
+                   [0.0, 0.0, 1.0]])
     return (xstart, ystart, xend, yend), (xoff, yoff, w_rz, h_rz), m0
 
 
@@ -225,11 +223,9 @@ def _rotation_about(centre_uv: np.ndarray, angle_deg: float) -> np.ndarray:
     a = math.radians(angle_deg)
     c, s = math.cos(a), math.sin(a)
     cu, cv = centre_uv
-    return np.array([
-        [c, -s, cu - c * cu + s * cv],
-        [s, c, cv - s * cu - c * cv],
-        [0.0, 0.0, 1.0],
-    ])
+    return np.array([[c, -s, cu - c * cu + s * cv],
+                     [s, c, cv - s * cu - c * cv],
+                     [0.0, 0.0, 1.0]])
 
 
 # ---- cropping and re-warping ---------------------------------------------------------------------
@@ -283,11 +279,9 @@ def _affine_inverse(m: np.ndarray) -> np.ndarray:
     """Inverse of a 3x3 affine matrix (last row 0, 0, 1); faster than np.linalg.inv at this size."""
     (a, b, c), (d, e, f) = m[0].tolist(), m[1].tolist()
     det = a * e - b * d
-    return np.array([
-        [e / det, -b / det, (b * f - c * e) / det],
-        [-d / det, a / det, (c * d - a * f) / det],
-        [0.0, 0.0, 1.0],
-    ])
+    return np.array([[e / det, -b / det, (b * f - c * e) / det],
+                     [-d / det, a / det, (c * d - a * f) / det],
+                     [0.0, 0.0, 1.0]])
 
 
 def _warp_nearest(src: np.ndarray, dst_to_src: np.ndarray, region: tuple[int, int, int, int],
