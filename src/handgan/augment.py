@@ -1,13 +1,11 @@
 """Online augmentation of cached crops: in-plane rotation, cube scale and 3D translation of the
 centre, applied to the crop and its joints together (DeepPrior++ section 4).
 
-Each call works on the cached crop, not on the full frame, as DeepPrior++ does: the new crop is
-the old one re-warped with nearest neighbour (:func:`handgan.preprocess.rewarp_crop`) and its
-depth re-normalised for the new centre and cube. What was outside the old crop is background.
-
-The result always comes with its :class:`~handgan.preprocess.CropTransform`, so
-``transform_new.norm_to_xyz(joints_new)`` gives back the original joints in mm (to float error),
-and augmentations can be chained.
+As in DeepPrior++, the new crop is the cached one re-warped
+(:func:`~handgan.preprocess.rewarp_crop`) rather than cut anew from the full frame: what was
+outside the old crop is background. It comes with its :class:`~handgan.preprocess.CropTransform`,
+so ``transform_new.norm_to_xyz(joints_new)`` gives back the original joints in mm (to float
+error), and augmentations can be chained.
 """
 from __future__ import annotations
 
@@ -44,8 +42,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         self.modes = tuple(self.modes)
-        unknown = [m for m in self.modes if m not in MODES]
-        if unknown or not self.modes:
+        if not self.modes or not set(self.modes) <= set(MODES):
             raise ValueError(f"augment modes must be a non-empty subset of {MODES}, "
                              f"got {self.modes}")
         if not 0.0 <= self.pixel_dropout_p < 1.0:
@@ -59,26 +56,13 @@ class AugmentConfig:
 def augment_crop(crop: np.ndarray, transform: CropTransform, joints_norm: np.ndarray | None,
                  rng: np.random.Generator, cfg: AugmentConfig
                  ) -> tuple[np.ndarray, CropTransform, np.ndarray | None]:
-    """Augment one crop and its joints consistently.
-
-    Args:
-        crop: (S, S) normalised crop made with ``transform``.
-        transform: its :class:`CropTransform`.
-        joints_norm: (J, 3) joints normalised by ``transform``, or None (unlabelled crop).
-        rng: source of randomness.
-        cfg: what to draw.
-
-    Returns:
-        crop: (S, S) float32 augmented crop in [-1, 1].
-        transform: the new :class:`CropTransform` (new centre, cube and rotation).
-        joints_norm: (J, 3) joints normalised by the new transform (None if none were given).
-    """
+    """Augment one (S, S) crop made with ``transform`` and its (J, 3) joints normalised by it (or
+    None: an unlabelled crop) consistently: ((S, S) float32 crop in [-1, 1], its new
+    :class:`CropTransform`, the joints normalised by that or None)."""
     out, new_t = augment_view(crop, transform, rng, cfg)
-    if joints_norm is None:
-        pass
-    elif new_t is transform:
+    if joints_norm is not None and new_t is transform:
         joints_norm = np.array(joints_norm, dtype=np.float64)  # a copy, as for the crop
-    else:
+    elif joints_norm is not None:
         joints_norm = map_joints(joints_norm, transform, new_t)
     return out, new_t, joints_norm
 
@@ -96,11 +80,8 @@ def augment_view(crop: np.ndarray, transform: CropTransform, rng: np.random.Gene
 
 
 def map_joints(joints_norm: np.ndarray, src: CropTransform, dst: CropTransform) -> np.ndarray:
-    """(..., J, 3) joints normalised by ``src`` -> the same 3D joints normalised by ``dst``.
-
-    = dst.xyz_to_norm(src.norm_to_xyz(joints_norm)), through uvd: one fewer projection when
-    either transform is rotated.
-    """
+    """(..., J, 3) joints normalised by ``src`` -> the same 3D joints normalised by ``dst``
+    (through uvd: one fewer projection than through xyz when either transform is rotated)."""
     return dst.uvd_to_norm(src.norm_to_uvd(joints_norm))
 
 

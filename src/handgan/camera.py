@@ -11,6 +11,7 @@ Conventions (those of NYU and DeepPrior++):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,26 +28,34 @@ class Intrinsics:
 
     def uvd_to_xyz(self, uvd: np.ndarray) -> np.ndarray:
         """(..., 3) u, v px and d mm -> (..., 3) x, y, z mm."""
-        uvd = np.asarray(uvd, dtype=np.float64)
+        xp, uvd = _float64(uvd)
         u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
         x = (u - self.cx) * d / self.fx
         y = (v - self.cy) * d / self.fy
-        if self.y_up:
-            y = -y
-        return np.stack([x, y, d], axis=-1)
+        return xp.stack([x, -y if self.y_up else y, d], axis=-1)
 
     def xyz_to_uvd(self, xyz: np.ndarray) -> np.ndarray:
         """(..., 3) x, y, z mm -> (..., 3) u, v px and d mm. Points at z = 0 map to (cx, cy, 0)."""
-        xyz = np.asarray(xyz, dtype=np.float64)
+        xp, xyz = _float64(xyz)
         x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-        safe_z = np.where(z == 0, 1.0, z)
-        u = np.where(z == 0, self.cx, self.cx + self.fx * x / safe_z)
+        safe_z = xp.where(z == 0, 1.0, z)
+        u = xp.where(z == 0, self.cx, self.cx + self.fx * x / safe_z)
         sign = -1.0 if self.y_up else 1.0
-        v = np.where(z == 0, self.cy, self.cy + sign * self.fy * y / safe_z)
-        return np.stack([u, v, z], axis=-1)
+        v = xp.where(z == 0, self.cy, self.cy + sign * self.fy * y / safe_z)
+        return xp.stack([u, v, z], axis=-1)
 
 
-# NYU hand dataset (Kinect/PrimeSense 1.09, 640x480), as used by DeepPrior++ and the field's evaluator.
+def _float64(a: Any) -> tuple[Any, Any]:
+    """(the array module, ``a`` as float64 in it): a torch tensor (deviceaugment's batches,
+    float64 there) stays one, on its device; anything else becomes a numpy array."""
+    if type(a).__module__.startswith("torch"):
+        import torch
+
+        return torch, a
+    return np, np.asarray(a, dtype=np.float64)
+
+
+# NYU hand dataset (Kinect/PrimeSense 1.09, 640x480), as DeepPrior++ and the field's evaluator use
 NYU = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0, width=640, height=480, y_up=True)
 # ICVL (Intel Creative, 320x240), y-down labels.
 ICVL = Intrinsics(fx=241.42, fy=241.42, cx=160.0, cy=120.0, width=320, height=240, y_up=False)

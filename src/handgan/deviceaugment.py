@@ -1,34 +1,22 @@
-"""Batched crop augmentation in torch, on any device: the tensor twin of :mod:`handgan.augment`.
-
-The CPU path augments one crop at a time (numpy, one
-:class:`~handgan.preprocess.CropTransform` object per crop). This module does the same for a
-batch of cached crops held as tensors wherever they are (issue 16: the crop cache in GPU memory,
-batches gathered by index there):
-
-* :func:`draw_transforms`: the new crops' transform parameters, with the distributions of
-  ``augment._draw_transform`` (one mode per crop, or all combined), from a ``torch.Generator``.
-  It does not reproduce numpy's random streams, only their distributions.
-* :func:`rewarp_crops`: :func:`~handgan.preprocess.rewarp_crop` for a batch: depth
-  re-normalised for the new centre and cube, then a nearest-neighbour warp by
-  ``src.M @ inv(dst.M)``, background where the old crop has no pixel.
-* :func:`map_joints`: :func:`handgan.augment.map_joints` for a batch.
-* :func:`augment_batch`: the three together with the optional sensor noise:
-  :func:`~handgan.augment.augment_crop` (or, without joints, ``augment_view``) for a batch.
+"""Batched crop augmentation in torch, on any device: the tensor twin of :mod:`handgan.augment`
+for a batch of cached crops held as tensors wherever they are (issue 16: the crop cache in GPU
+memory, batches gathered by index there). :func:`draw_transforms` draws with the distributions
+of ``augment._draw_transform`` (not numpy's random streams) from a ``torch.Generator``;
+:func:`rewarp_crops` and :func:`map_joints` are ``rewarp_crop`` and ``augment.map_joints`` for a
+batch; :func:`augment_batch` does all three with the optional sensor noise.
 
 Transforms travel as (B, 8) rows in the cache's layout (``cachestore.TRANSFORM_COLUMNS``:
-centre u, v px, d mm, cube x, y, z mm, size, rotation deg), the rows of ``CropCache.transforms``.
-Preconditions that ``CropTransform`` checks (centre depth > 0, cube > 0) are not checked here:
-checking would wait for the device.
+centre u, v px, d mm, cube x, y, z mm, size, rotation deg). ``CropTransform``'s preconditions
+(centre depth > 0, cube > 0) are not checked here: checking would wait for the device.
 
 Exactness. The geometry is float64 and repeats the CPU path's operations in the same order
 (``_box_and_matrix``, ``_rotation_about``, ``_affine_inverse``, the camera's projection), and the
 warp's per-pixel coordinates are float32 sums of float64 row and column terms as in
-``_warp_nearest``, so the crops equal ``rewarp_crop``'s pixel for pixel. The only operations that
-can differ in the last float64 bit are ``torch.cos``/``torch.sin`` (libm on the CPU path) and
-numpy's 3x3 products (BLAS); such a bit changes a pixel only if it moves a float32 term across a
-rounding boundary. tests/test_device_augment.py measures it: no pixel differed in its cases.
-This holds in eager mode, one rounding per operation; ``torch.compile`` may fuse a multiply
-and an add into one rounding, and then a rare pixel could differ.
+``_warp_nearest``, so the crops equal ``rewarp_crop``'s pixel for pixel. Only ``torch.cos``/
+``torch.sin`` (libm on the CPU path) and numpy's 3x3 products (BLAS) can differ in the last
+float64 bit, which changes a pixel only if it moves a float32 term across a rounding boundary:
+tests/test_device_augment.py finds no pixel that differs. This holds in eager mode;
+``torch.compile`` may fuse a multiply and an add into one rounding, and a rare pixel could differ.
 """
 from __future__ import annotations
 
@@ -37,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from handgan.augment import AugmentConfig
+from handgan.augment import MODES, AugmentConfig
 from handgan.camera import Intrinsics
 from handgan.preprocess import BACKGROUND
 
@@ -45,32 +33,10 @@ PARAMS = 8  # columns of a transform row: u, v, d, cube x, y, z, size, rotation 
 _DEG_TO_RAD = math.pi / 180.0  # math.radians' own constant, so the angles round alike
 
 
-# --------------------------------------------------------------------------------------------
-# Camera and crop geometry (float64, the CPU path's operations in its order)
-# --------------------------------------------------------------------------------------------
-
-def _uvd_to_xyz(uvd: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
-    """:meth:`Intrinsics.uvd_to_xyz` for float64 tensors: (..., 3) u, v px, d mm -> x, y, z mm."""
-    u, v, d = uvd.unbind(-1)
-    x = (u - intr.cx) * d / intr.fx
-    y = (v - intr.cy) * d / intr.fy
-    return torch.stack([x, -y if intr.y_up else y, d], dim=-1)
-
-
-def _xyz_to_uvd(xyz: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
-    """:meth:`Intrinsics.xyz_to_uvd` for float64 tensors (points at z = 0 -> (cx, cy, 0))."""
-    x, y, z = xyz.unbind(-1)
-    at_zero = z == 0
-    safe_z = torch.where(at_zero, torch.ones_like(z), z)
-    sign = -1.0 if intr.y_up else 1.0
-    u = torch.where(at_zero, intr.cx, intr.cx + intr.fx * x / safe_z)
-    v = torch.where(at_zero, intr.cy, intr.cy + sign * intr.fy * y / safe_z)
-    return torch.stack([u, v, z], dim=-1)
-
+# ---- camera and crop geometry (float64, the CPU path's operations in its order) ---------------
 
 def _rotate_uv(uvd: torch.Tensor, params: torch.Tensor, sign: float) -> torch.Tensor:
-    """``CropTransform._rotate_uv`` for a batch: (B, J, 3) uvd, (u, v) rotated about each row's
-    centre by sign * its rotation; rows without rotation are returned as they are."""
+    """``CropTransform._rotate_uv`` for a batch of (B, J, 3) uvd (rows without rotation kept)."""
     cu, cv, rot = params[:, 0, None], params[:, 1, None], params[:, 7, None]  # (B, 1) each
     a = (sign * rot) * _DEG_TO_RAD
     c, s = torch.cos(a), torch.sin(a)
@@ -82,9 +48,8 @@ def _rotate_uv(uvd: torch.Tensor, params: torch.Tensor, sign: float) -> torch.Te
 
 
 def crop_matrices(params: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
-    """(B, 8) transform rows -> (B, 3, 3) float64 matrices M (full-image px -> crop px), each equal
-    to ``CropTransform.M``: DeepPrior++'s box and aspect-keeping scale (``_box_and_matrix``),
-    times the rotation about the centre (``_rotation_about``)."""
+    """(B, 8) transform rows -> (B, 3, 3) float64 ``CropTransform.M`` (``_box_and_matrix``'s
+    matrix times ``_rotation_about``'s)."""
     p = params.to(torch.float64)
     u, v, z, size, rot = p[:, 0], p[:, 1], p[:, 2], p[:, 6], p[:, 7]  # (B,) each
     half_w_px = p[:, 3] * intr.fx / (2.0 * z)
@@ -104,19 +69,18 @@ def crop_matrices(params: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
     c, s = torch.cos(a), torch.sin(a)
     r02 = u - c * u + s * v  # translation of the rotation about (u, v)
     r12 = v - s * u - c * v
-    zero, one = torch.zeros_like(u), torch.ones_like(u)
     # M = M0 @ R with M0 = [[scale, 0, t0], [0, scale, t1], [0, 0, 1]]; unrotated rows keep M0
-    m = torch.stack([
-        torch.stack([scale * c, scale * -s, scale * r02 + t0], dim=-1),
-        torch.stack([scale * s, scale * c, scale * r12 + t1], dim=-1),
-        torch.stack([zero, zero, one], dim=-1),
-    ], dim=1)  # (B, 3, 3)
-    m0 = torch.stack([
-        torch.stack([scale, zero, t0], dim=-1),
-        torch.stack([zero, scale, t1], dim=-1),
-        torch.stack([zero, zero, one], dim=-1),
-    ], dim=1)
-    return torch.where((rot == 0)[:, None, None], m0, m)
+    m = _affine(scale * c, scale * -s, scale * r02 + t0, scale * s, scale * c, scale * r12 + t1)
+    zero = torch.zeros_like(u)
+    return torch.where((rot == 0)[:, None, None], _affine(scale, zero, t0, zero, scale, t1), m)
+
+
+def _affine(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, e: torch.Tensor,
+            f: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) affine matrices [[a, b, c], [d, e, f], [0, 0, 1]] from (B,) entries."""
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    rows = ((a, b, c), (d, e, f), (zero, zero, one))
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=1)
 
 
 def _affine_inverse(m: torch.Tensor) -> torch.Tensor:
@@ -124,30 +88,21 @@ def _affine_inverse(m: torch.Tensor) -> torch.Tensor:
     a, b, c = m[:, 0].unbind(-1)
     d, e, f = m[:, 1].unbind(-1)
     det = a * e - b * d
-    zero, one = torch.zeros_like(a), torch.ones_like(a)
-    return torch.stack([
-        torch.stack([e / det, -b / det, (b * f - c * e) / det], dim=-1),
-        torch.stack([-d / det, a / det, (c * d - a * f) / det], dim=-1),
-        torch.stack([zero, zero, one], dim=-1),
-    ], dim=1)
+    return _affine(e / det, -b / det, (b * f - c * e) / det, -d / det, a / det,
+                   (c * d - a * f) / det)
 
 
 def _compose_affine(m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) m @ n for affine matrices, each entry summed over k = 0, 1, 2 in order."""
-    rows = []
-    for i in range(2):
-        rows.append(torch.stack([
-            m[:, i, 0] * n[:, 0, 0] + m[:, i, 1] * n[:, 1, 0],
-            m[:, i, 0] * n[:, 0, 1] + m[:, i, 1] * n[:, 1, 1],
-            m[:, i, 0] * n[:, 0, 2] + m[:, i, 1] * n[:, 1, 2] + m[:, i, 2],
-        ], dim=-1))
-    rows.append(m[:, 2])
-    return torch.stack(rows, dim=1)
+    def row(i: int) -> tuple[torch.Tensor, ...]:
+        return (m[:, i, 0] * n[:, 0, 0] + m[:, i, 1] * n[:, 1, 0],
+                m[:, i, 0] * n[:, 0, 1] + m[:, i, 1] * n[:, 1, 1],
+                m[:, i, 0] * n[:, 0, 2] + m[:, i, 1] * n[:, 1, 2] + m[:, i, 2])
+
+    return _affine(*row(0), *row(1))
 
 
-# --------------------------------------------------------------------------------------------
-# Crops and joints
-# --------------------------------------------------------------------------------------------
+# ---- crops and joints --------------------------------------------------------------------------
 
 def _check(crops: torch.Tensor | None, *params: torch.Tensor) -> None:
     """Shapes only: value checks would wait for the device."""
@@ -161,9 +116,8 @@ def _check(crops: torch.Tensor | None, *params: torch.Tensor) -> None:
 
 
 def renormalise(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``CropTransform.renormalise`` for a batch: (B, 1, S, S) normalised depth of the ``src``
-    rows -> that of the ``dst`` rows, background kept as background, float32. Rows whose centre
-    depth and cube depth are the same are returned unchanged, as ``rewarp_crop`` does."""
+    """``CropTransform.renormalise`` for a batch of (B, 1, S, S) crops, float32; rows with the
+    same centre depth and cube depth are returned unchanged, as ``rewarp_crop`` does."""
     src, dst = src.to(torch.float64), dst.to(torch.float64)
     half_src, half_dst = src[:, 5] / 2.0, dst[:, 5] / 2.0  # half_depth_mm
     scale = (half_src / half_dst).to(torch.float32)[:, None, None, None]
@@ -177,8 +131,7 @@ def renormalise(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> to
 
 
 def _warp_nearest(images: torch.Tensor, dst_to_src: torch.Tensor, fill: float) -> torch.Tensor:
-    """``preprocess._warp_nearest`` over the whole crop, batched: (B, S, S) -> (B, S, S); pixel
-    (x, y) reads images at round(dst_to_src @ (x, y, 1)) (half up), ``fill`` outside."""
+    """``preprocess._warp_nearest`` over the whole crop, batched: (B, S, S) -> (B, S, S)."""
     b, n = images.shape[0], images.shape[-1]
     padded = F.pad(images, (1, 1, 1, 1), value=fill)  # (B, S + 2, S + 2): a 1-px border of fill
     q = torch.arange(n, dtype=torch.float64, device=images.device)[None]  # (1, S) px
@@ -197,19 +150,9 @@ def _warp_nearest(images: torch.Tensor, dst_to_src: torch.Tensor, fill: float) -
 
 def rewarp_crops(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                  intr: Intrinsics) -> torch.Tensor:
-    """:func:`~handgan.preprocess.rewarp_crop` for a batch of same-size crops.
-
-    Args:
-        crops: (B, 1, S, S) normalised crops (float16 or float32), row b made with ``src[b]``.
-        src: (B, 8) their transform rows.
-        dst: (B, 8) the new transform rows (same frame and camera; size column = S).
-        intr: the camera of the frames.
-
-    Returns:
-        (B, 1, S, S) float32 crops in [-1, 1] on the crops' device: depth re-normalised for each
-        new centre and cube, warped with nearest neighbour by ``src.M @ inv(dst.M)``; what was
-        outside the old crop is background.
-    """
+    """:func:`~handgan.preprocess.rewarp_crop` for a batch: (B, 1, S, S) crops (float16 or
+    float32) made with the ``src`` rows -> (B, 1, S, S) float32 crops of the ``dst`` rows (size
+    column = S), on the crops' device."""
     _check(crops, src, dst)
     renorm = renormalise(crops.to(torch.float32), src, dst)[:, 0]  # (B, S, S) float32
     dst_to_src = _compose_affine(crop_matrices(src, intr),
@@ -219,55 +162,37 @@ def rewarp_crops(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
 
 def norm_to_uvd(joints_norm: torch.Tensor, params: torch.Tensor,
                 intr: Intrinsics) -> torch.Tensor:
-    """``CropTransform.norm_to_uvd`` for a batch: (B, J, 3) normalised joints of the rows
-    ``params`` -> (B, J, 3) float64 u, v px, d mm in the full frame."""
+    """``CropTransform.norm_to_uvd`` for (B, J, 3) joints of the rows ``params``; float64."""
     p = params.to(torch.float64)
     half = (p[:, 5] / 2.0)[:, None, None]  # (B, 1, 1) half_depth_mm
-    xyz = joints_norm.to(torch.float64) * half + _uvd_to_xyz(p[:, None, 0:3], intr)
-    return _rotate_uv(_xyz_to_uvd(xyz, intr), p, -1.0)
+    xyz = joints_norm.to(torch.float64) * half + intr.uvd_to_xyz(p[:, None, 0:3])
+    return _rotate_uv(intr.xyz_to_uvd(xyz), p, -1.0)
 
 
 def uvd_to_norm(joints_uvd: torch.Tensor, params: torch.Tensor,
                 intr: Intrinsics) -> torch.Tensor:
-    """``CropTransform.uvd_to_norm`` for a batch: (B, J, 3) u, v px, d mm -> (B, J, 3) float64
-    joints normalised by the rows ``params``."""
+    """``CropTransform.uvd_to_norm`` for (B, J, 3) joints and the rows ``params``; float64."""
     p = params.to(torch.float64)
     half = (p[:, 5] / 2.0)[:, None, None]
     uvd = _rotate_uv(joints_uvd.to(torch.float64), p, +1.0)
-    return (_uvd_to_xyz(uvd, intr) - _uvd_to_xyz(p[:, None, 0:3], intr)) / half
+    return (intr.uvd_to_xyz(uvd) - intr.uvd_to_xyz(p[:, None, 0:3])) / half
 
 
 def map_joints(joints_norm: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                intr: Intrinsics) -> torch.Tensor:
     """:func:`handgan.augment.map_joints` for a batch: (B, J, 3) joints normalised by the ``src``
-    rows -> (B, J, 3) float64, the same 3D joints normalised by the ``dst`` rows (through uvd,
-    as the CPU path)."""
+    rows -> (B, J, 3) float64, normalised by the ``dst`` rows."""
     _check(None, src, dst)
     return uvd_to_norm(norm_to_uvd(joints_norm, src, intr), dst, intr)
 
 
-# --------------------------------------------------------------------------------------------
-# Drawing and the whole augmentation
-# --------------------------------------------------------------------------------------------
+# ---- drawing and the whole augmentation --------------------------------------------------------
 
 def draw_transforms(src: torch.Tensor, cfg: AugmentConfig, intr: Intrinsics,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """The augmented crops' transform rows, drawn as ``augment._draw_transform`` draws them.
-
-    Without ``cfg.combine`` each row gets one mode drawn uniformly from ``cfg.modes``: 'com'
-    moves the centre by N(0, translation_sigma_mm^2) mm per axis in 3D, 'sc' multiplies the cube
-    by |1 + N(0, scale_sigma^2)|, 'rot' adds U(-rotation_deg, rotation_deg) to the angle (kept in
-    [-180, 180)), 'none' keeps the row as it is (bit for bit). ``cfg.combine`` applies all three.
-
-    Args:
-        src: (B, 8) transform rows of the crops.
-        cfg: the augmentation to draw.
-        intr: their camera (the centre moves in 3D).
-        generator: a ``torch.Generator`` on ``src``'s device, or None for torch's default one.
-
-    Returns:
-        (B, 8) float64 transform rows on ``src``'s device.
-    """
+    """(B, 8) rows -> (B, 8) float64 rows of the augmented crops, drawn with the distributions
+    of ``augment._draw_transform`` ('none' keeps a row bit for bit) from ``generator`` (on
+    ``src``'s device; None: torch's default one)."""
     _check(None, src)
     p = src.to(torch.float64)
     b, dev = p.shape[0], p.device
@@ -275,23 +200,19 @@ def draw_transforms(src: torch.Tensor, cfg: AugmentConfig, intr: Intrinsics,
     def draw(fn, *shape):
         return fn(*shape, generator=generator, dtype=torch.float64, device=dev)
 
-    if cfg.combine:
-        do_com = do_rot = do_sc = torch.ones(b, dtype=torch.bool, device=dev)
-    else:
+    do = {mode: torch.full((b,), cfg.combine, device=dev) for mode in MODES}
+    if not cfg.combine:
         pick = torch.randint(len(cfg.modes), (b,), generator=generator, device=dev)
-        do_com, do_rot, do_sc = (torch.zeros(b, dtype=torch.bool, device=dev) for _ in range(3))
         for k, mode in enumerate(cfg.modes):  # a mode listed twice is drawn twice as often
-            for flag, name in ((do_com, "com"), (do_rot, "rot"), (do_sc, "sc")):
-                if mode == name:
-                    flag |= pick == k
+            do[mode] |= pick == k
     offset_mm = draw(torch.randn, b, 3) * cfg.translation_sigma_mm
-    moved = _xyz_to_uvd(_uvd_to_xyz(p[:, 0:3], intr) + offset_mm, intr)
-    centre = torch.where(do_com[:, None], moved, p[:, 0:3])
+    moved = intr.xyz_to_uvd(intr.uvd_to_xyz(p[:, 0:3]) + offset_mm)
+    centre = torch.where(do["com"][:, None], moved, p[:, 0:3])
     factor = (1.0 + draw(torch.randn, b) * cfg.scale_sigma).abs()
-    cube = torch.where(do_sc[:, None], p[:, 3:6] * factor[:, None], p[:, 3:6])
+    cube = torch.where(do["sc"][:, None], p[:, 3:6] * factor[:, None], p[:, 3:6])
     angle = p[:, 7] + (draw(torch.rand, b) * 2.0 - 1.0) * cfg.rotation_deg
     angle = torch.remainder(angle + 180.0, 360.0) - 180.0  # keep it in [-180, 180)
-    angle = torch.where(do_rot, angle, p[:, 7])
+    angle = torch.where(do["rot"], angle, p[:, 7])
     return torch.cat([centre, cube, p[:, 6:7], angle[:, None]], dim=1)
 
 
@@ -300,21 +221,11 @@ def augment_batch(crops: torch.Tensor, src: torch.Tensor, joints_norm: torch.Ten
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """:func:`~handgan.augment.augment_crop` for a batch, on the crops' device.
 
-    Args:
-        crops: (B, 1, S, S) cached crops (float16 or float32), row b made with ``src[b]``.
-        src: (B, 8) their transform rows.
-        joints_norm: (B, J, 3) joints normalised by ``src``, or None (unlabelled crops: the
-            second view of the equivariance term is ``augment_batch(crops, src, None, ...)``,
-            and ``map_joints(pose, src, dst, intr)`` carries a pose into it).
-        intr: the camera of the frames.
-        cfg: what to draw (and the optional sensor noise).
-        generator: a ``torch.Generator`` on the crops' device, or None for the default one.
-
-    Returns:
-        crops: (B, 1, S, S) float32 augmented crops in [-1, 1].
-        transforms: (B, 8) float64 rows of the new transforms.
-        joints_norm: (B, J, 3) float64 joints normalised by them (None if none were given).
-        Rows that kept their transform ('none') keep their crop and joints exactly.
+    (B, 1, S, S) cached crops (float16 or float32) made with the ``src`` rows and their (B, J, 3)
+    normalised joints, or None (unlabelled crops: ``map_joints(pose, src, dst, intr)`` carries a
+    pose into the augmented view) -> ((B, 1, S, S) float32 crops, (B, 8) float64 rows ``dst``,
+    (B, J, 3) float64 joints or None). Rows that keep their transform ('none') keep their crop
+    and joints exactly.
     """
     _check(crops, src)
     crops = crops.to(torch.float32)
@@ -330,8 +241,7 @@ def augment_batch(crops: torch.Tensor, src: torch.Tensor, joints_norm: torch.Ten
 
 def _sensor_noise(crops: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
                   generator: torch.Generator | None) -> torch.Tensor:
-    """``augment._sensor_noise`` for a batch: additive depth noise on foreground pixels, then
-    pixel dropout to background (each only when its setting is > 0)."""
+    """``augment._sensor_noise`` for a batch."""
     if cfg.depth_noise_sigma_mm > 0:
         sigma = (cfg.depth_noise_sigma_mm / (params[:, 5] / 2.0)).to(torch.float32)  # normalised
         noise = torch.randn(crops.shape, generator=generator, device=crops.device)

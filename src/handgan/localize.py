@@ -2,32 +2,29 @@
 
 1. :class:`HandDetector`: a small fully convolutional network over the whole frame (every 4th
    pixel of a 640 x 480 frame) that scores 32 x 32 px cells for holding the palm centre and
-   regresses its place inside the cell. A full frame holds the person's body, the other arm, a
-   table, the floor: the nearest object (DeepPrior++'s centre of mass,
-   :func:`~handgan.preprocess.localize_hand`) is the hand in only about 80 % of our full-frame
-   scenes (docs/results.md), and it cannot tell the labelled hand from the other one.
-   The start depth is the near surface around the detected pixel.
-2. Two :class:`CentreRefiner` stages: a small CNN that looks at a crop around the current
-   estimate and regresses where the palm centre lies in that crop's normalised frame, applied
-   ``iterations`` times (each crop centred on the last estimate, as DeepPrior++'s refinement
-   network is) on a coarse cube (``cube_mm``, room for the detection's errors of tens of mm),
-   then ``fine_iterations`` times on a finer one (``fine_cube_mm``, trained on the smaller
-   shifts the coarse stage leaves).
+   regresses its place inside the cell; the start depth is the near surface there. A full frame
+   holds the body, the other arm, a table, the floor: the nearest object (DeepPrior++'s centre of
+   mass, :func:`~handgan.preprocess.localize_hand`) is the hand in only about 80 % of our
+   full-frame scenes (docs/results.md), and it cannot tell the labelled hand from the other one.
+2. Two :class:`CentreRefiner` stages, each a small CNN regressing where the palm centre lies in
+   the normalised frame of a crop centred on the current estimate (as DeepPrior++'s refinement
+   network): ``iterations`` times on a coarse cube (``cube_mm``, room for the detection's errors
+   of tens of mm), then ``fine_iterations`` times on a finer one (``fine_cube_mm``).
 3. A verifier (the refiner's network with one output) scores each refined candidate's coarse
-   crop: the detector's ``candidates`` highest peaks are all refined, and the one with the
-   highest verifier logit plus twice its peak's detector logit is kept (:func:`candidate_choice`).
-   The detector's best peak lies on the forearm, the elbow or the other arm in about 5 % of our
-   scenes.
+   crop: the detector's ``candidates`` highest peaks are all refined, and
+   :func:`candidate_choice` keeps one. The detector's best peak lies on the forearm, the elbow or
+   the other arm in about 5 % of our scenes.
 
 All learn from labelled frames only (:func:`train_localizer`): the detector from the frames
 themselves, scaled, turned and shifted (:func:`warp_frames`); each refiner from crops centred on
 the labelled palm centre shifted by random 3D offsets, the target being the labelled palm centre
-in each crop's normalised frame (``CropTransform.xyz_to_norm``). :class:`Localizer` bundles the
-networks and their settings; its state travels inside training checkpoints under ``"localizer"``.
+in each crop's normalised frame. :class:`Localizer` bundles the networks and their settings; its
+state travels inside training checkpoints under ``"localizer"``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -77,23 +74,18 @@ class LocalizerConfig:
     #                             best peak only, no verifier)
 
     def __post_init__(self) -> None:
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        check(self.size >= 16 and self.size % 16 == 0, f"size must be a multiple of 16, got "
-              f"{self.size}")
-        check(self.cube_mm > 0, f"cube_mm must be > 0, got {self.cube_mm}")
-        check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
-        check(self.fine_cube_mm >= 0, f"fine_cube_mm must be >= 0, got {self.fine_cube_mm}")
-        check(self.fine_iterations >= 0,
-              f"fine_iterations must be >= 0, got {self.fine_iterations}")
-        for name in ("width", "detector_width", "detector_epochs", "epochs", "batch_size",
-                     "samples_per_frame", "max_frames", "candidates"):
-            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        for name in ("offset_mm", "fine_offset_mm"):
-            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.size >= 16 and self.size % 16 == 0):
+            raise ValueError(f"size must be a multiple of 16, got {self.size}")
+        checks = [("cube_mm", ">", 0), ("iterations", ">=", 0), ("fine_cube_mm", ">=", 0),
+                  ("fine_iterations", ">=", 0)]
+        checks += [(name, ">=", 1) for name in ("width", "detector_width", "detector_epochs",
+                                                 "epochs", "batch_size", "samples_per_frame",
+                                                 "max_frames", "candidates")]
+        checks += [("lr", ">", 0), ("offset_mm", ">=", 0), ("fine_offset_mm", ">=", 0)]
+        for name, op, low in checks:
+            value = getattr(self, name)
+            if not (value > low if op == ">" else value >= low):
+                raise ValueError(f"{name} must be {op} {low}, got {value}")
 
     @property
     def has_fine(self) -> bool:
@@ -224,19 +216,24 @@ def surface_depth(depth_mm: np.ndarray, uv: np.ndarray, radius_px: int = 6) -> f
     return float(np.percentile(values, 25)) if len(values) else None
 
 
+PARTS = ("network", "detector", "fine", "verifier")  # a Localizer's networks, in its state
+
+
+def _new_part(config: LocalizerConfig, part: str) -> nn.Module:
+    """An untrained network for one of PARTS."""
+    if part == "detector":
+        return HandDetector(config.detector_width)
+    return CentreRefiner(config.size, config.width, outputs=1 if part == "verifier" else 3)
+
+
 class Localizer:
     """Detection + learned refinement: full frames -> hand centre uvd (the palm centre).
 
-    Attributes:
-        config: the settings (refiner crop size, cube, iterations).
-        detector: the :class:`HandDetector`, or None (then the start is
-            :func:`~handgan.preprocess.localize_hand`'s centre of mass), eval mode.
-        network: the coarse :class:`CentreRefiner` (``cube_mm`` crops), eval mode, no gradients.
-        fine: the fine :class:`CentreRefiner` (``fine_cube_mm`` crops), or None.
-        verifier: the :class:`CentreRefiner` with one output that scores each candidate's
-            refined centre (``cube_mm`` crops: the hand with its arm), or None (then only the
-            best detector peak is refined).
-        device: where the networks run.
+    ``network`` is the coarse :class:`CentreRefiner` (``cube_mm`` crops), ``fine`` the fine one
+    (``fine_cube_mm`` crops) or None. Without a ``detector`` the start is
+    :func:`~handgan.preprocess.localize_hand`'s centre of mass; without a ``verifier`` (a
+    :class:`CentreRefiner` with one output, on ``cube_mm`` crops: the hand with its arm) only
+    the detector's best peak is refined. All run on ``device``, in eval mode, without gradients.
     """
 
     def __init__(self, config: LocalizerConfig, network: nn.Module,
@@ -246,25 +243,21 @@ class Localizer:
         self.device = torch.device(device)
 
         def ready(module: nn.Module | None) -> nn.Module | None:
-            return (module.to(self.device).eval().requires_grad_(False)
-                    if module is not None else None)
+            return None if module is None else module.to(self.device).eval().requires_grad_(False)
 
-        self.network = ready(network)
-        self.detector = ready(detector)
-        self.fine = ready(fine)
-        self.verifier = ready(verifier)
+        self.network, self.detector = ready(network), ready(detector)
+        self.fine, self.verifier = ready(fine), ready(verifier)
 
     # ---- state --------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """Plain data for a checkpoint (``weights_only``-safe)."""
-        def plain(module: nn.Module) -> dict:
-            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-        return {"config": dataclasses.asdict(self.config), "network": plain(self.network),
-                "detector": plain(self.detector) if self.detector is not None else None,
-                "fine": plain(self.fine) if self.fine is not None else None,
-                "verifier": plain(self.verifier) if self.verifier is not None else None}
+        state: dict[str, Any] = {"config": dataclasses.asdict(self.config)}
+        for part in PARTS:
+            module = getattr(self, part)
+            state[part] = None if module is None else {
+                k: v.detach().cpu() for k, v in module.state_dict().items()}
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], device: str | torch.device = "cpu",
@@ -272,22 +265,16 @@ class Localizer:
         """Rebuild from :meth:`state`; HandganError naming ``where`` if it does not fit."""
         try:
             config = LocalizerConfig(**state["config"])
-            network = CentreRefiner(config.size, config.width)
-            network.load_state_dict(state["network"])
-            detector = fine = verifier = None
-            if state.get("detector") is not None:
-                detector = HandDetector(config.detector_width)
-                detector.load_state_dict(state["detector"])
-            if state.get("fine") is not None:
-                fine = CentreRefiner(config.size, config.width)
-                fine.load_state_dict(state["fine"])
-            if state.get("verifier") is not None:
-                verifier = CentreRefiner(config.size, config.width, outputs=1)
-                verifier.load_state_dict(state["verifier"])
+            parts = {}
+            for part in PARTS:
+                weights = state[part] if part == "network" else state.get(part)
+                if part == "network" or weights is not None:
+                    parts[part] = _new_part(config, part)
+                    parts[part].load_state_dict(weights)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise HandganError(f"{where}: its hand localiser does not load "
                                f"({str(e).splitlines()[0]})") from None
-        return cls(config, network, device, detector, fine, verifier)
+        return cls(config, device=device, **parts)
 
     def fingerprint(self) -> str:
         """Identity of the weights and settings (crop caches centred by this localiser use it)."""
@@ -309,43 +296,33 @@ class Localizer:
     def locate_batch(self, frames: Sequence[np.ndarray], intr: Intrinsics) -> np.ndarray:
         """Frames -> (N, 3) palm centres uvd: each candidate start refined, the
         :func:`candidate_choice` kept (the detector's best peak alone without a verifier).
-
-        Raises:
-            HandganError: "no hand found: ..." when a frame has no usable depth.
-        """
+        HandganError "no hand found: ..." when a frame has no usable depth."""
         found, peak_logits = self.candidates(frames, intr,
                                              self.config.candidates if self.verifier else 1)
         n, k = found.shape[:2]
         if k == 1:
             return found[:, 0]
         repeated = [f for f in frames for _ in range(k)]
-        scores = self.verify(repeated, found.reshape(-1, 3), intr).reshape(n, k)
-        return found[np.arange(n), candidate_choice(scores, peak_logits)]
+        scores, _ = self._run(self.verifier, self.config.cube_mm, repeated, found.reshape(-1, 3),
+                              intr)
+        return found[np.arange(n), candidate_choice(scores.reshape(n, k), peak_logits)]
 
     def candidates(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int
                    ) -> tuple[np.ndarray, np.ndarray]:
         """((N, K, 3) the detector's ``count`` best peaks, each refined; (N, K) their peak
         logits) — what the verifier chooses among, and learns from."""
-        starts, peak_logits = self.detect_scored(frames, intr, count)
+        starts, peak_logits = self.detect(frames, intr, count)
         n, k = starts.shape[:2]
         repeated = [f for f in frames for _ in range(k)]
         return self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3), peak_logits
 
     def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
-               ) -> np.ndarray:
-        """Start centres (N, K, 3) uvd, K = ``count``: the detector's peaks, best first, at
-        the near surface there; without a detector (K = 1), or where no depth is near a peak,
-        the centre of mass of the nearest object.
-
-        Raises:
-            HandganError: "no hand found: ..." for a frame with no usable depth.
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Start centres (N, K, 3) uvd, K = ``count``: the detector's peaks, best first, at the
+        near surface there; without a detector (K = 1), or where no depth is near a peak, the
+        centre of mass of the nearest object. Also (N, K) the detector's logits of the peaks (0
+        without a detector). HandganError "no hand found: ..." for a frame with no usable depth.
         """
-        return self.detect_scored(frames, intr, count)[0]
-
-    def detect_scored(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`detect`'s start centres and (N, K) the detector's logits of their peaks (0
-        without a detector)."""
         if self.detector is None:
             starts = np.stack([localize_hand(d, intr, cube_mm=self.config.cube_mm)
                                for d in frames])[:, None]
@@ -364,13 +341,6 @@ class Localizer:
                 starts[i, j] = [p[0], p[1], d] if d is not None else fallback
         return starts, logits
 
-    def verify(self, frames: Sequence[np.ndarray], centres: np.ndarray, intr: Intrinsics
-               ) -> np.ndarray:
-        """(N,) the verifier's logits that each frame's crop at ``centres`` (N, 3) uvd is
-        centred on the palm."""
-        logits, _ = self._run(self.verifier, self.config.cube_mm, frames, centres, intr)
-        return logits[:, 0]
-
     def refine(self, frames: Sequence[np.ndarray], starts: np.ndarray, intr: Intrinsics
                ) -> np.ndarray:
         """(N, 3) start centres uvd -> refined: ``iterations`` coarse steps, then
@@ -381,29 +351,23 @@ class Localizer:
             stages.append((self.fine, self.config.fine_cube_mm, self.config.fine_iterations))
         for network, cube, iterations in stages:
             for _ in range(iterations):
-                est = self._refine_step(network, cube, frames, est, intr)
+                norm, transforms = self._run(network, cube, frames, est, intr)  # (N, 3)
+                new = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
+                # a refiner output off the camera's front: keep the last estimate
+                bad = ~(np.isfinite(new).all(axis=1) & (new[:, 2] > 0))
+                new[bad] = est[bad]
+                est = new
         return est
-
-    def _refine_step(self, network: nn.Module, cube: float, frames: Sequence[np.ndarray],
-                     est: np.ndarray, intr: Intrinsics) -> np.ndarray:
-        norm, transforms = self._run(network, cube, frames, est, intr)  # (N, 3)
-        new = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
-        bad = ~(np.isfinite(new).all(axis=1) & (new[:, 2] > 0))
-        new[bad] = est[bad]  # a refiner output off the camera's front: keep the last estimate
-        return new
 
     def _run(self, network: nn.Module, cube: float, frames: Sequence[np.ndarray],
              centres: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, list]:
         """One network on each frame's crop (``cube`` mm, ``size`` px) at ``centres`` (N, 3)
         uvd: (its (N, out) answers as float64, the crops' transforms)."""
-        crops, transforms = [], []
-        for depth, c in zip(frames, centres):
-            crop, t = crop_depth(depth, c, cube, self.config.size, intr=intr)
-            crops.append(crop)
-            transforms.append(t)
+        crops, transforms = zip(*(crop_depth(depth, c, cube, self.config.size, intr=intr)
+                                  for depth, c in zip(frames, centres)))
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
-            return network(x).double().cpu().numpy(), transforms
+            return network(x).double().cpu().numpy(), list(transforms)
 
     def locate_frames(self, depth_of: Callable[[int], np.ndarray], count: int,
                       intr: Intrinsics, progress: bool = False, desc: str = "localise"
@@ -436,9 +400,7 @@ class Localizer:
         return centres, failures
 
 
-# ------------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------------
+# ---- training ------------------------------------------------------------------------------------
 
 def _offsets(rng: np.random.Generator, count: int, scale_mm: float) -> np.ndarray:
     """(count, 3) random 3D shifts: isotropic Gaussians whose sigma is drawn log-uniformly from
@@ -489,15 +451,12 @@ def localizer_samples(depth_of: Callable[[int], np.ndarray], frames: Sequence[in
                 targets.append(t.xyz_to_norm(truth_xyz[k]).astype(np.float32))
 
     def stacked(crops: list, targets: list) -> tuple[np.ndarray, np.ndarray]:
-        if not crops:
-            return (np.zeros((0, 1, config.size, config.size), np.float16),
-                    np.zeros((0, 3), np.float32))
-        return np.stack(crops)[:, None], np.stack(targets)
+        return (np.asarray(crops, np.float16).reshape(-1, 1, config.size, config.size),
+                np.asarray(targets, np.float32).reshape(-1, 3))
 
     points = detector_points(np.asarray(centres_uvd)[:, :2], stride).astype(np.float32)
-    coarse = stacked(*stages[0][2:])
-    fine = stacked(*stages[1][2:]) if len(stages) > 1 else stacked([], [])
-    return LocalizerSamples(np.stack(inputs)[:, None], points, *coarse, *fine)
+    fine = stacked(*stages[1][2:]) if config.has_fine else stacked([], [])
+    return LocalizerSamples(np.stack(inputs)[:, None], points, *stacked(*stages[0][2:]), *fine)
 
 
 def warp_frames(x: torch.Tensor, points: torch.Tensor, grid: tuple[int, int],
@@ -510,14 +469,9 @@ def warp_frames(x: torch.Tensor, points: torch.Tensor, grid: tuple[int, int],
     stays 4 px inside the frame); uncovered pixels = background. With only a few thousand
     labelled frames the detector otherwise learns where hands tend to be and how large.
 
-    Args:
-        x: (B, 1, h, w) detector inputs.
-        points: (B, 2) true palm centres in detector input px.
-        grid: the detector's output cells (rows, columns).
-        generator: the random source.
-
-    Returns:
-        (warped frames, (B, 3) targets as :func:`points_to_cells` gives them).
+    (B, 1, h, w) detector inputs and (B, 2) their palm centres in input px -> (the warped frames,
+    (B, 3) targets as :func:`points_to_cells` gives them for ``grid``, the output cells (rows,
+    columns)).
     """
     b, _, h, w = x.shape
     s = torch.exp(torch.empty(b, dtype=torch.float64).uniform_(
@@ -550,13 +504,18 @@ def warp_frames(x: torch.Tensor, points: torch.Tensor, grid: tuple[int, int],
 
 
 def _fit(network: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-         x_all: torch.Tensor, y_all: torch.Tensor, epochs: int, batch_size: int, lr: float,
-         device: torch.device, seed: int, desc: str, progress: bool,
+         x_all: np.ndarray, y_all: np.ndarray, config: LocalizerConfig, device: torch.device,
+         seed: int, desc: str, progress: bool, epochs: int | None = None,
+         batch_size: int | None = None,
          augment: Callable[[torch.Tensor, torch.Tensor, torch.Generator],
                            tuple[torch.Tensor, torch.Tensor]] | None = None) -> float:
-    """Adam with a cosine decay over ``epochs`` passes; returns the last epoch's mean loss."""
+    """Adam with a cosine decay over ``epochs`` passes (``config``'s by default, as the batch
+    size and the learning rate); returns the last epoch's mean loss."""
+    epochs = config.epochs if epochs is None else epochs
+    batch_size = config.batch_size if batch_size is None else batch_size
+    x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
     generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(network.parameters(), lr=lr)
+    opt = torch.optim.Adam(network.to(device).parameters(), lr=config.lr)
     steps_per_epoch = max(1, len(x_all) // batch_size)
     total = steps_per_epoch * epochs
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
@@ -568,7 +527,7 @@ def _fit(network: nn.Module, loss_of: Callable[[torch.Tensor, torch.Tensor], tor
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             x, y = x_all[idx].float(), y_all[idx]
             if augment is not None:
                 x, y = augment(x, y, generator)
@@ -605,20 +564,14 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
                     centres_uvd: np.ndarray, intr: Intrinsics, config: LocalizerConfig,
                     device: str | torch.device = "cpu", seed: int = 0, progress: bool = False
                     ) -> Localizer:
-    """Train the detector and the refiners on labelled frames.
+    """Train the detector, the refiners and the verifier on labelled frames (at most
+    ``config.max_frames``: a random subset beyond) and return them as a :class:`Localizer` on
+    the CPU.
 
     Args:
         depth_of: frame index -> (H, W) depth in mm (a reader's ``depth``).
-        frames: the labelled frames to learn from (at most ``config.max_frames`` are used).
-        centres_uvd: (len(frames), 3) their true palm centres uvd.
-        intr: the frames' camera.
-        config: crops, networks and schedule.
-        device: where to train.
+        centres_uvd: (len(frames), 3) the frames' true palm centres uvd.
         seed: seeds the frame subset, the shifts, the initial weights and the batch order.
-        progress: progress bars.
-
-    Returns:
-        The trained :class:`Localizer` (on the CPU, eval mode).
     """
     frames = np.asarray(frames, dtype=np.int64)
     centres_uvd = np.asarray(centres_uvd, dtype=np.float64)
@@ -630,34 +583,27 @@ def train_localizer(depth_of: Callable[[int], np.ndarray], frames: Sequence[int]
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        detector = HandDetector(config.detector_width).to(device)
-        refiner = CentreRefiner(config.size, config.width).to(device)
-        fine = CentreRefiner(config.size, config.width).to(device) if config.has_fine else None
+        detector, refiner = _new_part(config, "detector"), _new_part(config, "network")
+        fine = _new_part(config, "fine") if config.has_fine else None
     grid = (-(-samples.frames.shape[2] // CELL), -(-samples.frames.shape[3] // CELL))
-    _fit(detector, detector_loss, torch.from_numpy(samples.frames),
-         torch.from_numpy(samples.points), config.detector_epochs, config.batch_size // 2,
-         config.lr, device, seed, "hand detector", progress,
-         augment=lambda x, y, g: warp_frames(x, y, grid, g))
-    _fit(refiner, refiner_loss, torch.from_numpy(samples.crops),
-         torch.from_numpy(samples.targets), config.epochs, config.batch_size, config.lr,
-         device, seed + 1, "coarse refiner", progress)
+    fit = functools.partial(_fit, config=config, device=device, progress=progress)
+    fit(detector, detector_loss, samples.frames, samples.points, seed=seed, desc="hand detector",
+        epochs=config.detector_epochs, batch_size=config.batch_size // 2,
+        augment=lambda x, y, g: warp_frames(x, y, grid, g))
+    fit(refiner, refiner_loss, samples.crops, samples.targets, seed=seed + 1, desc="coarse refiner")
     if fine is not None:
-        _fit(fine, refiner_loss, torch.from_numpy(samples.fine_crops),
-             torch.from_numpy(samples.fine_targets), config.epochs, config.batch_size,
-             config.lr, device, seed + 2, "fine refiner", progress)
-        fine = fine.cpu()
-    localizer = Localizer(config, refiner.cpu(), "cpu", detector.cpu(), fine)
+        fit(fine, refiner_loss, samples.fine_crops, samples.fine_targets, seed=seed + 2,
+            desc="fine refiner")
+    localizer = Localizer(config, refiner, "cpu", detector, fine)
     if config.candidates > 1:
         every = -(-len(frames) // VERIFIER_FRAMES)  # evenly spread, to bound the stage's time
         crops, labels = verifier_samples(localizer, depth_of, frames[::every],
                                          centres_uvd[::every], intr, seed, progress)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 3)
-            verifier = CentreRefiner(config.size, config.width, outputs=1).to(device)
-        _fit(verifier, verifier_loss, torch.from_numpy(crops), torch.from_numpy(labels),
-             config.epochs, config.batch_size, config.lr, device, seed + 3, "verifier", progress)
-        localizer = Localizer(config, localizer.network, "cpu", localizer.detector,
-                              localizer.fine, verifier.cpu())
+            verifier = _new_part(config, "verifier")
+        fit(verifier, verifier_loss, crops, labels, seed=seed + 3, desc="verifier")
+        localizer.verifier = verifier.cpu().requires_grad_(False)  # eval mode after _fit
     return localizer
 
 
@@ -673,16 +619,12 @@ VERIFY_FAR_MM = 50.0
 def verifier_samples(localizer: Localizer, depth_of: Callable[[int], np.ndarray],
                      frames: Sequence[int], centres_uvd: np.ndarray, intr: Intrinsics,
                      seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """What the verifier learns from: crops (``cube_mm``) at each labelled frame's
-    candidates as the trained detector and refiners find them (labelled 1 within
-    VERIFY_NEAR_MM of the palm centre, 0 beyond VERIFY_FAR_MM), plus one crop at the palm
-    centre shifted by :func:`_offsets` on a 10 mm scale (1) and one shifted by 50-150 mm (0):
-    the verifier must prefer the hand to the arm, the other hand or a table's corner, and a
-    centred crop to one off the palm.
-
-    Returns:
-        (crops (M, 1, S, S) float16, labels (M,) float32).
-    """
+    """What the verifier learns from, (crops (M, 1, S, S) float16, labels (M,) float32): crops
+    (``cube_mm``) at each labelled frame's candidates as the trained detector and refiners find
+    them (labelled 1 within VERIFY_NEAR_MM of the palm centre, 0 beyond VERIFY_FAR_MM), plus one
+    crop at the palm centre shifted by :func:`_offsets` on a 10 mm scale (1) and one shifted by
+    50-150 mm (0): the verifier must prefer the hand to the arm, the other hand or a table's
+    corner, and a centred crop to one off the palm."""
     config = localizer.config
     rng = np.random.default_rng((seed, 0x7E5))
     truth_xyz = intr.uvd_to_xyz(np.asarray(centres_uvd, np.float64))
@@ -720,8 +662,7 @@ def verifier_samples(localizer: Localizer, depth_of: Callable[[int], np.ndarray]
 def localisation_errors(centres_uvd: np.ndarray, truth_uvd: np.ndarray, intr: Intrinsics
                         ) -> np.ndarray:
     """(N,) 3D distances in mm between located and true centres (NaN rows stay NaN)."""
-    return np.linalg.norm(intr.uvd_to_xyz(np.asarray(centres_uvd, np.float64))
-                          - intr.uvd_to_xyz(np.asarray(truth_uvd, np.float64)), axis=-1)
+    return np.linalg.norm(intr.uvd_to_xyz(centres_uvd) - intr.uvd_to_xyz(truth_uvd), axis=-1)
 
 
 def localisation_summary(errors_mm: Iterable[float]) -> dict[str, float | int | None]:
@@ -740,10 +681,7 @@ def localisation_summary(errors_mm: Iterable[float]) -> dict[str, float | int | 
             "within_25mm": round(float((found <= 25).mean()), 4)}
 
 
-
-# ------------------------------------------------------------------------------------------------
-# A run's localiser: trained once per run folder, used to centre crops
-# ------------------------------------------------------------------------------------------------
+# ---- a run's localiser: trained once per run folder, used to centre crops ------------------------
 
 LOCALIZER_FILE = "localizer.pt"  # in the run folder; every checkpoint also carries it
 
@@ -755,17 +693,11 @@ def fit_run_localizer(run_dir: str | os.PathLike, config: LocalizerConfig, reade
     """The run's localiser: ``RUN/localizer.pt`` when it was trained with ``config`` on these
     frames (a resumed run), else trained now on the labelled frames and saved (atomically).
 
-    Args:
-        run_dir: the run folder.
-        config: the localiser settings.
-        reader: the training split's reader (``depth``, ``joints_uvd``, ``centre_joint``,
-            ``intrinsics``).
-        labeled_frames: reader frames whose labels the run may use.
-        val_frames: held-out reader frames the localisation error is measured on (may be empty).
-
-    Returns:
-        (localizer, record): record = {"event": "localizer", ...validation summary, seconds}
-        when trained now, None when loaded.
+    ``reader`` is the training split's (``depth``, ``joints_uvd``, ``centre_joint``,
+    ``intrinsics``); ``labeled_frames`` are those whose labels the run may use, ``val_frames``
+    held-out ones the localisation error is measured on (may be empty). Returns (localizer,
+    record): record = {"event": "localizer", ...validation summary, seconds} when trained now,
+    None when loaded.
     """
     path = Path(run_dir) / LOCALIZER_FILE
     identity = {"config": dataclasses.asdict(config), "seed": seed,

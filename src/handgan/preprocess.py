@@ -1,14 +1,10 @@
 """Hand localisation and DeepPrior++ cube cropping: full depth frame <-> normalised crop.
 
-The pipeline (facts in ``shared/research/deep-prior-pp.md`` sections 2 and 3):
-
-1. :func:`localize_hand`: centre of mass (CoM) of the nearest object within a depth band, then
-   refined inside a 3D cube around the estimate until it moves less than 1 mm.
-2. :class:`CropTransform`: a cube of ``cube_mm`` around a centre, seen as an S x S crop. It holds
-   the 3x3 matrix ``M`` (full-image px -> crop px), the depth normalisation and the joint
-   normalisation, each in one place, and maps both ways.
-3. :func:`crop_depth`: cut, clamp, resize (nearest neighbour) and normalise the crop to [-1, 1].
-4. :func:`rewarp_crop`: a cached crop re-expressed for another transform (used by augmentation).
+:func:`localize_hand` finds the hand's centre of mass; :class:`CropTransform` holds, each in one
+place, the matrix ``M`` (full-image px -> crop px), the depth and the joint normalisation of a
+cube around a centre seen as an S x S crop; :func:`crop_depth` cuts that crop out of a frame and
+:func:`rewarp_crop` re-expresses a cached crop for another transform (facts in
+``shared/research/deep-prior-pp.md`` sections 2 and 3).
 
 Conventions (the rest of handgan relies on them):
 
@@ -47,31 +43,25 @@ DEFAULT_CUBE_MM = 300.0  # DeepPrior++'s NYU cube: the crop cube wherever nothin
 MIN_CROP_SIZE = 16
 
 
-# --------------------------------------------------------------------------------------------
-# Crop transform
-# --------------------------------------------------------------------------------------------
+# ---- crop transform ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
 class CropTransform:
     """Everything that maps between a full depth frame and its normalised S x S crop.
 
-    Build it from the centre, cube, size, camera and in-plane rotation; the box, the matrix and
-    the 3D centre are derived (``dataclasses.replace`` recomputes them). All methods take arrays
-    with any leading dims.
+    Built from the centre, cube, size, camera and in-plane rotation; the other fields are derived
+    (``dataclasses.replace`` recomputes them). All methods take arrays with any leading dims.
 
     Attributes:
         centre_uvd: (3,) crop centre, u, v px and d mm.
         cube_mm: (3,) cube side lengths x, y, z in mm (x, y set the pixel box, z the depth range
             and the normalisation of depth and joints).
-        size: S, side of the square crop in px.
-        intr: camera intrinsics of the frame.
         rotation_deg: in-plane rotation of the crop content about the centre (augmentation).
-        centre_xyz: (3,) crop centre in mm (derived).
         box_px: (xstart, ystart, xend, yend) pixel box of the cube in the frame, ends exclusive,
-            rounded as DeepPrior++'s ``comToBounds`` (derived).
-        paste_px: (xoff, yoff, w, h) where the resized box sits in the crop (derived).
+            rounded as DeepPrior++'s ``comToBounds``.
+        paste_px: (xoff, yoff, w, h) where the resized box sits in the crop.
         M: (3, 3) full-image (u, v, 1) -> crop px (x, y, 1): DeepPrior++'s T = Off . S . Tr,
-            times the rotation about the centre (derived).
+            times the rotation about the centre.
     """
 
     centre_uvd: np.ndarray
@@ -106,20 +96,14 @@ class CropTransform:
         set_(self, "paste_px", paste)
         set_(self, "M", _read_only(m))
 
-    # ---- depth -------------------------------------------------------------------------------
-
     @property
     def half_depth_mm(self) -> float:
         """cube_z / 2: the unit of every normalised coordinate, depth and joints alike."""
         return float(self.cube_mm[2]) / 2.0
 
     def depth_to_norm(self, d_mm: np.ndarray) -> np.ndarray:
-        """Depth in mm -> normalised depth in [-1, 1] (DeepPrior++ section 3.4).
-
-        Nearer than the cube's front face -> -1; missing (<= 0 or NaN) or farther than the back
-        face -> +1 (background); otherwise (d - centre_z) / (cube_z / 2). Float input keeps its
-        dtype, integer input becomes float32.
-        """
+        """Depth in mm -> normalised depth in [-1, 1] as the module doc says (DeepPrior++ section
+        3.4). Float input keeps its dtype, integer input becomes float32."""
         d = np.asarray(d_mm)
         dtype = d.dtype.type if np.issubdtype(d.dtype, np.floating) else np.float32
         norm = d.astype(dtype)  # a copy, also for 0-d input
@@ -130,9 +114,9 @@ class CropTransform:
         return norm
 
     def renormalise(self, crop: np.ndarray, src: CropTransform) -> np.ndarray:
-        """Normalised depth of ``src`` -> normalised depth of this transform, as if cropped anew:
-        ``self.depth_to_norm(crop * src.half_depth_mm + src.centre_uvd[2])``, with ``src``'s
-        background kept as background; written as one affine map for speed. (S, S) -> (S, S) float32."""
+        """Normalised depth of ``src`` -> normalised depth of this transform, as if cropped anew
+        (``src``'s background kept as background): (S, S) -> (S, S) float32. One affine map for
+        speed, rather than ``depth_to_norm`` of the depth in mm."""
         crop = np.asarray(crop, dtype=np.float32)
         scale = src.half_depth_mm / self.half_depth_mm
         shift = (src.centre_uvd[2] - self.centre_uvd[2]) / self.half_depth_mm
@@ -144,13 +128,10 @@ class CropTransform:
 
     @property
     def ray(self) -> np.ndarray:
-        """(3,) where the crop looks from: the centre's x/z, y/z and z / half_depth_mm. With it,
-        a normalised point (X, Y, Z) lands in the crop plane at k (X - Z x/z, Y - Z y/z),
-        k = f / (f + Z), f = z / half_depth_mm (the cube spanning [-1, 1]; y up). See
-        :func:`centre_rays`."""
+        """(3,) where the crop looks from (:func:`centre_rays`). A normalised point (X, Y, Z)
+        lands in the crop plane at k (X - Z x/z, Y - Z y/z), k = f / (f + Z), f = z /
+        half_depth_mm (the cube spanning [-1, 1]; y up)."""
         return centre_rays(self.centre_uvd, self.cube_mm[2], self.intr)
-
-    # ---- joints ------------------------------------------------------------------------------
 
     def xyz_to_norm(self, xyz: np.ndarray) -> np.ndarray:
         """(..., 3) joints in mm -> (..., 3) normalised joints (about [-1, 1] inside the cube)."""
@@ -159,8 +140,7 @@ class CropTransform:
         return (np.asarray(xyz, dtype=np.float64) - self.centre_xyz) / self.half_depth_mm
 
     def norm_to_xyz(self, norm: np.ndarray) -> np.ndarray:
-        """(..., 3) normalised joints -> (..., 3) mm in the frame's camera; exact inverse of
-        :meth:`xyz_to_norm`."""
+        """(..., 3) normalised joints -> (..., 3) mm; the inverse of :meth:`xyz_to_norm`."""
         if self.rotation_deg != 0.0:
             return self.intr.uvd_to_xyz(self.norm_to_uvd(norm))
         return np.asarray(norm, dtype=np.float64) * self.half_depth_mm + self.centre_xyz
@@ -179,12 +159,10 @@ class CropTransform:
         return uvd if self.rotation_deg == 0.0 else self._rotate_uv(uvd, -1.0)
 
     def norm_to_crop_px(self, norm: np.ndarray) -> np.ndarray:
-        """(..., 3) normalised joints -> (..., 2) crop px, for drawing predictions.
-
-        Computed in the crop's own (rotated) frame: the joint's rotated 3D point is projected
-        and mapped by the unrotated box matrix, so it checks that the normalised joints and
-        the pixels agree, not only that ``M`` is self-consistent.
-        """
+        """(..., 3) normalised joints -> (..., 2) crop px, for drawing predictions. Computed in
+        the crop's own (rotated) frame (the joint's rotated 3D point projected and mapped by the
+        unrotated box matrix), so it checks that the joints and the pixels agree, not only that
+        ``M`` is self-consistent."""
         xyz = np.asarray(norm, dtype=np.float64) * self.half_depth_mm + self.centre_xyz
         uv = self.intr.xyz_to_uvd(xyz)[..., :2]
         m0 = self.M @ _rotation_about(self.centre_uvd[:2], -self.rotation_deg)  # box matrix T
@@ -232,11 +210,9 @@ def _box_and_matrix(centre_uvd: np.ndarray, cube_mm: np.ndarray, size: int, intr
     else:
         w_rz, h_rz, scale = max(wb * size // hb, 1), size, size / hb
     xoff, yoff = math.floor(size / 2 - w_rz / 2), math.floor(size / 2 - h_rz / 2)
-    m0 = np.array([
-        [scale, 0.0, xoff - scale * xstart],
-        [0.0, scale, yoff - scale * ystart],
-        [0.0, 0.0, 1.0],
-    ])
+    m0 = np.array([[scale, 0.0, xoff - scale * xstart],
+                   [0.0, scale, yoff - scale * ystart],
+                   [0.0, 0.0, 1.0]])
     return (xstart, ystart, xend, yend), (xoff, yoff, w_rz, h_rz), m0
 
 
@@ -247,38 +223,23 @@ def _rotation_about(centre_uv: np.ndarray, angle_deg: float) -> np.ndarray:
     a = math.radians(angle_deg)
     c, s = math.cos(a), math.sin(a)
     cu, cv = centre_uv
-    return np.array([
-        [c, -s, cu - c * cu + s * cv],
-        [s, c, cv - s * cu - c * cv],
-        [0.0, 0.0, 1.0],
-    ])
+    return np.array([[c, -s, cu - c * cu + s * cv],
+                     [s, c, cv - s * cu - c * cv],
+                     [0.0, 0.0, 1.0]])
 
 
-# --------------------------------------------------------------------------------------------
-# Cropping and re-warping
-# --------------------------------------------------------------------------------------------
+# ---- cropping and re-warping ---------------------------------------------------------------------
 
 def crop_depth(depth_mm: np.ndarray, centre_uvd: np.ndarray, cube_mm: float | np.ndarray,
                size: int = 128, *, intr: Intrinsics,
                rotation_deg: float = 0.0) -> tuple[np.ndarray, CropTransform]:
-    """Cut the cube around ``centre_uvd`` out of a frame as a normalised S x S crop.
+    """Cut the cube (side ``cube_mm``, or (3,) sides) around ``centre_uvd`` out of an (H, W)
+    frame in mm (any numeric dtype; 0 or NaN = missing): ((S, S) float32 crop in [-1, 1],
+    background +1; its :class:`CropTransform`).
 
     DeepPrior++ sections 3.2 to 3.4: the crop is zero-padded outside the image (crop pixel
     ``paste_px[:2]`` is image pixel (xstart, ystart)), resized with nearest neighbour keeping the
-    aspect ratio, pasted centred into an S x S canvas of background, and depth-normalised by
-    :meth:`CropTransform.depth_to_norm`.
-
-    Args:
-        depth_mm: (H, W) depth in mm, any numeric dtype; 0 or NaN = missing.
-        centre_uvd: (3,) crop centre, u, v px, d mm.
-        cube_mm: cube side (scalar) or sides (3,) in mm.
-        size: S, crop side in px (>= 16).
-        intr: camera intrinsics of the frame.
-        rotation_deg: optional in-plane rotation of the content (see the module doc).
-
-    Returns:
-        crop: (S, S) float32 in [-1, 1]; background = +1.
-        transform: the :class:`CropTransform` of this crop.
+    aspect ratio, pasted centred into an S x S canvas of background, and depth-normalised.
     """
     t = CropTransform(centre_uvd, cube_mm, size, intr, rotation_deg)
     depth = np.asarray(depth_mm)
@@ -318,11 +279,9 @@ def _affine_inverse(m: np.ndarray) -> np.ndarray:
     """Inverse of a 3x3 affine matrix (last row 0, 0, 1); faster than np.linalg.inv at this size."""
     (a, b, c), (d, e, f) = m[0].tolist(), m[1].tolist()
     det = a * e - b * d
-    return np.array([
-        [e / det, -b / det, (b * f - c * e) / det],
-        [-d / det, a / det, (c * d - a * f) / det],
-        [0.0, 0.0, 1.0],
-    ])
+    return np.array([[e / det, -b / det, (b * f - c * e) / det],
+                     [-d / det, a / det, (c * d - a * f) / det],
+                     [0.0, 0.0, 1.0]])
 
 
 def _warp_nearest(src: np.ndarray, dst_to_src: np.ndarray, region: tuple[int, int, int, int],
@@ -351,18 +310,11 @@ def _warp_nearest(src: np.ndarray, dst_to_src: np.ndarray, region: tuple[int, in
 
 
 def rewarp_crop(crop: np.ndarray, src: CropTransform, dst: CropTransform) -> np.ndarray:
-    """Re-express a crop made with ``src`` as the crop of ``dst`` without the full frame
-    (DeepPrior++ augmentation, section 4): nearest-neighbour warp by ``src.M @ inv(dst.M)``,
-    pixels from outside the old crop become background, depth is re-clamped and re-normalised
-    for ``dst``'s centre depth and cube. Content outside the old crop is lost, as in DeepPrior++.
-
-    Args:
-        crop: (S_src, S_src) normalised crop made with ``src``.
-        src, dst: transforms of the same frame and camera.
-
-    Returns:
-        (S_dst, S_dst) float32 crop in [-1, 1].
-    """
+    """Re-express an (S_src, S_src) crop made with ``src`` as the (S_dst, S_dst) float32 crop
+    of ``dst`` (same frame and camera) without the full frame (DeepPrior++ augmentation, section
+    4): nearest-neighbour warp by ``src.M @ inv(dst.M)``, depth re-clamped and re-normalised for
+    ``dst``'s centre depth and cube. Content outside the old crop is lost (background), as in
+    DeepPrior++."""
     crop = np.asarray(crop, dtype=np.float32)
     if crop.shape != (src.size, src.size):
         raise ValueError(f"crop shape {crop.shape} does not match transform size {src.size}")
@@ -372,9 +324,7 @@ def rewarp_crop(crop: np.ndarray, src: CropTransform, dst: CropTransform) -> np.
     return _warp_nearest(renorm, dst_to_src, (0, 0, dst.size, dst.size), fill=BACKGROUND)
 
 
-# --------------------------------------------------------------------------------------------
-# Hand localisation
-# --------------------------------------------------------------------------------------------
+# ---- hand localisation ---------------------------------------------------------------------------
 
 _COARSE_STRIDE = 2        # the band search reads every 2nd row and column
 _NOISE_FRACTION = 1 / 4000  # the nearest this share of solid coarse pixels may be noise
@@ -396,29 +346,15 @@ def localize_hand(depth_mm: np.ndarray, intr: Intrinsics, max_depth_mm: float = 
        band_mm that lie within one cube width (at depth ``near``) of the median position of the
        pixels up to ``near``, so other objects at that depth elsewhere in the frame pull less.
     3. Refinement: the CoM of the valid points inside the 3D cube of side ``cube_mm`` around the
-       current estimate, and (``near_margin_mm`` not None) no farther than the estimate's depth +
-       near_margin_mm, so a forearm going away from the camera pulls less; repeated until the
-       estimate moves < 1 mm, at most ``refine_iters`` times. Each step reads about 96 x 96
-       pixels of the cube's box (a regular subsample) to stay fast.
+       current estimate, and (``near_margin_mm`` not None; None = the whole cube, as DeepPrior++)
+       no farther than the estimate's depth + near_margin_mm, so a forearm going away from the
+       camera pulls less; repeated until the estimate moves < 1 mm, at most ``refine_iters``
+       times. Each step reads about 96 x 96 pixels of the cube's box to stay fast.
 
-    The CoM is the 3D mean of the points, returned as uvd: u, v are the depth-weighted means of
-    the pixel coordinates and d the mean depth.
-
-    Args:
-        depth_mm: (H, W) depth frame in mm, 0 or NaN = missing.
-        intr: camera intrinsics.
-        max_depth_mm: farther pixels are ignored (DeepPrior++: 1500).
-        band_mm: depth band of the initial CoM behind the nearest depth.
-        cube_mm: side of the refinement cube.
-        refine_iters: maximum refinement steps (0 = DeepPrior++'s plain band CoM).
-        near_margin_mm: refinement keeps points nearer than centre depth + this; None = the whole
-            cube depth range, as DeepPrior++.
-
-    Returns:
-        (3,) float64 centre: u, v px, d mm.
-
-    Raises:
-        HandganError: "no hand found: ..." with what is wrong with the frame.
+    The CoM is the 3D mean of the points, returned as (3,) float64 uvd: u, v are the
+    depth-weighted means of the pixel coordinates and d the mean depth. ``depth_mm``: (H, W) in
+    mm, 0 or NaN = missing; ``max_depth_mm`` = 1500 and ``refine_iters`` = 0 (no refinement)
+    are DeepPrior++'s. HandganError "no hand found: ..." says what is wrong with the frame.
     """
     depth = np.asarray(depth_mm)
     if depth.ndim != 2 or depth.size == 0:
@@ -514,16 +450,14 @@ def _no_hand_reason(depth: np.ndarray, max_depth_mm: float) -> str:
     """Say in one line why a frame has no usable pixel (only called on failure)."""
     d = depth.astype(np.float64, copy=False)
     finite = np.isfinite(d)
-    if not finite.any():
-        return "no hand found: all pixels are NaN" if np.isnan(d).all() else \
-            "no hand found: no finite depth value"
     positive = finite & (d > 0)
-    if not positive.any():
-        return "no hand found: all pixels are 0" if (d[finite] == 0).all() else \
-            "no hand found: no positive depth value"
-    nearest = float(d[positive].min())
-    if nearest > max_depth_mm:
-        return (f"no hand found: no valid depth within {max_depth_mm:g} mm "
-                f"(nearest is {nearest:g} mm)")
-    return (f"no hand found: only isolated pixels with depth within {max_depth_mm:g} mm "
-            f"({int((positive & (d <= max_depth_mm)).sum())} pixels)")
+    if not finite.any():
+        why = "all pixels are NaN" if np.isnan(d).all() else "no finite depth value"
+    elif not positive.any():
+        why = "all pixels are 0" if (d[finite] == 0).all() else "no positive depth value"
+    elif (nearest := float(d[positive].min())) > max_depth_mm:
+        why = f"no valid depth within {max_depth_mm:g} mm (nearest is {nearest:g} mm)"
+    else:
+        why = (f"only isolated pixels with depth within {max_depth_mm:g} mm "
+               f"({int((positive & (d <= max_depth_mm)).sum())} pixels)")
+    return "no hand found: " + why
