@@ -5,11 +5,10 @@
     batches = EpochBatches(data.labeled, data.unlabeled, order, order_u, batch, share, steps)
     x_l, j_l, x_u, views, ray_l = batches[b]                # a Batch
 
-The crop caches and the labelled / unlabelled crop sets are :mod:`handgan.dataset`'s; this module
-splits the training split into labelled, validation and unlabelled rows, adds any ``--unlabeled``
-source, and cuts each epoch into batches. Every batch is a pure function of the epoch's orders,
-which the training loop draws from one seeded generator: that generator's state is checkpointed,
-so a resumed run takes exactly the batches an uninterrupted run would have taken.
+This module splits the training split into labelled, validation and unlabelled rows
+(:mod:`handgan.dataset`'s crop sets), adds any ``--unlabeled`` source, and cuts each epoch into
+batches: each a pure function of the epoch's orders, which the training loop draws from one
+seeded, checkpointed generator.
 """
 from __future__ import annotations
 
@@ -28,26 +27,11 @@ from handgan.cachebuild import load_or_build_cache
 from handgan.cachesource import CropParams
 from handgan.cachestore import CropCache
 from handgan.config import TrainConfig
-from handgan.data.sources import (
-    open_split,
-    parse_source,
-    pick_test_split,
-    split_names,
-)
-from handgan.dataset import (
-    LabeledCrops,
-    UnlabeledCrops,
-    all_labeled,
-    all_unlabeled,
-    split_labeled,
-)
+from handgan.data.sources import open_split, parse_source, pick_test_split, split_names
+from handgan.dataset import LabeledCrops, UnlabeledCrops, all_labeled, all_unlabeled, split_labeled
 from handgan.errors import HandganError
 from handgan.localize import Localizer, fit_run_localizer, locate_reader
 from handgan.views import ViewMaps
-
-# --------------------------------------------------------------------------------------------
-# A run's crops
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -105,10 +89,10 @@ def load_data(cfg: TrainConfig, progress: bool = True,
 
 def prepare_data(cfg: TrainConfig, run_dir: Path, device: torch.device, progress: bool
                  ) -> tuple[TrainData, Localizer | None, dict | None]:
-    """The run's data and its hand localiser (stage 1: trained on the labelled training frames,
-    or loaded when a resumed run has it). With ``data.centre == "com"`` the crops are then
-    centred by that localiser, so the labelled/validation split is first drawn on crops centred
-    by the labels. Returns (data, localizer or None, the localiser's log record or None)."""
+    """(data, localizer or None, its log record or None): the run's data and its hand localiser
+    (stage 1: trained on the labelled training frames, or loaded when a resumed run has it).
+    With ``data.centre == "com"`` the crops are then centred by that localiser, so the
+    labelled/validation split is first drawn on crops centred by the labels."""
     if not cfg.localizer.enabled:
         return load_data(cfg, progress), None, None
     located = cfg.data.centre == "com"
@@ -161,9 +145,8 @@ def _cache(spec, split: str, cfg: TrainConfig, progress: bool,
            localizer: Localizer | None = None) -> CropCache:
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=cfg.data.centre)
     reader = open_split(spec, split)
-    located = None
-    if localizer is not None and cfg.data.centre == "com":
-        located = locate_reader(localizer, reader, progress)
+    located = (locate_reader(localizer, reader, progress)
+               if localizer is not None and cfg.data.centre == "com" else None)
     return load_or_build_cache(reader, cfg.data.cache_dir, params, progress=progress,
                                on_bad=cfg.data.on_bad, located=located)
 
@@ -190,55 +173,41 @@ class UnlabeledPool:
         for p in self.parts:
             p.set_epoch(epoch)
 
-    def _by_part(self, positions: np.ndarray):
-        """(part, where, local positions) for each part that ``positions`` touch."""
+    def _by_part(self, positions: np.ndarray, sample) -> tuple[list, np.ndarray]:
+        """``sample(part, local positions)`` for each part that ``positions`` touch, and the
+        order that puts their concatenation back in ``positions`` order."""
         positions = np.asarray(positions, dtype=np.int64)
         part = np.searchsorted(self.offsets, positions, side="right") - 1
+        out, where = [], []
         for k, p in enumerate(self.parts):
-            where = np.flatnonzero(part == k)
-            if len(where):
-                yield p, where, positions[where] - self.offsets[k]
+            rows = np.flatnonzero(part == k)
+            if len(rows):
+                out.append(sample(p, positions[rows] - self.offsets[k]))
+                where.append(rows)
+        return out, np.argsort(np.concatenate(where), kind="stable")
 
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
-        out: list[torch.Tensor | None] = [None] * len(positions)
-        for p, where, local in self._by_part(positions):
-            for w, crop in zip(where, p.sample_batch(local)):
-                out[w] = crop
-        return torch.stack(out)  # type: ignore[arg-type]
+        crops, back = self._by_part(positions, lambda p, local: p.sample_batch(local))
+        return torch.cat(crops)[back]
 
     def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
-        """:meth:`UnlabeledCrops.sample_views` over the concatenated parts, in ``positions``
-        order."""
-        views_a, views_b, maps, where_all = [], [], [], []
-        for p, where, local in self._by_part(positions):
-            a, b, m = p.sample_views(local, view_augment)
-            views_a.append(a)
-            views_b.append(b)
-            maps.append(m)
-            where_all.append(where)
-        back = np.argsort(np.concatenate(where_all), kind="stable")  # -> positions order
-        return torch.cat(views_a)[back], torch.cat(views_b)[back], ViewMaps.concat(maps, back)
+        """:meth:`UnlabeledCrops.sample_views` over the parts, in ``positions`` order."""
+        views, back = self._by_part(positions, lambda p, local: p.sample_views(local, view_augment))
+        a, b, maps = zip(*views)
+        return torch.cat(a)[back], torch.cat(b)[back], ViewMaps.concat(list(maps), back)
 
 
 def equivariance_augment(cfg: TrainConfig) -> AugmentConfig:
-    """How the equivariance term's view B is drawn from the crop (view A).
-
-    Rotation, scale and shift at once, so that a pair always differs: the ``data.augment``
-    amounts, with the rotation range ``loss.equi_rotation_deg``, the centre shift
-    ``loss.equi_translation_mm`` and the cube scale ``loss.equi_scale_sigma`` where set; no
-    pixel dropout (``data.augment``'s is for the labelled crops).
-    """
+    """How the equivariance term's view B is drawn from the crop (view A): rotation, scale and
+    shift at once, so that a pair always differs (``data.augment``'s amounts, or the
+    ``loss.equi_*`` ones where set), without pixel dropout (that is for the labelled crops)."""
     w = cfg.loss
     amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
                "scale_sigma": w.equi_scale_sigma}
     return dataclasses.replace(cfg.data.augment, combine=True, pixel_dropout_p=0.0,
                                **{k: v for k, v in amounts.items() if v is not None})
 
-
-# --------------------------------------------------------------------------------------------
-# Batches
-# --------------------------------------------------------------------------------------------
 
 class Batch(NamedTuple):
     """One training batch: this process's share of a global batch."""
@@ -254,13 +223,11 @@ class Batch(NamedTuple):
         def crops(x):
             return x.to(device, non_blocking=True, memory_format=memory_format)
 
-        def other(x):
-            return None if x is None else x.to(device, non_blocking=True)
-
-        return Batch(crops(self.x_l), other(self.j_l),
+        ray_l = None if self.ray_l is None else self.ray_l.to(device, non_blocking=True)
+        return Batch(crops(self.x_l), self.j_l.to(device, non_blocking=True),
                      None if self.x_u is None else crops(self.x_u),
                      None if self.views is None else (crops(self.views[0]), self.views[1]),
-                     other(self.ray_l))
+                     ray_l)
 
 
 def epoch_order(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
@@ -278,10 +245,9 @@ class EpochBatches(Dataset):
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
                  steps: int, view_augment: AugmentConfig | None = None,
                  rays: bool = False):
-        self.labeled, self.unlabeled = labeled, unlabeled
-        self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
+        self.labeled, self.unlabeled, self.steps = labeled, unlabeled, steps
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
-        self.steps = steps
+        self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
         self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
 
     def __len__(self) -> int:

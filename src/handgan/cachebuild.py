@@ -3,8 +3,8 @@ parallel, into a cache folder (:mod:`handgan.cachestore`).
 
 :func:`load_or_build_cache` reuses a valid cache of the same source and parameters
 (:class:`~handgan.cachesource.CacheSource` gives its key) and builds it otherwise. A build crops
-chunks of ``CHUNK`` frames in a process pool (each worker gets the reader once, then frame ranges
-and their labels; a worker ends with the building process), packs the good frames in reader
+chunks of ``CHUNK`` frames in a process pool (each worker gets the reader and its labels once,
+then chunks; a worker ends with the building process), packs the good frames in reader
 order and stops at, or records, the bad ones (``on_bad``).
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,22 +59,10 @@ PARALLEL_MIN_FRAMES = 1000  # below this, starting processes costs more than it 
 def build_cache(reader: FrameReader, cache_root: str | Path, params: CropParams = CropParams(),
                 *, progress: bool = True, on_bad: str = "stop",
                 workers: int | None = None) -> CropCache:
-    """Preprocess every frame of ``reader`` once (no augmentation) into ``cache_root/<key>``,
-    replacing any cache already there.
-
-    Args:
-        reader: a dataset reader (NYUSplit, ICVLSplit, MSRADataset, FolderFrames).
-        cache_root: folder holding caches; created if missing.
-        params: crop size, cube and centre.
-        progress: show a tqdm progress bar.
-        on_bad: "stop" = raise HandganError naming the first bad frame and the number found;
-            "skip" = leave bad frames out and record them in the manifest.
-        workers: processes to crop with; None = every core when there are at least
-            ``PARALLEL_MIN_FRAMES`` frames, else 1.
-
-    Returns:
-        The new :class:`CropCache`.
-    """
+    """Preprocess every frame of ``reader`` into ``cache_root/<key>``, replacing any cache there.
+    ``on_bad``: "stop" raises a HandganError naming the first bad frame and the number found;
+    "skip" leaves bad frames out and records them in the manifest. ``workers``: processes to crop
+    with; None = every core when there are at least ``PARALLEL_MIN_FRAMES`` frames, else 1."""
     if on_bad not in ON_BAD:
         raise HandganError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
     return _build(CacheSource.plan(reader, params), Path(cache_root), progress, on_bad, workers)
@@ -88,15 +75,12 @@ def load_or_build_cache(reader: FrameReader, cache_root: str | Path,
                         located: LocatedCentres | None = None) -> CropCache:
     """The cache of ``reader`` with ``params``: reused when valid, else (re)built.
 
-    A cache is reused when its manifest matches the source (reader settings, the names, sizes and
-    mtimes of its depth and label files, the labels) and the parameters, and its arrays pass the
-    ``verify`` check ("quick" or "full", see :mod:`handgan.cachestore`). Any change of a source
-    file or a parameter gives another key, so it is rebuilt; an older cache of the same source
-    and parameters is then deleted. A reused cache with bad frames recorded raises like a build
-    does when ``on_bad="stop"``. ``located``: with ``params.centre == "com"``, the centres a
-    learned localiser found (part of the key), instead of
-    :func:`~handgan.preprocess.localize_hand` in the workers. Other arguments: see
-    :func:`build_cache`.
+    A cache is reused when its manifest matches the source (reader settings, its files' names,
+    sizes and mtimes, the labels) and the parameters and its arrays pass the ``verify`` check
+    ("quick" or "full"); else it is rebuilt and an older cache of the same source and parameters
+    deleted. A reused cache with bad frames raises as a build does with ``on_bad="stop"``.
+    ``located``: with ``params.centre == "com"``, the centres a learned localiser found (part of
+    the key). See :func:`build_cache`.
     """
     if on_bad not in ON_BAD:
         raise HandganError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
@@ -116,10 +100,6 @@ def load_or_build_cache(reader: FrameReader, cache_root: str | Path,
         log.warning("%s: rebuilding the crop cache (%s)", path, problem)
     return _build(source, Path(cache_root), progress, on_bad, workers)
 
-
-# --------------------------------------------------------------------------------------------
-# Building
-# --------------------------------------------------------------------------------------------
 
 def _build(source: CacheSource, cache_root: Path, progress: bool, on_bad: str,
            workers: int | None) -> CropCache:
@@ -149,11 +129,9 @@ def _write_cache(source: CacheSource, tmp: Path, progress: bool, on_bad: str,
     if rows == 0:
         raise HandganError(f"{reader.root}: all {n} frames are bad, e.g. "
                            f"{bad[0].file}: {bad[0].reason}")
-
     names = ["crops"] + (["joints_norm"] if labeled else [])
-    for name in names:
-        if rows < n:
-            keep_first_rows(tmp / f"{name}.npy", rows)
+    for name in names if rows < n else ():
+        keep_first_rows(tmp / f"{name}.npy", rows)
     np.save(tmp / "transform.npy", transforms[:rows])
     np.save(tmp / "frame_index.npy", frame_index[:rows])
     arrays = seal_arrays(tmp, names + ["transform", "frame_index"])
@@ -193,16 +171,17 @@ def _crop_all(source: CacheSource, tmp: Path, progress: bool, workers: int | Non
     rows = 0  # rows written so far: good frames are packed in reader order
     bar = tqdm(total=n, unit="frame", desc="crop cache", disable=not progress, dynamic_ncols=True)
     with _chunk_results(source, workers) as results:
-        for chunk in results:
-            m = len(chunk.frames)
-            crops[rows:rows + m] = chunk.crops
-            if joints is not None:
-                joints[rows:rows + m] = chunk.joints
-            transforms[rows:rows + m] = chunk.transforms
-            frame_index[rows:rows + m] = chunk.frames
+        for frames, chunk_crops, chunk_joints, chunk_transforms, chunk_bad in results:
+            m = len(frames)
+            if m:
+                crops[rows:rows + m] = np.stack(chunk_crops)
+                if joints is not None:
+                    joints[rows:rows + m] = np.stack(chunk_joints).astype(np.float32)
+                transforms[rows:rows + m] = np.stack(chunk_transforms)
+                frame_index[rows:rows + m] = frames
             rows += m
-            bad.extend(chunk.bad)
-            bar.update(m + len(chunk.bad))
+            bad.extend(chunk_bad)
+            bar.update(m + len(chunk_bad))
             if bad:
                 bar.set_postfix(bad=len(bad))
     bar.close()
@@ -210,39 +189,14 @@ def _crop_all(source: CacheSource, tmp: Path, progress: bool, workers: int | Non
     return rows, transforms, frame_index, bad
 
 
-@dataclass
-class _Job:
-    start: int
-    stop: int
-    size: int
-    centres: np.ndarray | None  # (m, 3) (NaN: no hand found) or None (``localize_hand``)
-    xyz: np.ndarray | None  # (m, J, 3) or None
-    labels_ok: np.ndarray  # (m,)
-    cubes: np.ndarray  # (m,)
-    not_found: dict[int, str]  # frame -> why the localiser found no hand there
+_WORKER_SOURCE: CacheSource | None = None  # set once per worker process
 
 
-@dataclass
-class _ChunkResult:
-    frames: np.ndarray  # (m,) reader indices of the good frames
-    crops: np.ndarray  # (m, S, S) float16
-    joints: np.ndarray | None  # (m, J, 3) float32
-    transforms: np.ndarray  # (m, 8)
-    bad: list[BadFrame]
-
-
-_WORKER_READER: FrameReader | None = None  # set once per worker process
-
-
-def _init_worker(reader: FrameReader, parent_pid: int) -> None:
-    global _WORKER_READER
-    _WORKER_READER = reader
-    _exit_with_parent(parent_pid)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Linux: end this worker when the building process dies. A pool worker whose parent was
-    killed (SIGKILL, the OOM killer) would otherwise wait for work forever."""
+def _init_worker(source: CacheSource, parent_pid: int) -> None:
+    """Keep the source, and on Linux end this worker when the building process dies: a pool
+    worker whose parent was killed (SIGKILL, the OOM killer) would otherwise wait forever."""
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = source
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -253,64 +207,52 @@ def _exit_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _run_job_in_worker(job: _Job) -> _ChunkResult:
-    return _run_job(_WORKER_READER, job)
+def _run_chunk_in_worker(start: int) -> tuple:
+    return _run_chunk(_WORKER_SOURCE, start)
 
 
 @contextmanager
-def _chunk_results(source: CacheSource, workers: int | None) -> Iterator[Iterator[_ChunkResult]]:
-    """The chunks' results in frame order, from this process or a process pool."""
+def _chunk_results(source: CacheSource, workers: int | None) -> Iterator[Iterator[tuple]]:
+    """The results of :func:`_run_chunk` in frame order, from this process or a process pool."""
     n = len(source.reader)
-    jobs = (_Job(start, min(start + CHUNK, n), source.params.size,
-                 None if source.centres is None else source.centres[start:start + CHUNK],
-                 None if source.xyz is None else source.xyz[start:start + CHUNK],
-                 source.labels_ok[start:start + CHUNK], source.cubes[start:start + CHUNK],
-                 {i: why for i, why in source.not_found.items() if start <= i < start + CHUNK})
-            for start in range(0, n, CHUNK))
     if workers is None:
         workers = cores() if n >= PARALLEL_MIN_FRAMES else 1
     if workers <= 1:
-        yield (_run_job(source.reader, job) for job in jobs)
+        yield (_run_chunk(source, start) for start in range(0, n, CHUNK))
         return
-    # Workers get the reader once (initializer), then only frame ranges and their labels.
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker,
-                               initargs=(source.reader, os.getpid()))
+    # Workers get the source (reader and labels) once, then only the chunks' first frames.
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(source, os.getpid()))
     try:
-        yield pool.map(_run_job_in_worker, jobs)
+        yield pool.map(_run_chunk_in_worker, range(0, n, CHUNK))
     finally:
         # on an error or Ctrl-C, drop the queued chunks instead of cropping them all first
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_job(reader: FrameReader, job: _Job) -> _ChunkResult:
+def _run_chunk(source: CacheSource, start: int) -> tuple:
+    """Frames ``start`` .. ``start + CHUNK`` -> (good frames, their float16 crops (sent back
+    as half the bytes), joints_norm (None when unlabelled), transform rows, bad frames)."""
+    reader = source.reader
     frames, crops, joints, transforms, bad = [], [], [], [], []
-    for k, i in enumerate(range(job.start, job.stop)):
+    for i in range(start, min(start + CHUNK, len(reader))):
         try:
-            if not job.labels_ok[k]:
+            if not source.labels_ok[i]:
                 raise HandganError("labels have NaN or inf values")
-            centre = None if job.centres is None else job.centres[k]
+            centre = None if source.centres is None else source.centres[i]
             if centre is not None and not np.isfinite(centre).all():
-                raise HandganError(job.not_found.get(job.start + k, "no hand found"))
-            xyz = None if job.xyz is None else job.xyz[k]
-            crop, t, joints_norm = _crop_frame(reader, i, centre, xyz, job.cubes[k], job.size)
+                raise HandganError(source.not_found.get(i, "no hand found"))
+            xyz = None if source.xyz is None else source.xyz[i]
+            crop, t, joints_norm = _crop_frame(reader, i, centre, xyz, source.cubes[i],
+                                               source.params.size)
         except HandganError as e:
-            bad.append(_bad_frame(reader, i, e))
+            path = str(reader.frame_path(i))  # readers prefix it; the record keeps it apart
+            bad.append(BadFrame(i, path, str(e).removeprefix(f"{path}: ")))
             continue
         frames.append(i)
         crops.append(crop.astype(np.float16))
         joints.append(joints_norm)
         transforms.append(transform_row(t))
-        # (S, S) float32 -> float16 here, so workers send half the bytes back
-    m, size = len(frames), job.size
-    return _ChunkResult(
-        frames=np.array(frames, dtype=np.int64),
-        crops=np.stack(crops) if m else np.empty((0, size, size), np.float16),
-        joints=None if job.xyz is None else (
-            np.stack(joints).astype(np.float32) if m else np.empty((0,) + job.xyz.shape[1:],
-                                                                   np.float32)),
-        transforms=np.stack(transforms) if m else np.empty((0, len(TRANSFORM_COLUMNS))),
-        bad=bad,
-    )
+    return frames, crops, joints, transforms, bad
 
 
 def _crop_frame(reader: FrameReader, i: int, centre_uvd: np.ndarray | None,
@@ -327,16 +269,7 @@ def _crop_frame(reader: FrameReader, i: int, centre_uvd: np.ndarray | None,
     crop, t = crop_depth(depth, centre_uvd, cube_mm, size, intr=reader.intrinsics)
     if not (crop < BACKGROUND).any():
         raise HandganError(f"no depth inside the {cube_mm:g} mm cube around the {what}")
-    joints_norm = None if xyz is None else t.xyz_to_norm(xyz)
-    return crop, t, joints_norm
-
-
-def _bad_frame(reader: FrameReader, i: int, error: HandganError) -> BadFrame:
-    path = str(reader.frame_path(i))
-    reason = str(error)
-    if reason.startswith(f"{path}: "):  # readers prefix the path; the record keeps it apart
-        reason = reason[len(path) + 2:]
-    return BadFrame(i, path, reason)
+    return crop, t, None if xyz is None else t.xyz_to_norm(xyz)
 
 
 def _bad_frames_error(bad: list[BadFrame], source: CacheSource) -> HandganError:

@@ -50,15 +50,10 @@ class FrameReader(Protocol):
 
 @dataclass(frozen=True)
 class CropParams:
-    """How frames become crops.
-
-    Attributes:
-        size: S, side of the square crop in px (64 or 128).
-        cube_mm: cube side in mm for every frame; None = the reader's ``cube_mm(i)`` (per subject
-            for MSRA, 250 mm for NYU test_2).
-        centre: "gt" = the reader's ground-truth ``centre_joint`` (as DeepPrior++ trains), "com" =
-            :func:`~handgan.preprocess.localize_hand`. Unlabelled readers always use "com".
-    """
+    """How frames become crops: ``size`` S px (64 or 128), ``cube_mm`` for every frame (None:
+    the reader's ``cube_mm(i)``, per subject for MSRA, 250 mm for NYU test_2) and ``centre``:
+    "gt" the reader's ground-truth ``centre_joint`` (as DeepPrior++ trains), "com"
+    :func:`~handgan.preprocess.localize_hand` (what unlabelled readers always use)."""
 
     size: int = 128
     cube_mm: float | None = None
@@ -79,17 +74,11 @@ class CropParams:
 
 @dataclass(frozen=True)
 class LocatedCentres:
-    """Crop centres a learned hand localiser found for every frame of a reader.
+    """Crop centres a learned hand localiser found for every frame of a reader."""
 
-    Attributes:
-        centres: (N, 3) uvd; NaN rows where no hand was found.
-        not_found: {frame: why} for the NaN rows.
-        localizer: identity of the localiser (e.g. a hash of its weights), part of the cache key.
-    """
-
-    centres: np.ndarray
-    not_found: dict[int, str]
-    localizer: str
+    centres: np.ndarray         # (N, 3) uvd; NaN rows where no hand was found
+    not_found: dict[int, str]   # {frame: why} for the NaN rows
+    localizer: str              # the localiser's identity (a hash of its weights): in the key
 
     def key(self) -> str:
         return hashlib.sha256(self.localizer.encode() + np.ascontiguousarray(
@@ -135,12 +124,9 @@ class CacheSource:
             if len(located.centres) != n:
                 raise ValueError(f"{len(located.centres)} located centres for {n} frames")
             centres = located.centres
-        if params.cube_mm is not None:
-            cubes = np.full(n, params.cube_mm)
-        else:
-            cubes = np.array([reader.cube_mm(i) for i in range(n)], dtype=np.float64)
-        description = describe_source(reader)
-        fingerprint = source_fingerprint(reader, uvd, xyz)
+        cubes = (np.full(n, params.cube_mm) if params.cube_mm is not None
+                 else np.array([reader.cube_mm(i) for i in range(n)], dtype=np.float64))
+        description, fingerprint = describe_source(reader), source_fingerprint(reader, uvd, xyz)
         key_input = {"format": FORMAT_VERSION, "source": description,
                      "fingerprint": fingerprint["sha256"], "params": dataclasses.asdict(params),
                      # per-frame cubes come from the reader (per subject for MSRA)
@@ -161,10 +147,9 @@ class CacheSource:
 def describe_source(reader: FrameReader) -> dict:
     """JSON-ready identity of a reader: kind, root, the settings that choose frames and labels,
     joint names and camera. (The frame count and files are in the fingerprint.)"""
-    description = {"kind": type(reader).__name__, "root": str(Path(reader.root).resolve())}
-    for name in _READER_FIELDS:
-        if hasattr(reader, name):
-            description[name] = getattr(reader, name)
+    description = {"kind": type(reader).__name__, "root": str(Path(reader.root).resolve()),
+                   **{name: getattr(reader, name) for name in _READER_FIELDS
+                      if hasattr(reader, name)}}
     description["joint_names"] = list(reader.joint_names)
     description["intrinsics"] = dataclasses.asdict(reader.intrinsics)
     return json.loads(json.dumps(description, default=str))  # tuples -> lists, Paths -> str
@@ -186,8 +171,7 @@ def source_fingerprint(reader: FrameReader, uvd: np.ndarray | None,
     """sha256 of every depth and label file's name (relative to the root), size and mtime (ns),
     plus the label values themselves (which covers readers whose label files we do not know).
     One stat per file: about 0.3 s for NYU's 72k training frames."""
-    root = Path(reader.root)
-    labels = label_files(reader)
+    root, labels = Path(reader.root), label_files(reader)
     digest = hashlib.sha256()
     files = [reader.frame_path(i) for i in range(len(reader))] + labels
     for path in files:

@@ -10,20 +10,16 @@ Folder ``cache_root/<key>/`` (the key: :class:`~handgan.cachesource.CacheSource`
     manifest.json                        source, fingerprint, params, bad frames, checksums
 
 Crops are float16 to halve the disk and page cache they take (NYU train at 128 x 128: 2.4 GB
-instead of 4.7 GB). Below 1 the float16 step is at most 2^-11, so the rounding error is at most
-2.4e-4 (0.04 mm for a 300 mm cube): far below the sensor's 1 mm depth step.
+instead of 4.7 GB); below 1 its rounding error is at most 2.4e-4 (0.04 mm for a 300 mm cube).
 
-Writing is atomic: a build (:mod:`handgan.cachebuild`) writes the arrays into a hidden temp
-folder next to the cache (:func:`build_folder`), which is renamed into place (:func:`install`)
-only once complete and fsynced. An interrupted build therefore leaves no cache, and a killed
-build's temp folder is removed by the next build (its process is gone).
+A build (:mod:`handgan.cachebuild`) writes into a hidden temp folder (:func:`build_folder`),
+renamed into place (:func:`install`) only once complete and fsynced: an interrupted build leaves
+no cache, and the next build removes a killed build's temp folder.
 
-Validity: :func:`cache_problem` accepts a folder only if its manifest matches what is expected
-and its arrays pass the checksum test. ``verify="quick"`` checks every array file's size and .npy
-header and a sha256 of 64 evenly spaced 64 KiB blocks (all of any file up to 4 MiB): a few
-milliseconds, and it catches truncation, replaced files and most corruption. ``verify="full"``
-recomputes the sha256 of every byte (about a second per GB), e.g. after copying a cache between
-machines. Both digests are written into the manifest at build time.
+:func:`cache_problem` accepts a folder only if its manifest matches what is expected and its
+arrays pass the checksum test: ``verify="quick"`` checks every array file's size, .npy header and
+a sha256 of 64 evenly spaced 64 KiB blocks (a few milliseconds: it catches truncation, replaced
+files and most corruption); ``verify="full"`` the sha256 of every byte (about a second per GB).
 """
 from __future__ import annotations
 
@@ -67,20 +63,10 @@ class BadFrame:
 
 
 class CropCache:
-    """A built cache folder, opened read-only. Arrays are memory-mapped, so opening is instant and
-    DataLoader workers share the page cache instead of copying the crops.
-
-    Attributes:
-        path: the cache folder.
-        manifest: the parsed manifest.json.
-        crops: (N, S, S) float16 memmap in [-1, 1].
-        joints_norm: (N, J, 3) float32 memmap, or None for an unlabelled source.
-        transforms: (N, 8) float64 crop transform parameters (``TRANSFORM_COLUMNS``).
-        frame_index: (N,) int64 reader frame of each row.
-        intrinsics: the source camera.
-        labeled: whether joints_norm exists.
-        bad_frames: frames left out by ``on_bad="skip"`` (their count is ``len(bad_frames)``).
-    """
+    """A built cache folder, opened read-only: the arrays of the module docstring (crops and
+    joints_norm memory-mapped, so opening is instant and DataLoader workers share the page
+    cache), ``manifest``, ``intrinsics`` (the source camera), ``labeled`` (joints_norm is not
+    None) and ``bad_frames`` (left out by ``on_bad="skip"``)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -88,9 +74,9 @@ class CropCache:
             self.manifest: dict = json.loads((self.path / MANIFEST).read_text())
             arrays = self.manifest["arrays"]
             self.crops: np.ndarray = open_array(self.path / arrays["crops"]["file"], mmap=True)
-            self.joints_norm: np.ndarray | None = None
-            if "joints_norm" in arrays:
-                self.joints_norm = open_array(self.path / arrays["joints_norm"]["file"], mmap=True)
+            self.joints_norm: np.ndarray | None = (
+                open_array(self.path / arrays["joints_norm"]["file"], mmap=True)
+                if "joints_norm" in arrays else None)
             self.transforms: np.ndarray = open_array(self.path / arrays["transform"]["file"])
             self.frame_index: np.ndarray = open_array(self.path / arrays["frame_index"]["file"])
             self.intrinsics = Intrinsics(**self.manifest["intrinsics"])
@@ -113,10 +99,8 @@ class CropCache:
         return transform_from_row(self.transforms[i], self.intrinsics)
 
     def verify(self, full: bool = False) -> None:
-        """Check the array files against the manifest (quick or full sha256, see the module doc);
-        raise HandganError naming what does not match."""
-        problem = _array_problem(self.path, self.manifest, full)
-        if problem:
+        """A HandganError naming what does not match the manifest (quick or full sha256)."""
+        if problem := _array_problem(self.path, self.manifest, full):
             raise HandganError(f"{self.path}: {problem}")
 
 
@@ -132,10 +116,6 @@ def transform_from_row(row: np.ndarray, intr: Intrinsics) -> CropTransform:
 def open_array(path: Path, mmap: bool = False) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
-
-# --------------------------------------------------------------------------------------------
-# Writing: a temp folder, sealed with checksums, then renamed into place
-# --------------------------------------------------------------------------------------------
 
 @contextmanager
 def build_folder(cache_root: Path, key: str) -> Iterator[Path]:
@@ -170,9 +150,19 @@ def keep_first_rows(path: Path, rows: int) -> None:
 
 
 def seal_arrays(folder: Path, names: list[str]) -> dict:
-    """fsync the finished arrays ``folder/<name>.npy`` and checksum them: their manifest
-    ``arrays`` entries."""
-    return {name: _array_entry(folder / f"{name}.npy") for name in names}
+    """fsync the finished arrays ``folder/<name>.npy`` (data on disk before the folder is renamed
+    in, so a power cut cannot leave a "valid" cache with holes) and checksum them: their
+    manifest ``arrays`` entries."""
+    entries = {}
+    for name in names:
+        path = folder / f"{name}.npy"
+        array = np.load(path, mmap_mode="r")
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        entries[name] = {"file": path.name, "dtype": array.dtype.str, "shape": list(array.shape),
+                         "bytes": path.stat().st_size, "sha256": _full_digest(path),
+                         "sample_sha256": _sample_digest(path)}
+    return entries
 
 
 def write_manifest(folder: Path, manifest: dict) -> dict:
@@ -217,11 +207,11 @@ def _pid_alive(pid: int) -> bool:
     if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
         return True
     try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists (or is not ours)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -241,10 +231,6 @@ def remove_stale(cache_root: Path, manifest: dict) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Checking
-# --------------------------------------------------------------------------------------------
-
 def cache_problem(path: Path, expected: dict, full: bool) -> str | None:
     """None if ``path`` holds a valid cache whose manifest has the ``expected`` entries (key,
     source, fingerprint, params) in this format version, else what is wrong (for the log)."""
@@ -262,8 +248,7 @@ def cache_problem(path: Path, expected: dict, full: bool) -> str | None:
 
 def _array_problem(path: Path, manifest: dict, full: bool) -> str | None:
     try:
-        arrays = manifest["arrays"]
-        for _name, entry in arrays.items():
+        for entry in manifest["arrays"].values():
             file = path / entry["file"]
             if not file.is_file():
                 return f"{entry['file']} is missing"
@@ -280,14 +265,6 @@ def _array_problem(path: Path, manifest: dict, full: bool) -> str | None:
     except (KeyError, TypeError, ValueError, OSError) as e:
         return f"cannot check the arrays ({type(e).__name__}: {e})"
     return None
-
-
-def _array_entry(path: Path) -> dict:
-    array = np.load(path, mmap_mode="r")
-    _fsync_file(path)
-    return {"file": path.name, "dtype": array.dtype.str, "shape": list(array.shape),
-            "bytes": path.stat().st_size, "sha256": _full_digest(path),
-            "sample_sha256": _sample_digest(path)}
 
 
 def _full_digest(path: Path) -> str:
@@ -312,9 +289,3 @@ def _sample_digest(path: Path) -> str:
                 digest.update(f.read(_SAMPLE_BLOCK_BYTES))
     return digest.hexdigest()
 
-
-def _fsync_file(path: Path) -> None:
-    """Data on disk before the folder is renamed in, so a power cut cannot leave a "valid"
-    cache with holes."""
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())

@@ -1,18 +1,10 @@
 """Checkpoints: atomic writes, safe reads, a format version, and exact RNG state for resume.
 
-A checkpoint is one ``torch.save``d dict of plain data only: tensors, numbers, strings, None, and
-lists / tuples / dicts of those. That is what ``torch.load(weights_only=True)`` reads, so loading
-a checkpoint never runs code from the file. A training checkpoint holds, by convention::
-
-    {"format_version": 1, "handgan_version": "0.1.0",       # stamped by save_checkpoint
-     "config": to_dict(cfg),                                # rebuild with config.from_dict
-     "generator": G.state_dict(), "discriminator": D.state_dict(),
-     "opt_g": ..., "opt_d": ..., "scaler": ...,             # optimiser / AMP scaler state dicts
-     "rng": capture_rng_state(), "epoch": 3, "step": 1200, "best_metric": 14.2}
-
-Writes go to a temporary file in the same folder, are flushed and fsynced, then ``os.replace``d
-over the target: a crash or kill mid-write leaves the previous checkpoint as it was (and at worst
-a hidden ``.NAME.*.tmp`` file, safe to delete).
+A checkpoint is one ``torch.save``d dict of plain data only (tensors, numbers, strings, None, and
+lists / tuples / dicts of those): what ``torch.load(weights_only=True)`` reads, so loading a
+checkpoint never runs code from the file. Writes go through :func:`handgan.atomic.atomic_write`:
+a crash or kill mid-write leaves the previous checkpoint as it was (and at worst a hidden
+``.NAME.*.tmp`` file, safe to delete).
 """
 from __future__ import annotations
 
@@ -36,7 +28,6 @@ from handgan.atomic import _fsync_dir, atomic_write  # noqa: F401  (atomic_write
 from handgan.errors import HandganError
 
 FORMAT_VERSION = 1  # bump when the layout of the saved dict changes incompatibly
-
 # What torch.load(weights_only=True) reads back (checked before each save). Exact types: numpy
 # scalars subclass float and int but are refused on load, as is a defaultdict.
 _LEAVES = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
@@ -44,19 +35,9 @@ _MAPPINGS = (dict, OrderedDict)
 _SEQUENCES = (list, tuple, torch.Size)
 
 
-# --------------------------------------------------------------------------------------------
-# Save and load
-# --------------------------------------------------------------------------------------------
-
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically, stamped with ``format_version`` and
-    ``handgan_version``.
-
-    Args:
-        path: the checkpoint file; its folder is created if needed.
-        state: plain data only (see the module docstring); anything else is a TypeError naming
-            the offending key, raised before the file is touched.
-    """
+    """Write ``state`` (plain data only, else a TypeError naming the key before the file is
+    touched) to ``path`` atomically, stamped with ``format_version`` and ``handgan_version``."""
     path = Path(path)
     state = {**state, "format_version": FORMAT_VERSION, "handgan_version": __version__}
     _check_plain(state, "state")
@@ -94,16 +75,9 @@ class _WriteErrors:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``.
-
-    Returns:
-        The saved dict (tensors on ``map_location``).
-
-    Raises:
-        HandganError: one line naming the file, when it is missing, not a torch checkpoint
-            (corrupt, truncated, some other file), would run code when unpickled, or has another
-            ``format_version`` than this handgan reads.
-    """
+    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True``; a
+    one-line HandganError naming the file when it is missing, not a torch checkpoint, would run
+    code when unpickled, or has another ``format_version``."""
     path = Path(path)
     if path.is_dir():
         hint = f" (did you mean {path / 'last.pt'}?)" if (path / "last.pt").is_file() else ""
@@ -215,19 +189,10 @@ def _one_line(e: BaseException) -> str:
     return (text[:160] + "...") if len(text) > 160 else text or "empty or unreadable file"
 
 
-# --------------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------------
-
 def capture_rng_state(numpy_generators: Mapping[str, np.random.Generator] | None = None
                       ) -> dict[str, Any]:
-    """The state of every random number generator a run draws from, as plain data.
-
-    Covers python ``random``, numpy's legacy global RNG (``np.random.*``), torch's CPU generator,
-    every CUDA device's generator when CUDA is available, and optionally named numpy
-    ``Generator`` objects (their ``bit_generator.state``). Round-trips exactly through
-    :func:`save_checkpoint` / :func:`load_checkpoint`.
-    """
+    """The state of python ``random``, numpy's global RNG, torch's CPU and CUDA generators and
+    the named numpy ``Generator`` objects, as plain data (round-trips through a checkpoint)."""
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
@@ -244,12 +209,8 @@ def capture_rng_state(numpy_generators: Mapping[str, np.random.Generator] | None
 
 def restore_rng_state(state: Mapping[str, Any],
                       numpy_generators: Mapping[str, np.random.Generator] | None = None) -> None:
-    """Put back what :func:`capture_rng_state` captured.
-
-    CUDA states are restored for the devices present (a checkpoint from more GPUs restores the
-    first ones). ``numpy_generators`` are matched to the captured ones by name; a KeyError if
-    one was not captured.
-    """
+    """Put back what :func:`capture_rng_state` captured: CUDA states for the devices present,
+    ``numpy_generators`` by name (a KeyError if one was not captured)."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
     legacy = dict(state["numpy"])
@@ -267,55 +228,40 @@ def _plain_numpy(value: Any) -> Any:
     """A numpy RNG state dict with its arrays and numpy scalars as lists and Python numbers."""
     if isinstance(value, dict):
         return {k: _plain_numpy(v) for k, v in value.items()}
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.tolist()
-    return value
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
 
-
-# --------------------------------------------------------------------------------------------
-# A run folder's last and best checkpoints
-# --------------------------------------------------------------------------------------------
 
 class CheckpointManager:
-    """``RUN/last.pt`` after every save, and ``RUN/best.pt`` for the best one so far.
-
-    ``best.pt`` is a hard link to the ``last.pt`` just written, swapped in atomically (link to a
-    temp name, then os.replace): no second copy on disk, and since the next save replaces
-    ``last.pt`` with a new file, ``best.pt`` keeps its content. Where hard links are not supported,
-    it is a byte copy written atomically instead.
-    """
+    """``RUN/last.pt`` after every save, and ``RUN/best.pt`` for the best one so far: a hard link
+    to the ``last.pt`` just written, swapped in atomically (no second copy on disk; the next save
+    replaces ``last.pt`` with a new file), or where there are no hard links an atomic copy."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.last_path = self.run_dir / "last.pt"
         self.best_path = self.run_dir / "best.pt"
 
-    def save(self, state: Mapping[str, Any], is_best: bool) -> Path:
-        """Write ``last.pt`` (and ``best.pt`` when ``is_best``); returns the path of last.pt."""
-        save_checkpoint(self.last_path, state)
-        if is_best:
-            self._publish_best()
-        return self.last_path
-
     def latest(self) -> Path | None:
-        """``last.pt`` if a checkpoint has been saved in this run folder, else None."""
         return self.last_path if self.last_path.is_file() else None
 
     def best(self) -> Path | None:
-        """``best.pt`` if one has been saved, else None."""
         return self.best_path if self.best_path.is_file() else None
 
-    def _publish_best(self) -> None:
-        tmp = self.run_dir / f".best.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.link(self.last_path, tmp)
-            os.replace(tmp, self.best_path)
-        except OSError:  # no hard links here (some network / FAT file systems): copy instead
-            tmp.unlink(missing_ok=True)
-            with open(self.last_path, "rb") as src:
-                atomic_write(self.best_path, lambda f: shutil.copyfileobj(src, f))
-            return
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.run_dir)
+    def save(self, state: Mapping[str, Any], is_best: bool) -> Path:
+        """Write ``last.pt`` (and with ``is_best`` make ``best.pt`` the same); returns last.pt."""
+        save_checkpoint(self.last_path, state)
+        if is_best:
+            tmp = self.run_dir / f".best.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            try:
+                os.link(self.last_path, tmp)
+                os.replace(tmp, self.best_path)
+            except OSError:  # no hard links here (some network / FAT file systems): copy instead
+                tmp.unlink(missing_ok=True)
+                with open(self.last_path, "rb") as src:
+                    atomic_write(self.best_path, lambda f: shutil.copyfileobj(src, f))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            else:
+                _fsync_dir(self.run_dir)
+        return self.last_path

@@ -1,15 +1,13 @@
-"""Crop caches as torch datasets, and the semi-supervised split: :class:`LabeledCrops` (crop,
-joints) and :class:`UnlabeledCrops` (crop only) over the memory-mapped rows of a
-:class:`~handgan.cachestore.CropCache`.
-
-Semi-supervised split: :func:`split_labeled` draws a seeded labelled subset. The unlabelled part
-(:class:`UnlabeledCrops`) is built from the crops array and its rows only: it never holds the
-cache or the joints array, so labels cannot leak through it.
+"""Crop caches as torch datasets: :class:`LabeledCrops` (crop, joints) and
+:class:`UnlabeledCrops` (crop only) over the memory-mapped rows of a
+:class:`~handgan.cachestore.CropCache`, and the seeded semi-supervised split
+(:func:`split_labeled`). The unlabelled part is built from the crops array and its rows only: it
+never holds the cache or the joints array, so labels cannot leak through it.
 
 The data flow, one module a step: a reader (``handgan.data``) and crop parameters give a cache
 key (:mod:`handgan.cachesource`); :mod:`handgan.cachebuild` crops every frame into a cache folder
-(:mod:`handgan.cachestore`); this module serves its rows; :mod:`handgan.views` maps poses between
-two views of an unlabelled crop. The cache's entry points are importable from here too.
+(:mod:`handgan.cachestore`); this module serves its rows (the cache's entry points are importable
+from here too); :mod:`handgan.views` maps poses between two views of an unlabelled crop.
 """
 from __future__ import annotations
 
@@ -34,18 +32,16 @@ from handgan.views import ViewMaps
 
 
 class _CropRows(Dataset):
-    """Rows ``indices`` of a crops array, with optional augmentation.
+    """Rows ``indices`` of a crops array (``transforms``: item k's crop transform in row k).
 
-    Each item gets its own RNG seeded with (seed, epoch, cache row), so an augmented epoch is
-    the same whatever the number of DataLoader workers or the order of the items. Call
-    ``set_epoch`` before each epoch (with ``persistent_workers=True`` the workers keep the epoch
-    they started with). Pickling keeps memmaps as file references, so spawned DataLoader workers
-    reopen the file instead of receiving a copy of the crops.
+    Each item is augmented with its own RNG seeded with (seed, epoch, cache row): an epoch is the
+    same whatever the DataLoader workers or the items' order. Pickling keeps memmaps as file
+    references, so spawned workers reopen the file instead of receiving a copy of the crops.
     """
 
-    def __init__(self, crops: np.ndarray, indices: np.ndarray, transforms: np.ndarray | None,
-                 intrinsics: Intrinsics | None, augment: AugmentConfig | None,
-                 seed: int) -> None:
+    def __init__(self, crops: np.ndarray, indices: np.ndarray, *,
+                 transforms: np.ndarray | None = None, intrinsics: Intrinsics | None = None,
+                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
         self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(self.indices) and not (0 <= self.indices.min() and self.indices.max() < len(crops)):
             raise IndexError(f"row indices must be in [0, {len(crops)})")
@@ -54,12 +50,8 @@ class _CropRows(Dataset):
         if augment is not None and (transforms is None or intrinsics is None):
             raise ValueError("augmentation needs the rows' transforms and the intrinsics")
         _check_seed(seed)
-        self.crops = crops
-        self.transforms = transforms  # (len(indices), 8): row k belongs to item k
-        self.intrinsics = intrinsics
-        self.augment = augment
-        self.seed = int(seed)
-        self.epoch = 0
+        self.crops, self.transforms, self.intrinsics = crops, transforms, intrinsics
+        self.augment, self.seed, self.epoch = augment, int(seed), 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -100,20 +92,17 @@ class _MemmapFile:
 
 
 class LabeledCrops(_CropRows):
-    """Labelled rows of a cache: item k -> (crop (1, S, S) float32, joints_norm (J, 3) float32).
-
-    With ``augment`` the crop and its joints are augmented together
-    (:func:`~handgan.augment.augment_crop`); joints are then normalised by the augmented crop's
-    transform. ``indices`` are rows of the cache.
-    """
+    """Labelled rows ``indices`` of a cache: item k -> (crop (1, S, S) float32, joints_norm
+    (J, 3) float32), with ``augment`` augmented together (the joints normalised by the augmented
+    crop's transform)."""
 
     def __init__(self, cache: CropCache, indices: np.ndarray | None = None, *,
                  augment: AugmentConfig | None = None, seed: int = 0) -> None:
         if not cache.labeled:
             raise HandganError(f"{cache.path}: the cache has no labels (unlabelled source)")
         indices = np.arange(len(cache)) if indices is None else np.asarray(indices, np.int64)
-        super().__init__(cache.crops, indices, cache.transforms[indices], cache.intrinsics,
-                         augment, seed)
+        super().__init__(cache.crops, indices, transforms=cache.transforms[indices],
+                         intrinsics=cache.intrinsics, augment=augment, seed=seed)
         self.joints_norm = cache.joints_norm
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,20 +126,14 @@ class LabeledCrops(_CropRows):
 
     def sample_batch(self, positions: np.ndarray, rays: bool = False
                      ) -> tuple[torch.Tensor, ...]:
-        """Items ``positions`` as one batch: (B, 1, S, S) crops and (B, J, 3) joints, and with
-        ``rays`` their (B, 3) centre rays (:func:`~handgan.preprocess.centre_rays`, after
-        augmentation).
-
-        Without augmentation the rows are gathered from the memmaps in one read each (in file
-        order) instead of item by item: the fast path for a training loop.
-        """
+        """Items ``positions`` as one batch: (B, 1, S, S) crops, (B, J, 3) joints and with
+        ``rays`` their (B, 3) centre rays (after augmentation). Without augmentation the rows
+        are gathered from the memmaps in one read each: the training loop's fast path."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         if self.augment is not None:
-            items = [self._item(int(k), rays) for k in positions]
-            batch = torch.stack([c for c, _, _ in items]), torch.stack([j for _, j, _ in items])
-            if rays:
-                batch += (torch.from_numpy(np.stack([r for _, _, r in items])),)
-            return batch
+            crops, joints, centre_ray = zip(*(self._item(int(k), rays) for k in positions))
+            ray = (torch.from_numpy(np.stack(centre_ray)),) if rays else ()
+            return torch.stack(crops), torch.stack(joints), *ray
         rows = self.indices[positions]
         crops = _gather(self.crops, rows)  # (B, S, S) float16
         joints = _gather(self.joints_norm, rows)  # (B, J, 3)
@@ -162,17 +145,9 @@ class LabeledCrops(_CropRows):
 
 
 class UnlabeledCrops(_CropRows):
-    """Crops without labels: item k -> crop (1, S, S) float32, nothing else.
-
-    Built from the crops array and its rows only (plus, for augmentation, those rows' crop
-    transforms and the camera): it never receives the cache or the joints, so no label can be
-    reached through it. With ``augment`` the crop is augmented image-only.
-    """
-
-    def __init__(self, crops: np.ndarray, indices: np.ndarray, *,
-                 transforms: np.ndarray | None = None, intrinsics: Intrinsics | None = None,
-                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
-        super().__init__(crops, indices, transforms, intrinsics, augment, seed)
+    """Crops without labels: item k -> crop (1, S, S) float32 (augmented image-only). Built from
+    the crops array and its rows only (and their transforms and the camera): it never receives
+    the cache or the joints, so no label can be reached through it."""
 
     def __getitem__(self, k: int) -> torch.Tensor:
         crop = self._crop(k)
@@ -183,21 +158,15 @@ class UnlabeledCrops(_CropRows):
 
     def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
-        """Views of each crop, for consistency training without labels: A, the cached crop as it
-        is, and B, a copy augmented by ``view_augment`` (its own seeded draw per epoch and row),
-        plus the maps that carry a pose from A's normalised frame into B's.
-
-        Returns:
-            (B, 1, S, S) view A, (B, 1, S, S) view B, :class:`ViewMaps` of the B crops.
-        """
+        """(B, 1, S, S) view A (the cached crop), (B, 1, S, S) view B (augmented by
+        ``view_augment``, seeded per epoch and row) and the :class:`ViewMaps` from A to B."""
         if self.transforms is None or self.intrinsics is None:
             raise ValueError("two-view sampling needs the rows' transforms and the intrinsics")
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         views_a, views_b, pairs = [], [], []
         for k in positions:
             crop, t = self._crop(int(k)), self.transform(int(k))
-            row = int(self.indices[k])
-            rng = np.random.default_rng((self.seed, self.epoch, row, 1))
+            rng = np.random.default_rng((self.seed, self.epoch, int(self.indices[k]), 1))
             crop_b, t_b = augment_view(crop, t, rng, view_augment)
             views_a.append(crop)
             views_b.append(crop_b)
@@ -217,25 +186,13 @@ def split_labeled(cache: CropCache, labeled_fraction: float | None = None,
                   labeled_count: int | None = None, seed: int = 0, *,
                   augment: AugmentConfig | None = None, rows: np.ndarray | None = None
                   ) -> tuple[LabeledCrops, UnlabeledCrops]:
-    """Split a labelled cache (or its ``rows``) into a seeded random labelled subset and the
-    unlabelled rest.
+    """(LabeledCrops, UnlabeledCrops): a labelled cache's ``rows`` (default all) split into a
+    seeded random labelled subset and the unlabelled rest, both augmented by ``augment``.
 
     The subset is the first ``count`` rows of one seeded permutation, so for a given seed a
     smaller labelled set is contained in every larger one (a label-efficiency study adds labels
-    rather than redrawing them).
-
-    Args:
-        cache: a labelled :class:`CropCache`.
-        labeled_fraction: share of rows in (0, 1] that keep their labels; count =
-            round(fraction * N) (halves round up), at least 1.
-        labeled_count: number of labelled rows in [1, N] instead of a fraction.
-        seed: seed of the draw (and of both datasets' augmentation).
-        augment: augmentation for both datasets (None = none).
-        rows: the cache rows to split (default all; e.g. all but a validation hold-out). The
-            fraction and count refer to these rows.
-
-    Returns:
-        (LabeledCrops, UnlabeledCrops), with disjoint row sets that together cover ``rows``.
+    rather than redrawing them): count = ``labeled_count`` in [1, N], or round(fraction * N)
+    (halves round up, at least 1) for a ``labeled_fraction`` in (0, 1].
     """
     if not cache.labeled:
         raise HandganError(f"{cache.path}: the cache has no labels (unlabelled source); "
@@ -276,8 +233,7 @@ def all_labeled(cache: CropCache) -> LabeledCrops:
 def all_unlabeled(cache: CropCache, *, augment: AugmentConfig | None = None,
                   seed: int = 0) -> UnlabeledCrops:
     """Every row as an unlabelled crop (e.g. a folder of the user's own frames)."""
-    rows = np.arange(len(cache))
-    return UnlabeledCrops(cache.crops, rows, transforms=cache.transforms,
+    return UnlabeledCrops(cache.crops, np.arange(len(cache)), transforms=cache.transforms,
                           intrinsics=cache.intrinsics, augment=augment, seed=seed)
 
 
@@ -289,6 +245,4 @@ def _check_seed(seed: int) -> None:
 def _gather(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:
     """``array[rows]`` as a tensor, read from a memmap in one pass in file order."""
     order = np.argsort(rows, kind="stable")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return torch.from_numpy(array[rows[order]])[inverse]
+    return torch.from_numpy(array[rows[order]])[np.argsort(order)]  # back in ``rows`` order

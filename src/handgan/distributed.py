@@ -1,4 +1,4 @@
-"""Multi-process training with torchrun: process-group set-up and the few collectives training needs.
+"""Multi-process training with torchrun: the process group and the few collectives training needs.
 
     torchrun --nproc_per_node=4 -m handgan train --out runs/x          # one node, 4 GPUs
     torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --nproc_per_node=8 -m handgan train ...
@@ -40,41 +40,27 @@ class DistInfo:
         return self.rank == 0
 
 
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the torchrun process group (once per process); DistInfo() outside torchrun.
-
-    Args:
-        device_type: "cuda" selects NCCL, anything else gloo.
-    """
-    if not launched_by_torchrun():
+    """Join the torchrun process group (once per process); DistInfo() outside torchrun."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                     int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_available():
         raise HandganError("launched by torchrun, but this torch build has no torch.distributed")
     if not dist.is_initialized():
-        _import_before_group_exists()
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if backend == "nccl":
+        # Import torch.distributed.nn.functional while no process group exists: its functions
+        # take ``group=group.WORLD`` as a default argument, bound at first import; DDP imports
+        # it, so imported after init it holds the default group for good. destroy_process_group
+        # then cannot free the group, gloo's worker threads outlive it, and a worker that frees a
+        # Python tensor while the interpreter shuts down aborts the process (SIGABRT after a
+        # finished run: torchrun reports the job failed).
+        import torch.distributed.nn.functional as _  # noqa: F401
+        if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=30))
     return info
-
-
-def _import_before_group_exists() -> None:
-    """Import torch.distributed.nn.functional while no process group exists.
-
-    Its functions take ``group=group.WORLD`` as a default argument, bound when the module is
-    first imported; DDP imports it, so imported after init it holds the default group for good.
-    destroy_process_group then cannot free the group, gloo's worker threads outlive it, and a
-    worker that frees a Python tensor while the interpreter shuts down aborts the process
-    (SIGABRT after a finished run: torchrun reports the job failed).
-    """
-    import torch.distributed.nn.functional  # noqa: F401
 
 
 def shutdown(info: DistInfo) -> None:

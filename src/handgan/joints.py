@@ -96,24 +96,14 @@ DIGITS = ("little", "ring", "middle", "index", "thumb", "palm")  # drawing colou
 
 @dataclass(frozen=True)
 class JointLayout:
-    """One dataset's joint set.
+    """One dataset's joint set."""
 
-    Attributes:
-        name: short id ("nyu14", "nyu36", "icvl16", "msra21").
-        names: readable names, in the network's / the files' joint order: what every command
-            prints (evaluate, predict, compare, plots).
-        dataset_names: the dataset's own names, as its readers and files spell them.
-        edges: the bones (parent, child), a tree rooted at ``root`` that reaches every joint.
-        root: the palm centre (NYU 36: the hand's origin behind it; MSRA: the wrist).
-        centre: the joint crops are centred on (DeepPrior++'s ``crop_joint_idx``).
-    """
-
-    name: str
-    names: tuple[str, ...]
-    dataset_names: tuple[str, ...]
-    edges: tuple[tuple[int, int], ...]
-    root: int
-    centre: int
+    name: str                           # short id: "nyu14", "nyu36", "icvl16", "msra21"
+    names: tuple[str, ...]              # readable names, in the network's / files' joint order
+    dataset_names: tuple[str, ...]      # the dataset's own names, as its readers spell them
+    edges: tuple[tuple[int, int], ...]  # the bones (parent, child): a tree from root to all
+    root: int                           # palm centre (NYU 36: the hand's origin; MSRA: wrist)
+    centre: int                         # the joint crops are centred on (DeepPrior++'s)
 
     @property
     def num_joints(self) -> int:

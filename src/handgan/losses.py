@@ -6,13 +6,10 @@
 * L_Gen = L_recons - L_gan, written in the usual non-saturating form: the generator minimises
   L_recons + BCE(Dis(Gen(J)), 1) = L_recons - log Dis(Gen(J)), which has the same optimum as
   maximising L_gan but does not vanish when the discriminator wins.
-* L_recons = (1/N) sum_i max(e_i, tau), e_i = mean squared pixel error between a real crop x_i and
-  Gen(J_i) (the seed's "clipped" error, floored per sample: errors under the sensor-noise floor tau
-  give no gradient); or the per-pixel truncation (1/N) sum_i mean_p min(e_ip, tau_px), which bounds
-  what one sensor outlier can contribute ("golden energy" style).
-  The seed writes L_recons as a squared norm, a sum over pixels ("pixel_sum"): the per-pixel
-  mean ("sample_floor", the first implementation) scales it down by S^2 against L_gan, and Gen
-  then learned almost nothing from it (docs/results.md).
+* L_recons: the seed writes it as a squared norm, a sum over pixels ("pixel_sum"): the per-pixel
+  mean ("sample_floor", the first implementation, errors under the sensor-noise floor tau giving
+  no gradient) scales it down by S^2 against L_gan, and Gen then learned almost nothing from it
+  (docs/results.md). :func:`reconstruction_loss` lists the modes.
 * L_J = (1/N) sum_i ||Dis_pose(X_i) - J_i||^2 on labelled crops (sum over the J x 3 coordinates).
 
 Pixel errors are in normalised depth units: 1.0 = half the crop cube (150 mm for a 300 mm cube).
@@ -41,26 +38,19 @@ def reconstruction_loss(real: torch.Tensor, generated: torch.Tensor, tau: float,
 
     mode "sample_floor": mean_i max(mean_p (x - g)^2, tau)  (per-pixel mean, floored per sample);
     mode "pixel_truncate": mean_i mean_p min((x - g)^2, tau)  (tau is then per pixel);
-    mode "pixel_sum": mean_i sum_p w_ip min((x - g)^2, tau)  (the seed's squared norm, a *sum*
-    over pixels, each pixel's error clipped from above at tau as in the "golden energy"
-    reference, tau = 1.0 there; ``weight`` (B, 1, S, S) emphasises pixels, e.g. the hand region).
-    The sum is S^2 times the per-pixel mean: it is what puts L_recons on the scale of L_gan.
-    mode "pixel_l1": mean_i sum_p w_ip min(|x - g|, tau)  (absolute instead of squared error:
-    where a finger's place is uncertain by a pixel or two, the squared error's optimum is a blur
-    of hand and background depths, the absolute error's the likelier of the two, a sharp edge).
+    mode "pixel_sum": mean_i sum_p w_ip min((x - g)^2, tau)  (the seed's squared norm; ``weight``
+    (B, 1, S, S) emphasises pixels, e.g. the hand region);
+    mode "pixel_l1": mean_i sum_p w_ip min(|x - g|, tau)  (where a finger's place is uncertain by a
+    pixel or two, the squared error's optimum is a blur of hand and background depths, the
+    absolute error's the likelier of the two, a sharp edge).
     """
-    if mode == "pixel_l1":
-        err = (real - generated).abs().clamp(max=tau)
+    if mode in ("pixel_l1", "pixel_sum"):
+        err = (real - generated).abs() if mode == "pixel_l1" else (real - generated).pow(2)
+        err = err.clamp(max=tau)
         if weight is not None:
             err = err * weight
         return err.flatten(1).sum(dim=1).mean()
-    sq = (real - generated).pow(2)
-    if mode == "pixel_sum":
-        sq = sq.clamp(max=tau)
-        if weight is not None:
-            sq = sq * weight
-        return sq.flatten(1).sum(dim=1).mean()
-    sq = sq.flatten(1)  # (B, S*S)
+    sq = (real - generated).pow(2).flatten(1)  # (B, S*S)
     if mode == "sample_floor":
         return sq.mean(dim=1).clamp(min=tau).mean()
     if mode == "pixel_truncate":

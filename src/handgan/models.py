@@ -24,7 +24,7 @@ class ModelConfig:
     width: int = 32          # channels of the first conv; doubles per layer up to 8x
     shared_layers: int = 2   # conv layers shared by the real/fake and pose branches (0 .. depth)
     pose_hidden: int = 1024  # fully connected width of the pose head
-    gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps), at every scale
+    gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps) at each scale
     gen_render: bool = False    # Gen corrects a depth render of the skeleton (spheres along bones)
     gen_correction: bool = True  # with gen_render: False = Gen(J) is the render alone (radii learn)
     gen_edge_dropout: float = 0.0   # Gen's sensor: P(a pixel on a depth edge loses its depth)
@@ -60,11 +60,6 @@ def skeleton_edges(num_joints: int) -> tuple[tuple[int, int], ...]:
     a joint set of no known dataset gets a chain, each joint to the next (as many bones as a
     tree: the parameter shapes do not depend on which)."""
     return joints_layout_edges(num_joints) or tuple((k, k + 1) for k in range(num_joints - 1))
-
-
-def bone_map_channels(num_joints: int) -> int:
-    """Channels of :func:`bone_maps`: a presence and a depth map per bone."""
-    return 2 * len(skeleton_edges(num_joints))
 
 
 def bone_maps(joints: torch.Tensor, size: int, edges) -> torch.Tensor:
@@ -127,25 +122,19 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
                    forearm_spread: torch.Tensor | None = None,
                    bases: torch.Tensor | None = None) -> torch.Tensor:
     """(B, J, 3) normalised joints -> (B, 1, S, S) normalised depth of the skeleton as round
-    cones (``RENDER_SAMPLES`` spheres per bone, radii (E, 2) at the bone's two ends, linear in
-    between) and, for NYU layouts, a forearm continuing from the wrist points away from the palm
-    (two rows of spheres ``forearm_spread`` either side of the wrist's middle, along the line
-    between the wrist points, for an oval section; one row without it) and
-    (``palm_radius``) the palm as a plate of spheres filling the triangles between the palm
-    centre, the fingers' bases and the wrist points (:func:`palm_plate`). ``bases`` (5, 3), for
-    the 14-joint layout: the knuckles' and the thumb's base in the palm's frame
-    (:func:`hand_bases`); the four fingers and the thumb are then drawn from there, not from the
-    palm centre, and the palm plate reaches the knuckles.
+    cones (``RENDER_SAMPLES`` spheres per bone, radii (E, 2) at the bone's ends, linear between),
+    for NYU layouts a forearm from the wrist away from the palm (two rows ``forearm_spread``
+    either side of the wrist's middle, for an oval section; one row without it), the palm as a
+    plate (``palm_radius``, :func:`palm_plate`) and, for 14 joints, the fingers drawn from their
+    bases ``bases`` (:func:`hand_bases`), not from the palm centre.
 
-    ``ray`` (B, 3) is each crop's centre ray (a_x, a_y, f) = (x/z, y/z, z / half cube) of its
-    centre (:func:`handgan.preprocess.centre_rays`); without it, the centre is on the optical axis
-    at f = ``RENDER_FOCUS``. A sphere at (X, Y, Z) of radius r lands in the crop plane (x right,
-    y up, the cube spanning [-1, 1]) at k (X - a_x Z, Y - a_y Z) with k = f / (f + Z), exactly
-    where the crop shows that point; at a pixel whose crop-plane distance to it is d, its surface
-    is at depth Z - sqrt(r^2 - (d / k)^2) (the sphere's outline taken as a circle). Each pixel
-    keeps the nearest surface (a z-buffer); pixels no sphere covers are background (+1). Crop
-    pixel (row, col) shows the crop-plane point (col / (S/2) - 1, 1 - row / (S/2)), as the crop
-    itself samples the frame at its pixel index (``CropTransform.M``).
+    ``ray`` (B, 3): each crop's centre ray (a_x, a_y, f) = (x/z, y/z, z / half cube)
+    (:func:`handgan.preprocess.centre_rays`); default: on the optical axis at f =
+    ``RENDER_FOCUS``. A sphere at (X, Y, Z) of radius r lands in the crop plane at
+    k (X - a_x Z, Y - a_y Z), k = f / (f + Z), exactly where the crop shows that point; at
+    crop-plane distance d its surface is at depth Z - sqrt(r^2 - (d / k)^2). Each pixel keeps the
+    nearest surface (a z-buffer), +1 (background) where no sphere is; pixel (row, col) shows the
+    point (col / (S/2) - 1, 1 - row / (S/2)), as ``CropTransform.M`` samples the frame.
     Differentiable in the joints and radii where a sphere is seen."""
     b = joints.shape[0]
     j = joints.float()
@@ -214,8 +203,8 @@ def hand_bases(joints: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
 
 def palm_plate(joints: torch.Tensor, layout: int) -> torch.Tensor:
     """(B, J, 3) joints -> (B, 60, 3) sphere centres on six triangles spanning the palm: the palm
-    centre with each pair of neighbouring finger bases, with each outer base and its wrist
-    point, and with the two wrist points (barycentric grid of ``PALM_GRID`` steps)."""
+    centre with each pair of neighbouring finger bases, with each outer base and its wrist point
+    and with the two wrist points (barycentric grid of ``PALM_GRID`` steps)."""
     palm_i, bases_i, ulnar_i, radial_i = PALM_JOINTS[layout]
     palm = joints[:, palm_i]
     bases = [palm + PALM_KNUCKLE[layout] * (joints[:, k] - palm) for k in bases_i]
@@ -234,12 +223,10 @@ _HAND_BELOW = SENSOR_BACKGROUND - 0.01  # a pixel nearer than this shows the han
 
 
 def sensor_dropout(crops: torch.Tensor, edge_p: float, pixel_p: float) -> torch.Tensor:
-    """A depth camera's missing pixels on clean crops (B, 1, S, S): a hand pixel (in front of
-    the background) on a depth edge (a 4-neighbour that is background or more than
-    ``SENSOR_EDGE_JUMP`` nearer or further, as the synthetic sensor's ``edge_dropout``) loses
-    its depth with probability ``edge_p``, any other hand pixel with ``pixel_p``; a lost pixel
-    shows the background, as a real crop's holes do. Random (torch's generator); the gradient
-    flows through kept pixels."""
+    """A depth camera's missing pixels on clean crops (B, 1, S, S), drawn from torch's RNG: a hand
+    pixel on a depth edge (a 4-neighbour that is background or ``SENSOR_EDGE_JUMP`` away, as the
+    synthetic sensor's ``edge_dropout``) shows the background with probability ``edge_p``, any
+    other hand pixel with ``pixel_p``. The gradient flows through kept pixels."""
     if edge_p <= 0 and pixel_p <= 0:
         return crops
     x = crops.detach()
@@ -284,7 +271,7 @@ def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, 
     ``depth`` (B, S*S): each sphere only visits the pixels of a square window around its
     projection wide enough for the largest sphere (40x fewer pixels than the whole crop)."""
     half = size / 2.0
-    reach = int(math.ceil(float((r * k).detach().max()) * half)) + 1           # window half-side, px
+    reach = int(math.ceil(float((r * k).detach().max()) * half)) + 1  # window half-side, px
     offsets = torch.arange(-reach, reach + 1, device=centres.device)
     cx, cy = centres[..., 0] * k, centres[..., 1] * k                           # crop plane
     col0 = torch.round((cx.detach() + 1.0) * half).long()                       # (B, N)
@@ -300,11 +287,6 @@ def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, 
                                 surface.reshape(depth.shape[0], -1), "amin")
 
 
-def _atanh(x: torch.Tensor) -> torch.Tensor:
-    """atanh written with log: the ONNX exporter has no atanh."""
-    return 0.5 * torch.log((1.0 + x) / (1.0 - x))
-
-
 def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm)]
     if batch_norm:
@@ -317,21 +299,14 @@ class Generator(nn.Module):
     """Gen(J): joints (B, J, 3) -> FC -> (C, 4, 4) -> stride-2 transposed convs
     (batch norm, ReLU), each doubling the resolution -> (B, 1, S, S) in [-1, 1] (tanh).
 
-    With ``gen_skeleton`` every transposed conv also reads the pose drawn in the crop at its
-    input's resolution (:func:`bone_maps`, average-pooled from S x S): where each bone lies and
-    how deep. The FC path alone must learn where 42 numbers put every finger's pixels from the
-    labelled poses, and from a few hundred it draws unseen poses poorly; a drawn bone is local,
-    so the convolutions can render each finger where the pose puts it, whatever the other
-    fingers do.
-
-    With ``gen_render`` Gen starts from :func:`skeleton_depth`, the skeleton rendered as each
-    crop sees it (``ray``): the transposed convs read the render at every scale and add a
-    correction, from zero (``correction_gain``), or with ``gen_correction=False`` Gen(J) is the
-    render alone and only the bone radii learn (the best line of docs/results.md round 5).
-
-    ``gen_edge_dropout`` / ``gen_pixel_dropout`` end Gen with a depth camera's missing pixels
-    (:func:`sensor_dropout`), as the real crops have them; ``forward(..., clean=True)`` leaves
-    them out (the reconstruction loss compares the clean crop)."""
+    ``gen_skeleton``: every transposed conv also reads the pose drawn at its input's resolution
+    (:func:`bone_maps`). The FC path alone must learn where 42 numbers put every finger's pixels,
+    and from a few hundred labelled poses it draws unseen poses poorly; a drawn bone is local.
+    ``gen_render``: Gen starts from :func:`skeleton_depth` as each crop sees it (``ray``) and the
+    transposed convs add a correction from zero (``correction_gain``); with
+    ``gen_correction=False`` Gen(J) is the render alone and only the radii learn (the best line
+    of docs/results.md round 5). ``gen_edge_dropout`` / ``gen_pixel_dropout``: Gen ends with a
+    depth camera's missing pixels (:func:`sensor_dropout`), left out with ``clean=True``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -351,7 +326,7 @@ class Generator(nn.Module):
         top = cfg.channels(cfg.depth - 1)
         self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3, top * 16, bias=False),
                                 nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
-        extra = bone_map_channels(cfg.num_joints) if cfg.gen_skeleton else 0
+        extra = 2 * len(self.edges) if cfg.gen_skeleton else 0  # bone_maps: line and depth
         extra += 1 if cfg.gen_render else 0  # the skeleton render, at every scale
         ups: list[nn.Module] = []
         for layer in range(cfg.depth - 1, 0, -1):  # (top, 4, 4) -> ... -> (width, S/2, S/2)
@@ -363,15 +338,13 @@ class Generator(nn.Module):
 
     def forward(self, joints: torch.Tensor, ray: torch.Tensor | None = None,
                 clean: bool = False) -> torch.Tensor:
-        """(B, J, 3) joints -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays, used by the
-        skeleton render (``gen_render``; default: a centre on the optical axis); ``clean``:
-        without the sensor's missing pixels."""
+        """(B, J, 3) joints -> (B, 1, S, S); ``ray`` (B, 3): the crops' centre rays (for
+        ``gen_render``); ``clean``: without the sensor's missing pixels."""
         crops = self._clean(joints, ray)
         return crops if clean else self.sensor(crops)
 
     def sensor(self, crops: torch.Tensor) -> torch.Tensor:
-        """Gen's clean crops as its depth camera records them (:func:`sensor_dropout` with
-        ``gen_edge_dropout`` / ``gen_pixel_dropout``)."""
+        """Gen's clean crops as its depth camera records them (:func:`sensor_dropout`)."""
         return sensor_dropout(crops, self.cfg.gen_edge_dropout, self.cfg.gen_pixel_dropout)
 
     def render(self, joints: torch.Tensor, ray: torch.Tensor | None) -> torch.Tensor:
@@ -400,8 +373,10 @@ class Generator(nn.Module):
                 h = torch.cat([h, pooled.to(h.dtype)], dim=1)
                 res *= 2
             if self.cfg.gen_render and isinstance(layer, nn.Tanh):
-                # Gen(J) = tanh(atanh(render) + g * correction): the network corrects the render.
-                h = self.correction_gain * h + _atanh(render.clamp(-0.98, 0.98)).to(h.dtype)
+                # Gen(J) = tanh(atanh(render) + g * correction): the network corrects the render
+                # (atanh written with log: the ONNX exporter has no atanh).
+                r = render.clamp(-0.98, 0.98)
+                h = self.correction_gain * h + (0.5 * torch.log((1.0 + r) / (1.0 - r))).to(h.dtype)
             h = layer(h)
         return h  # (B, 1, S, S)
 
@@ -431,11 +406,8 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, heads: str = "both"
                 ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         """(B, 1, S, S) -> real/fake logits (B,) and joints (B, J, 3) (``heads="both"``), or the
-        logits alone (``"real_fake"``) or the joints alone (``"pose"``).
-
-        Choosing the head through ``forward`` (not the methods below) is what lets a
-        DistributedDataParallel wrapper see every use of the network and synchronise its gradients.
-        """
+        logits alone (``"real_fake"``) or the joints alone (``"pose"``). Choosing the head here
+        lets a DistributedDataParallel wrapper see every use and synchronise its gradients."""
         h = self.trunk(x)
         if heads == "real_fake":
             return self.real_fake(h).squeeze(1)

@@ -37,43 +37,25 @@ PARTS = ("generator", "discriminator", "estimator")
 EVAL_BATCH = 256
 
 
-# --------------------------------------------------------------------------------------------
-# Networks
-# --------------------------------------------------------------------------------------------
-
 def load_networks(path: str | os.PathLike, parts: Sequence[str] = ("generator", "discriminator"),
                   device: str | torch.device = "cpu", ckpt: Mapping[str, Any] | None = None
                   ) -> tuple:
-    """The run config and the ``parts`` of a training checkpoint, in eval mode with gradients off.
-
-    Args:
-        path: checkpoint file (``load_checkpoint``: plain weights only, never runs code).
-        parts: any of "generator", "discriminator" and "estimator" (the discriminator's trunk +
-            pose branch as a ``PoseEstimator``; the real/fake head is not kept).
-        device: where the networks live.
-        ckpt: the checkpoint ``path`` holds, if already loaded (not read again).
-
-    Returns:
-        (config, *networks), the networks in the order of ``parts``.
-
-    Raises:
-        HandganError: unreadable / foreign checkpoint, missing keys, a bad config, or weights that
-            do not fit it.
-    """
+    """(config, *networks): the run config and the ``parts`` of a training checkpoint (or of
+    ``ckpt``, the checkpoint ``path`` holds if already loaded), in the order of ``parts``, in
+    eval mode with gradients off. "estimator" is the discriminator's trunk + pose branch as a
+    ``PoseEstimator``. A HandganError for an unreadable or foreign checkpoint, missing keys, a
+    bad config, or weights that do not fit it."""
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"parts must be among {', '.join(PARTS)}, got {unknown}")
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    keys = tuple(dict.fromkeys("generator" if p == "generator" else "discriminator"
-                               for p in parts))
+    keys = tuple(dict.fromkeys("generator" if p == "generator" else "discriminator" for p in parts))
     check_networks(ckpt, path, keys)
     cfg = read_config(ckpt, path)
-    nets = {}
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
-        for part in parts:
-            nets[part] = (Generator(cfg.model) if part == "generator" else
-                          Discriminator(cfg.model) if part == "discriminator" else
-                          PoseEstimator(Discriminator(cfg.model)))
+        nets = {part: Generator(cfg.model) if part == "generator" else
+                Discriminator(cfg.model) if part == "discriminator" else
+                PoseEstimator(Discriminator(cfg.model)) for part in parts}
     nets = {part: net.to_empty(device=device) for part, net in nets.items()}
     load_weights(ckpt, path, nets)
     return (cfg, *(nets[p].eval().requires_grad_(False) for p in parts))
@@ -83,11 +65,8 @@ def load_weights(ckpt: Mapping[str, Any], path: str | os.PathLike,
                  networks: Mapping[str, nn.Module], config: str = "the saved model config"
                  ) -> None:
     """Copy a checkpoint's weights into built ``networks`` (keyed as :func:`load_networks`'s
-    parts), strictly. ``config`` names what the networks were built from, for the message.
-
-    Raises:
-        HandganError: weights that do not fit a network (one line naming ``path``).
-    """
+    parts), strictly: a one-line HandganError naming ``path`` and ``config`` (what the networks
+    were built from) for weights that do not fit."""
     for part, net in networks.items():
         try:
             if part == "estimator":  # its keys (trunk.*, pose.*) are the discriminator's
@@ -118,70 +97,42 @@ def predict(dis: Discriminator, crops: LabeledCrops, device: torch.device | str 
     was_training = dis.training
     dis.eval()
     out = []
-    starts = range(0, len(crops), EVAL_BATCH)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=not progress,
-                      dynamic_ncols=True):
+    for start in tqdm(range(0, len(crops), EVAL_BATCH), desc="predict", unit="batch",
+                      disable=not progress, dynamic_ncols=True):
         x, _ = crops.sample_batch(np.arange(start, min(start + EVAL_BATCH, len(crops))))
         out.append(dis.estimate(x.to(device)).float().cpu().numpy())
     dis.train(was_training)
     return np.concatenate(out).astype(np.float64)
 
 
-# --------------------------------------------------------------------------------------------
-# What a checkpoint says about its crops
-# --------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class CropSpec:
-    """How the training crops were made, so new frames are cropped the same way.
+    """How the training crops were made, so new frames are cropped the same way."""
 
-    Attributes:
-        size: S, crop side in px (= the model's input size).
-        cube_mm: (x, y, z) cube sides in mm.
-        intrinsics: the training camera (the default for new frames).
-        joint_names: names of the J joints, in the network's output order.
-        centre: how training crops were centred: "gt" (a labelled joint) or "com" (localisation).
-        source: the training data source, for information.
-    """
-
-    size: int
-    cube_mm: tuple[float, float, float]
-    intrinsics: Intrinsics
-    joint_names: tuple[str, ...]
-    centre: str = "gt"
-    source: str = "unknown"
+    size: int                            # S, crop side in px (= the model's input size)
+    cube_mm: tuple[float, float, float]  # (x, y, z) cube sides in mm
+    intrinsics: Intrinsics               # the training camera (the default for new frames)
+    joint_names: tuple[str, ...]         # the J joints, in the network's output order
+    centre: str = "gt"                   # "gt" (a labelled joint) or "com" (localisation)
+    source: str = "unknown"              # the training data source, for information
 
     @property
     def centre_joint(self) -> int | None:
-        """Index of the joint that training crops were centred on (the palm), if the joint set
-        is a known one; None otherwise."""
-        return centre_joint_index(self.joint_names)
-
-
-def centre_joint_index(joint_names: Sequence[str]) -> int | None:
-    """The palm / crop-centre joint of a known joint set (NYU 14 or 36, ICVL, MSRA; readable or
-    dataset names), else None."""
-    layout = layout_of_names(joint_names)
-    return layout.centre if layout is not None else None
+        """The joint training crops were centred on (the palm) of a known joint set, else None."""
+        layout = layout_of_names(self.joint_names)
+        return layout.centre if layout is not None else None
 
 
 def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.PathLike) -> CropSpec:
-    """The crop spec saved under ``ckpt["crop"]`` by training.
-
-    Checkpoints written before that key existed still load, with the defaults of the NYU set-up
-    they were trained on: crop size = ``model.size``, a 300 mm cube, the NYU camera and the 14
-    NYU evaluation joints (``joints.NYU14_NAMES``). A saved ``cube_mm`` of None (an empty training
-    cache) also falls back to 300 mm.
-
-    Raises:
-        HandganError: when the saved metadata contradicts the model (size, joint count) or is
-            malformed; the message names ``path``.
-    """
+    """The crop spec saved under ``ckpt["crop"]`` by training; a HandganError naming ``path``
+    when it contradicts the model (size, joint count) or is malformed. Checkpoints without it
+    get the NYU set-up's defaults: ``model.size``, a 300 mm cube (also for a ``cube_mm`` of
+    None), the NYU camera and the 14 NYU evaluation joints."""
+    default_names = NYU14_NAMES if model.num_joints == 14 else \
+        tuple(f"joint_{j}" for j in range(model.num_joints))
     crop = ckpt.get("crop")
     if crop is None:
-        names = NYU14_NAMES if model.num_joints == 14 else \
-            tuple(f"joint_{j}" for j in range(model.num_joints))
-        return CropSpec(model.size, (DEFAULT_CUBE_MM,) * 3, NYU, names, "gt", "unknown")
+        return CropSpec(model.size, (DEFAULT_CUBE_MM,) * 3, NYU, default_names, "gt", "unknown")
     try:
         size = int(crop.get("size", model.size))
         cube = crop.get("cube_mm")
@@ -202,9 +153,7 @@ def read_crop_spec(ckpt: dict[str, Any], model: ModelConfig, path: str | os.Path
                            f"{model.size}")
     if not all(math.isfinite(c) and c > 0 for c in cube):
         raise HandganError(f"{path}: crop cube_mm must be positive, got {list(cube)}")
-    if not names:
-        names = NYU14_NAMES if model.num_joints == 14 else \
-            tuple(f"joint_{j}" for j in range(model.num_joints))
+    names = names or default_names
     if len(names) != model.num_joints:
         raise HandganError(f"{path}: {len(names)} joint names but the model predicts "
                            f"{model.num_joints} joints")

@@ -1,11 +1,9 @@
 """New poses from known ones (skeleton-space augmentation): what Gen renders for the pose head.
 
-    new = new_poses(labelled, sources=("mix", "finger", "rotate"), generator=g)
-
 Poses are (B, J, 3) in the crop's normalised frame (the cube's half side = 1, centred on the hand,
-y up). Two poses are compared in a *palm-aligned* frame: pose B is turned and shifted (Kabsch, on
-the palm joints) so that its palm lies on A's, and only then combined with A, so a recombined pose
-keeps A's place and orientation in the crop. Sources, one drawn per pose:
+y up). A partner pose B is first turned and shifted (Kabsch, on the palm joints) so that its palm
+lies on A's: a recombined pose keeps A's place and orientation in the crop. Sources, one drawn
+per pose:
 
 * ``mix``: a convex combination ``lam * A + (1 - lam) * B'`` (B' = B palm-aligned on A),
   ``lam ~ U(0, 1)``: articulations between two labelled hands.
@@ -14,9 +12,6 @@ keeps A's place and orientation in the crop. Sources, one drawn per pose:
   on other layouts it falls back to ``mix``.
 * ``rotate``: A turned about its palm centre by a random 3D rotation of at most ``max_turn_deg``:
   viewpoints beyond the labelled ones (in-plane rotation is already crop augmentation).
-
-The estimator's poses of unlabelled crops are the fourth kind of new pose; training takes those
-directly (``loss.synth_unlabeled``).
 """
 from __future__ import annotations
 
@@ -58,7 +53,8 @@ def random_rotations(n: int, max_deg: float, generator: torch.Generator | None =
     """(n, 3, 3) rotations about uniformly random axes by angles ~ U(-max_deg, max_deg)."""
     axis = torch.randn(n, 3, generator=generator, dtype=torch.float64)
     axis = axis / axis.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    angle = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(max_deg)
+    angle = torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1
+    angle = angle * math.radians(max_deg)
     k = torch.zeros(n, 3, 3, dtype=torch.float64)  # cross-product matrices of the axes
     k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
     k = k - k.transpose(1, 2)

@@ -1,8 +1,5 @@
 """One training step: the seed's GAN step (update Dis, then Gen) or the supervised baseline's.
 
-    losses = gan_step(gen, dis, opt_g, opt_d, batch, cfg, step_phase(cfg.loss, step, per_epoch))
-    losses = supervised_step(dis, opt_d, batch, cfg)
-
 The objectives, with L_J the joint loss, L_gan the real/fake BCE and L_recons the reconstruction
 loss (``losses.py`` has each formula and sign):
 
@@ -44,10 +41,6 @@ LOSS_NAMES = ("loss_dis", "loss_joint", "loss_gan", "loss_gen", "loss_recons", "
               "loss_equivariance", "loss_synth")
 
 
-# --------------------------------------------------------------------------------------------
-# The steps
-# --------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class StepPhase:
     """What a GAN step includes at this point of the schedule (see :func:`step_phase`)."""
@@ -78,41 +71,23 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              phase: StepPhase = StepPhase(), autocast=nullcontext) -> dict[str, float]:
     """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
 
-    ``batch``: labelled crops and joints, unlabelled crops (with ``views`` for the equivariance
-    term ``loss.w_equivariance``) and, for the skeleton render (``model.gen_render``), the
-    labelled crops' centre rays. ``phase`` (:func:`step_phase`) switches Gen's adversarial term
-    on after the warm-up and weighs the skeleton-space term ``loss.w_synth``: new poses J'
-    (:mod:`handgan.posespace`, and with ``unlabeled`` among ``loss.synth_poses`` Dis's poses of
-    ``x_u``) rendered by Gen, whose pairs (Gen(J'), J') train the pose head and whose crops are
-    fakes for the real/fake head.
+    ``phase`` (:func:`step_phase`) switches Gen's adversarial term on after the warm-up and weighs
+    the skeleton-space term: new poses J' (:func:`synth_targets`) rendered by Gen, whose pairs
+    (Gen(J'), J') train the pose head and whose crops are fakes for the real/fake head.
     """
+    w = cfg.loss
+    x_l, j_l, x_u, views, ray_l = batch
     ############################
     # (1) Update Dis: minimise L_Dis = w_joint * L_J(Dis_pose(x_l), J_l) + w_gan * L_gan,
     #     L_gan = BCE(Dis(x_l, x_u), 1) + BCE(Dis(Gen(J)), 0)
     ############################
-    losses, j_syn = update_discriminator(gen, dis, opt_d, batch, cfg.loss, phase, autocast)
-
-    ############################
-    # (2) Update Gen: minimise L_Gen = w_recons * L_recons(x_l, Gen(J_l))
-    #                                + w_gen_adv * BCE(Dis(Gen(J_l [, J'])), 1)
-    #     i.e. L_recons - L_gan in the non-saturating form -log Dis(Gen(J)) (see losses.py)
-    ############################
-    losses |= update_generator(gen, dis, opt_g, batch, j_syn, cfg, phase, autocast)
-    return {name: losses[name].item() for name in LOSS_NAMES if name in losses}
-
-
-def update_discriminator(gen: nn.Module, dis: nn.Module, opt_d: torch.optim.Optimizer,
-                         batch: Batch, w: LossConfig, phase: StepPhase, autocast
-                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Step (1) of :func:`gan_step`: one Adam step of Dis on L_Dis. Returns (its losses, the new
-    poses J' that Gen drew for L_synth or None)."""
-    x_l, j_l, x_u, views, ray_l = batch
     opt_d.zero_grad(set_to_none=True)
     has_u = x_u is not None and len(x_u) > 0
     equivariance = w.w_equivariance > 0 and has_u and views is not None
     synth = phase.synth_weight > 0
     synth_sources = [x for x in w.synth_pose_sources if x != "unlabeled"]
     synth_from_u = synth and has_u and "unlabeled" in w.synth_pose_sources
+    j_syn = None  # new poses J' for L_synth, rendered by Gen in both updates
     with autocast():
         real_logits, pose_l = dis(x_l)  # labelled crops: both heads
         if equivariance or synth_from_u:
@@ -124,6 +99,7 @@ def update_discriminator(gen: nn.Module, dis: nn.Module, opt_d: torch.optim.Opti
             j_syn = synth_targets(j_l, pose_u if synth_from_u else None, synth_sources,
                                   w.synth_turn_deg)
             synth = len(j_syn) > 0
+            j_syn = j_syn if synth else None
         j_gen = torch.cat([j_l, j_syn]) if synth else j_l
         with torch.no_grad():  # no gradient into Gen here
             x_g = gen(j_gen, ray=rays_for(ray_l, len(j_gen)))
@@ -151,42 +127,46 @@ def update_discriminator(gen: nn.Module, dis: nn.Module, opt_d: torch.optim.Opti
         losses["loss_equivariance"] = loss_equi
     if synth:
         losses["loss_synth"] = loss_synth
-    return losses, (j_syn if synth else None)
 
-
-def update_generator(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
-                     batch: Batch, j_syn: torch.Tensor | None, cfg: TrainConfig,
-                     phase: StepPhase, autocast) -> dict[str, torch.Tensor]:
-    """Step (2) of :func:`gan_step`: one Adam step of Gen on L_Gen. L_recons compares the clean
-    crop of each labelled pose; Dis sees Gen's crops of the labelled poses and of the new poses
-    ``j_syn`` with the sensor's missing pixels. Returns its losses."""
-    w = cfg.loss
-    x_l, j_l, ray_l = batch.x_l, batch.j_l, batch.ray_l
+    ############################
+    # (2) Update Gen: minimise L_Gen = w_recons * L_recons(x_l, Gen(J_l))
+    #                                + w_gen_adv * BCE(Dis(Gen(J_l [, J'])), 1)
+    #     i.e. L_recons - L_gan in the non-saturating form -log Dis(Gen(J)) (see losses.py).
+    #     L_recons compares the clean crop of each labelled pose; Dis sees Gen's crops with the
+    #     sensor's missing pixels.
+    ############################
     opt_g.zero_grad(set_to_none=True)
     adversarial = phase.gen_adversarial and w.w_gen_adv > 0
     with autocast():
         # Without the adversarial term only the labelled poses' crops carry a loss.
-        j_gen = (torch.cat([j_l] + ([j_syn] if j_syn is not None else [])) if adversarial
-                 else j_l)
+        j_gen = torch.cat([j_l] + ([j_syn] if j_syn is not None else [])) if adversarial else j_l
         x_clean = gen(j_gen, ray=rays_for(ray_l, len(j_gen)), clean=True)
         loss_rec = reconstruction_loss(x_l, x_clean[:len(j_l)].float(), w.tau, w.recons_mode,
                                        recons_weight(j_l, cfg))
         loss_g = w.w_recons * loss_rec
         loss_adv = torch.zeros((), device=x_l.device)
         if adversarial:
-            x_g = unwrap(gen).sensor(x_clean)
-            loss_adv = generator_adversarial_term(dis, x_l, x_g, w.gen_adv)
+            # The non-saturating BCE, or feature matching against x_l on the shared trunk. Dis
+            # without its DDP wrapper: its gradients here are cleared before its next step.
+            x_g, d = unwrap(gen).sensor(x_clean), unwrap(dis)
+            with batch_norm_stats_frozen(dis):
+                if w.gen_adv == "feature_matching":
+                    with torch.no_grad():
+                        real_features = d.trunk(x_l)
+                    loss_adv = feature_matching_loss(real_features, d.trunk(x_g))
+                else:
+                    loss_adv = generator_adversarial_loss(d(x_g, heads="real_fake").float())
             loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
     opt_g.step()
-    return {"loss_gen": loss_g, "loss_recons": loss_rec, "loss_gen_adv": loss_adv}
+    losses |= {"loss_gen": loss_g, "loss_recons": loss_rec, "loss_gen_adv": loss_adv}
+    return {name: losses[name].item() for name in LOSS_NAMES if name in losses}
 
 
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, batch: Batch,
                     cfg: TrainConfig, autocast=nullcontext) -> dict[str, float]:
-    """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone
-    (plus, with ``loss.w_equivariance`` and unlabelled crops with their ``views``, the
-    equivariance term: what the term does without the GAN)."""
+    """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone (plus
+    the equivariance term, with ``loss.w_equivariance`` and unlabelled crops with ``views``)."""
     x_l, j_l, x_u, views, _ = batch
     ############################
     # Update Dis trunk + pose: minimise w_joint * L_J(Dis_pose(x_l), J_l)
@@ -208,10 +188,6 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, batch: Batch,
         out["loss_equivariance"] = loss_equi.item()
     return out
 
-
-# --------------------------------------------------------------------------------------------
-# The terms
-# --------------------------------------------------------------------------------------------
 
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
                       views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
@@ -262,27 +238,11 @@ def synth_pose_loss(predicted: torch.Tensor, target: torch.Tensor, gate: float) 
 def synth_targets(j_l: torch.Tensor, pose_u: torch.Tensor | None,
                   sources: list[str], max_turn_deg: float) -> torch.Tensor:
     """New poses J' (fixed) for the skeleton-space term: drawn from the labelled poses, plus
-    the poses Dis reads off the unlabelled crops (clipped to the crop cube) when given; Gen
-    turns each into a labelled pair (``max_turn_deg``: ``loss.synth_turn_deg``)."""
+    the poses Dis reads off the unlabelled crops (clipped to the crop cube) when given."""
     j_new = [new_poses(j_l.float(), sources, max_turn_deg)] if sources else []
     if pose_u is not None:
         j_new.append(pose_u.detach().float().clamp(-1.0, 1.0))
     return torch.cat(j_new) if j_new else j_l[:0]
-
-
-def generator_adversarial_term(dis: nn.Module, x_l: torch.Tensor, x_g: torch.Tensor,
-                               kind: str) -> torch.Tensor:
-    """Gen's adversarial term on its crops ``x_g``: the non-saturating BCE (``"bce"``), or
-    feature matching against the real crops ``x_l`` on the shared trunk. Dis is used without
-    its DDP wrapper: its gradients here are never used (they are cleared before its next
-    step), so there is nothing to synchronise."""
-    d = unwrap(dis)
-    with batch_norm_stats_frozen(dis):
-        if kind == "feature_matching":
-            with torch.no_grad():
-                real_features = d.trunk(x_l)
-            return feature_matching_loss(real_features, d.trunk(x_g))
-        return generator_adversarial_loss(d(x_g, heads="real_fake").float())
 
 
 def rays_for(ray_l: torch.Tensor | None, count: int) -> torch.Tensor | None:
@@ -295,10 +255,9 @@ def rays_for(ray_l: torch.Tensor | None, count: int) -> torch.Tensor | None:
 
 @contextmanager
 def batch_norm_stats_frozen(module: nn.Module):
-    """Batch norm layers normalise with the batch's statistics as usual, but do not fold them
-    into their running statistics. Dis sees generated crops in training mode; without this its
-    running statistics (what evaluation and inference normalise with) would mix generated and
-    real crops, and the pose estimate in eval mode swings from epoch to epoch."""
+    """Batch norm normalises with the batch's statistics but does not fold them into its running
+    statistics: Dis sees generated crops in training mode, and running statistics that mix them
+    with real crops made the pose estimate in eval mode swing from epoch to epoch."""
     layers = [m for m in unwrap(module).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in layers]
     for m in layers:

@@ -3,13 +3,12 @@
     run_dir = train(preset("quick"), "runs/quick")            # GAN mode, the seed's method
     train(cfg, "runs/quick", resume=True)                      # continue from checkpoints/last.pt
 
-The data flow of one run: :func:`~handgan.batches.load_data` (crop caches; labelled, validation
-and unlabelled rows) -> each epoch a seeded batch order (:class:`~handgan.batches.EpochBatches`)
--> one step per batch, :func:`~handgan.steps.gan_step` (update Dis, then Gen) or
-:func:`~handgan.steps.supervised_step` -> after each epoch an evaluation, a sample grid and a
-checkpoint. The batch-order generator's state is checkpointed with every other RNG, so a
-resumed run takes exactly the batches, augmentations and noise an uninterrupted run would have
-taken.
+One run: :func:`~handgan.batches.load_data` (crop caches; labelled, validation and unlabelled
+rows) -> each epoch a seeded batch order (:class:`~handgan.batches.EpochBatches`) -> one step per
+batch (:func:`~handgan.steps.gan_step` or :func:`~handgan.steps.supervised_step`) -> after each
+epoch an evaluation, a sample grid and a checkpoint. The batch-order generator's state is
+checkpointed with every other RNG, so a resumed run takes exactly the batches, augmentations and
+noise an uninterrupted run would have taken.
 
 Run folder::
 
@@ -26,7 +25,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from handgan.atomic import ATOMIC_TMP, atomic_write
+from handgan.atomic import ATOMIC_TMP, atomic_write_text
 from handgan.batches import (
     EpochBatches,
     TrainData,
@@ -76,9 +74,12 @@ from handgan.plots import crop_pairs_image, write_grey_png
 from handgan.runlock import FolderLock
 from handgan.steps import gan_step, step_phase, supervised_step
 
-# --------------------------------------------------------------------------------------------
-# Set-up
-# --------------------------------------------------------------------------------------------
+# What a resumed run cannot change: the networks' shapes and the crops they were trained on.
+FIXED_ON_RESUME = ("mode", "seed", "model", "data.source", "data.unlabeled",
+                   "data.labeled_fraction", "data.labeled_count", "data.split_seed",
+                   "data.val_fraction", "data.size", "data.cube_mm", "data.centre",
+                   "optim.batch_size", "localizer")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", LOCALIZER_FILE)
 
 
 def seed_everything(seed: int) -> None:
@@ -91,19 +92,14 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu"
                  ) -> tuple[Generator, Discriminator]:
     """Gen and Dis with DCGAN initialisation (draws from torch's RNG: seed first)."""
     gen, dis = Generator(cfg.model), Discriminator(cfg.model)
-    gen.apply(init_weights)
-    dis.apply(init_weights)
-    return gen.to(device), dis.to(device)
+    return gen.apply(init_weights).to(device), dis.apply(init_weights).to(device)
 
 
 def build_optimizers(cfg: TrainConfig, gen: nn.Module, dis: nn.Module
                      ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     o = cfg.optim
-    def adam(m: nn.Module) -> torch.optim.Adam:
-        return torch.optim.Adam(m.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                weight_decay=o.weight_decay)
-
-    return adam(gen), adam(dis)
+    return tuple(torch.optim.Adam(m.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                  weight_decay=o.weight_decay) for m in (gen, dis))
 
 
 def learning_rate(o: OptimConfig, step: int, total_steps: int) -> float:
@@ -112,12 +108,6 @@ def learning_rate(o: OptimConfig, step: int, total_steps: int) -> float:
     if o.lr_schedule == "cosine" and total_steps > 1:
         return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
     return o.lr
-
-
-def set_learning_rate(optimizers: Iterable[torch.optim.Optimizer], lr: float) -> None:
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = lr
 
 
 @dataclass(frozen=True)
@@ -132,11 +122,10 @@ class Plan:
 
 
 def plan_steps(cfg: TrainConfig, data: TrainData, info: DistInfo) -> Plan:
-    batch = cfg.optim.batch_size
-    if batch % info.world_size:
-        raise HandganError(f"optim.batch_size={batch} does not split over {info.world_size} "
+    batch, world = cfg.optim.batch_size, info.world_size
+    if batch % world:
+        raise HandganError(f"optim.batch_size={batch} does not split over {world} "
                            "processes; use a multiple of the process count")
-    share = slice(info.rank * batch // info.world_size, (info.rank + 1) * batch // info.world_size)
     # An epoch is one pass over the training split's frames, labelled or not, whatever the
     # labelled share: runs with 1 % and 100 % labels get the same number of steps (the labelled
     # batches then cycle through their smaller set several times per epoch).
@@ -146,6 +135,7 @@ def plan_steps(cfg: TrainConfig, data: TrainData, info: DistInfo) -> Plan:
                            f"{batch}; lower optim.batch_size")
     planned = steps_per_epoch * cfg.optim.epochs
     total = planned if cfg.optim.max_steps is None else min(planned, cfg.optim.max_steps)
+    share = slice(info.rank * batch // world, (info.rank + 1) * batch // world)
     return Plan(batch, share, steps_per_epoch, total, planned)
 
 
@@ -165,18 +155,6 @@ def open_data(cfg: TrainConfig, run_dir: Path, device: torch.device, info: DistI
     return data, localizer, record
 
 
-def build_networks(cfg: TrainConfig, device: torch.device, info: DistInfo):
-    """(Gen, Dis, Gen's Adam, Dis's Adam), seeded."""
-    seed_everything(cfg.seed)
-    gen, dis = build_models(cfg, device)  # the same initial weights in every process
-    if info.enabled:  # ...but each process its own random draws (Gen's sensor, new poses)
-        torch.manual_seed(cfg.seed * info.world_size + info.rank)
-    if device.type == "cuda" and cfg.channels_last:
-        gen.to(memory_format=torch.channels_last)
-        dis.to(memory_format=torch.channels_last)
-    return gen, dis, *build_optimizers(cfg, gen, dis)
-
-
 def wrap_networks(cfg: TrainConfig, gen: Generator, dis: Discriminator, info: DistInfo,
                   device: torch.device) -> tuple[nn.Module, nn.Module]:
     """What the steps call: the networks (compiled in place with ``compile``, so state dicts
@@ -191,10 +169,6 @@ def wrap_networks(cfg: TrainConfig, gen: Generator, dis: Discriminator, info: Di
     return (DDP(gen, device_ids=ids),
             DDP(dis, device_ids=ids, find_unused_parameters=cfg.mode != "gan"))
 
-
-# --------------------------------------------------------------------------------------------
-# Progress, checkpoints, resume
-# --------------------------------------------------------------------------------------------
 
 @dataclass
 class Progress:
@@ -213,9 +187,8 @@ class Progress:
 def resume_progress(ckpt: dict, path: Path, gen: Generator, dis: Discriminator,
                     opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                     perm_rng: np.random.Generator, info: DistInfo) -> Progress:
-    """Put the networks, optimisers and this process's RNGs back where the checkpoint left
-    them, the batch-order generator at the start of the epoch it stopped in; returns the run's
-    progress."""
+    """Networks, optimisers and RNGs as the checkpoint left them (the batch order's at the
+    start of its epoch); returns the run's progress."""
     load_weights(ckpt, path, {"generator": gen, "discriminator": dis}, "the run's config")
     try:
         opt_g.load_state_dict(ckpt["opt_g"])
@@ -223,12 +196,11 @@ def resume_progress(ckpt: dict, path: Path, gen: Generator, dis: Discriminator,
     except (KeyError, RuntimeError, ValueError) as e:
         raise HandganError(f"{path}: its optimiser states do not fit the run's config "
                            f"({str(e).splitlines()[0]})") from None
-    rng = ckpt["rng"]
     ranks = ckpt.get("rng_ranks")
-    if ranks is not None and len(ranks) == info.world_size:
-        rng = ranks[info.rank]
     restore_rng_state(ckpt["rng_epoch_start"], {"perm": perm_rng})  # redraw this epoch
-    restore_rng_state(rng)  # ...and every other generator where it stopped
+    # ...and every other generator where it stopped
+    restore_rng_state(ranks[info.rank] if ranks is not None and len(ranks) == info.world_size
+                      else ckpt["rng"])
     best = ckpt["best_metric"] if ckpt["best_metric"] is not None else math.inf
     return Progress(ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"], best,
                     ckpt.get("best_epoch"), ckpt.get("best_test_error"),
@@ -288,10 +260,6 @@ def save(run: Run, p: Progress, epoch_start: dict, is_best: bool) -> None:
     barrier(run.info)
 
 
-# --------------------------------------------------------------------------------------------
-# After an epoch: evaluation, samples, checkpoint
-# --------------------------------------------------------------------------------------------
-
 def end_of_epoch(run: Run, p: Progress, epoch_start: dict, force_eval: bool) -> None:
     """Evaluate (rank 0; every ``eval_every_epochs``, at the last epoch, or ``force_eval``),
     choose best.pt, draw the samples at an epoch's end, then save the checkpoint."""
@@ -330,12 +298,6 @@ def evaluate(run: Run, p: Progress) -> float | None:
     return errors[f"{run.selection}_mean_error_mm"]
 
 
-def sample_set(data: TrainData, count: int = 8) -> LabeledCrops:
-    """The fixed crops drawn beside Gen(their joints) every epoch (validation if held out)."""
-    source = data.val if data.val is not None else data.labeled
-    return LabeledCrops(data.train_cache, source.indices[:count])
-
-
 def draw_samples(run: Run, p: Progress) -> None:
     """samples/epoch_NNN.png: the sample crops beside Gen(their joints)."""
     x, j, ray = run.samples.sample_batch(np.arange(len(run.samples)), rays=True)
@@ -369,29 +331,19 @@ def write_summary(run: Run, p: Progress, first_step: int, train_seconds: float,
         "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
         "device": str(run.device), "world_size": run.info.world_size, "threads": run.threads,
     }
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(run.run_dir / "summary.json", lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
-
-# --------------------------------------------------------------------------------------------
-# The run folder
-# --------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           progress: bool = True) -> Path:
-    """Train ``cfg`` into ``run_dir`` (created); returns the run folder.
-
-    With ``resume`` the run continues from ``run_dir/checkpoints/last.pt`` with every RNG state
-    restored, so it matches an uninterrupted run with the same config. Under torchrun every
-    process calls this; rank 0 writes the run folder.
-    """
+    """Train ``cfg`` into ``run_dir`` (created); returns the run folder. With ``resume`` the run
+    continues from ``checkpoints/last.pt`` with every RNG state restored, exactly as an
+    uninterrupted run. Under torchrun every process calls this; rank 0 writes the run folder."""
     run_dir = Path(run_dir)
     cfg = with_data_joints(cfg)
-    ckpt_dir = run_dir / "checkpoints"
-    manager = CheckpointManager(ckpt_dir)
+    manager = CheckpointManager(run_dir / "checkpoints")
     if resume and manager.latest() is None:
-        raise HandganError(f"{ckpt_dir}: no last.pt to resume from")
-
+        raise HandganError(f"{manager.run_dir}: no last.pt to resume from")
     device = resolve_device(cfg.device)
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
@@ -431,14 +383,6 @@ def with_data_joints(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_joints=count))
 
 
-# What a resumed run cannot change: the networks' shapes and the crops they were trained on.
-FIXED_ON_RESUME = ("mode", "seed", "model", "data.source", "data.unlabeled",
-                   "data.labeled_fraction", "data.labeled_count", "data.split_seed",
-                   "data.val_fraction", "data.size", "data.cube_mm", "data.centre",
-                   "optim.batch_size", "localizer")
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", LOCALIZER_FILE)
-
-
 def check_run_folder(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager,
                      resume: bool) -> None:
     """Refuse, before anything is written, a fresh run into a folder holding an earlier run's
@@ -473,39 +417,27 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager
             if ATOMIC_TMP.fullmatch(tmp.name):  # atomic_write's, left by a kill mid-write
                 tmp.unlink(missing_ok=True)
     if resume:  # a checkpoint folder we cannot write to would only fail after an epoch's work
-        _check_writable(manager.run_dir)
-
-
-def _check_writable(folder: Path) -> None:
-    probe = folder / f".handgan-write-probe.{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise HandganError(f"{folder}: cannot write checkpoints there ({e.strerror or e})"
-                           ) from None
+        probe = manager.run_dir / f".handgan-write-probe.{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise HandganError(f"{manager.run_dir}: cannot write checkpoints there "
+                               f"({e.strerror or e})") from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
 
 def _start(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: bool,
            progress: bool, device: torch.device, info: DistInfo
            ) -> tuple[Run, Progress, np.random.Generator, dict | None]:
-    """Everything before the first step: the resolved config, the CPU threads, the data (and
-    the localiser), the seeded networks and optimisers, and on resume their saved states.
-    Returns (the run, its progress, the batch-order generator, the localiser's log record)."""
+    """Everything before the first step (on resume: the saved states). Returns (the run, its
+    progress, the batch-order generator, the localiser's log record)."""
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
@@ -516,7 +448,14 @@ def _start(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     seed_everything(cfg.seed)
     data, localizer, localizer_record = open_data(cfg, run_dir, device, info, progress)
     plan = plan_steps(cfg, data, info)
-    gen, dis, opt_g, opt_d = build_networks(cfg, device, info)
+    seed_everything(cfg.seed)
+    gen, dis = build_models(cfg, device)  # the same initial weights in every process
+    if info.enabled:  # ...but each process its own random draws (Gen's sensor, new poses)
+        torch.manual_seed(cfg.seed * info.world_size + info.rank)
+    if device.type == "cuda" and cfg.channels_last:
+        gen.to(memory_format=torch.channels_last)
+        dis.to(memory_format=torch.channels_last)
+    opt_g, opt_d = build_optimizers(cfg, gen, dis)
     perm_rng = np.random.default_rng(cfg.seed)  # batch order (labelled, then unlabelled)
     p = Progress()
     if resume:
@@ -533,37 +472,38 @@ def _start(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
 
 def epoch_batches(run: Run, p: Progress, perm_rng: np.random.Generator, unlabeled: bool,
                   view_augment) -> EpochBatches:
-    """The rest of this epoch's batches (from ``p.batch_in_epoch``, up to the run's last step):
-    the whole epoch's order is drawn, so a resumed epoch takes the batches it would have."""
+    """This epoch's batches up to the run's last step: the whole epoch's order is drawn, so a
+    resumed epoch (from ``p.batch_in_epoch``) takes the batches it would have."""
     data, plan, cfg = run.data, run.plan, run.cfg
     data.labeled.set_epoch(p.epoch)
     data.unlabeled.set_epoch(p.epoch)
     count = plan.steps_per_epoch * plan.batch
     order = epoch_order(perm_rng, len(data.labeled), count)
     order_u = epoch_order(perm_rng, len(data.unlabeled), count) if unlabeled else None
-    end = p.batch_in_epoch + min(plan.steps_per_epoch - p.batch_in_epoch,
-                                 plan.total_steps - p.step)
+    end = p.batch_in_epoch + min(plan.steps_per_epoch - p.batch_in_epoch, plan.total_steps - p.step)
     return EpochBatches(data.labeled, data.unlabeled, order, order_u, plan.batch, plan.share, end,
                         view_augment, rays=cfg.mode == "gan" and cfg.model.gen_render)
 
 
 def open_logs(run: Run, localizer_record: dict | None) -> None:
-    """Rank 0: metrics.jsonl (with the localiser's record) and TensorBoard; the mean-pose
-    baseline and the sample crops of the evaluations to come."""
+    """Rank 0: metrics.jsonl (with the localiser's record), TensorBoard, the mean-pose baseline
+    and the sample crops."""
     run.metrics = JsonlWriter(run.run_dir / "metrics.jsonl")
     run.scalars = ScalarWriter(run.run_dir / "tb")
     if localizer_record is not None:
         run.metrics.write(localizer_record)
     data = run.data
-    run.baseline = (crops_mean_error_mm(data.mean_pose, data.test)
-                    if data.test is not None else None)
-    run.samples = sample_set(data) if run.cfg.mode == "gan" and run.cfg.sample_every_epochs \
-        else None
+    if data.test is not None:
+        run.baseline = crops_mean_error_mm(data.mean_pose, data.test)
+    if run.cfg.mode == "gan" and run.cfg.sample_every_epochs:
+        # the fixed crops drawn beside Gen(their joints) every epoch (validation if held out)
+        source = data.val if data.val is not None else data.labeled
+        run.samples = LabeledCrops(data.train_cache, source.indices[:8])
 
 
 def log_losses(run: Run, p: Progress, losses: dict[str, float], bar) -> dict[str, float]:
     """Every ``log_every`` steps: the losses averaged over the processes, to metrics.jsonl and
-    TensorBoard (rank 0). Returns the losses shown in the progress bar."""
+    TensorBoard (rank 0); returns the losses the progress bar shows."""
     if p.step % run.cfg.log_every:
         return losses
     if run.threads is not None:  # say so when other jobs slow this run down
@@ -584,12 +524,10 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     gen_t, dis_t = wrap_networks(cfg, run.gen, run.dis, info, device)  # what the steps call
     # The real/fake head and the equivariance term are what unlabelled crops are for.
     unlabeled = (gan or cfg.loss.w_equivariance > 0) and len(run.data.unlabeled) > 0
-    view_augment = equivariance_augment(cfg) if unlabeled and cfg.loss.w_equivariance > 0 \
-        else None
+    view_augment = equivariance_augment(cfg) if unlabeled and cfg.loss.w_equivariance > 0 else None
     autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.amp and cuda
                 else nullcontext)
     memory_format = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
-
     first_step = p.step
     finished = p.step >= plan.total_steps or p.epoch >= cfg.optim.epochs
     if resume and finished and (run_dir / "summary.json").is_file():
@@ -618,7 +556,8 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             for batch in loader:
                 t0 = time.perf_counter()
                 lr = learning_rate(cfg.optim, p.step, plan.planned_steps)
-                set_learning_rate((run.opt_g, run.opt_d), lr)
+                for group in (*run.opt_g.param_groups, *run.opt_d.param_groups):
+                    group["lr"] = lr
                 batch = batch.to(device, memory_format)
                 if gan:
                     losses = gan_step(gen_t, dis_t, run.opt_g, run.opt_d, batch, cfg,
