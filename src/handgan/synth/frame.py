@@ -21,21 +21,9 @@ import numpy as np
 
 from handgan.camera import NYU, Intrinsics
 from handgan.synth import hand as H
-from handgan.synth.render import (
-    Scene,
-    SensorConfig,
-    _punch_holes,
-    apply_sensor,
-    render_depth,
-    sense,
-)
-from handgan.synth.scene import (
-    LABEL_BACKGROUND,
-    LABEL_TABLE,
-    SCENES,
-    render_table,
-    sample_surroundings,
-)
+from handgan.synth import render as R
+from handgan.synth import scene as S
+from handgan.synth.render import Scene, SensorConfig
 
 BACKGROUNDS = ("none", "wall", "table", "clutter", "mixed")
 # Share of each background when background == "mixed".
@@ -58,8 +46,8 @@ class SynthConfig:
     test_subjects: int = 8
 
     def __post_init__(self):
-        if self.scene not in SCENES:
-            raise ValueError(f"scene must be one of {SCENES}, got {self.scene!r}")
+        if self.scene not in S.SCENES:
+            raise ValueError(f"scene must be one of {S.SCENES}, got {self.scene!r}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
         lo, hi = self.depth_range_mm
@@ -99,33 +87,22 @@ def synthesize_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthCon
                      intr: Intrinsics = NYU) -> SynthFrame:
     if cfg.scene == "full":
         return _full_frame(rng, shape, cfg, intr)
-    angles = H.sample_articulation(rng)
-    rotation = H.sample_rotation(rng)
-    z = rng.uniform(*cfg.depth_range_mm)
-    skeleton, geometry = _place_in_view(angles, rotation, shape, z, rng, intr)
-
+    angles, rotation, skeleton, geometry = _place_in_view(rng, shape, cfg, intr)
     centre = skeleton.palm_centre
     roi = _roi(centre, cfg.render_halfsize_mm, intr)
     background = cfg.background
     if background == "mixed":
         names = list(MIXED_BACKGROUND_P)
         background = names[rng.choice(len(names), p=list(MIXED_BACKGROUND_P.values()))]
-    scene = Scene.empty()
-    scene = Scene.concat(scene, _hand_scene(geometry))
-    scene = Scene.concat(scene, _background_scene(background, skeleton, geometry, rng))
-    clean, labels = render_depth(scene, intr, roi)
+    around = _background_scene(background, skeleton, geometry, rng)
+    clean, labels = R.render_depth(Scene.concat(_hand_scene(geometry), around), intr, roi)
     if background == "table":
         # The table ends in front of the hand: no table surface nearer than the palm + 60 mm.
-        front = (labels == LABEL_TABLE) & (clean < centre[2] + 60.0)
+        front = (labels == S.LABEL_TABLE) & (clean < centre[2] + 60.0)
         clean[front], labels[front] = 0.0, -1
-
-    joints_xyz = skeleton.nyu36()
-    joints_uvd = intr.xyz_to_uvd(joints_xyz)
-    radii = skeleton.nyu36_radii()
-    visible = _visibility(joints_uvd, radii, lambda v, u: (clean[v, u], labels[v, u]), intr)
-    depth = apply_sensor(clean, intr, rng, cfg.sensor, roi)
-    return SynthFrame(depth, joints_xyz, joints_uvd, visible, radii, angles, rotation,
-                      shape.to_vector(), background)
+    depth = R.apply_sensor(clean, intr, rng, cfg.sensor, roi)
+    return _labelled(depth, lambda v, u: (clean[v, u], labels[v, u]), skeleton, intr, angles,
+                     rotation, shape, background)
 
 
 # A hand whose forearm points at the camera leaves no room for a torso behind it: such draws
@@ -136,33 +113,26 @@ _FULL_TRIES = 12
 def _full_frame(rng: np.random.Generator, shape: H.HandShape, cfg: SynthConfig,
                 intr: Intrinsics) -> SynthFrame:
     for attempt in range(_FULL_TRIES):
-        angles = H.sample_articulation(rng)
-        rotation = H.sample_rotation(rng)
-        z = rng.uniform(*cfg.depth_range_mm)
-        skeleton, geometry = _place_in_view(angles, rotation, shape, z, rng, intr)
-        around = sample_surroundings(rng, skeleton, geometry, intr,
-                                     force=attempt == _FULL_TRIES - 1)
+        angles, rotation, skeleton, geometry = _place_in_view(rng, shape, cfg, intr)
+        around = S.sample_surroundings(rng, skeleton, geometry, intr,
+                                       force=attempt == _FULL_TRIES - 1)
         if around is not None:
             break
 
     half = _half_resolution(intr)
-    coarse, coarse_labels = render_depth(around.coarse, half)
+    coarse, coarse_labels = R.render_depth(around.coarse, half)
     if around.table is not None:
-        render_table(around.table, half, coarse, coarse_labels)
+        S.render_table(around.table, half, coarse, coarse_labels)
     fine = Scene.concat(_hand_scene(geometry), around.fine)
     roi = _solids_box(fine, intr)
-    layers = _Layers(coarse, coarse_labels, *render_depth(fine, intr, roi), roi)
-
-    joints_xyz = skeleton.nyu36()
-    joints_uvd = intr.xyz_to_uvd(joints_xyz)
-    radii = skeleton.nyu36_radii()
-    visible = _visibility(joints_uvd, radii, layers.at, intr)
+    layers = _Layers(coarse, coarse_labels, *R.render_depth(fine, intr, roi), roi)
     if cfg.sensor.enabled:
         depth = _full_sensor(layers, intr, rng, cfg.sensor, _hand_box(geometry, skeleton, intr))
     else:
-        depth = apply_sensor(layers.full((0, 0, intr.width, intr.height))[0], intr, rng, cfg.sensor)
-    return SynthFrame(depth, joints_xyz, joints_uvd, visible, radii, angles, rotation,
-                      shape.to_vector(), "+".join(around.tags))
+        clean = layers.full((0, 0, intr.width, intr.height))[0]
+        depth = R.apply_sensor(clean, intr, rng, cfg.sensor)
+    return _labelled(depth, layers.at, skeleton, intr, angles, rotation, shape,
+                     "+".join(around.tags))
 
 
 @dataclass
@@ -188,10 +158,9 @@ class _Layers:
     def full(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Clean depth and labels at full resolution inside box (u0, v0, u1, v1)."""
         u0, v0, u1, v1 = box
-        d = _upsample2(self.coarse[v0 // 2:(v1 + 1) // 2, u0 // 2:(u1 + 1) // 2])
-        lab = _upsample2(self.coarse_labels[v0 // 2:(v1 + 1) // 2, u0 // 2:(u1 + 1) // 2])
-        d, lab = d[v0 % 2:v0 % 2 + v1 - v0, u0 % 2:u0 % 2 + u1 - u0], lab[v0 % 2:v0 % 2 + v1 - v0,
-                                                                         u0 % 2:u0 % 2 + u1 - u0]
+        blocks = np.s_[v0 // 2:(v1 + 1) // 2, u0 // 2:(u1 + 1) // 2]
+        crop = np.s_[v0 % 2:v0 % 2 + v1 - v0, u0 % 2:u0 % 2 + u1 - u0]
+        d, lab = _upsample2(self.coarse[blocks])[crop], _upsample2(self.coarse_labels[blocks])[crop]
         self._merge(d, lab, self.fine, self.fine_labels, box, 1)
         return d, lab
 
@@ -229,12 +198,8 @@ _SENSOR_PAD_PX = (4, 4, 32, 4)  # left, top, right, bottom
 
 def _hand_box(g: H.HandGeometry, sk: H.Skeleton, intr: Intrinsics) -> tuple[int, int, int, int]:
     """The hand's own solids (not its forearm) plus HAND_BOX_MARGIN_MM, in pixels."""
-    hand = g.labels == H.LABEL_HAND
-    box = _box_of(np.concatenate([g.a[hand], g.b[hand]]),
-                  np.concatenate([g.ra[hand], g.rb[hand]]), intr)
     m = int(np.ceil(HAND_BOX_MARGIN_MM * max(intr.fx, intr.fy) / max(sk.palm_centre[2], 50.0)))
-    return (max(box[0] - m, 0), max(box[1] - m, 0), min(box[2] + m, intr.width),
-            min(box[3] + m, intr.height))
+    return _box_of(*g.hand_spheres(), intr, m)
 
 
 def _full_sensor(layers: _Layers, intr: Intrinsics, rng: np.random.Generator,
@@ -251,16 +216,16 @@ def _full_sensor(layers: _Layers, intr: Intrinsics, rng: np.random.Generator,
     fine_cfg = replace(cfg, holes_per_frame=0.0)
     coarse_cfg = replace(fine_cfg, subpixel_steps=2 * cfg.subpixel_steps,
                          lateral_jitter_px=cfg.lateral_jitter_px / 2)
-    out = _upsample2(sense(layers.half(), _half_resolution(intr), (0, 0), rng, coarse_cfg))
+    out = _upsample2(R.sense(layers.half(), _half_resolution(intr), (0, 0), rng, coarse_cfg))
     u0, v0, u1, v1 = box
     if u1 > u0 and v1 > v0:
         pl, pt, pr, pb = _SENSOR_PAD_PX
         padded = (max(u0 - pl, 0), max(v0 - pt, 0), min(u1 + pr, intr.width),
                   min(v1 + pb, intr.height))
         z = layers.full(padded)[0]
-        fine = sense(z, intr, padded[:2], rng, fine_cfg)
+        fine = R.sense(z, intr, padded[:2], rng, fine_cfg)
         out[v0:v1, u0:u1] = fine[v0 - padded[1]:v1 - padded[1], u0 - padded[0]:u1 - padded[0]]
-    _punch_holes(out, cfg.holes_per_frame, rng)
+    R._punch_holes(out, cfg.holes_per_frame, rng)
     return out
 
 
@@ -286,17 +251,25 @@ def _solids_box(scene: Scene, intr: Intrinsics) -> tuple[int, int, int, int]:
                    np.concatenate([scene.sphere_radii, scene.cone_ra, scene.cone_rb]), intr)
 
 
-def _box_of(pts: np.ndarray, r: np.ndarray, intr: Intrinsics) -> tuple[int, int, int, int]:
-    """A pixel box holding the spheres (pts (N, 3), r (N,)), all in front of the camera."""
+def _box_of(pts: np.ndarray, r: np.ndarray, intr: Intrinsics,
+            margin_px: int = 0) -> tuple[int, int, int, int]:
+    """A pixel box holding the spheres (pts (N, 3), r (N,)), all in front of the camera, plus
+    margin_px on every side."""
     uvd = intr.xyz_to_uvd(pts)
     r_px = r * max(intr.fx, intr.fy) / np.maximum(pts[:, 2] - r, 1.0) + 2.0
     u0, v0 = np.floor((uvd[:, :2] - r_px[:, None]).min(0)).astype(int)
     u1, v1 = np.ceil((uvd[:, :2] + r_px[:, None]).max(0)).astype(int) + 1
-    return max(u0, 0), max(v0, 0), min(u1, intr.width), min(v1, intr.height)
+    m = margin_px
+    return max(u0 - m, 0), max(v0 - m, 0), min(u1 + m, intr.width), min(v1 + m, intr.height)
 
 
-def _place_in_view(angles, rotation, shape, z, rng, intr, tries: int = 40):
-    """Pick the palm centre's pixel uniformly among places where the whole hand stays in view."""
+def _place_in_view(rng, shape: H.HandShape, cfg: SynthConfig, intr: Intrinsics, tries: int = 40):
+    """A sampled pose (angles, rotation) and its skeleton and geometry at a depth drawn from
+    cfg.depth_range_mm, the palm centre's pixel uniform among places where the whole hand stays
+    in view."""
+    angles = H.sample_articulation(rng)
+    rotation = H.sample_rotation(rng)
+    z = rng.uniform(*cfg.depth_range_mm)
     pose = H.pose_from_angles(angles, rotation, np.array([0.0, 0.0, z]))
     for attempt in range(tries + 1):
         if attempt < tries:
@@ -306,29 +279,26 @@ def _place_in_view(angles, rotation, shape, z, rng, intr, tries: int = 40):
         pose.palm_centre_mm = intr.uvd_to_xyz(np.array([u, v, z]))
         skeleton = H.forward_kinematics(pose, shape)
         geometry = H.hand_geometry(skeleton)
-        if _hand_in_view(geometry, intr) and _points_in_view(skeleton.nyu36(), intr):
-            return skeleton, geometry
-    return skeleton, geometry
+        # Every label point too (the wrist points lie on the forearm).
+        if _hand_in_view(geometry, intr) and _in_view(intr.xyz_to_uvd(skeleton.nyu36()), 0.0, intr):
+            break
+    return angles, rotation, skeleton, geometry
 
 
-def _hand_in_view(g: H.HandGeometry, intr: Intrinsics, margin_px: float = 2.0) -> bool:
-    hand = g.labels == H.LABEL_HAND
-    pts = np.concatenate([g.a[hand], g.b[hand]])
-    r = np.concatenate([g.ra[hand], g.rb[hand]])
+def _hand_in_view(g: H.HandGeometry, intr: Intrinsics) -> bool:
+    pts, r = g.hand_spheres()
     if np.any(pts[:, 2] - r < 50.0):
         return False
-    uvd = intr.xyz_to_uvd(pts)
-    r_px = r * max(intr.fx, intr.fy) / (pts[:, 2] - r)
-    return bool(np.all(uvd[:, 0] - r_px >= margin_px) and np.all(uvd[:, 0] + r_px <= intr.width - 1 - margin_px)
-                and np.all(uvd[:, 1] - r_px >= margin_px) and np.all(uvd[:, 1] + r_px <= intr.height - 1 - margin_px))
+    return _in_view(intr.xyz_to_uvd(pts), r * max(intr.fx, intr.fy) / (pts[:, 2] - r), intr)
 
 
-def _points_in_view(xyz: np.ndarray, intr: Intrinsics, margin_px: float = 2.0) -> bool:
-    """Every label point (the wrist points lie on the forearm) projects inside the image."""
-    uvd = intr.xyz_to_uvd(xyz)
-    return bool(np.all(uvd[:, 2] > 0) and np.all(uvd[:, 0] >= margin_px)
-                and np.all(uvd[:, 0] <= intr.width - 1 - margin_px)
-                and np.all(uvd[:, 1] >= margin_px) and np.all(uvd[:, 1] <= intr.height - 1 - margin_px))
+def _in_view(uvd: np.ndarray, r_px, intr: Intrinsics, margin_px: float = 2.0) -> bool:
+    """Whether the points uvd (N, 3) lie in front of the camera and discs of radius r_px around
+    them inside the image, margin_px from its border pixels' centres."""
+    u, v = uvd[:, 0], uvd[:, 1]
+    return bool(np.all(uvd[:, 2] > 0) and np.all(u - r_px >= margin_px)
+                and np.all(u + r_px <= intr.width - 1 - margin_px) and np.all(v - r_px >= margin_px)
+                and np.all(v + r_px <= intr.height - 1 - margin_px))
 
 
 def _roi(centre: np.ndarray, half_mm: float, intr: Intrinsics) -> tuple[int, int, int, int]:
@@ -342,19 +312,12 @@ def _roi(centre: np.ndarray, half_mm: float, intr: Intrinsics) -> tuple[int, int
 
 
 def _hand_scene(g: H.HandGeometry) -> Scene:
-    return Scene(
-        sphere_centers=np.zeros((0, 3)), sphere_radii=np.zeros(0), sphere_labels=np.zeros(0, int),
-        cone_a=g.a, cone_b=g.b, cone_ra=g.ra, cone_rb=g.rb, cone_labels=g.labels,
-        planes=np.zeros((0, 4)), plane_labels=np.zeros(0, int),
-    )
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
+    return Scene(cone_a=g.a, cone_b=g.b, cone_ra=g.ra, cone_rb=g.rb, cone_labels=g.labels)
 
 
 def _tilt(normal: np.ndarray, max_deg: float, rng: np.random.Generator) -> np.ndarray:
-    return _unit(normal + np.tan(np.radians(max_deg)) * rng.uniform(-1, 1, 3) * (1 - np.abs(normal)))
+    tilt = np.tan(np.radians(max_deg)) * rng.uniform(-1, 1, 3) * (1 - np.abs(normal))
+    return S._unit(normal + tilt)
 
 
 def _background_scene(kind: str, sk: H.Skeleton, g: H.HandGeometry, rng: np.random.Generator) -> Scene:
@@ -362,14 +325,12 @@ def _background_scene(kind: str, sk: H.Skeleton, g: H.HandGeometry, rng: np.rand
     if kind == "none":
         return Scene.empty()
     centre = sk.palm_centre
-    planes, plane_labels = [], []
-    spheres, sphere_r = [], []
-    cone_a, cone_b, cone_r = [], [], []
+    parts = S._Parts()
     # A wall (or the room behind) facing the camera, up to 25 degrees off.
     # Its normal points at the camera, so "behind every hand point" means a smaller n·p.
     n = _tilt(np.array([0.0, 0.0, -1.0]), 25.0, rng)
     farthest = min(float((g.a @ n - g.ra).min()), float((g.b @ n - g.rb).min()))
-    planes.append([*n, farthest - rng.uniform(30.0, 700.0)]), plane_labels.append(LABEL_BACKGROUND)
+    parts.plane(n, farthest - rng.uniform(30.0, 700.0))
     back_mm = max(float((g.a[:, 2] + g.ra).max()), float((g.b[:, 2] + g.rb).max()))
     if kind == "table":
         # A horizontal-ish table below every hand point, and below the camera, so it never
@@ -377,32 +338,32 @@ def _background_scene(kind: str, sk: H.Skeleton, g: H.HandGeometry, rng: np.rand
         n = _tilt(np.array([0.0, 1.0, 0.0]), 10.0, rng)
         # Offset the plane below every hand surface point and the camera (the origin) along n.
         lowest = min(float((g.a @ n - g.ra).min()), float((g.b @ n - g.rb).min()), 0.0)
-        planes.append([*n, lowest - rng.uniform(20.0, 150.0)]), plane_labels.append(LABEL_TABLE)
+        parts.plane(n, lowest - rng.uniform(20.0, 150.0), S.LABEL_TABLE)
     elif kind == "clutter":
         for _ in range(rng.integers(1, 5)):
             r = rng.uniform(20.0, 80.0)
             p = centre + np.array([rng.uniform(-250, 250), rng.uniform(-250, 250), 0.0])
             p[2] = back_mm + rng.uniform(20.0, 400.0) + r  # wholly behind the hand's farthest point
             if rng.uniform() < 0.5:
-                spheres.append(p), sphere_r.append(r)
+                parts.sphere(p, r, S.LABEL_BACKGROUND)
             else:
-                d = _unit(rng.normal(size=3)) * rng.uniform(60.0, 250.0)
+                d = S._unit(rng.normal(size=3)) * rng.uniform(60.0, 250.0)
                 d[2] = abs(d[2])  # lean away from the camera so it stays behind the hand
-                cone_a.append(p), cone_b.append(p + d), cone_r.append(r * 0.6)
-    return Scene(
-        sphere_centers=np.array(spheres).reshape(-1, 3), sphere_radii=np.array(sphere_r),
-        sphere_labels=np.full(len(spheres), LABEL_BACKGROUND),
-        cone_a=np.array(cone_a).reshape(-1, 3), cone_b=np.array(cone_b).reshape(-1, 3),
-        cone_ra=np.array(cone_r), cone_rb=np.array(cone_r), cone_labels=np.full(len(cone_a), LABEL_BACKGROUND),
-        planes=np.array(planes).reshape(-1, 4), plane_labels=np.array(plane_labels),
-    )
+                parts.cone(p, p + d, r * 0.6, r * 0.6, S.LABEL_BACKGROUND)
+    return parts.scene()
 
 
-def _visibility(uvd, radii, clean_at, intr, tol_mm: float = 3.0) -> np.ndarray:
-    """A joint is visible when nothing lies in front of its own body part along its pixel's ray.
-    clean_at(v, u): the clean depth and render label at those pixels."""
+def _labelled(depth, clean_at, sk: H.Skeleton, intr: Intrinsics, angles, rotation,
+              shape: H.HandShape, background: str, tol_mm: float = 3.0) -> SynthFrame:
+    """The frame with its labels. A joint is visible when nothing lies in front of its own body
+    part along its pixel's ray; clean_at(v, u): the clean depth and render label at those pixels."""
+    xyz = sk.nyu36()
+    uvd = intr.xyz_to_uvd(xyz)
+    radii = sk.nyu36_radii()
     u = np.clip(np.rint(uvd[:, 0]).astype(int), 0, intr.width - 1)
     v = np.clip(np.rint(uvd[:, 1]).astype(int), 0, intr.height - 1)
-    depth, labels = clean_at(v, u)
+    clean, labels = clean_at(v, u)
     on_body = (labels == H.LABEL_HAND) | (labels == H.LABEL_FOREARM)
-    return on_body & (depth >= uvd[:, 2] - radii - tol_mm)
+    visible = on_body & (clean >= uvd[:, 2] - radii - tol_mm)
+    return SynthFrame(depth, xyz, uvd, visible, radii, angles, rotation, shape.to_vector(),
+                      background)

@@ -92,7 +92,7 @@ def synthesize_dataset(out: str | Path, n_train: int, n_test: int, seed: int = 0
             bar.update(_render_chunk(*job))
     else:
         with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
-            for count in pool.map(_render_chunk_job, jobs, chunksize=1):
+            for count in pool.map(_render_chunk, *zip(*jobs), chunksize=1):
                 bar.update(count)
     bar.close()
 
@@ -121,7 +121,11 @@ def _prepare_output(out: Path, params: dict, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         resumable = state.exists() and json.loads(state.read_text()) == params
         if overwrite:
-            _clear_dataset_dir(out)
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         elif read_manifest(out) is not None:
             raise HandganError(f"{out}: holds a complete dataset made with other settings (use "
                                "--overwrite to replace it, or choose another --out)")
@@ -137,14 +141,6 @@ def _prepare_output(out: Path, params: dict, overwrite: bool) -> None:
         raise HandganError(f"{out}: cannot write there ({e.strerror or e})") from None
     if not state.exists():
         atomic_write_text(state, json.dumps(params))
-
-
-def _clear_dataset_dir(out: Path) -> None:
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _chunk_name(split: str, start: int) -> str:
@@ -164,10 +160,6 @@ def _worker_init() -> None:
         pass
 
 
-def _render_chunk_job(job: tuple) -> int:
-    return _render_chunk(*job)
-
-
 def _render_chunk(out: str, split: str, start: int, stop: int, seed: int, cfg: SynthConfig) -> int:
     """Render frames [start, stop) of a split, write their PNGs, then their labels (atomically)."""
     split_dir = Path(out) / split
@@ -181,18 +173,13 @@ def _render_chunk(out: str, split: str, start: int, stop: int, seed: int, cfg: S
         write_depth_png(split_dir / depth_png_name(index), frame.depth_mm,
                         deflate=PNG_DEFLATE[cfg.scene])
         records.append((frame, subject))
-    arrays = {
-        "joint_xyz": np.stack([f.joints_xyz for f, _ in records]),
-        "joint_uvd": np.stack([f.joints_uvd for f, _ in records]),
-        "visible": np.stack([f.visible for f, _ in records]),
-        "joint_radii": np.stack([f.joint_radii for f, _ in records]),
-        "angles": np.stack([f.angles for f, _ in records]),
-        "rotation": np.stack([f.rotation for f, _ in records]),
-        "shape": np.stack([f.shape for f, _ in records]),
-        "subject": np.array([s for _, s in records]),
-        "background": np.array([f.background for f, _ in records]),
-    }
-    _atomic_save_npz(Path(out) / PARTIAL / _chunk_name(split, start), arrays)
+    arrays = {key: np.stack([getattr(f, name) for f, _ in records]) for key, name in (
+        ("joint_xyz", "joints_xyz"), ("joint_uvd", "joints_uvd"), ("visible", "visible"),
+        ("joint_radii", "joint_radii"), ("angles", "angles"), ("rotation", "rotation"),
+        ("shape", "shape"))}
+    arrays["subject"] = np.array([s for _, s in records])
+    arrays["background"] = np.array([f.background for f, _ in records])
+    atomic_write(Path(out) / PARTIAL / _chunk_name(split, start), lambda f: np.savez(f, **arrays))
     return stop - start
 
 
@@ -205,17 +192,11 @@ def _finish_split(out: Path, split: str, n: int) -> None:
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     extra = {k: v for k, v in merged.items() if k not in ("joint_xyz", "joint_uvd")}
     extra["angle_names"] = np.array(H.ANGLE_NAMES)
-    _atomic_save_npz(out / split / EXTRA, extra)
+    atomic_write(out / split / EXTRA, lambda f: np.savez(f, **extra))
     write_joint_data(out / split / "joint_data.mat", merged["joint_uvd"], merged["joint_xyz"])
-
-
-def _atomic_save_npz(path: Path, arrays: dict) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_manifest(root: str | Path) -> dict | None:
     """The manifest of a complete synthetic dataset, or None if ``root`` is not one."""
     path = Path(root) / MANIFEST
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.exists() else None

@@ -96,21 +96,12 @@ ANGLE_NAMES = tuple(
 
 def angle_limits() -> tuple[np.ndarray, np.ndarray]:
     """(low, high) arrays of the 22 articulation angles, in :data:`ANGLE_NAMES` order."""
-    lo = np.concatenate([
-        np.full(4, FINGER_LIMITS["mcp_flex"][0]), MCP_ABD_LIMITS[:, 0],
-        np.full(4, FINGER_LIMITS["pip_flex"][0]), np.full(4, FINGER_LIMITS["dip_flex"][0]),
-        [v[0] for v in THUMB_LIMITS.values()], [v[0] for v in WRIST_LIMITS.values()],
-    ])
-    hi = np.concatenate([
-        np.full(4, FINGER_LIMITS["mcp_flex"][1]), MCP_ABD_LIMITS[:, 1],
-        np.full(4, FINGER_LIMITS["pip_flex"][1]), np.full(4, FINGER_LIMITS["dip_flex"][1]),
-        [v[1] for v in THUMB_LIMITS.values()], [v[1] for v in WRIST_LIMITS.values()],
-    ])
-    return lo, hi
+    f = FINGER_LIMITS
+    pairs = np.concatenate([[f["mcp_flex"]] * 4, MCP_ABD_LIMITS, [f["pip_flex"]] * 4,
+                            [f["dip_flex"]] * 4, list(THUMB_LIMITS.values()),
+                            list(WRIST_LIMITS.values())])
+    return pairs[:, 0], pairs[:, 1]
 
-
-# ----------------------------------------------------------------------------------------------
-# Rotations
 
 def rot_x(deg: float) -> np.ndarray:
     c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
@@ -144,9 +135,6 @@ def thumb_frame(cmc_flex: float, cmc_abd: float) -> np.ndarray:
     return np.stack([x_t, y_t, z_t], axis=1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Forward kinematics
-
 @dataclass
 class Skeleton:
     """Joint positions of one posed hand, in the camera frame (mm, NYU: x right, y up, z forward)."""
@@ -175,10 +163,8 @@ class Skeleton:
         out = np.empty((NUM_NYU_JOINTS, 3))
         # NYU finger blocks run little (F1), ring, middle, index (F4); ours run index..little.
         for block, finger in enumerate((3, 2, 1, 0)):
-            mcp, pip, dip, tip = self.finger_chain[finger]
-            out[6 * block: 6 * block + 6] = _six_points(mcp, pip, dip, tip)
-        cmc, mcp, ip, tip = self.thumb_chain
-        out[24:30] = _six_points(cmc, mcp, ip, tip)
+            out[6 * block: 6 * block + 6] = _six_points(*self.finger_chain[finger])
+        out[24:30] = _six_points(*self.thumb_chain)
         out[30] = self.wrist_ulnar
         out[31] = self.wrist_radial
         out[32] = self.palm_centre
@@ -207,6 +193,16 @@ def _six_points(base: np.ndarray, j1: np.ndarray, j2: np.ndarray, tip: np.ndarra
     return np.stack([tip, j2, j1 + 0.75 * (j2 - j1), j1, base + 0.75 * (j1 - base), base])
 
 
+def _chain(base, frame, lengths, flex1: float, flex2: float) -> tuple:
+    """A digit's four joints: from base, three bones along each frame's y, the frame bent about
+    its x by flex1, then flex2 (degrees) after the first and second bone."""
+    j1 = base + frame @ np.array([0.0, lengths[0], 0.0])
+    frame = frame @ rot_x(flex1)
+    j2 = j1 + frame @ np.array([0.0, lengths[1], 0.0])
+    frame = frame @ rot_x(flex2)
+    return base, j1, j2, j2 + frame @ np.array([0.0, lengths[2], 0.0])
+
+
 def forward_kinematics(pose: HandPose, shape: HandShape) -> Skeleton:
     """Pose + shape -> joint positions in the camera frame."""
     s = shape.scale
@@ -216,25 +212,14 @@ def forward_kinematics(pose: HandPose, shape: HandShape) -> Skeleton:
         lengths = PHALANX_MM[i] * shape.phalanx_mult[i] * s
         tip_len = lengths[2] + (PULP_MM[i] - FINGER_RADII_MM[3] * FINGER_RADIUS_SCALE[i]) * s
         frame = rot_z(-(FINGER_SPLAY_DEG[i] + pose.finger_mcp_abd[i])) @ rot_x(pose.finger_mcp_flex[i])
-        mcp = MCP_POS[i] * width * s
-        pip = mcp + frame @ np.array([0.0, lengths[0], 0.0])
-        frame = frame @ rot_x(pose.finger_pip_flex[i])
-        dip = pip + frame @ np.array([0.0, lengths[1], 0.0])
-        frame = frame @ rot_x(pose.finger_dip_flex[i])
-        tip = dip + frame @ np.array([0.0, tip_len, 0.0])
-        local_finger[i] = (mcp, pip, dip, tip)
+        local_finger[i] = _chain(MCP_POS[i] * width * s, frame, (lengths[0], lengths[1], tip_len),
+                                 pose.finger_pip_flex[i], pose.finger_dip_flex[i])
 
     cmc_flex, cmc_abd, mcp_flex, ip_flex = pose.thumb
     t_len = THUMB_MM * shape.thumb_mult * s
     t_tip_len = t_len[2] + (THUMB_PULP_MM - THUMB_RADII_MM[3]) * s
-    frame = thumb_frame(cmc_flex, cmc_abd)
-    cmc = THUMB_CMC_POS * width * s
-    t_mcp = cmc + frame @ np.array([0.0, t_len[0], 0.0])
-    frame = frame @ rot_x(mcp_flex)
-    t_ip = t_mcp + frame @ np.array([0.0, t_len[1], 0.0])
-    frame = frame @ rot_x(ip_flex)
-    t_tip = t_ip + frame @ np.array([0.0, t_tip_len, 0.0])
-    local_thumb = np.stack([cmc, t_mcp, t_ip, t_tip])
+    local_thumb = np.stack(_chain(THUMB_CMC_POS * width * s, thumb_frame(cmc_flex, cmc_abd),
+                                  (t_len[0], t_len[1], t_tip_len), mcp_flex, ip_flex))
 
     wrist_flex, wrist_dev = pose.wrist
     # Flexing the wrist tilts the forearm dorsally relative to the hand, and vice versa.
@@ -270,9 +255,6 @@ def forward_kinematics(pose: HandPose, shape: HandShape) -> Skeleton:
         local_scale=width * s,
     )
 
-
-# ----------------------------------------------------------------------------------------------
-# Shape and pose sampling
 
 def sample_shape(rng: np.random.Generator) -> HandShape:
     """A random adult: overall scale spans the two NYU subjects (~17 % apart), bones vary ~5 %."""
@@ -399,9 +381,6 @@ def pose_from_angles(angles: np.ndarray, rotation: np.ndarray, palm_centre_mm: n
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# Geometry: round cones (tapered capsules) around the skeleton
-
 LABEL_HAND, LABEL_FOREARM = 0, 1
 
 
@@ -414,6 +393,12 @@ class HandGeometry:
     ra: np.ndarray      # (C,)
     rb: np.ndarray      # (C,)
     labels: np.ndarray  # (C,) LABEL_HAND or LABEL_FOREARM
+
+    def hand_spheres(self) -> tuple[np.ndarray, np.ndarray]:
+        """The end spheres of the hand's own cones (not the forearm): centres and radii."""
+        hand = self.labels == LABEL_HAND
+        centres = np.concatenate([self.a[hand], self.b[hand]])
+        return centres, np.concatenate([self.ra[hand], self.rb[hand]])
 
 
 def hand_geometry(sk: Skeleton) -> HandGeometry:

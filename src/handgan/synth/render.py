@@ -19,7 +19,7 @@ The facts behind the numbers are in ``shared/research/synthetic-hand.md`` sectio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -36,14 +36,6 @@ _SPAN_MARGIN_PX = 0.05
 _MIN_CONE_COS = 1e-6
 
 
-def _empty(*shape: int) -> np.ndarray:
-    return np.zeros(shape, dtype=np.float64)
-
-
-def _empty_labels() -> np.ndarray:
-    return np.zeros(0, dtype=np.int64)
-
-
 @dataclass
 class Scene:
     """Primitives in camera coordinates (mm, NYU frame). Each primitive carries an int label
@@ -54,16 +46,16 @@ class Scene:
     Fields left out are empty. Arrays are converted to float64 / int64 and checked.
     """
 
-    sphere_centers: np.ndarray = field(default_factory=lambda: _empty(0, 3))  # (S, 3)
-    sphere_radii: np.ndarray = field(default_factory=lambda: _empty(0))       # (S,)
-    sphere_labels: np.ndarray = field(default_factory=_empty_labels)          # (S,) int
-    cone_a: np.ndarray = field(default_factory=lambda: _empty(0, 3))          # (C, 3)
-    cone_b: np.ndarray = field(default_factory=lambda: _empty(0, 3))          # (C, 3)
-    cone_ra: np.ndarray = field(default_factory=lambda: _empty(0))            # (C,)
-    cone_rb: np.ndarray = field(default_factory=lambda: _empty(0))            # (C,)
-    cone_labels: np.ndarray = field(default_factory=_empty_labels)            # (C,) int
-    planes: np.ndarray = field(default_factory=lambda: _empty(0, 4))          # (P, 4)
-    plane_labels: np.ndarray = field(default_factory=_empty_labels)           # (P,) int
+    sphere_centers: np.ndarray = ()  # (S, 3)
+    sphere_radii: np.ndarray = ()    # (S,)
+    sphere_labels: np.ndarray = ()   # (S,) int
+    cone_a: np.ndarray = ()          # (C, 3)
+    cone_b: np.ndarray = ()          # (C, 3)
+    cone_ra: np.ndarray = ()         # (C,)
+    cone_rb: np.ndarray = ()         # (C,)
+    cone_labels: np.ndarray = ()     # (C,) int
+    planes: np.ndarray = ()          # (P, 4)
+    plane_labels: np.ndarray = ()    # (P,) int
 
     def __post_init__(self) -> None:
         S = _count(self.sphere_radii, "sphere_radii")
@@ -137,9 +129,6 @@ def _labels(lab, n: int, name: str) -> np.ndarray:
     return lab.astype(np.int64)
 
 
-# ----------------------------------------------------------------------------------------------
-# Rendering
-
 # Pairs per batch in the ray-primitive kernels: the temporaries stay in cache, and small enough
 # that malloc keeps reusing them instead of returning pages to the OS and faulting them back in.
 _BATCH_PAIRS = 12288
@@ -149,17 +138,9 @@ _F32_MAX_EXTENT_MM = 600.0
 
 def render_depth(scene: Scene, intr: Intrinsics,
                  roi: Roi | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact nearest-surface depth and the label of that surface, per pixel.
-
-    Args:
-        scene: the primitives (camera frame, mm).
-        intr: camera; the images are (intr.height, intr.width).
-        roi: (u0, v0, u1, v1) half-open pixel box; only those pixels are computed (clipped to the
-            image). None: the whole image.
-
-    Returns:
-        depth (H, W) float32 mm, 0 where no surface or outside the ROI;
-        labels (H, W) int16, the nearest primitive's label, -1 where no surface.
+    """Exact nearest-surface depth (H, W) float32 mm, 0 where no surface or outside the roi, and
+    the label of that surface (H, W) int16, -1 where none; (H, W) = (intr.height, intr.width).
+    Only the roi's pixels are computed (clipped to the image; None: the whole image).
 
     Only hits in front of the camera (t > 0) count. Spheres and round cones are solved in float32
     in primitive-local coordinates (float64 when a primitive is larger than 600 mm or reaches
@@ -228,8 +209,8 @@ def _render_solids(scene: Scene, intr: Intrinsics, roi: Roi, xs, ys, inv, lab) -
     cb = np.concatenate([scene.sphere_centers, scene.cone_b])
     ra = np.concatenate([scene.sphere_radii, scene.cone_ra])
     rb = np.concatenate([scene.sphere_radii, scene.cone_rb])
-    pua, pva, rada, oka = _sphere_discs(ca, ra, intr)
-    pub, pvb, radb, okb = _sphere_discs(cb, rb, intr)
+    pa, rada, oka = _sphere_discs(ca, ra, intr)
+    pb, radb, okb = _sphere_discs(cb, rb, intr)
     culled = np.maximum(ca[:, 2] + ra, cb[:, 2] + rb) <= 0.0  # wholly behind the camera
     in_front = np.minimum(ca[:, 2] - ra, cb[:, 2] - rb) > 0.0  # every hit has t > 0
     extent = np.linalg.norm(cb - ca, axis=1) + 2.0 * np.maximum(ra, rb)
@@ -238,8 +219,7 @@ def _render_solids(scene: Scene, intr: Intrinsics, roi: Roi, xs, ys, inv, lab) -
     dt = np.float32 if small and not check_behind else np.float64
 
     # The silhouette of a round cone is the convex hull of its end spheres' silhouettes.
-    prim, v, first, count = _row_spans(np.stack([pua, pva], 1), rada, np.stack([pub, pvb], 1), radb,
-                                       ~(oka & okb), culled, roi)
+    prim, v, first, count = _row_spans(pa, rada, pb, radb, ~(oka & okb), culled, roi)
     nonempty = count > 0
     prim, v, first, count = prim[nonempty], v[nonempty], first[nonempty], count[nonempty]
     if not len(count):
@@ -300,8 +280,9 @@ def _sphere_discs(c: np.ndarray, r: np.ndarray, intr: Intrinsics):
     The silhouette is the image of the cone of rays within asin(r/|c|) of c: an ellipse whose major
     axis is radial. In normalised image coordinates its centre is (cx, cy)·cz/(cz² - r²) and its
     semi-major axis r·sqrt(|c|² - r²)/(cz² - r²); scaling by max(fx, fy) makes the disc hold the
-    ellipse in pixels too. Returns centre u, v, radius (px) and ok = the sphere lies in front of
-    the camera plane (cz > r); otherwise the silhouette is unbounded and callers use the whole ROI.
+    ellipse in pixels too. Returns centres (N, 2) and radii (px), and ok = the sphere lies in front
+    of the camera plane (cz > r); otherwise the silhouette is unbounded and callers use the whole
+    ROI.
     """
     cz = c[:, 2]
     ok = cz > r * (1.0 + 1e-9) + 1e-6
@@ -310,7 +291,7 @@ def _sphere_discs(c: np.ndarray, r: np.ndarray, intr: Intrinsics):
     pu = intr.cx + intr.fx * c[:, 0] * cz / den
     pv = intr.cy + sign_v * intr.fy * c[:, 1] * cz / den
     rad = max(intr.fx, intr.fy) * r * np.sqrt(np.maximum((c * c).sum(1) - r * r, 0.0)) / den
-    return pu, pv, rad, ok
+    return np.stack([pu, pv], 1), rad, ok
 
 
 def _row_spans(pa, ra, pb, rb, full, culled, roi: Roi):
@@ -485,23 +466,16 @@ def _copysign(mag: np.ndarray, sign: np.ndarray) -> np.ndarray:
     return bits.view(mag.dtype)
 
 
-# ----------------------------------------------------------------------------------------------
-# Structured-light sensor model
-
-
 @dataclass
 class SensorConfig:
     """What a PrimeSense / Kinect v1 camera does to a clean depth render (see apply_sensor).
 
     Attributes:
-        enabled: False: the clean depth rounded to integer mm, nothing else.
         axial_noise: Gaussian depth noise, Nguyen et al. 2012: sigma_z = 1.2 + 1.9·(z_m - 0.4)² mm
             for incidence theta <= 60 deg, plus 0.1·theta²/(sqrt(z_m)·(pi/2 - theta)²) mm beyond
             (theta in rad, z_m in m).
         quantise: disparity f·b/z rounded to 1/subpixel_steps px (b = baseline_mm, f = fx), then
             integer mm as NYU stores (steps of about z²/(8·f·b): 2.3 mm at 0.9 m).
-        baseline_mm: projector-camera baseline; the projector sits at +baseline along x.
-        subpixel_steps: disparity resolution, 1/8 px on PrimeSense.
         lateral_jitter_px: pixels near depth discontinuities take the value at a N(0, sigma) px
             shift (nearest pixel: simkinect's resampling without inventing depths between
             surfaces), so silhouettes get ragged; elsewhere a pixel of shift changes depth by
@@ -511,25 +485,22 @@ class SensorConfig:
         edge_dropout: probability that a pixel on a depth discontinuity loses its depth; edge
             pixels are valid pixels with a 4-neighbour that is empty or more than edge_jump_mm
             away (both sides of a silhouette).
-        edge_jump_mm: the depth difference between 4-neighbours that counts as a discontinuity.
         shadow: pixels whose surface the projector cannot see (hidden behind a nearer surface on
             its side, +x) have no depth: a band of f·b·(1/z_near - 1/z_far) px left of objects.
-        holes_per_frame: mean number (Poisson) of random round holes 1-3 px in radius.
-        max_depth_mm: beyond this range the sensor returns nothing.
     """
 
-    enabled: bool = True
+    enabled: bool = True  # False: the clean depth rounded to integer mm, nothing else
     axial_noise: bool = True
     quantise: bool = True
-    baseline_mm: float = 75.0
-    subpixel_steps: int = 8
+    baseline_mm: float = 75.0  # projector-camera baseline; the projector sits at +x
+    subpixel_steps: int = 8  # disparity resolution: 1/8 px on PrimeSense
     lateral_jitter_px: float = 0.5
     steep_dropout_deg: float = 75.0
     edge_dropout: float = 0.5
-    edge_jump_mm: float = 20.0
+    edge_jump_mm: float = 20.0  # the depth step between 4-neighbours that is a discontinuity
     shadow: bool = True
-    holes_per_frame: float = 0.0
-    max_depth_mm: float = 4000.0
+    holes_per_frame: float = 0.0  # mean number (Poisson) of random round holes 1-3 px in radius
+    max_depth_mm: float = 4000.0  # beyond this range the sensor returns nothing
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.edge_dropout <= 1.0:
@@ -548,17 +519,9 @@ _STEEP_RAMP_DEG = 10.0
 
 def apply_sensor(depth_mm: np.ndarray, intr: Intrinsics, rng: np.random.Generator,
                  cfg: SensorConfig, roi: Roi | None = None) -> np.ndarray:
-    """Clean rendered depth -> what a structured-light camera records.
-
-    Args:
-        depth_mm: (H, W) clean depth in mm, 0 = no surface (as from render_depth).
-        intr: the camera (H, W = intr.height, intr.width).
-        rng: the only source of randomness: the same state gives the same output bytes.
-        cfg: which effects to apply.
-        roi: (u0, v0, u1, v1): only these pixels are processed; the rest of the output is 0.
-
-    Returns:
-        (H, W) uint16 depth in mm, 0 = missing.
+    """Clean rendered depth (H, W) mm, 0 = no surface -> what a structured-light camera records:
+    (H, W) uint16 mm, 0 = missing; only the roi's pixels are processed, the rest is 0. rng is the
+    only source of randomness: the same state gives the same output bytes.
 
     Steps, all inside the ROI: on the clean depth, find discontinuities, steep pixels (incidence
     angle from the depth map's normals) and projector shadows, and drop pixels accordingly; add
@@ -576,24 +539,19 @@ def apply_sensor(depth_mm: np.ndarray, intr: Intrinsics, rng: np.random.Generato
     return out
 
 
+@np.errstate(invalid="ignore", divide="ignore", over="ignore")
 def sense(depth_mm: np.ndarray, intr: Intrinsics, origin: tuple[int, int],
           rng: np.random.Generator, cfg: SensorConfig) -> np.ndarray:
     """apply_sensor on a box of the image only: depth_mm (h, w) holds the clean depth of the
     pixels from (u0, v0) = origin on (the camera's geometry needs to know where they are).
-    Returns (h, w) uint16 mm; depth_mm is not modified."""
-    z = np.asarray(depth_mm).astype(np.float32)  # a copy: the work buffer
-    if not cfg.enabled:
-        return _round_mm(z, 65535.0)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return _sense(z, intr, origin, cfg, rng)
-
-
-def _sense(z: np.ndarray, intr: Intrinsics, origin, cfg: SensorConfig, rng) -> np.ndarray:
-    """The sensor pipeline on the ROI's clean depth z (float32, modified): uint16 mm.
+    Returns (h, w) uint16 mm; depth_mm is not modified.
 
     Whole-frame steps are in-place array arithmetic; masks are applied by multiplying with them
     (a masked write is several times slower), so a 640x480 frame takes a few ms.
     """
+    z = np.asarray(depth_mm).astype(np.float32)  # a copy: the work buffer
+    if not cfg.enabled:
+        return _round_mm(z, 65535.0)
     h, w = z.shape
     # Only pixels steeper than the smaller of the two angles that matter need their angle.
     steepest = np.float32(0.999 * min(np.pi / 3, np.radians(min(cfg.steep_dropout_deg, 90.0))))
@@ -722,15 +680,20 @@ def _incidence_cos_dense(z: np.ndarray, along_u, along_v, intr: Intrinsics, orig
         num[step:m] -= half
         return num.reshape(h, w)
 
-    z_u, z_v = slope(*along_u, 1), slope(*along_v, w)
-    du, dv, ray2 = _ray_terms(intr, origin, (w, h))
+    return _cos_incidence(z, slope(*along_u, 1), slope(*along_v, w),
+                          *_ray_terms(intr, origin, (w, h)), intr)
+
+
+def _cos_incidence(z, z_u, z_v, du, dv, ray2, intr: Intrinsics) -> np.ndarray:
+    """cos(theta) = z / (|n|·|ray|) (see _incidence) from the depth derivatives z_u, z_v
+    (modified), u - cx, v - cy and |ray|², in float32 and in place where it can."""
     n2 = np.multiply(z_u, np.float32(intr.fx))
     n2 *= n2
     t = np.multiply(z_v, np.float32(intr.fy))
     t *= t
     n2 += t
-    np.multiply(du, z_u, out=z_u)
-    np.multiply(dv, z_v, out=z_v)
+    z_u *= du
+    z_v *= dv
     z_u += z_v
     z_u += z
     z_u *= z_u
@@ -802,10 +765,8 @@ def _incidence(z: np.ndarray, idx: np.ndarray, intr: Intrinsics, origin, jump: f
     z_v = slope(np.maximum(idx - w, 0), r > 0, np.minimum(idx + w, last), r < h - 1)
     du = (origin[0] - intr.cx + c).astype(np.float32)
     dv = (origin[1] - intr.cy + r).astype(np.float32)
-    n2 = (np.float32(intr.fx) * z_u) ** 2 + (np.float32(intr.fy) * z_v) ** 2
-    n2 += (du * z_u + dv * z_v + zc) ** 2
-    n2 *= (du / np.float32(intr.fx)) ** 2 + (dv / np.float32(intr.fy)) ** 2 + np.float32(1.0)
-    return np.arccos(np.minimum(zc / np.sqrt(n2), np.float32(1.0)))
+    ray2 = (du / np.float32(intr.fx)) ** 2 + (dv / np.float32(intr.fy)) ** 2 + np.float32(1.0)
+    return np.arccos(_cos_incidence(zc, z_u, z_v, du, dv, ray2, intr))
 
 
 def _projector_shadow(z: np.ndarray, near: np.ndarray, change: np.ndarray, intr: Intrinsics,

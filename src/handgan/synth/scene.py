@@ -99,12 +99,8 @@ class _Parts:
         return a, b, r
 
     def scene(self) -> Scene:
-        return Scene(
-            sphere_centers=np.array(self.sc).reshape(-1, 3), sphere_radii=np.array(self.sr),
-            sphere_labels=np.array(self.sl, int), cone_a=np.array(self.a).reshape(-1, 3),
-            cone_b=np.array(self.b).reshape(-1, 3), cone_ra=np.array(self.ra),
-            cone_rb=np.array(self.rb), cone_labels=np.array(self.cl, int),
-            planes=np.array(self.planes).reshape(-1, 4), plane_labels=np.array(self.pl, int))
+        return Scene(self.sc, self.sr, self.sl, self.a, self.b, self.ra, self.rb, self.cl,
+                     self.planes, self.pl)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -121,12 +117,6 @@ def _turn(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
     """v rotated by deg about the unit axis (Rodrigues)."""
     t = np.radians(deg)
     return v * np.cos(t) + _cross(axis, v) * np.sin(t) + axis * (axis @ v) * (1 - np.cos(t))
-
-
-def _hand_points(g: H.HandGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """The ends of the hand's own cones (not the forearm) and their radii."""
-    hand = g.labels == H.LABEL_HAND
-    return np.concatenate([g.a[hand], g.b[hand]]), np.concatenate([g.ra[hand], g.rb[hand]])
 
 
 def hides(points: np.ndarray, radii: np.ndarray, a: np.ndarray, b: np.ndarray, r: np.ndarray,
@@ -168,7 +158,7 @@ def sample_surroundings(rng: np.random.Generator, sk: H.Skeleton, g: H.HandGeome
     bs = s * rng.uniform(0.95, 1.05)  # and body scale
     upper_arm = UPPER_ARM_MM * bs
     elbow = sk.wrist + H.FOREARM_LENGTH_MM * s * sk.forearm_axis
-    hand_pts, hand_r = _hand_points(g)
+    hand_pts, hand_r = g.hand_spheres()
     palm_z = sk.palm_centre[2]
 
     # The torso's front at depth `front`; the right shoulder joint at front + c in depth.
@@ -246,7 +236,7 @@ def _other_arm(rng, body: _Parts, hands: _Parts, shoulder, sk: H.Skeleton, g: H.
     wanted = names[rng.choice(len(names), p=list(OTHER_ARM_P.values()))]
     s = sk.local_scale[1]
     l1, l2 = UPPER_ARM_MM * bs, H.FOREARM_LENGTH_MM * s
-    hand_pts, hand_r = _hand_points(g)
+    hand_pts, hand_r = g.hand_spheres()
     # The mirrored hand needs its own draws whatever happens, so the stream stays in step.
     angles, roll = H.sample_articulation(rng), rng.uniform(-180.0, 180.0)
     swivel = rng.normal(0.0, 20.0)
@@ -316,7 +306,7 @@ def _mirrored_hand(angles, roll, wrist, elbow, s: float) -> H.HandGeometry:
 def _table(rng, body: _Parts, g, elbow, origin, up, fwd, lat, intr) -> Table | None:
     """A table top below the hand, the elbow and the camera, from the person's belly towards
     the camera, with up to three objects on it away from the hand."""
-    hand_pts, hand_r = _hand_points(g)
+    hand_pts, hand_r = g.hand_spheres()
     top = min(float((hand_pts @ up - hand_r).min()), float(elbow @ up) - 45.0, -60.0)
     height = top - rng.uniform(30.0, 250.0)
     if float(origin @ up) - height > 800.0:  # a table under the chest, not under the shoulders
@@ -353,12 +343,9 @@ def _room(rng, body: _Parts, hands: _Parts, up, floor: float) -> None:
     """Floor, back wall, sometimes a side wall and a ceiling, all behind/around the person."""
     body.plane(up, floor)
     facing = _turn(_unit(np.array([0.0, 0.0, -1.0]) + up[2] * up), up, rng.uniform(-20.0, 20.0))
-    a, b, r = body.capsules()
-    if hands.a:
-        ha, hb, hr = hands.capsules()
-        a, b, r = np.concatenate([a, ha]), np.concatenate([b, hb]), np.concatenate([r, hr])
-    pts = np.concatenate([a, b])
-    rr = np.concatenate([r, r])
+    (a, b, r), (ha, hb, hr) = body.capsules(), hands.capsules()
+    pts = np.concatenate([a, ha, b, hb])
+    rr = np.concatenate([r, hr, r, hr])
     back = float((-(pts @ facing) + rr).max())  # the person's farthest point from the camera
     body.plane(facing, -max(rng.uniform(1500.0, 4500.0), back + rng.uniform(100.0, 400.0)))
     side = _cross(facing, up)
@@ -376,15 +363,17 @@ def render_table(table: Table, intr: Intrinsics, depth: np.ndarray, labels: np.n
     ys = ((np.arange(intr.height) - intr.cy) / intr.fy).astype(np.float32)
     if intr.y_up:
         ys = -ys
+
+    def ray_dot(v):  # v·ray per pixel (h, w), float32
+        row = ys * np.float32(v[1]) + np.float32(v[2])
+        return (xs * np.float32(v[0]))[None, :] + row[:, None]
+
     # depth t on the plane up·(t·ray) = height: 1/t = up·ray / height (height < 0: below camera)
-    n = table.up / table.height
-    inv = (xs * np.float32(n[0]))[None, :] + (ys * np.float32(n[1]) + np.float32(n[2]))[:, None]
+    inv = ray_dot(table.up / table.height)
     t = np.float32(1.0) / inv
     # Coordinates of the hit along forward and lateral, relative to the table's origin.
-    f, l_ = table.forward, table.lateral
-    o_f, o_l = float(table.origin @ f), float(table.origin @ l_)
-    along = t * ((xs * np.float32(f[0]))[None, :] + (ys * np.float32(f[1]) + np.float32(f[2]))[:, None])
-    across = t * ((xs * np.float32(l_[0]))[None, :] + (ys * np.float32(l_[1]) + np.float32(l_[2]))[:, None])
+    along, across = t * ray_dot(table.forward), t * ray_dot(table.lateral)
+    o_f, o_l = float(table.origin @ table.forward), float(table.origin @ table.lateral)
     inside = (inv > 0) & (along >= o_f + table.near) & (along <= o_f + table.far)
     inside &= np.abs(across - np.float32(o_l + table.centre)) <= np.float32(table.half_width)
     inside &= (depth == 0) | (t < depth)
