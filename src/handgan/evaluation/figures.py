@@ -28,19 +28,9 @@ def plot_success_curves(out: str | os.PathLike, thresholds_mm: Sequence[float],
                         rates: Mapping[str, Sequence[float]],
                         mean_errors_mm: Mapping[str, float], curve: str = "max-frame",
                         title: str | None = None) -> Path:
-    """Success-rate curves, one line per method, over thresholds 0..80 mm.
-
-    Args:
-        out: PNG path to write (atomically).
-        thresholds_mm: (T,) thresholds D in mm shared by all methods.
-        rates: method name -> (T,) success fractions in [0, 1], in legend order.
-        mean_errors_mm: method name -> mean 3D error, shown in the legend.
-        curve: which success curve the rates are (sets the y label).
-        title: figure title, or None for none.
-
-    Returns:
-        The PNG path.
-    """
+    """Success-rate curves over the (T,) thresholds D in mm, one line per method (name ->
+    (T,) fractions in [0, 1], in legend order, its mean error in the legend); ``curve`` names
+    the kind of curve (the y label). Returns the PNG path."""
     t = np.asarray(thresholds_mm, dtype=np.float64)
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.subplots()
@@ -63,18 +53,8 @@ def plot_success_curves(out: str | os.PathLike, thresholds_mm: Sequence[float],
 def plot_per_joint_errors(out: str | os.PathLike, joint_names: Sequence[str],
                           per_joint_mm: Mapping[str, Sequence[float]],
                           mean_errors_mm: Mapping[str, float], title: str | None = None) -> Path:
-    """Grouped bar chart of per-joint mean errors, plus a "mean" group, one colour per method.
-
-    Args:
-        out: PNG path to write (atomically).
-        joint_names: the J joint names in line order (x axis).
-        per_joint_mm: method name -> (J,) per-joint mean errors in mm, in legend order.
-        mean_errors_mm: method name -> mean 3D error (the last, "mean" group).
-        title: figure title, or None for none.
-
-    Returns:
-        The PNG path.
-    """
+    """Grouped bar chart of per-joint mean errors (method name -> (J,) mm, in legend order),
+    plus a last "mean" group of the mean errors, one colour per method. Returns the PNG path."""
     labels = [*joint_names, "mean"]
     methods = list(per_joint_mm)
     x = np.arange(len(labels))
@@ -106,23 +86,18 @@ def plot_generated(out: str | os.PathLike, real: np.ndarray, fake: np.ndarray,
     """One row per frame: real crop | Gen(J) | |real - Gen(J)| as a heat map in mm.
 
     Args:
-        out: PNG path to write (atomically).
         real, fake: (N, S, S) normalised crops in [-1, 1] (near = dark, background = white).
         diff_mm: (N, S, S) absolute depth differences in mm.
         regions: (N, S, S) hand-region masks, outlined on the difference, or None.
-        row_labels: N labels, left of each row.
         vmax_mm: top of the difference colour scale (larger differences saturate).
-
-    Returns:
-        The PNG path.
     """
     n = len(real)
     fig = Figure(figsize=(6.4, 0.4 + 2.0 * n), layout="constrained")  # >= 700 px wide
     axes = fig.subplots(n, 3, squeeze=False)
     heat = None
     for i in range(n):
-        axes[i, 0].imshow(real[i], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        axes[i, 1].imshow(fake[i], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        for ax, crop in zip(axes[i, :2], (real[i], fake[i])):
+            ax.imshow(crop, cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
         heat = axes[i, 2].imshow(diff_mm[i], cmap="inferno", vmin=0.0, vmax=vmax_mm,
                                  interpolation="nearest")
         if regions is not None and regions[i].any() and not regions[i].all():
