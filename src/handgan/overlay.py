@@ -80,8 +80,7 @@ def render_overlay(depth_mm: np.ndarray, pred: Prediction, title: str = "",
         if truth_uvd is not None:
             draw_joints(ax_zoom, truth_uvd, pred.joint_names, TRUTH_COLOUR)
         draw_joints(ax_zoom, pred.uvd, pred.joint_names)
-        ax_zoom.set_xlim(x0 - 0.5, x1 - 0.5)
-        ax_zoom.set_ylim(y1 - 0.5, y0 - 0.5)
+        ax_zoom.set(xlim=(x0 - 0.5, x1 - 0.5), ylim=(y1 - 0.5, y0 - 0.5))
         palm = t.centre_xyz
         label = f"crop centre ({palm[0]:.0f}, {palm[1]:.0f}, {palm[2]:.0f}) mm"
         if error_mm is not None:

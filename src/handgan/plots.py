@@ -65,8 +65,7 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
             rgb, offset = canvas, (u0, v0)
         ax.imshow(rgb, interpolation="nearest")
         draw_skeleton(ax, uvd, None, None if visible is None else visible[k], offset)
-        ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
-        ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+        ax.set(xlim=(-0.5, rgb.shape[1] - 0.5), ylim=(rgb.shape[0] - 0.5, -0.5))
         if titles:
             ax.set_title(titles[k], fontsize=8)
     return save_figure(fig, out)
@@ -145,8 +144,7 @@ def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarr
         else:
             ax.plot(t[:, 0], t[:, 1], "o", ms=4, color="white", alpha=0.8)
         draw_skeleton(ax, p, layout)
-        ax.set_xlim(-0.5, size - 0.5)
-        ax.set_ylim(size - 0.5, -0.5)
+        ax.set(xlim=(-0.5, size - 0.5), ylim=(size - 0.5, -0.5))
         if titles:
             ax.set_title(titles[k], fontsize=8)
     return save_figure(fig, out)

@@ -37,10 +37,8 @@ def plot_success_curves(out: str | os.PathLike, thresholds_mm: Sequence[float],
     for name, r in rates.items():
         ax.plot(t, 100.0 * np.asarray(r, dtype=np.float64), lw=2.0,
                 label=f"{name} ({mean_errors_mm[name]:.2f} mm)")
-    ax.set_xlim(t[0], t[-1])
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("error threshold D (mm)")
-    ax.set_ylabel(_CURVE_LABELS.get(curve, "success rate (%)"))
+    ax.set(xlim=(t[0], t[-1]), ylim=(0, 100), xlabel="error threshold D (mm)",
+           ylabel=_CURVE_LABELS.get(curve, "success rate (%)"))
     ax.grid(True, alpha=0.4)
     # Curves climb from the lower left to the upper right, so the lower right stays empty.
     ax.legend(loc="lower right", title="method (mean error)", fontsize=9, title_fontsize=9)
@@ -104,8 +102,7 @@ def plot_generated(out: str | os.PathLike, real: np.ndarray, fake: np.ndarray,
             axes[i, 2].contour(regions[i], levels=[0.5], colors="cyan", linewidths=0.8)
         axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
         for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
     for ax, title in zip(axes[0], ("real crop", "Gen(J)", "|real - Gen(J)|")):
         ax.set_title(title, fontsize=10)
     if heat is not None:
