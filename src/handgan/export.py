@@ -43,18 +43,10 @@ _INSTALL_HINT = "install the export extra: pip install 'handgan[export]'"
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_onnx` wrote and how well onnxruntime agrees with PyTorch.
-
-    Attributes:
-        path: the .onnx file.
-        what: "estimator" or "generator".
-        opset: ONNX opset of the graph.
-        max_abs_diff: max |onnxruntime - PyTorch| over the check batch, in the output's units
-            (normalised joints or normalised depth); None when not verified.
-        batch: size of the random check batch.
-        max_abs_diff_mm: for the estimator, ``max_abs_diff`` in mm (times cube_z / 2: an upper
-            bound of the per-coordinate joint difference after mapping back); else None.
-    """
+    """What :func:`export_onnx` wrote and how well onnxruntime agrees with PyTorch:
+    ``max_abs_diff`` over the random check batch of ``batch``, in the output's units (None when
+    not verified), and for the estimator in mm (times cube_z / 2: an upper bound of the
+    per-coordinate joint difference after mapping back)."""
 
     path: Path
     what: str
@@ -79,26 +71,13 @@ class _ExportedGenerator(nn.Module):
 def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
                 what: str = "estimator", opset: int = DEFAULT_OPSET, verify: bool = True,
                 batch: int = 4, seed: int = 0) -> ExportResult:
-    """Export a network of a training checkpoint to ONNX with a dynamic batch axis.
+    """Export the "estimator" (crops -> joints) or "generator" (joints -> crops) of a training
+    checkpoint to ONNX with a dynamic batch axis.
 
     The graph is checked with ``onnx.checker``, then (``verify``) run with onnxruntime on a
-    random batch and compared with PyTorch; the file is written (atomically) only after that.
-
-    Args:
-        checkpoint: training checkpoint file.
-        path: output .onnx file.
-        what: "estimator" (crops -> joints) or "generator" (joints -> crops).
-        opset: ONNX opset version.
-        verify: compare onnxruntime with PyTorch (needs onnxruntime).
-        batch: size of the random check batch.
-        seed: seed of the check batch.
-
-    Returns:
-        An :class:`ExportResult`.
-
-    Raises:
-        HandganError: bad checkpoint, onnx / onnxruntime missing, or onnxruntime disagreeing with
-            PyTorch by more than 1e-4 (normalised units).
+    random batch of ``batch`` (from ``seed``) and compared with PyTorch; the file is written
+    (atomically) only after that. HandganError for a bad checkpoint, onnx / onnxruntime
+    missing, or onnxruntime disagreeing with PyTorch by more than ``MAX_ABS_DIFF``.
     """
     if what not in WHATS:
         raise HandganError(f"what must be one of {', '.join(WHATS)}, got {what!r}")
@@ -116,11 +95,10 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
     if what == "estimator":
         module: nn.Module = net
         example = {"crops": torch.rand(batch, 1, cfg.size, cfg.size, generator=g) * 2 - 1}
-        outputs = ["joints"]
     else:
         example = {"joints": torch.randn(batch, cfg.num_joints, 3, generator=g) * 0.5}
         module = _ExportedGenerator(net).eval()
-        outputs = ["crops"]
+    outputs = ["joints" if what == "estimator" else "crops"]
     model_bytes = onnx_bytes(module, example, outputs, opset)
     try:
         onnx.checker.check_model(onnx.load_from_string(model_bytes))
@@ -146,17 +124,8 @@ def export_onnx(checkpoint: str | os.PathLike, path: str | os.PathLike,
 
 def onnx_bytes(module: nn.Module, example: dict[str, torch.Tensor], outputs: list[str],
                opset: int = DEFAULT_OPSET) -> bytes:
-    """Serialise ``module`` (eval mode) to ONNX with axis 0 of every input and output dynamic.
-
-    Args:
-        module: the network; called as ``module(*example.values())``.
-        example: input name -> example tensor (any batch size).
-        outputs: output names.
-        opset: ONNX opset version.
-
-    Returns:
-        The ONNX model as bytes.
-    """
+    """Serialise ``module`` (eval mode; called as ``module(*example.values())``, ``example``:
+    input name -> tensor) to ONNX bytes with axis 0 of every input and output dynamic."""
     buffer = io.BytesIO()
     dynamic = {name: {0: "batch"} for name in [*example, *outputs]}
     kwargs = {}
@@ -172,12 +141,8 @@ def onnx_bytes(module: nn.Module, example: dict[str, torch.Tensor], outputs: lis
 
 
 def onnxruntime_session(model: bytes | str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU ``InferenceSession`` for a model (bytes or file).
-
-    Args:
-        model: ONNX bytes or a .onnx file.
-        threads: intra-op threads; None = onnxruntime's default (all cores).
-    """
+    """An onnxruntime CPU ``InferenceSession`` for ONNX bytes or a .onnx file, with ``threads``
+    intra-op threads (None = onnxruntime's default, all cores)."""
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads is not None:

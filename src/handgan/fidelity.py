@@ -98,9 +98,9 @@ def generator_fidelity(gen: nn.Module, crops, estimators: Mapping[str, nn.Module
     from handgan.evaluation.metrics import crops_mean_error_mm
 
     estimators = dict(estimators or {})
-    modes = {id(m): m.training for m in [gen, *estimators.values()]}
-    gen.eval()
-    for m in estimators.values():
+    nets = [gen, *estimators.values()]
+    modes = [m.training for m in nets]
+    for m in nets:
         m.eval()
     size = gen.cfg.size
     edges = skeleton_edges(gen.cfg.num_joints)
@@ -137,8 +137,8 @@ def generator_fidelity(gen: nn.Module, crops, estimators: Mapping[str, nn.Module
                     preds_real[name].append(_pose(net, x))
                     preds_gen[name].append(_pose(net, seen))
         finally:
-            for m in [gen, *estimators.values()]:
-                m.train(modes[id(m)])
+            for m, mode in zip(nets, modes):
+                m.train(mode)
     out = {
         "hand_depth_error_mm": hand_sum / max(hand_px, 1.0),
         "full_depth_error_mm": full_sum / max(full_px, 1),

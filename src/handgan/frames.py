@@ -35,16 +35,10 @@ LIVE_PREFIX = "realsense"  # input "realsense" or "realsense:SERIAL" = a live ca
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """One depth frame of a source.
-
-    Attributes:
-        name: output stem (``NAME.json``, ``NAME.overlay.png``), unique within its source.
-        origin: where it came from, for records and messages: the file, or ``REC.db3#17``.
-        read: returns the (H, W) depth in mm; raises HandganError for a bad frame.
-        intrinsics: the frame's camera; None = the checkpoint's training camera.
-        truth_uvd: (J, 3) true joints (u, v px, d mm) of a labelled frame, else None.
-        joint_names: names of the ``truth_uvd`` rows.
-    """
+    """One depth frame of a source: its output stem ``name`` (unique within its source), its
+    ``origin`` for records and messages (the file, or ``REC.db3#17``), ``read`` returning the
+    (H, W) depth in mm (HandganError for a bad frame), its camera (None = the checkpoint's) and
+    a labelled frame's (J, 3) true joints ``truth_uvd`` (rows: ``joint_names``)."""
 
     name: str
     origin: str
@@ -66,20 +60,12 @@ class FrameSource(Protocol):
 
     def __iter__(self) -> Iterator[Frame]: ...
 
-
-# --------------------------------------------------------------------------------------------
-# Files and labelled datasets
-# --------------------------------------------------------------------------------------------
-
 def read_depth_frame(path: str | os.PathLike) -> np.ndarray:
-    """Read one depth frame -> (H, W) float32 mm.
+    """Read one depth frame -> (H, W) float32 mm; a bad file is a one-line HandganError.
 
     Formats: NYU's 8-bit RGB PNG (mm = G * 256 + B), a single-channel 16-bit PNG of mm (ICVL),
     MSRA 2015's ``*_depth.bin`` (float32 mm of the hand's box), or a 2-D integer/float ``.npy``
     of mm (read without pickle).
-
-    Raises:
-        HandganError: one line naming the file (missing, not a depth image, wrong shape/dtype).
     """
     from handgan.data.files import PNG_COLOR_TYPES, decode_png, png_header, read_bytes
     from handgan.data.folder import read_depth_npy
@@ -116,7 +102,8 @@ class FileFrames:
         self.files = list(paths)
         self.length: int | None = len(self.files)
         self.intrinsics = intrinsics
-        self.names = unique_names([p.stem for p in self.files])
+        seen: dict[str, int] = {}
+        self.names = [unique_name(p.stem, seen) for p in self.files]
 
     def __iter__(self) -> Iterator[Frame]:
         for path, name in zip(self.files, self.names):
@@ -132,7 +119,8 @@ class DatasetFrames:
         self.reader = reader
         self.length: int | None = len(reader)
         self.files = [Path(reader.frame_path(i)) for i in range(len(reader))]
-        self.names = unique_names([p.stem for p in self.files])
+        seen: dict[str, int] = {}
+        self.names = [unique_name(p.stem, seen) for p in self.files]
         labels = reader.joints_uvd()
         self.truth = None if labels is None else np.asarray(labels, dtype=np.float64)
 
@@ -154,11 +142,7 @@ def is_nyu_split(folder: Path) -> bool:
 
 def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files and folders -> frame files in order: a folder contributes its ``*.png`` / ``*.npy``
-    / ``*.bin`` files (not sub-folders) in sorted name order; a file is taken as given.
-
-    Raises:
-        HandganError: an input that does not exist, or a folder without frames.
-    """
+    / ``*.bin`` files (not sub-folders) in sorted name order; a file is taken as given."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -174,12 +158,8 @@ def list_depth_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def unique_names(stems: Sequence[str]) -> list[str]:
-    """Output names: each stem, with ``-2``, ``-3``... when stems repeat (the same frame name in
-    two folders)."""
-    seen: dict[str, int] = {}
-    names = []
-    for stem in stems:
-        count = seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if count == 1 else f"{stem}-{count}")
-    return names
+def unique_name(stem: str, seen: dict[str, int]) -> str:
+    """An output name: ``stem``, with ``-2``, ``-3``... when it was ``seen`` before (the same
+    frame name in two folders)."""
+    count = seen[stem] = seen.get(stem, 0) + 1
+    return stem if count == 1 else f"{stem}-{count}"

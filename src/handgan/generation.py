@@ -29,6 +29,8 @@ from handgan.errors import HandganError
 from handgan.models import Generator
 from handgan.networks import CropSpec, load_networks, read_crop_spec
 from handgan.outputs import check_outputs
+from handgan.overlay import write_png
+from handgan.plots import plt, tile
 from handgan.preprocess import CropTransform
 
 SPACES = ("uvd", "xyz", "norm")
@@ -38,12 +40,9 @@ MAX_NORM = 10.0  # normalised joints (1 = half the crop cube); real hands lie wi
 _MIN_IMAGE_PX = 128  # smaller crops are scaled up (nearest) in the PNG / GIF so they are visible
 
 
-# --------------------------------------------------------------------------------------------
-# Poses
-# --------------------------------------------------------------------------------------------
-
 def read_poses(spec: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """Read poses from a file, or one pose as ``FILE:LINE`` (1-based line / frame number).
+    """(N, J, 3) float64 poses and their space ("uvd", "xyz" or "norm") from a file, or one
+    pose as ``FILE:LINE`` (1-based line / frame number).
 
     Formats:
 
@@ -52,12 +51,6 @@ def read_poses(spec: str | os.PathLike) -> tuple[np.ndarray, str]:
     * ``.json``: a list of frames, each J x 3 numbers (uvd), or ``{"frames": [...], "space":
       "uvd" | "xyz" | "norm"}``; a frame may also be a ``handgan predict`` record (``{"joints":
       {name: {"uvd": [...], ...}}}``), so ``predict --json`` output reads back as poses.
-
-    Returns:
-        (N, J, 3) float64 poses and their space ("uvd", "xyz" or "norm").
-
-    Raises:
-        HandganError: a missing or malformed file, or a line number out of range.
     """
     from handgan.evaluation.predfile import read_predictions
 
@@ -131,10 +124,6 @@ def normalise_poses(joints: np.ndarray, space: str, spec: CropSpec) -> np.ndarra
 
     uvd / xyz poses get a ``CropTransform`` centred on their palm joint (``spec.centre_joint``)
     with the checkpoint's cube, size and camera; "norm" poses are returned as they are.
-
-    Raises:
-        HandganError: wrong joint count, unknown space, or a joint set whose palm joint is not
-            known (give normalised joints then).
     """
     joints = np.asarray(joints, dtype=np.float64)
     if joints.ndim == 2:
@@ -171,25 +160,14 @@ def _near_the_cube(norm: np.ndarray) -> np.ndarray:
 
 
 def interpolate_poses(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
-    """``steps`` poses from ``a`` to ``b`` (both included), linearly, in normalised joints.
-
-    Args:
-        a, b: (J, 3) normalised poses.
-        steps: number of poses, >= 2.
-
-    Returns:
-        (steps, J, 3) float64.
-    """
+    """(steps, J, 3) float64: ``steps`` >= 2 poses from ``a`` to ``b`` (both included, (J, 3)
+    normalised joints), linearly."""
     if steps < 2:
         raise HandganError(f"interpolation needs at least 2 steps, got {steps}")
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     w = np.linspace(0.0, 1.0, steps)[:, None, None]  # (steps, 1, 1)
     return (1.0 - w) * a + w * b
 
-
-# --------------------------------------------------------------------------------------------
-# Generation
-# --------------------------------------------------------------------------------------------
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"
                    ) -> tuple[Generator, CropSpec]:
@@ -202,22 +180,11 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu"
 def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
                    space: str = "norm", spec: CropSpec | None = None,
                    batch_size: int = 256, seed: int = 0) -> np.ndarray:
-    """Depth crops from poses with the generator.
-
-    Args:
-        generator: a checkpoint path, or a ``Generator`` (then ``spec`` is needed for uvd / xyz
-            poses).
-        joints: (N, J, 3) or (J, 3) poses in ``space``.
-        space: "norm" (normalised to the crop cube, as in training), "uvd" (px, px, mm) or "xyz"
-            (mm); see :func:`normalise_poses`.
-        spec: the crop spec (taken from the checkpoint when ``generator`` is a path).
-        batch_size: poses per forward pass.
-        seed: seeds the missing pixels of Gen's sensor (``model.gen_*_dropout``): the same
-            poses and seed give the same crops; the caller's torch RNG is left as it was.
-
-    Returns:
-        (N, S, S) float32 crops of normalised depth in [-1, 1] (background +1).
-    """
+    """(N, S, S) float32 depth crops (normalised depth in [-1, 1], background +1) from
+    (N, J, 3) or (J, 3) poses in ``space`` (:func:`normalise_poses`) with the generator (a
+    checkpoint path, or a ``Generator``: then uvd / xyz poses need ``spec``). ``seed`` seeds the
+    missing pixels of Gen's sensor (``model.gen_*_dropout``): the same poses and seed give the
+    same crops; the caller's torch RNG is left as it was."""
     if isinstance(generator, Generator):
         gen = generator.eval()
     else:
@@ -245,43 +212,16 @@ def generate_crops(generator: str | os.PathLike | Generator, joints: np.ndarray,
     return np.concatenate(out)
 
 
-# --------------------------------------------------------------------------------------------
-# Pictures
-# --------------------------------------------------------------------------------------------
-
 def crops_to_rgb(crops: np.ndarray) -> np.ndarray:
     """(N, S, S) normalised crops -> (N, S', S', 3) uint8: the cube's front face yellow, its back
     face (= background) dark purple (viridis reversed, as plots.depth_to_rgb); S' >= 128
     (nearest-neighbour upscale). Background is not singled out: a generator's tanh output only
     approaches +1, so a threshold would speckle it."""
-    from handgan.plots import plt
-
     crops = np.asarray(crops, dtype=np.float32)
     rgb = plt.get_cmap("viridis_r")(np.clip((crops + 1.0) / 2.0, 0.0, 1.0))[..., :3]
     scale = max(1, -(-_MIN_IMAGE_PX // crops.shape[-1]))
     rgb = rgb.repeat(scale, axis=1).repeat(scale, axis=2)
     return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def tile(images: np.ndarray, cols: int, gap: int = 2) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> one (rows*H, cols*W, 3) image with ``gap`` px of white between."""
-    n, h, w, _ = images.shape
-    cols = max(1, min(cols, n))
-    rows = -(-n // cols)
-    canvas = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), 255, np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, cols)
-        canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
-    return canvas
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """An (H, W, 3) uint8 image as a PNG, written atomically."""
-    from PIL import Image
-
-    path = Path(path)
-    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"), durable=False)
-    return path
 
 
 def write_gif(path: str | os.PathLike, frames: np.ndarray, duration_ms: int = 150) -> Path:
@@ -313,10 +253,7 @@ def generate_from_files(checkpoint: str | os.PathLike, out: str | os.PathLike,
     ((N, S, S) normalised crops). With ``interpolate=(A, B)`` (pose files holding one frame each,
     or ``FILE:LINE``): ``OUT/interpolation.png`` (a strip of ``steps`` crops, A to B),
     ``OUT/interpolation.gif`` (the same, animated) and ``OUT/interpolation.npy``. ``seed``: as
-    in :func:`generate_crops`.
-
-    Returns:
-        The files written.
+    in :func:`generate_crops`. Returns the files written.
     """
     if (poses is None) == (interpolate is None):
         raise HandganError("give poses or interpolate=(A, B), not both or neither")

@@ -8,10 +8,8 @@ A frame goes through: hand localisation (``localize_hand``, skipped when a centr
 cube crop with the checkpoint's cube and size (``crop_depth``) -> the pose network (normalised
 joints) -> back to full-frame uvd and camera xyz with the crop's exact ``CropTransform``.
 
-The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``: files,
-labelled folders, RealSense recordings and cameras; ``sequence.open_sources``) through
-``sequence.predict_frames`` (outputs, video, smoothing), drawn by ``overlay.py``. The networks
-come from the checkpoint through ``networks.load_networks``.
+The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``) through
+``sequence.predict_frames`` (outputs, video, smoothing), drawn by ``overlay.py``.
 """
 from __future__ import annotations
 
@@ -32,26 +30,16 @@ from handgan.frames import read_depth_frame  # noqa: F401  (API: in frames.py)
 from handgan.localize import Localizer
 from handgan.networks import CropSpec, load_networks, read_crop_spec
 from handgan.preprocess import CropTransform, crop_depth, localize_hand
-from handgan.sequence import PredictReport, open_sources, predict_frames
+from handgan.sequence import PredictReport, _rounded, open_sources, predict_frames
 
 BACKENDS = ("torch", "onnxruntime")
 
 
-# --------------------------------------------------------------------------------------------
-# The estimator
-# --------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """3D joints of one frame.
-
-    Attributes:
-        uvd: (J, 3) float64 u, v px in the full frame and d mm.
-        xyz: (J, 3) float64 camera coordinates in mm (the camera's y convention).
-        joint_names: J names, in the order of the rows.
-        centre_uvd: (3,) the crop centre used (localised or given).
-        transform: the crop's ``CropTransform`` (maps normalised joints <-> frame).
-    """
+    """3D joints of one frame: (J, 3) float64 ``uvd`` (u, v px in the full frame, d mm) and
+    ``xyz`` (camera mm, the camera's y convention), the crop centre used (localised or given)
+    and the crop's ``CropTransform``."""
 
     uvd: np.ndarray
     xyz: np.ndarray
@@ -70,22 +58,13 @@ class Prediction:
         }
 
 
-def _rounded(values: np.ndarray) -> list[float]:
-    return [round(float(v), 4) for v in values]  # 1e-4 px / mm: far below any model's error
-
-
 class Estimator:
     """The pose estimator of a trained checkpoint, from full depth frames or from crops.
 
-    Build it with :meth:`from_checkpoint`. The network runs under ``torch.inference_mode``
-    (backend "torch") or in an onnxruntime session of the same network (backend "onnxruntime").
-
-    Attributes:
-        network: ``nn.Module`` mapping normalised crops (B, 1, S, S) in [-1, 1] to normalised
-            joints (B, J, 3) (what ``export.export_onnx`` writes). Eval mode, no gradients.
-        spec: how crops are made (size, cube, default camera, joint names).
-        device: where the torch network runs (CPU for the onnxruntime backend).
-        backend: "torch" or "onnxruntime".
+    Build it with :meth:`from_checkpoint`. ``network`` maps normalised crops (B, 1, S, S) in
+    [-1, 1] to normalised joints (B, J, 3) (what ``export.export_onnx`` writes); it runs under
+    ``torch.inference_mode`` (backend "torch", on ``device``) or in an onnxruntime session of
+    the same network (backend "onnxruntime", CPU). ``spec``: size, cube, camera, joint names.
     """
 
     def __init__(self, network: torch.nn.Module, spec: CropSpec,
@@ -107,15 +86,15 @@ class Estimator:
             # oneDNN's convolutions run faster on channels-last tensors (seed model, 2 cores:
             # 1.25x for a batch of 64, 1.07x for one crop); the weights are converted once, here.
             self.network.to(memory_format=torch.channels_last)
-        self._warm_up()
+        # One forward pass, so kernel selection and allocation happen before the first frame.
+        self.predict_norm(np.full((1, self.size, self.size), 1.0, dtype=np.float32))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         threads: int | None = None, backend: str = "torch") -> Estimator:
-        """Load the pose branch of a training checkpoint.
+        """The pose branch of a training checkpoint, warmed up.
 
         Args:
-            path: checkpoint file (``last.pt`` / ``best.pt``).
             device: "auto" (CUDA if available), "cpu", "cuda", ... (backend "torch" only).
             threads: CPU threads of the network: torch's intra-op threads (process-wide), or the
                 onnxruntime session's. None keeps the library's default (torch: the physical
@@ -124,12 +103,9 @@ class Estimator:
             backend: "torch", or "onnxruntime" (CPU; the same network exported to ONNX in
                 memory, usually faster for one frame; needs ``pip install 'handgan[export]'``).
 
-        Returns:
-            An Estimator, warmed up (the first real frame does not pay for kernel set-up).
-
         Raises:
-            HandganError: missing, corrupt, foreign or code-carrying checkpoint (one line naming
-                the file), or onnxruntime missing for that backend.
+            HandganError: a bad checkpoint (one line naming the file), or onnxruntime missing
+                for that backend.
         """
         if threads is not None and backend == "torch":
             torch.set_num_threads(int(threads))
@@ -139,8 +115,6 @@ class Estimator:
         localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
                      if ckpt.get("localizer") is not None else None)
         return cls(network, spec, device, backend=backend, threads=threads, localizer=localizer)
-
-    # ---- properties -----------------------------------------------------------------------
 
     @property
     def size(self) -> int:
@@ -155,15 +129,10 @@ class Estimator:
         """The training camera: the default for frames given without intrinsics."""
         return self.spec.intrinsics
 
-    # ---- steps ----------------------------------------------------------------------------
-
     def locate(self, depth_mm: np.ndarray, intrinsics: Intrinsics | None = None) -> np.ndarray:
         """(H, W) frame -> (3,) hand centre uvd: the checkpoint's learned localiser when it has
         one (``localize.Localizer``), else ``localize_hand`` with the checkpoint's cube.
-
-        Raises:
-            HandganError: bad frame, or "no hand found: ...".
-        """
+        HandganError for a bad frame or "no hand found: ..."."""
         intr = intrinsics or self.spec.intrinsics
         depth = check_depth_frame(depth_mm, intr)
         if self.localizer is not None:
@@ -192,43 +161,19 @@ class Estimator:
             joints = self.network(x.to(self.device, non_blocking=True))
         return joints.cpu().numpy()  # (B, J, 3)
 
-    # ---- public estimates ------------------------------------------------------------------
-
     def estimate(self, depth_mm: np.ndarray, intrinsics: Intrinsics | None = None,
                  centre_uvd: np.ndarray | None = None) -> Prediction:
-        """3D joints of the hand in one full depth frame.
-
-        Args:
-            depth_mm: (H, W) depth in mm (any integer or float dtype; 0 or NaN = no depth); H, W
-                must be the camera's.
-            intrinsics: the frame's camera; None = the checkpoint's training camera.
-            centre_uvd: (3,) crop centre u, v px, d mm; None = localise the hand.
-
-        Returns:
-            A :class:`Prediction` (uvd and xyz in the frame's camera).
-
-        Raises:
-            HandganError: not a depth frame (shape, dtype, size), or no hand found.
-        """
-        intr = intrinsics or self.spec.intrinsics
-        depth = check_depth_frame(depth_mm, intr)
-        centre = self.locate(depth, intr) if centre_uvd is None else centre_uvd
-        crop, transform = self.crop(depth, centre, intr)
-        return self.estimate_crop(crop, transform)
+        """3D joints of the hand in one full (H, W) depth frame in mm (any integer or float
+        dtype; 0 or NaN = no depth) of the camera ``intrinsics`` (None = the checkpoint's),
+        cropped around ``centre_uvd`` (None = localise the hand). HandganError for a frame
+        that is not a depth frame (shape, dtype, size) or where no hand is found."""
+        return self.estimate_batch([depth_mm], intrinsics, [centre_uvd])[0]
 
     def estimate_batch(self, frames: Iterable[np.ndarray], intrinsics: Intrinsics | None = None,
                        centres_uvd: Sequence[np.ndarray | None] | None = None
                        ) -> list[Prediction]:
-        """:meth:`estimate` for several frames of one camera, with one network call.
-
-        Args:
-            frames: (H, W) depth frames in mm.
-            intrinsics: their camera; None = the checkpoint's.
-            centres_uvd: optional crop centre per frame (None entries are localised).
-
-        Returns:
-            One Prediction per frame, in order.
-        """
+        """:meth:`estimate` for several frames of one camera, with one network call
+        (``centres_uvd``: an optional crop centre per frame; None entries are localised)."""
         intr = intrinsics or self.spec.intrinsics
         frames = list(frames)
         centres = list(centres_uvd) if centres_uvd is not None else [None] * len(frames)
@@ -246,40 +191,23 @@ class Estimator:
 
     def estimate_crop(self, crop: np.ndarray, transform: CropTransform) -> Prediction:
         """Joints of one normalised (S, S) crop, mapped to the frame with its transform."""
-        crop = np.asarray(crop, dtype=np.float32)
-        return self.estimate_crops(crop[None], [transform])[0]
+        return self.estimate_crops(np.asarray(crop, dtype=np.float32)[None], [transform])[0]
 
     def estimate_crops(self, crops: np.ndarray, transforms: Sequence[CropTransform]
                        ) -> list[Prediction]:
-        """Joints of a batch of normalised crops (B, S, S), each mapped with its transform.
-
-        Returns:
-            One Prediction per crop.
-        """
+        """One Prediction per normalised crop of a batch (B, S, S), each mapped with its
+        transform."""
         if len(crops) != len(transforms):
             raise ValueError(f"{len(crops)} crops but {len(transforms)} transforms")
         if len(crops) == 0:
             return []
-        norm = self.predict_norm(crops)
-        return [self._to_prediction(n, t) for n, t in zip(norm, transforms)]
-
-    def _to_prediction(self, norm: np.ndarray, transform: CropTransform) -> Prediction:
-        xyz = transform.norm_to_xyz(norm)  # (J, 3) mm
-        uvd = transform.norm_to_uvd(norm)  # (J, 3) px, px, mm
-        return Prediction(uvd, xyz, self.spec.joint_names, transform.centre_uvd, transform)
-
-    def _warm_up(self) -> None:
-        """One forward pass, so kernel selection and allocation happen before the first frame."""
-        self.predict_norm(np.full((1, self.size, self.size), 1.0, dtype=np.float32))
+        return [Prediction(t.norm_to_uvd(n), t.norm_to_xyz(n), self.spec.joint_names,
+                           t.centre_uvd, t) for n, t in zip(self.predict_norm(crops), transforms)]
 
 
 def check_depth_frame(depth_mm: Any, intr: Intrinsics) -> np.ndarray:
-    """The frame as an ndarray if it is a 2-D numeric depth image of the camera's size.
-
-    Raises:
-        HandganError: wrong number of dimensions, non-numeric dtype (e.g. bool), or a size that
-            is not the camera's (the message says how to pass other intrinsics).
-    """
+    """The frame as an ndarray if it is a 2-D numeric (not bool) depth image of the camera's
+    size, else a HandganError (which says how to pass other intrinsics)."""
     depth = np.asarray(depth_mm)
     if depth.ndim != 2:
         raise HandganError(f"not a depth frame: expected a 2-D (H, W) array, got shape "
@@ -293,47 +221,16 @@ def check_depth_frame(depth_mm: Any, intr: Intrinsics) -> np.ndarray:
                            "e.g. --intrinsics fx,fy,cx,cy,width,height)")
     return depth
 
-
-# --------------------------------------------------------------------------------------------
-# Files: frame sources in, predictions out
-# --------------------------------------------------------------------------------------------
-
 def predict_files(estimator: Estimator, inputs: Sequence[str | os.PathLike],
                   out: str | os.PathLike | None = None, intrinsics: Intrinsics | None = None,
                   overlay: bool = True, progress: bool = False,
                   on_failure: Callable[[str], None] | None = None, video: str | None = None,
                   fps: float = 15.0, smooth: float | None = None,
                   max_frames: int | None = None) -> PredictReport:
-    """Estimate every frame of ``inputs``; a bad frame does not stop the rest.
-
-    Inputs are what ``sequence.open_sources`` reads: depth frame files and folders of them, NYU-
-    format labelled folders (true skeleton and error drawn too), RealSense recordings (.bag,
-    .db3) and ``realsense[:SERIAL]`` for a live camera. With ``out``: per frame
-    ``OUT/<stem>.json`` (uvd and xyz per named joint) and, if ``overlay``,
-    ``OUT/<stem>.overlay.png`` (the skeleton on the depth frame); for more than one frame also
-    ``OUT/predictions.txt`` (the field's format: one line per frame, J x 3 ``u v d``, in input
-    order) and ``OUT/predictions_frames.txt`` (the file of each line; failed frames have no
-    line). Every file is written atomically. See ``sequence.predict_frames`` for ``video``,
-    ``fps`` and ``smooth``.
-
-    Args:
-        estimator: the loaded estimator.
-        inputs: depth frame files (.png NYU / 16-bit, .npy), folders, recordings, cameras.
-        out: output folder, or None to write nothing.
-        intrinsics: the camera of plain frame files; None = the checkpoint's.
-        overlay: also draw the overlay PNGs (about 0.1 s a frame).
-        progress: show a tqdm progress bar on stderr (several frames, on a terminal only).
-        on_failure: called with each failure line as it happens.
-        video: a .gif or .mp4 of the overlays.
-        fps: the video's frame rate.
-        smooth: alpha of the hand-centre smoothing across frames (None = off).
-        max_frames: at most this many frames of each recording or camera.
-
-    Returns:
-        A :class:`PredictReport`.
-
-    Raises:
-        HandganError: an input that does not exist, or ``out`` is an input folder.
+    """``handgan predict``: estimate every frame of ``inputs``; a bad frame does not stop the
+    rest. Inputs are what ``sequence.open_sources`` reads (``intrinsics``: the camera of plain
+    frame files, None = the checkpoint's; ``max_frames``: at most this many frames of each
+    recording or camera); the rest is ``sequence.predict_frames``, which says what is written.
     """
     sources = open_sources(inputs, intrinsics, max_frames=max_frames)
     return predict_frames(estimator, sources, out=out, overlay=overlay, video=video, fps=fps,

@@ -24,8 +24,8 @@ OVERLAY_DPI = 90
 TRUTH_COLOUR = "white"
 
 
-def draw_joints(ax, uvd: np.ndarray, joint_names: Sequence[str], colour: str | None = None,
-                lw: float = 2.4, ms: float = 3.0) -> None:
+def draw_joints(ax, uvd: np.ndarray, joint_names: Sequence[str], colour: str | None = None
+                ) -> None:
     """The skeleton of ``uvd`` (J, 2+) in image pixels with the bones of its layout in
     ``joints.py`` (joints only for an unknown joint set): finger by finger in colour
     (``colour`` None, ``plots.draw_skeleton``) or all in one colour (the true skeleton)."""
@@ -37,8 +37,8 @@ def draw_joints(ax, uvd: np.ndarray, joint_names: Sequence[str], colour: str | N
         return
     uv = np.asarray(uvd)[:, :2]
     for a, b in layout.edges if layout is not None else ():
-        ax.plot(uv[[a, b], 0], uv[[a, b], 1], "-", lw=lw, color=colour, alpha=0.9)
-    ax.plot(uv[:, 0], uv[:, 1], "o", ms=ms, mec="black", mew=0.6, color=colour)
+        ax.plot(uv[[a, b], 0], uv[[a, b], 1], "-", lw=2.4, color=colour, alpha=0.9)
+    ax.plot(uv[:, 0], uv[:, 1], "o", ms=3.0, mec="black", mew=0.6, color=colour)
 
 
 def same_joints(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -56,11 +56,9 @@ def mean_error_mm(pred: Prediction, truth_uvd: np.ndarray, intrinsics) -> float:
 def render_overlay(depth_mm: np.ndarray, pred: Prediction, title: str = "",
                    truth_uvd: np.ndarray | None = None, error_mm: float | None = None
                    ) -> np.ndarray:
-    """The overlay picture as an (H, W, 3) uint8 RGB array (720 x 342 px).
-
-    Depth is colour-mapped over the crop cube's depth range; pixels without depth are black.
-    ``truth_uvd`` (same joints as the prediction) is drawn under the prediction in white.
-    """
+    """The overlay picture as an (H, W, 3) uint8 RGB array (720 x 342 px): depth colour-mapped
+    over the crop cube's depth range (no depth: black), ``truth_uvd`` (the prediction's joints)
+    drawn under the prediction in white."""
     import matplotlib.patches as patches
 
     from handgan.plots import depth_to_rgb, plt
@@ -82,8 +80,7 @@ def render_overlay(depth_mm: np.ndarray, pred: Prediction, title: str = "",
         if truth_uvd is not None:
             draw_joints(ax_zoom, truth_uvd, pred.joint_names, TRUTH_COLOUR)
         draw_joints(ax_zoom, pred.uvd, pred.joint_names)
-        ax_zoom.set_xlim(x0 - 0.5, x1 - 0.5)
-        ax_zoom.set_ylim(y1 - 0.5, y0 - 0.5)
+        ax_zoom.set(xlim=(x0 - 0.5, x1 - 0.5), ylim=(y1 - 0.5, y0 - 0.5))
         palm = t.centre_xyz
         label = f"crop centre ({palm[0]:.0f}, {palm[1]:.0f}, {palm[2]:.0f}) mm"
         if error_mm is not None:

@@ -65,12 +65,10 @@ def sample_grid(frames: list[np.ndarray], joints_uvd: list[np.ndarray], out: str
             rgb, offset = canvas, (u0, v0)
         ax.imshow(rgb, interpolation="nearest")
         draw_skeleton(ax, uvd, None, None if visible is None else visible[k], offset)
-        ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
-        ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+        ax.set(xlim=(-0.5, rgb.shape[1] - 0.5), ylim=(rgb.shape[0] - 0.5, -0.5))
         if titles:
             ax.set_title(titles[k], fontsize=8)
     return save_figure(fig, out)
-
 
 
 def _grid(n: int, cols: int, cell_inches: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
@@ -95,28 +93,26 @@ def save_figure(fig: plt.Figure, out: str | Path) -> Path:
     return out
 
 
-def crop_pairs_image(real: np.ndarray, fake: np.ndarray, cols: int = 4, gap: int = 2) -> np.ndarray:
-    """Real crops beside Gen(their joints): a grey uint8 image of ``cols`` pairs per row.
-
-    Args:
-        real, fake: (N, S, S) normalised crops in [-1, 1] (near = dark, background = white).
-        cols: pairs per row.
-        gap: white pixels between pairs (none between a real crop and its generated twin).
-
-    Returns:
-        (H, W) uint8, ready for a PNG file or TensorBoard's ``add_image(..., dataformats="HW")``.
-    """
-    real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)
-    n, s = real.shape[0], real.shape[-1]
+def tile(images: np.ndarray, cols: int, gap: int = 2) -> np.ndarray:
+    """(N, H, W, ...) uint8 -> one (rows*H, cols*W, ...) image with ``gap`` px of white between."""
+    n, h, w = images.shape[:3]
     cols = max(1, min(cols, n))
-    rows = (n + cols - 1) // cols
-    image = np.full((rows * (s + gap) - gap, cols * (2 * s + gap) - gap), 255, np.uint8)
-    for k in range(n):
+    rows = -(-n // cols)
+    canvas = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, *images.shape[3:]),
+                     255, np.uint8)
+    for k, image in enumerate(images):
         r, c = divmod(k, cols)
-        y, x = r * (s + gap), c * (2 * s + gap)
-        pair = np.concatenate([real[k], fake[k]], axis=1)
-        image[y:y + s, x:x + 2 * s] = np.round((np.clip(pair, -1, 1) + 1) * 127.5).astype(np.uint8)
-    return image
+        canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
+    return canvas
+
+
+def crop_pairs_image(real: np.ndarray, fake: np.ndarray, cols: int = 4, gap: int = 2) -> np.ndarray:
+    """Real crops beside Gen(their joints): an (H, W) grey uint8 image of ``cols`` pairs per row
+    (``gap`` white px between pairs, none within one), for a PNG or TensorBoard's ``add_image``.
+    ``real``, ``fake``: (N, S, S) normalised crops in [-1, 1] (near = dark, background = white).
+    """
+    pairs = np.concatenate([np.asarray(real, np.float32), np.asarray(fake, np.float32)], axis=2)
+    return tile(np.round((np.clip(pairs, -1, 1) + 1) * 127.5).astype(np.uint8), cols, gap)
 
 
 def write_grey_png(path: str | Path, image: np.ndarray) -> Path:
@@ -132,16 +128,9 @@ def write_grey_png(path: str | Path, image: np.ndarray) -> Path:
 
 def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarray,
                        out: str | Path, titles: list[str] | None = None, cols: int = 4) -> Path:
-    """Normalised crops with the true skeleton (white, thin) under the predicted one (colours).
-
-    Args:
-        crops: (N, S, S) normalised crops in [-1, 1].
-        pred_px, true_px: (N, J, 2) joints in crop pixels (x = column, y = row). The bones of a
-            known layout (``joints.LAYOUTS``) are drawn; of another joint set only the joints.
-        out: PNG path (written atomically).
-        titles: one short title per crop (e.g. its mean error).
-        cols: crops per row.
-    """
+    """(N, S, S) normalised crops with the true skeleton (white, thin) under the predicted one
+    (colours), both (N, J, 2) in crop pixels (x = column, y = row). The bones of a known layout
+    (``joints.LAYOUTS``) are drawn; of another joint set only the joints."""
     n = len(crops)
     fig, axes = _grid(n, cols, (2.6, 2.7))
     for k, ax in enumerate(axes[:n]):
@@ -155,8 +144,7 @@ def crop_skeleton_grid(crops: np.ndarray, pred_px: np.ndarray, true_px: np.ndarr
         else:
             ax.plot(t[:, 0], t[:, 1], "o", ms=4, color="white", alpha=0.8)
         draw_skeleton(ax, p, layout)
-        ax.set_xlim(-0.5, size - 0.5)
-        ax.set_ylim(size - 0.5, -0.5)
+        ax.set(xlim=(-0.5, size - 0.5), ylim=(size - 0.5, -0.5))
         if titles:
             ax.set_title(titles[k], fontsize=8)
     return save_figure(fig, out)

@@ -78,8 +78,6 @@ class RealSenseFrames:
         finally:
             raw_frames.close()  # stops the player or the camera
 
-    # ---- recordings ---------------------------------------------------------------------
-
     def _playback(self):
         """(raw uint16 depth, intrinsics, mm per unit) per recorded depth frame, in order."""
         rs = self.rs
@@ -147,8 +145,6 @@ class RealSenseFrames:
                                            f"{profile.format()}, expected z16")
                     return sensor, profile.as_video_stream_profile()
         raise HandganError(f"{self.label}: the recording has no depth stream")
-
-    # ---- live cameras -------------------------------------------------------------------
 
     def _live(self):
         """(raw uint16 depth, intrinsics, mm per unit) per frame of the camera, until closed."""

@@ -31,6 +31,7 @@ from handgan.frames import (
     FrameSource,
     is_nyu_split,
     list_depth_files,
+    unique_name,
 )
 
 DEFAULT_FPS = 15.0
@@ -45,9 +46,7 @@ class PredictReport:
             frame's file, or ``REC.db3#N`` / ``realsense#N`` for frame N of a stream.
         failures: one line per frame that failed ("<origin>: <problem>").
         written: files written into the output folder (and the video).
-        errors_mm: per frame of ``frames``: its mean 3D joint error against the labels, or None
-            for a frame without labels (of the prediction's joints).
-        video: the video written, if any.
+        errors_mm: per frame of ``frames``: its mean 3D joint error against the labels, or None.
     """
 
     frames: list[tuple[Path, object]] = field(default_factory=list)
@@ -96,16 +95,11 @@ class CentreSmoother:
 
 def open_sources(inputs: Sequence[str | os.PathLike], intrinsics: Intrinsics | None = None,
                  max_frames: int | None = None) -> list[FrameSource]:
-    """Command-line inputs -> frame sources, in order.
-
-    * ``realsense`` or ``realsense:SERIAL``: a live RealSense camera;
-    * a ``.bag`` / ``.db3`` file: a RealSense recording (its own camera and depth unit);
-    * a folder holding ``joint_data.mat``: an NYU-format labelled split (its camera, NYU);
-    * other folders and files: depth frame files with ``intrinsics``, as before.
-
-    Consecutive plain files and folders form one source. ``max_frames`` caps recordings and
-    the live camera.
-    """
+    """Command-line inputs -> frame sources, in order: ``realsense[:SERIAL]`` a live RealSense
+    camera; a ``.bag`` / ``.db3`` file a RealSense recording (its own camera and depth unit); a
+    folder holding ``joint_data.mat`` an NYU-format labelled split (its camera, NYU); runs of
+    other folders and files one source of depth frame files with ``intrinsics``.
+    ``max_frames`` caps recordings and the live camera."""
     sources: list[FrameSource] = []
     plain: list[str | os.PathLike] = []
 
@@ -147,7 +141,8 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
                    smooth: float | None = None, jump_mm: float | None = None,
                    progress: bool = False, on_failure: Callable[[str], None] | None = None,
                    inputs: Sequence[str | os.PathLike] = ()) -> PredictReport:
-    """Estimate every frame of ``sources`` in order; a bad frame does not stop the rest.
+    """Estimate every frame of ``sources`` in order with an ``inference.Estimator``; a bad
+    frame does not stop the rest.
 
     With ``out``: per frame ``OUT/<name>.json`` (uvd and xyz per joint; for labelled frames
     also the true joints and ``error_mm``) and, if ``overlay``, ``OUT/<name>.overlay.png``;
@@ -155,22 +150,11 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     that worked) and ``OUT/predictions_frames.txt`` (the origin of each line). Every file is
     written atomically.
 
-    Args:
-        estimator: an ``inference.Estimator``.
-        sources: frame sources (:func:`open_sources`).
-        out: output folder, or None to write no per-frame files.
-        overlay: write the overlay PNGs.
-        video: a .gif or .mp4 path: the overlays of the frames that worked, as a video.
-        fps: the video's frame rate.
-        smooth: alpha of :class:`CentreSmoother` (None = each frame localised on its own).
-        jump_mm: the smoother's jump guard; None = half the checkpoint's cube side.
-        progress: a tqdm progress bar on stderr (on a terminal only).
-        on_failure: called with each failure line as it happens.
-        inputs: the command-line inputs, so that ``out`` is never one of their folders.
-
-    Raises:
-        HandganError: ``out`` is an input folder, an output would replace an input, bad
-            ``video`` / ``fps`` / ``smooth``.
+    ``video``: a .gif or .mp4 of the overlays of the frames that worked. ``smooth``: alpha of
+    :class:`CentreSmoother` (None = each frame localised on its own), with the jump guard
+    ``jump_mm`` (None = half the checkpoint's cube side). ``on_failure`` is called with each
+    failure line as it happens. ``inputs``: the command-line inputs, so that ``out`` is never
+    one of their folders.
     """
     from tqdm import tqdm
 
@@ -178,9 +162,8 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
 
     out_dir = Path(out) if out is not None else None
     _check_outputs(sources, out_dir, video, inputs)
-    smoother = None
-    if smooth is not None:
-        smoother = CentreSmoother(smooth, jump_mm or estimator.spec.cube_mm[0] / 2.0)
+    smoother = (CentreSmoother(smooth, jump_mm or estimator.spec.cube_mm[0] / 2.0)
+                if smooth is not None else None)
     writer = open_video(video, fps) if video is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +186,8 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
                     with tqdm.external_write_mode():  # the message does not garble the bar
                         on_failure(result)
                 continue
-            _record_frame(report, frame, result, _unique(frame.name, used), out_dir, overlay,
-                          writer)
+            _record_frame(report, frame, result, unique_name(frame.name, used), out_dir,
+                          overlay, writer)
     except KeyboardInterrupt:
         if not live:
             if writer is not None:
@@ -218,7 +201,13 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
         if report.video is not None:
             report.written.append(report.video)
     if out_dir is not None and len(report.frames) + len(report.failures) > 1 and report.frames:
-        report.written.extend(_write_predictions(out_dir, report))
+        from handgan.atomic import atomic_write_text
+        from handgan.evaluation.predfile import write_predictions
+
+        listing = out_dir / "predictions_frames.txt"
+        atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
+        uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
+        report.written += [write_predictions(out_dir / "predictions.txt", uvd), listing]
     return report
 
 
@@ -244,20 +233,30 @@ def _check_outputs(sources: Sequence[FrameSource], out_dir: Path | None,
 def _record_frame(report: PredictReport, frame, result: tuple, name: str, out_dir: Path | None,
                   overlay: bool, writer) -> None:
     """One estimated frame into the report, its files and the video."""
+    from handgan.atomic import atomic_write_text
+    from handgan.overlay import render_overlay, write_png
+
     depth, pred, error = result
     report.frames.append((Path(frame.origin), pred))
     report.errors_mm.append(error)
     picture = None
     if writer is not None or (out_dir is not None and overlay):
-        from handgan.overlay import render_overlay
-
         picture = render_overlay(depth, pred, Path(frame.origin).name,
                                  frame.truth_uvd if error is not None else None, error)
     if writer is not None:
         writer.add(picture)
-    if out_dir is not None:
-        report.written.extend(_write_frame(out_dir, name, frame, pred, error,
-                                           picture if overlay else None))
+    if out_dir is None:
+        return
+    record = {"file": frame.origin, **pred.to_dict()}
+    if error is not None:
+        truth_xyz = pred.transform.intr.uvd_to_xyz(frame.truth_uvd)  # the frame's camera
+        record["truth"] = {n: {"uvd": _rounded(u), "xyz": _rounded(x)}
+                           for n, u, x in zip(pred.joint_names, frame.truth_uvd, truth_xyz)}
+        record["error_mm"] = round(error, 4)
+    atomic_write_text(out_dir / f"{name}.json", format_records(record))
+    report.written.append(out_dir / f"{name}.json")
+    if overlay:
+        report.written.append(write_png(out_dir / f"{name}.overlay.png", picture))
 
 
 def _frames(sources: Sequence[FrameSource], smoother: CentreSmoother | None):
@@ -270,7 +269,10 @@ def _frames(sources: Sequence[FrameSource], smoother: CentreSmoother | None):
 
 
 def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
-    """(depth, prediction, error or None), or the failure line."""
+    """(depth, prediction, its mean 3D error if the frame has labels of the predicted joints,
+    else None), or the failure line."""
+    from handgan.overlay import mean_error_mm, same_joints
+
     try:
         depth = frame.depth()
         try:
@@ -287,54 +289,13 @@ def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
             smoother.reset()
         message = str(e)
         return message if message.startswith(frame.origin) else f"{frame.origin}: {message}"
-    return depth, pred, _error(frame, pred, intr)
-
-
-def _error(frame: Frame, pred, intr: Intrinsics) -> float | None:
-    """The frame's mean 3D error if it has labels of the predicted joints, else None."""
-    from handgan.overlay import mean_error_mm, same_joints
-
     if frame.truth_uvd is None or not same_joints(frame.joint_names, pred.joint_names):
-        return None
-    return mean_error_mm(pred, frame.truth_uvd, intr)
-
-
-def _unique(name: str, used: dict[str, int]) -> str:
-    count = used[name] = used.get(name, 0) + 1
-    return name if count == 1 else f"{name}-{count}"
-
-
-def _write_frame(out_dir: Path, name: str, frame: Frame, pred, error: float | None,
-                 picture: np.ndarray | None) -> list[Path]:
-    from handgan.atomic import atomic_write_text
-    from handgan.overlay import write_png
-
-    record = {"file": frame.origin, **pred.to_dict()}
-    if error is not None:
-        truth_xyz = pred.transform.intr.uvd_to_xyz(frame.truth_uvd)  # the frame's camera
-        record["truth"] = {n: {"uvd": _rounded(u), "xyz": _rounded(x)}
-                           for n, u, x in zip(pred.joint_names, frame.truth_uvd, truth_xyz)}
-        record["error_mm"] = round(error, 4)
-    json_path = out_dir / f"{name}.json"
-    atomic_write_text(json_path, format_records(record))
-    written = [json_path]
-    if picture is not None:
-        written.append(write_png(out_dir / f"{name}.overlay.png", picture))
-    return written
-
-
-def _write_predictions(out_dir: Path, report: PredictReport) -> list[Path]:
-    from handgan.atomic import atomic_write_text
-    from handgan.evaluation.predfile import write_predictions
-
-    uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
-    listing = out_dir / "predictions_frames.txt"
-    atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
-    return [write_predictions(out_dir / "predictions.txt", uvd), listing]
+        return depth, pred, None
+    return depth, pred, mean_error_mm(pred, frame.truth_uvd, intr)
 
 
 def _rounded(values: np.ndarray) -> list[float]:
-    return [round(float(v), 4) for v in values]
+    return [round(float(v), 4) for v in values]  # 1e-4 px / mm: far below any model's error
 
 
 def format_records(records: dict[str, Any] | Sequence[dict[str, Any]]) -> str:

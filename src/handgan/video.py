@@ -24,11 +24,7 @@ MP4_MISSING = "mp4 videos need imageio-ffmpeg: pip install 'handgan[video]' (or 
 
 
 def check_video_path(path: str | os.PathLike) -> Path:
-    """``path`` if it names a video this module writes (and mp4 can be written here).
-
-    Raises:
-        HandganError: another suffix, or .mp4 without imageio-ffmpeg.
-    """
+    """``path`` if it names a video this module writes (and mp4 can be written here)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:

@@ -31,22 +31,8 @@ from handgan.evaluation.metrics import (
 from handgan.evaluation.predfile import check_frame_count, read_predictions, write_predictions
 
 __all__ = [
-    "CURVE_KINDS",
-    "LAYOUTS",
-    "DatasetLayout",
-    "check_frame_count",
-    "compare_methods",
-    "format_table",
-    "get_layout",
-    "joint_errors_uvd",
-    "joint_errors_xyz",
-    "mean_error_mm",
-    "parse_method_specs",
-    "per_joint_error_mm",
-    "read_predictions",
-    "success_auc",
-    "success_rates",
-    "thresholds_mm",
-    "write_predictions",
-    "write_report",
+    "CURVE_KINDS", "LAYOUTS", "DatasetLayout", "check_frame_count", "compare_methods",
+    "format_table", "get_layout", "joint_errors_uvd", "joint_errors_xyz", "mean_error_mm",
+    "parse_method_specs", "per_joint_error_mm", "read_predictions", "success_auc",
+    "success_rates", "thresholds_mm", "write_predictions", "write_report",
 ]

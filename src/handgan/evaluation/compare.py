@@ -41,18 +41,9 @@ COMPARE_JSON = "compare.json"
 
 
 def parse_method_specs(specs: Sequence[str]) -> dict[str, Path]:
-    """Parse ``NAME=PATH`` command-line items into an ordered name -> path dict.
-
-    Args:
-        specs: items such as ``"DeepPrior++=results/nyu/ICCVW17_NYU_DeepPrior++.txt"``; the name
-            ends at the first ``=``, so paths may contain ``=``.
-
-    Returns:
-        Name -> path, in the given order.
-
-    Raises:
-        HandganError: on a missing ``=``, an empty name or path, or a repeated name.
-    """
+    """``NAME=PATH`` command-line items -> an ordered name -> path dict. The name ends at the
+    first ``=`` (paths may contain ``=``); a missing ``=``, an empty name or path or a repeated
+    name is a HandganError."""
     methods: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -69,18 +60,9 @@ def compare_methods(dataset: str, gt_path: str | os.PathLike,
                     predictions: Mapping[str, str | os.PathLike], curve: str = DEFAULT_CURVE,
                     max_mm: float = DEFAULT_MAX_THRESHOLD_MM, step_mm: float = DEFAULT_STEP_MM
                     ) -> dict:
-    """Score prediction files against a ground-truth file, as the field does.
-
-    Args:
-        dataset: ``nyu``, ``icvl``, ``msra`` or ``synthetic`` (joint count, names, intrinsics).
-        gt_path: ground-truth file in the field's format.
-        predictions: method name -> prediction file (same format, same frames in the same order).
-        curve: success curve kind: ``max-frame`` (default), ``mean-frame`` or ``joint``.
-        max_mm: last success threshold in mm (default 80).
-        step_mm: threshold spacing in mm (default 1).
-
-    Returns:
-        The result dict described in the module docstring, methods best first.
+    """Score prediction files (method name -> file, the ground truth's frames in its order)
+    against a ground-truth file, as the field does: the result dict described in the module
+    docstring, methods best first.
 
     Raises:
         HandganError: unknown dataset or curve, no methods, or a missing/malformed/mismatched file.
@@ -101,33 +83,19 @@ def compare_methods(dataset: str, gt_path: str | os.PathLike,
         check_frame_count(path, pred, gt_path, gt)
         errors = joint_errors_uvd(pred, gt, layout.intrinsics)
         rates = success_rates(errors, thresholds, curve)
-        methods[name] = {
-            "file": str(path),
-            "mean_error_mm": mean_error_mm(errors),
-            "per_joint_mm": per_joint_error_mm(errors).tolist(),
-            "success": {"thresholds": thresholds.tolist(), "rates": rates.tolist()},
-            "auc": success_auc(thresholds, rates),
-        }
+        methods[name] = {"file": str(path), "mean_error_mm": mean_error_mm(errors),
+                         "per_joint_mm": per_joint_error_mm(errors).tolist(),
+                         "success": {"thresholds": thresholds.tolist(), "rates": rates.tolist()},
+                         "auc": success_auc(thresholds, rates)}
     ranked = sorted(methods, key=lambda n: methods[n]["mean_error_mm"])  # stable: ties keep order
-    return {
-        "dataset": layout.name,
-        "curve": curve,
-        "frames": int(gt.shape[0]),
-        "gt": str(gt_path),
-        "joints": list(layout.joint_names),
-        "methods": {name: methods[name] for name in ranked},
-    }
+    return {"dataset": layout.name, "curve": curve, "frames": int(gt.shape[0]),
+            "gt": str(gt_path), "joints": list(layout.joint_names),
+            "methods": {name: methods[name] for name in ranked}}
 
 
 def format_table(result: Mapping) -> str:
-    """A text table of a ``compare_methods`` result: rank, method, mean error, AUC.
-
-    Args:
-        result: the dict returned by ``compare_methods``.
-
-    Returns:
-        The table, lines joined by newlines (no final newline).
-    """
+    """A text table (no final newline) of a ``compare_methods`` result: rank, method, mean
+    error, AUC."""
     methods = result["methods"]
     t = next(iter(methods.values()))["success"]["thresholds"]
     auc_head = f"AUC {t[0]:g}-{t[-1]:g} mm"
@@ -142,11 +110,8 @@ def format_table(result: Mapping) -> str:
 
 
 def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the success-curve PNG, the per-joint PNG and ``compare.json`` into a folder.
-
-    Args:
-        result: the dict returned by ``compare_methods``.
-        out_dir: output folder (created if missing); files in it with the same names are replaced.
+    """Write the success-curve PNG, the per-joint PNG and ``compare.json`` of a
+    ``compare_methods`` result into a folder (made if missing; those files are replaced).
 
     Returns:
         ``{"success": path, "per_joint": path, "json": path}``.
@@ -154,7 +119,7 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
     from handgan.evaluation.figures import plot_per_joint_errors, plot_success_curves
 
     out = Path(out_dir)
-    check_outputs([out / SUCCESS_PNG, out / PER_JOINT_PNG, out / "compare.json"],
+    check_outputs([out / SUCCESS_PNG, out / PER_JOINT_PNG, out / COMPARE_JSON],
                   [result["gt"], *(m["file"] for m in result["methods"].values())])
     out.mkdir(parents=True, exist_ok=True)
     methods = result["methods"]

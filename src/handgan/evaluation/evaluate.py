@@ -37,6 +37,7 @@ from handgan.cachestore import CropCache
 from handgan.checkpoint import load_checkpoint, resolve_checkpoint
 from handgan.config import DataConfig, TrainConfig
 from handgan.data.sources import (
+    missing_synthetic,
     open_split,
     parse_source,
     pick_test_split,
@@ -86,19 +87,16 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
                         progress: bool = True, cache_dir: str | os.PathLike | None = None,
                         reference: str | os.PathLike | None = None, full_frame: bool = True
                         ) -> dict:
-    """Evaluate a run (or checkpoint) on a labelled split and write the report folder.
+    """Evaluate a run folder (its best.pt, else last.pt) or checkpoint on a labelled split,
+    write the report folder and return the metrics dict of metrics.json.
 
     Args:
-        checkpoint: a run folder (uses its best.pt, else last.pt) or a checkpoint file.
         data: data source spec; default the run's training source, if it is here (a
             checkpoint's paths are read, never written to: a synthetic set it names that is
             missing is not generated).
-        split: the split to evaluate; default the source's test split ("test", or ICVL's one
-            test sequence when only one is there: ``sources.pick_test_split``).
+        split: default the source's test split (``sources.pick_test_split``).
         out: report folder; default RUN/eval-SPLIT. None-like "" writes nothing.
         centre: crop centre rule, "gt" or "com"; default the run's (``data.centre``).
-        device: "auto", "cpu", "cuda", ...
-        progress: progress bars.
         cache_dir: crop cache folder; default the local default (``.handgan-cache``), never
             the checkpoint's.
         reference: GAN runs: a run folder or checkpoint whose pose network also reads Gen(J)
@@ -107,9 +105,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
         full_frame: with labelled-centre crops and a checkpoint that carries a hand localiser,
             also score the split with crops centred where the localiser finds the hand
             (``metrics["full_frame"]``: the figure a camera user gets).
-
-    Returns:
-        The metrics dict written to metrics.json.
 
     Raises:
         HandganError: bad checkpoint, data, split or centre; ``reference`` on a supervised run
@@ -158,12 +153,22 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
 
 
 def _reference(path: Path, cfg: TrainConfig, reference, device: torch.device):
-    """The reference, checked (it needs the run's generator) and loaded; or None."""
-    if cfg.mode != "gan" and reference is not None:
+    """(path, pose network, crop spec) of the reference checkpoint, checked (it needs the run's
+    generator, and must predict the run's joints); or None."""
+    if reference is None:
+        return None
+    if cfg.mode != "gan":
         raise HandganError(f"{path}: a reference (it reads back Gen(J)) needs a trained "
                            f"generator; this is a mode {cfg.mode!r} run, whose generator was "
                            "never trained")
-    return _load_reference(reference, cfg, device) if reference is not None else None
+    ref_path = resolve_checkpoint(reference)
+    ckpt = load_checkpoint(ref_path)
+    ref_cfg, net = load_networks(ref_path, ["estimator"], device, ckpt=ckpt)
+    spec = read_crop_spec(ckpt, ref_cfg.model, ref_path)
+    if ref_cfg.model.num_joints != cfg.model.num_joints:
+        raise HandganError(f"{ref_path}: the reference predicts {ref_cfg.model.num_joints} "
+                           f"joints, the run {cfg.model.num_joints}")
+    return ref_path, net, spec
 
 
 def _pick_split(path: Path, cfg: TrainConfig, data: str | None, split: str | None, centre: str,
@@ -171,7 +176,7 @@ def _pick_split(path: Path, cfg: TrainConfig, data: str | None, split: str | Non
     """(source spec, split name) to evaluate: the given ones, checked, or the run's source and
     its test split (then the default report folder is checked, now that its name is known)."""
     source = data or cfg.data.source
-    if data is None and _missing_synthetic(parse_source(source)):
+    if data is None and missing_synthetic(parse_source(source)):
         raise HandganError(f"{source}: the checkpoint's training data is not here (give --data; "
                            "--data synthetic makes the default set in data/synthetic)")
     if centre not in CENTRES:
@@ -255,31 +260,9 @@ def _localisation(reader, cache: CropCache, localizer: Localizer | None) -> dict
             **summary}
 
 
-def _missing_synthetic(spec) -> bool:
-    from handgan.synth.generate import read_manifest
-
-    return spec.kind == "synthetic" and read_manifest(spec.root) is None
-
-
 def _to_uvd(cache: CropCache, norm: np.ndarray) -> np.ndarray:
-    """Normalised joints (N, J, 3) -> full-frame u, v px, d mm, row by row with each crop's
-    exact transform."""
-    uvd = np.empty(norm.shape)
-    for i in range(norm.shape[0]):
-        uvd[i] = cache.transform(i).norm_to_uvd(norm[i])
-    return uvd
-
-
-def _load_reference(reference: str | os.PathLike, cfg: TrainConfig, device: torch.device):
-    """(path, pose network, crop spec) of a reference checkpoint that predicts the run's joints."""
-    path = resolve_checkpoint(reference)
-    ckpt = load_checkpoint(path)
-    ref_cfg, net = load_networks(path, ["estimator"], device, ckpt=ckpt)
-    spec = read_crop_spec(ckpt, ref_cfg.model, path)
-    if ref_cfg.model.num_joints != cfg.model.num_joints:
-        raise HandganError(f"{path}: the reference predicts {ref_cfg.model.num_joints} joints, "
-                           f"the run {cfg.model.num_joints}")
-    return path, net, spec
+    """Normalised joints (N, J, 3) -> full-frame u v d, with each row's crop transform."""
+    return np.stack([cache.transform(i).norm_to_uvd(n) for i, n in enumerate(norm)])
 
 
 def _check_reference(ref, cache: CropCache) -> None:
@@ -312,43 +295,37 @@ def _fidelity(gen: Generator, dis: Discriminator, ref, crops, device: torch.devi
 
 def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray,
                   baseline_errors: np.ndarray | None, pred_norm: np.ndarray, gen: Generator,
-                  device: torch.device, reader=None) -> None:
+                  device: torch.device, reader) -> None:
     out.mkdir(parents=True, exist_ok=True)
     true_norm = np.asarray(cache.joints_norm, np.float64)
     pred_uvd = _to_uvd(cache, pred_norm)
     write_predictions(out / "predictions.txt", pred_uvd)
     write_predictions(out / "groundtruth.txt", _to_uvd(cache, true_norm))
 
-    label = "handgan" if metrics["mode"] == "gan" else "supervised baseline"
-    curve = metrics["success"]["max-frame"]
-    rates = {label: curve["rates"]}
-    means = {label: metrics["mean_error_mm"]}
-    per_joint = {label: metrics["per_joint_mm"]}
+    named = {"handgan" if metrics["mode"] == "gan" else "supervised baseline": errors}
     if baseline_errors is not None:
-        t = np.asarray(curve["thresholds"])
-        rates["mean training pose"] = success_rates(baseline_errors, t, "max-frame").tolist()
-        means["mean training pose"] = metrics["mean_pose_baseline_mm"]
-        per_joint["mean training pose"] = per_joint_error_mm(baseline_errors).tolist()
+        named["mean training pose"] = baseline_errors
+    curve = metrics["success"]["max-frame"]
+    t = np.asarray(curve["thresholds"])
+    rates = {n: success_rates(e, t, "max-frame").tolist() for n, e in named.items()}
+    means = {n: mean_error_mm(e) for n, e in named.items()}
+    per_joint = {n: per_joint_error_mm(e).tolist() for n, e in named.items()}
     title = f"{metrics['data']} {metrics['split']}, {metrics['frames']} frames"
     plot_success_curves(out / "success.png", curve["thresholds"], rates, means, "max-frame", title)
     plot_per_joint_errors(out / "per_joint.png", metrics["joints"], per_joint, means, title)
 
-    # Evenly spread frames, so the grid is not just the first sequence's first second.
-    rows = np.linspace(0, len(cache) - 1, min(GRID_FRAMES, len(cache))).round().astype(int)
-    rows = np.unique(rows)
+    rows = _spread(len(cache), GRID_FRAMES)
     crops = np.asarray(cache.crops[rows], np.float32)
     pred_px = np.stack([cache.transform(i).norm_to_crop_px(pred_norm[i]) for i in rows])
     true_px = np.stack([cache.transform(i).norm_to_crop_px(true_norm[i]) for i in rows])
     titles = [f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm" for i in rows]
     crop_skeleton_grid(crops, pred_px, true_px, out / "predictions.png", titles)
-    files = ["success.png", "per_joint.png", "predictions.png"]
-    if reader is not None:
-        picks = rows[np.linspace(0, len(rows) - 1, min(FRAME_GRID, len(rows))).round().astype(int)]
-        sample_grid([reader.depth(int(cache.frame_index[i])) for i in picks],
-                    [pred_uvd[i] for i in picks], out / "frames.png", cols=4, zoom=False,
-                    titles=[f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm"
-                            for i in picks])
-        files.append("frames.png")
+    picks = rows[_spread(len(rows), FRAME_GRID)]
+    sample_grid([reader.depth(int(cache.frame_index[i])) for i in picks],
+                [pred_uvd[i] for i in picks], out / "frames.png", cols=4, zoom=False,
+                titles=[f"frame {int(cache.frame_index[i])}: {errors[i].mean():.1f} mm"
+                        for i in picks])
+    files = ["success.png", "per_joint.png", "predictions.png", "frames.png"]
     if metrics["mode"] == "gan":
         _plot_generated(out / "generated.png", cache, true_norm, gen, device)
         files.append("generated.png")
@@ -357,13 +334,18 @@ def _write_report(out: Path, metrics: dict, cache: CropCache, errors: np.ndarray
     atomic_write_text(out / "report.md", _report_markdown(metrics, files))
 
 
+def _spread(n: int, count: int) -> np.ndarray:
+    """At most ``count`` evenly spread indices of 0..n-1, so a grid is not just the first
+    sequence's first second."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+
+
 def _plot_generated(path: Path, cache: CropCache, true_norm: np.ndarray, gen: Generator,
                     device: torch.device) -> None:
     """8 evenly spread frames: real crop | Gen(true joints) | |difference| in mm, hand region
     outlined. Gen's sensor model draws its missing pixels from seed 0 (as ``fidelity`` does),
     so the figure is the same however the networks were built; the caller's RNG is untouched."""
-    rows = np.unique(np.linspace(0, len(cache) - 1, min(GENERATED_FRAMES, len(cache)))
-                     .round().astype(int))
+    rows = _spread(len(cache), GENERATED_FRAMES)
     real = np.asarray(cache.crops[rows], np.float32)  # (N, S, S)
     transforms = [cache.transform(int(i)) for i in rows]
     half = np.array([t.half_depth_mm for t in transforms]).reshape(-1, 1, 1)

@@ -28,29 +28,17 @@ def plot_success_curves(out: str | os.PathLike, thresholds_mm: Sequence[float],
                         rates: Mapping[str, Sequence[float]],
                         mean_errors_mm: Mapping[str, float], curve: str = "max-frame",
                         title: str | None = None) -> Path:
-    """Success-rate curves, one line per method, over thresholds 0..80 mm.
-
-    Args:
-        out: PNG path to write (atomically).
-        thresholds_mm: (T,) thresholds D in mm shared by all methods.
-        rates: method name -> (T,) success fractions in [0, 1], in legend order.
-        mean_errors_mm: method name -> mean 3D error, shown in the legend.
-        curve: which success curve the rates are (sets the y label).
-        title: figure title, or None for none.
-
-    Returns:
-        The PNG path.
-    """
+    """Success-rate curves over the (T,) thresholds D in mm, one line per method (name ->
+    (T,) fractions in [0, 1], in legend order, its mean error in the legend); ``curve`` names
+    the kind of curve (the y label). Returns the PNG path."""
     t = np.asarray(thresholds_mm, dtype=np.float64)
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.subplots()
     for name, r in rates.items():
         ax.plot(t, 100.0 * np.asarray(r, dtype=np.float64), lw=2.0,
                 label=f"{name} ({mean_errors_mm[name]:.2f} mm)")
-    ax.set_xlim(t[0], t[-1])
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("error threshold D (mm)")
-    ax.set_ylabel(_CURVE_LABELS.get(curve, "success rate (%)"))
+    ax.set(xlim=(t[0], t[-1]), ylim=(0, 100), xlabel="error threshold D (mm)",
+           ylabel=_CURVE_LABELS.get(curve, "success rate (%)"))
     ax.grid(True, alpha=0.4)
     # Curves climb from the lower left to the upper right, so the lower right stays empty.
     ax.legend(loc="lower right", title="method (mean error)", fontsize=9, title_fontsize=9)
@@ -63,18 +51,8 @@ def plot_success_curves(out: str | os.PathLike, thresholds_mm: Sequence[float],
 def plot_per_joint_errors(out: str | os.PathLike, joint_names: Sequence[str],
                           per_joint_mm: Mapping[str, Sequence[float]],
                           mean_errors_mm: Mapping[str, float], title: str | None = None) -> Path:
-    """Grouped bar chart of per-joint mean errors, plus a "mean" group, one colour per method.
-
-    Args:
-        out: PNG path to write (atomically).
-        joint_names: the J joint names in line order (x axis).
-        per_joint_mm: method name -> (J,) per-joint mean errors in mm, in legend order.
-        mean_errors_mm: method name -> mean 3D error (the last, "mean" group).
-        title: figure title, or None for none.
-
-    Returns:
-        The PNG path.
-    """
+    """Grouped bar chart of per-joint mean errors (method name -> (J,) mm, in legend order),
+    plus a last "mean" group of the mean errors, one colour per method. Returns the PNG path."""
     labels = [*joint_names, "mean"]
     methods = list(per_joint_mm)
     x = np.arange(len(labels))
@@ -106,31 +84,25 @@ def plot_generated(out: str | os.PathLike, real: np.ndarray, fake: np.ndarray,
     """One row per frame: real crop | Gen(J) | |real - Gen(J)| as a heat map in mm.
 
     Args:
-        out: PNG path to write (atomically).
         real, fake: (N, S, S) normalised crops in [-1, 1] (near = dark, background = white).
         diff_mm: (N, S, S) absolute depth differences in mm.
         regions: (N, S, S) hand-region masks, outlined on the difference, or None.
-        row_labels: N labels, left of each row.
         vmax_mm: top of the difference colour scale (larger differences saturate).
-
-    Returns:
-        The PNG path.
     """
     n = len(real)
     fig = Figure(figsize=(6.4, 0.4 + 2.0 * n), layout="constrained")  # >= 700 px wide
     axes = fig.subplots(n, 3, squeeze=False)
     heat = None
     for i in range(n):
-        axes[i, 0].imshow(real[i], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        axes[i, 1].imshow(fake[i], cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        for ax, crop in zip(axes[i, :2], (real[i], fake[i])):
+            ax.imshow(crop, cmap="gray", vmin=-1.0, vmax=1.0, interpolation="nearest")
         heat = axes[i, 2].imshow(diff_mm[i], cmap="inferno", vmin=0.0, vmax=vmax_mm,
                                  interpolation="nearest")
         if regions is not None and regions[i].any() and not regions[i].all():
             axes[i, 2].contour(regions[i], levels=[0.5], colors="cyan", linewidths=0.8)
         axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
         for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
     for ax, title in zip(axes[0], ("real crop", "Gen(J)", "|real - Gen(J)|")):
         ax.set_title(title, fontsize=10)
     if heat is not None:

@@ -16,7 +16,7 @@ Definitions (those of the field's public evaluation scripts, awesome-hand-pose-e
   ``(1 / (t_max - t_min)) * integral of rate(t) dt`` by the trapezoidal rule over the sampled
   thresholds. It lies in [0, 1]; 1 means every frame is within t_min (0 mm).
 
-Everything is vectorised numpy in float64.
+Everything is vectorised numpy in float64; errors are (N, J) arrays in mm.
 """
 from __future__ import annotations
 
@@ -37,13 +37,8 @@ DEFAULT_STEP_MM = 1.0
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """What the evaluator needs to know about a dataset's prediction files.
-
-    Attributes:
-        name: dataset key (``nyu``, ``icvl``, ``msra``, ``synthetic``).
-        joint_names: readable names of the joints in line order (J of them; ``joints.LAYOUTS``).
-        intrinsics: the camera the field's evaluator back-projects ``u v d`` with.
-    """
+    """What the evaluator needs to know about a dataset's prediction files: its key, the
+    readable joint names in line order and the camera the field back-projects ``u v d`` with."""
 
     name: str
     joint_names: tuple[str, ...]
@@ -51,7 +46,6 @@ class DatasetLayout:
 
     @property
     def n_joints(self) -> int:
-        """Joints per frame (J); a prediction line holds 3 * J numbers."""
         return len(self.joint_names)
 
 
@@ -74,17 +68,7 @@ LAYOUTS: dict[str, DatasetLayout] = {
 
 
 def get_layout(dataset: str) -> DatasetLayout:
-    """Look up a dataset's layout.
-
-    Args:
-        dataset: one of ``LAYOUTS`` (``nyu``, ``icvl``, ``msra``, ``synthetic``).
-
-    Returns:
-        The dataset's ``DatasetLayout``.
-
-    Raises:
-        HandganError: for an unknown dataset name.
-    """
+    """A dataset's layout; HandganError for an unknown name."""
     try:
         return LAYOUTS[dataset]
     except KeyError:
@@ -92,15 +76,7 @@ def get_layout(dataset: str) -> DatasetLayout:
 
 
 def joint_errors_xyz(pred_xyz: np.ndarray, gt_xyz: np.ndarray) -> np.ndarray:
-    """Per-joint Euclidean errors between predicted and ground-truth camera coordinates.
-
-    Args:
-        pred_xyz: (N, J, 3) predicted x, y, z in mm.
-        gt_xyz: (N, J, 3) ground-truth x, y, z in mm, same shape.
-
-    Returns:
-        (N, J) float64 errors in mm.
-    """
+    """(N, J) float64 Euclidean errors between two (N, J, 3) arrays of camera xyz in mm."""
     pred = np.asarray(pred_xyz, dtype=np.float64)
     gt = np.asarray(gt_xyz, dtype=np.float64)
     if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
@@ -109,28 +85,13 @@ def joint_errors_xyz(pred_xyz: np.ndarray, gt_xyz: np.ndarray) -> np.ndarray:
 
 
 def joint_errors_uvd(pred_uvd: np.ndarray, gt_uvd: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
-    """Per-joint 3D errors from ``u v d`` predictions, back-projected as the field does.
-
-    Args:
-        pred_uvd: (N, J, 3) predicted u px, v px, d mm in the full image.
-        gt_uvd: (N, J, 3) ground truth in the same format.
-        intrinsics: the dataset's evaluation camera (``get_layout(name).intrinsics``).
-
-    Returns:
-        (N, J) float64 errors in mm.
-    """
+    """(N, J) errors in mm of (N, J, 3) ``u v d`` predictions, back-projected as the field does
+    with the dataset's evaluation camera (``get_layout(name).intrinsics``)."""
     return joint_errors_xyz(intrinsics.uvd_to_xyz(pred_uvd), intrinsics.uvd_to_xyz(gt_uvd))
 
 
 def mean_error_mm(errors: np.ndarray) -> float:
-    """Mean 3D error: the mean of all (frame, joint) errors.
-
-    Args:
-        errors: (N, J) errors in mm.
-
-    Returns:
-        The mean in mm.
-    """
+    """Mean 3D error: the mean of all (frame, joint) errors."""
     return float(np.mean(_check_errors(errors)))
 
 
@@ -154,28 +115,14 @@ def crops_mean_error_mm(pred_norm: np.ndarray, crops) -> float:
 
 
 def per_joint_error_mm(errors: np.ndarray) -> np.ndarray:
-    """Mean error of each joint over frames.
-
-    Args:
-        errors: (N, J) errors in mm.
-
-    Returns:
-        (J,) float64 means in mm, in line order.
-    """
+    """(J,) mean error of each joint over frames, in line order."""
     return np.mean(_check_errors(errors), axis=0)
 
 
 def thresholds_mm(max_mm: float = DEFAULT_MAX_THRESHOLD_MM, step_mm: float = DEFAULT_STEP_MM
                   ) -> np.ndarray:
-    """Success-curve thresholds 0, step, 2 step, ..., max (inclusive).
-
-    Args:
-        max_mm: last threshold in mm (default 80, as the field plots).
-        step_mm: spacing in mm (default 1); ``max_mm`` must be a whole number of steps.
-
-    Returns:
-        (T,) float64 thresholds in mm.
-    """
+    """(T,) success-curve thresholds 0, step, 2 step, ..., max (inclusive) in mm; ``max_mm``
+    must be a whole number of steps."""
     if not (step_mm > 0 and max_mm > 0):
         raise HandganError(f"thresholds need max > 0 and step > 0 mm, got max {max_mm}, step {step_mm}")
     n = round(max_mm / step_mm)
@@ -188,17 +135,9 @@ def thresholds_mm(max_mm: float = DEFAULT_MAX_THRESHOLD_MM, step_mm: float = DEF
 
 def success_rates(errors: np.ndarray, thresholds: np.ndarray | None = None,
                   kind: str = DEFAULT_CURVE) -> np.ndarray:
-    """Success-rate curve: the fraction of frames (or joints) within each threshold, inclusive.
-
-    Args:
-        errors: (N, J) errors in mm.
-        thresholds: (T,) thresholds in mm; default ``thresholds_mm()`` (0..80 mm, 1 mm steps).
-        kind: ``"max-frame"`` (per-frame worst joint <= t), ``"mean-frame"`` (per-frame mean
-            <= t) or ``"joint"`` (each joint error <= t).
-
-    Returns:
-        (T,) float64 fractions in [0, 1].
-    """
+    """(T,) success-rate curve: the fraction of frames (or joints) within each threshold,
+    inclusive; ``kind`` is one of ``CURVE_KINDS`` (see the module docstring), ``thresholds``
+    default ``thresholds_mm()``."""
     errors = _check_errors(errors)
     t = thresholds_mm() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     if kind == "max-frame":
@@ -214,18 +153,8 @@ def success_rates(errors: np.ndarray, thresholds: np.ndarray | None = None,
 
 
 def success_auc(thresholds: np.ndarray, rates: np.ndarray) -> float:
-    """Area under a success curve, normalised by the threshold range to lie in [0, 1].
-
-    ``AUC = (1 / (t[-1] - t[0])) * sum_k (t[k+1] - t[k]) * (rate[k] + rate[k+1]) / 2``
-    (trapezoidal rule over the sampled thresholds).
-
-    Args:
-        thresholds: (T,) increasing thresholds in mm, T >= 2.
-        rates: (T,) success fractions at those thresholds.
-
-    Returns:
-        The normalised area.
-    """
+    """Area under a success curve (trapezoidal rule over the sampled thresholds), divided by the
+    threshold range to lie in [0, 1]; needs at least 2 increasing thresholds."""
     t = np.asarray(thresholds, dtype=np.float64)
     r = np.asarray(rates, dtype=np.float64)
     if t.ndim != 1 or t.shape != r.shape or t.size < 2 or not np.all(np.diff(t) > 0):

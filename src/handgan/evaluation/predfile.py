@@ -29,22 +29,13 @@ _NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infin
 MAX_VALUE = 1e6  # px or mm; larger is a unit mistake
 
 def read_predictions(path: str | os.PathLike, n_joints: int | None = None) -> np.ndarray:
-    """Read a prediction or ground-truth file strictly.
+    """Read a prediction or ground-truth file strictly -> (N, J, 3) float64 ``u v d``.
 
-    Args:
-        path: the text file.
-        n_joints: joints per frame (J); every line must hold 3 * J numbers. ``None`` takes J from
-            the first line (which must hold a multiple of 3 numbers).
-
-    Returns:
-        (N, J, 3) float64 ``u px, v px, d mm``.
-
-    Raises:
-        HandganError: file missing or unreadable, or any format problem (file and line named).
+    Every line must hold 3 * ``n_joints`` numbers; ``None`` takes J from the first line. A
+    missing or unreadable file or any format problem is a HandganError naming file and line.
     """
     path = Path(path)
-    text = _read_text(path)
-    lines = text.split("\n")
+    lines = _read_text(path).split("\n")
     if lines[-1] == "":  # the final newline
         lines.pop()
     if not lines or (len(lines) == 1 and not lines[0].strip()):
@@ -68,34 +59,22 @@ def read_predictions(path: str | os.PathLike, n_joints: int | None = None) -> np
             raise HandganError(f"{path}: line {number}: {_describe_bad_token(line)}")
         rows.append(tokens)
     # Every token matched _NUMBER, so this conversion cannot fail; only overflow (1e999) can
-    # still give a non-finite value.
+    # still give a non-finite value. Values over MAX_VALUE would overflow the errors to inf.
     values = np.array(rows, dtype=np.float64)
-    bad = np.argwhere(~np.isfinite(values))
-    if bad.size:
-        row, col = bad[0]
-        raise HandganError(f"{path}: line {row + 1}: number {col + 1} ({rows[row][col]!r}) "
-                           "is not finite")
-    bad = np.argwhere(np.abs(values) > MAX_VALUE)  # errors would overflow to inf
-    if bad.size:
-        row, col = bad[0]
-        raise HandganError(f"{path}: line {row + 1}: number {col + 1} ({rows[row][col]!r}) "
-                           f"is not pixels or mm (at most {MAX_VALUE:g} in size)")
+    for bad, problem in ((~np.isfinite(values), "is not finite"),
+                         (np.abs(values) > MAX_VALUE,
+                          f"is not pixels or mm (at most {MAX_VALUE:g} in size)")):
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise HandganError(f"{path}: line {row + 1}: number {col + 1} "
+                               f"({rows[row][col]!r}) {problem}")
     return values.reshape(len(rows), expected // 3, 3)
 
 
 def check_frame_count(pred_path: str | os.PathLike, pred: np.ndarray, gt_path: str | os.PathLike,
                       gt: np.ndarray) -> None:
-    """Refuse a prediction file whose frames or joints do not match the ground truth.
-
-    Args:
-        pred_path: the prediction file (for the message).
-        pred: (N, J, 3) its contents.
-        gt_path: the ground-truth file (for the message).
-        gt: (M, K, 3) its contents.
-
-    Raises:
-        HandganError: when N != M or J != K, naming both files and both counts.
-    """
+    """Refuse (HandganError naming both files and counts) a prediction file whose frames or
+    joints do not match the ground truth's."""
     if pred.shape[0] != gt.shape[0]:
         raise HandganError(f"{pred_path}: {pred.shape[0]} frames, but the ground truth {gt_path} "
                            f"has {gt.shape[0]} (one line per test frame, in ground-truth order)")
@@ -105,15 +84,7 @@ def check_frame_count(pred_path: str | os.PathLike, pred: np.ndarray, gt_path: s
 
 
 def write_predictions(path: str | os.PathLike, uvd: np.ndarray) -> Path:
-    """Write predictions in the field's format, atomically.
-
-    Args:
-        path: output text file.
-        uvd: (N, J, 3) ``u px, v px, d mm``, finite.
-
-    Returns:
-        The path written.
-    """
+    """Write (N, J, 3) finite ``u v d`` predictions in the field's format, atomically."""
     uvd = np.asarray(uvd, dtype=np.float64)
     if uvd.ndim != 3 or uvd.shape[-1] != 3 or uvd.shape[0] == 0 or uvd.shape[1] == 0:
         raise ValueError(f"expected a non-empty (N, J, 3) array, got shape {uvd.shape}")
