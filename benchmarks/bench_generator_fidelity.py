@@ -6,10 +6,10 @@ hand-region and full-crop depth error of Gen(J_test), and the read-back error of
 pose network on Gen(J_test) beside its error on the real test crops):
 
     python benchmarks/bench_generator_fidelity.py --reference runs/ref/checkpoints/best.pt \\
-        --labeled-fraction 0.1 --steps 1180 --set model.gen_skeleton=true --set loss.w_hand=5
+        --labeled-fraction 0.1 --steps 1180 --set model.gen_render=false --set loss.w_hand=5
 
 ``--set`` takes the training config's keys (preset quick by default); the relevant ones are
-``loss.recons_mode``, ``loss.tau``, ``loss.w_hand`` and ``model.gen_skeleton``. Or evaluate a
+``loss.recons_mode``, ``loss.tau``, ``loss.w_hand`` and ``model.gen_render``. Or evaluate a
 trained run's generator: ``--run RUN`` (no training).
 """
 from __future__ import annotations

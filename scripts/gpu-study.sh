@@ -29,12 +29,11 @@ fi
 $PY -m handgan train --out warm --preset seed --max-steps 1 --set optim.epochs=1 >/dev/null 2>&1
 
 # The seed preset is the method (docs/training.md); supervised-few is the same recipe without
-# the generator; gan-render-synth keeps the seed's convs correcting the render.
+# the generator.
 timeout "$BUDGET" $PY -m handgan study labels --out seed-study --preset seed --quiet --seeds 1 \
   --epochs 20 --fractions 0.05,0.1 --modes "" --jobs 6 "${EXTRA[@]}" \
   --variant "supervised-few=supervised:optim.lr_schedule=cosine" \
-  --variant "gan-sensor=gan:optim.lr_schedule=cosine" \
-  --variant "gan-render-synth=gan:model.gen_correction=true" > seed-study.log 2>&1
+  --variant "gan-sensor=gan:optim.lr_schedule=cosine" > seed-study.log 2>&1
 
 cp seed-study/study.json seed-study/table.md seed-study.log "$RESULTS/" 2>/dev/null
 for run in seed-study/runs/*; do

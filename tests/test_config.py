@@ -7,7 +7,6 @@ import pytest
 
 from handgan.config import (
     PRESETS,
-    REMOVED_IN,
     REMOVED_KEYS,
     DataConfig,
     OptimConfig,
@@ -173,7 +172,7 @@ def test_old_configs_with_removed_keys_left_off_still_load(tmp_path, key):
     # An old run's config.yaml (and its checkpoints' config) lists every key it had: a removed
     # option at the value that left it off is dropped; any other value is a one-line error
     # naming the commit that still has it.
-    _, off = REMOVED_KEYS[key]
+    _, off, commit = REMOVED_KEYS[key]
     for value in off:
         old = _with_key(to_dict(preset("quick")), key, value)
         assert from_dict(old) == preset("quick")
@@ -184,7 +183,7 @@ def test_old_configs_with_removed_keys_left_off_still_load(tmp_path, key):
     bad = True if off[0] is False else 3 if off[0] in (None, 0, 1) else 0.5
     with pytest.raises(HandganError) as err:
         from_dict(_with_key(to_dict(preset("quick")), key, bad))
-    assert str(err.value).startswith(f"{key} was removed") and REMOVED_IN in str(err.value)
+    assert str(err.value).startswith(f"{key} was removed") and commit in str(err.value)
     assert "\n" not in str(err.value)
     with pytest.raises(HandganError, match=f"{key} was removed"):
         apply_overrides(preset("quick"), [f"{key}={bad}"])
@@ -193,7 +192,7 @@ def test_old_configs_with_removed_keys_left_off_still_load(tmp_path, key):
 
 def test_save_load_round_trip(tmp_path):
     cfg = apply_overrides(preset("seed"), ["optim.lr=2.5e-05", "data.labeled_count=100",
-                                           "loss.recons_mode=pixel_truncate", "loss.tau=0.1"])
+                                           "loss.recons_mode=sample_floor", "loss.tau=0.1"])
     path = tmp_path / "run" / "config.yaml"
     save_yaml(cfg, path)
     assert load_yaml(path) == cfg
@@ -267,9 +266,22 @@ def test_seed_literal_config_is_the_seed_document_with_the_generator_options_off
     assert literal == expected
     assert literal.loss.recons_mode == "sample_floor" and literal.loss.w_synth == 0
     assert literal.loss.w_gen_adv == 1 and literal.optim.lr_schedule == "constant"
-    assert not (literal.model.gen_skeleton or literal.model.gen_render)
+    assert not literal.model.gen_render
     # the presets train the rendered generator (docs/results.md, round 6)
     for name in ("quick", "seed"):
         cfg = preset(name)
-        assert cfg.model.gen_render and not cfg.model.gen_correction
+        assert cfg.model.gen_render
         assert cfg.loss.recons_mode == "pixel_l1" and cfg.loss.w_synth == 1
+
+
+def test_gen_correction_is_inert_without_the_render_and_the_corrected_render_is_refused():
+    # The seed's generator ignored model.gen_correction (seed-literal.yaml listed it as true);
+    # with model.gen_render it was the corrected render, removed.
+    literal = load_yaml(CONFIGS / "seed-literal.yaml")
+    assert apply_overrides(literal, ["model.gen_correction=true"]) == literal
+    with pytest.raises(HandganError, match="model.gen_correction was removed.*ff70ccc"):
+        apply_overrides(preset("quick"), ["model.gen_correction=true"])
+    old = to_dict(preset("quick"))
+    old["model"]["gen_correction"] = True
+    with pytest.raises(HandganError, match="model.gen_correction was removed"):
+        from_dict(old)

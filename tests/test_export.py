@@ -58,7 +58,7 @@ def test_dynamic_batch_axis(ckpt, estimator_onnx, batch):
 @pytest.mark.parametrize("render", [False, True])
 def test_generator_export(tmp_path, render):
     # render: the skeleton render's z-buffer and forearm survive tracing (every pixel in ONNX)
-    cfg = ModelConfig(size=64, width=8, pose_hidden=32, gen_render=render, gen_skeleton=render)
+    cfg = ModelConfig(size=64, width=8, pose_hidden=32, gen_render=render)
     save_tiny_checkpoint(tmp_path / "g.pt", cfg=cfg)
     result = export_onnx(tmp_path / "g.pt", tmp_path / "gen.onnx", what="generator")
     assert result.max_abs_diff < 1e-5 and result.max_abs_diff_mm is None

@@ -146,13 +146,13 @@ def test_checkpoint_listing_removed_options_at_their_off_values_still_loads(tmp_
     # A checkpoint written before the options of config.REMOVED_KEYS were removed lists them at
     # their off values (and a mean teacher's empty slot): it loads and estimates as before. One
     # that had such an option on is refused in one line naming the commit that still has it.
-    from handgan.config import REMOVED_IN, REMOVED_KEYS
+    from handgan.config import REMOVED_KEYS
     from handgan.generation import load_generator
     from handgan.networks import load_networks
     path = tmp_path / "old.pt"
     save_tiny_checkpoint(path)  # the same networks as ``est``'s checkpoint
     ckpt = torch.load(path, weights_only=True)
-    for key, (_, off) in REMOVED_KEYS.items():
+    for key, (_, off, _) in REMOVED_KEYS.items():
         *sections, leaf = key.split(".")
         node = ckpt["config"]
         for part in sections:
@@ -168,7 +168,7 @@ def test_checkpoint_listing_removed_options_at_their_off_values_still_loads(tmp_
     assert cfg.model == TINY
     ckpt["config"]["model"]["noise_dim"] = 16
     save_checkpoint(path, ckpt)
-    with pytest.raises(HandganError, match=f"model.noise_dim was removed.*{REMOVED_IN}"):
+    with pytest.raises(HandganError, match="model.noise_dim was removed.*6a3f375"):
         Estimator.from_checkpoint(path)
     assert main(["predict", str(path), str(frames_dir / "depth_1_0000001.png")]) == 2
     err = capsys.readouterr().err

@@ -53,15 +53,12 @@ def test_gan_losses_equal_binary_cross_entropy():
     assert generator_adversarial_loss(fake).item() == pytest.approx(-torch.log(sig(fake)).mean().item(), rel=1e-6)
 
 
-def test_reconstruction_loss_floors_per_sample_or_truncates_per_pixel():
+def test_reconstruction_loss_floors_per_sample():
     real = torch.zeros(2, 1, 2, 2)
     gen = torch.tensor([[[[0.1, 0.1], [0.1, 0.1]]], [[[1.0, 0.0], [0.0, 0.0]]]])
     # per-sample mean squared errors: 0.01 and 0.25
     assert reconstruction_loss(real, gen, tau=0.05).item() == pytest.approx((0.05 + 0.25) / 2)
     assert reconstruction_loss(real, gen, tau=0.0).item() == pytest.approx((0.01 + 0.25) / 2)
-    # per pixel: min(e, 0.5) -> sample 1: 0.01 each; sample 2: 0.5, 0, 0, 0
-    assert reconstruction_loss(real, gen, tau=0.5, mode="pixel_truncate").item() == pytest.approx(
-        (4 * 0.01 + 0.5) / 8)
     with pytest.raises(ValueError):
         reconstruction_loss(real, gen, tau=0.1, mode="median")
 

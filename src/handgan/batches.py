@@ -200,13 +200,12 @@ class UnlabeledPool:
 
 def equivariance_augment(cfg: TrainConfig) -> AugmentConfig:
     """How the equivariance term's view B is drawn from the crop (view A): rotation, scale and
-    shift at once, so that a pair always differs (``data.augment``'s amounts, or the
-    ``loss.equi_*`` ones where set), without pixel dropout (that is for the labelled crops)."""
-    w = cfg.loss
-    amounts = {"rotation_deg": w.equi_rotation_deg, "translation_sigma_mm": w.equi_translation_mm,
-               "scale_sigma": w.equi_scale_sigma}
+    shift at once, so that a pair always differs (``data.augment``'s amounts, the rotation
+    ``loss.equi_rotation_deg`` where set), without pixel dropout (that is for the labelled
+    crops)."""
+    rotation = cfg.loss.equi_rotation_deg
     return dataclasses.replace(cfg.data.augment, combine=True, pixel_dropout_p=0.0,
-                               **{k: v for k, v in amounts.items() if v is not None})
+                               **({"rotation_deg": rotation} if rotation is not None else {}))
 
 
 class Batch(NamedTuple):

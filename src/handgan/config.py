@@ -39,8 +39,7 @@ from handgan.localize import LocalizerConfig
 from handgan.models import ModelConfig
 
 TRAIN_MODES = ("gan", "supervised")
-RECONS_MODES = ("sample_floor", "pixel_truncate", "pixel_sum", "pixel_l1")
-GEN_ADV_KINDS = ("bce", "feature_matching")
+RECONS_MODES = ("sample_floor", "pixel_l1")
 SYNTH_POSE_SOURCES = ("mix", "finger", "rotate", "unlabeled")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -102,9 +101,8 @@ class LossConfig:
     ``tau`` is in normalised depth units squared (1.0 = half the crop cube, 150 mm for a 300 mm
     cube). With ``recons_mode="sample_floor"`` (the seed as written) it floors each sample's mean
     squared pixel error: 0.001 is an RMS error of 0.032, about 5 mm for a 300 mm cube, the order of
-    the sensor noise, below which a sample gives no gradient. With ``"pixel_truncate"`` it caps each
-    pixel's squared error instead, so it must be much larger there (e.g. 0.1, about 47 mm), or
-    almost every pixel would be truncated and give no gradient.
+    the sensor noise, below which a sample gives no gradient. With ``"pixel_l1"`` (the presets) it
+    caps each pixel's absolute error (1.0: no cap within the crop's range).
     """
 
     w_joint: float = 1.0             # weight of L_J, the pose regression loss on labelled crops
@@ -112,27 +110,22 @@ class LossConfig:
     w_recons: float = 1.0            # weight of L_recons in the generator's loss
     w_gen_adv: float = 1.0           # weight of the generator's non-saturating adversarial term
     tau: float = 0.001               # reconstruction clip, normalised depth^2 (see the docstring)
-    recons_mode: str = "sample_floor"  # sample_floor (seed) | pixel_truncate | pixel_sum | pixel_l1
+    recons_mode: str = "sample_floor"  # sample_floor (the seed as first read) | pixel_l1
     w_equivariance: float = 0.0      # Dis's loss += w * ||Dis_pose(aug(x_u)) - aug(Dis_pose(x_u))||^2
     equi_rotation_deg: float | None = None  # views' in-plane rotation range; None = data.augment's
-    equi_translation_mm: float | None = None  # views' 3D centre shift sigma; None = data.augment's
-    equi_scale_sigma: float | None = None   # views' cube scale sigma; None = data.augment's
     # The generator's fidelity (see losses.reconstruction_loss and docs/training.md):
     w_hand: float = 1.0              # weight of hand-region pixels in L_recons (1 = all pixels alike)
-    gen_adv: str = "bce"             # Gen's adversarial term: "bce" (non-saturating) | "feature_matching"
     gen_warmup_epochs: float = 0.0   # Gen trains on L_recons alone (no adversarial term) this long
     # Skeleton-space augmentation: the pose head also learns from (Gen(J'), J') for new poses J'.
     w_synth: float = 0.0             # Dis's loss += w * L_J(Dis_pose(Gen(J')), J'), ramped in
     synth_poses: str = "mix+finger+rotate"  # sources of J' ('+'-joined: mix, finger, rotate, unlabeled)
     synth_ramp_epochs: float = 5.0   # w_synth ramps linearly from 0 over this many epochs
     synth_turn_deg: float = 30.0     # largest 3D turn of a "rotate" pose about its palm centre
-    synth_gate: float = 0.0          # drop pairs read back worse than this x the batch median; 0 = keep
 
     def __post_init__(self) -> None:
         _at_least(self, 0, "w_joint w_gan w_recons w_gen_adv tau w_equivariance")
         _choice("recons_mode", self.recons_mode, RECONS_MODES)
-        _choice("gen_adv", self.gen_adv, GEN_ADV_KINDS)
-        _at_least(self, 0, "w_hand gen_warmup_epochs w_synth synth_ramp_epochs synth_gate")
+        _at_least(self, 0, "w_hand gen_warmup_epochs w_synth synth_ramp_epochs")
         _check(0 <= self.synth_turn_deg <= 180,
                f"synth_turn_deg must be in [0, 180], got {self.synth_turn_deg}")
         sources = self.synth_pose_sources
@@ -140,7 +133,7 @@ class LossConfig:
                and len(set(sources)) == len(sources),
                f"synth_poses must be '+'-joined names from {', '.join(SYNTH_POSE_SOURCES)}, "
                f"each once; got {self.synth_poses!r}")
-        _at_least(self, 0, "equi_rotation_deg equi_translation_mm equi_scale_sigma", optional=True)
+        _at_least(self, 0, "equi_rotation_deg", optional=True)
 
     @property
     def synth_pose_sources(self) -> tuple[str, ...]:
@@ -211,8 +204,7 @@ class TrainConfig:
 # equivariance term on unlabelled crops and (Gen(J'), J') pairs of new poses; cosine learning
 # rate. The seed document's formulation stays in configs/seed-literal.yaml.
 def _method_model(edge_dropout: float) -> dict:
-    return dict(gen_render=True, gen_correction=False, gen_edge_dropout=edge_dropout,
-                gen_pixel_dropout=0.01)
+    return dict(gen_render=True, gen_edge_dropout=edge_dropout, gen_pixel_dropout=0.01)
 
 
 def _method_loss() -> LossConfig:
@@ -253,24 +245,30 @@ def preset(name: str) -> TrainConfig:
 
 
 # Options removed after the label study measured them useless or harmful (issue 15; the figures
-# are in docs/results.md, "Options removed after the study"); commit REMOVED_IN still has them.
-# A saved config (an old run's config.yaml, the config inside its checkpoints) lists every key:
-# a removed key at the value that left it off is dropped, any other value is a one-line error.
-REMOVED_IN = "6a3f375"
-REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...]]] = {  # key: (its type, the values it was off at)
-    "loss.w_cycle": (float, (0.0,)),
-    "loss.fake_pose_loss": (bool, (False,)),
-    "loss.pose_perturb_std": (float, (0.0,)),
-    "loss.gen_unlabeled_poses": (bool, (False,)),
-    "loss.teacher_ema": (float, (0.0,)),
-    "loss.equi_target_eval": (bool, (False,)),
-    "loss.equi_target_views": (int, (1,)),
-    "loss.equi_view_dropout": (float, (0.0,)),
-    "loss.equi_tilt_deg": (float | None, (None, 0.0)),
-    "data.augment.tilt_deg": (float, (0.0,)),
-    "loss.w_bone_prior": (float, (0.0,)),
-    "model.noise_dim": (int, (0,)),
-    "optim.unlabeled_ratio": (int, (1,)),
+# are in docs/results.md, "Options removed after the study"); the commit named with each still
+# has it. A saved config (an old run's config.yaml, the config inside its checkpoints) lists every
+# key: a removed key at a value that left it off is dropped, any other value is a one-line error.
+REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...], str]] = {  # key: (type, off values, commit)
+    "loss.w_cycle": (float, (0.0,), "6a3f375"),
+    "loss.fake_pose_loss": (bool, (False,), "6a3f375"),
+    "loss.pose_perturb_std": (float, (0.0,), "6a3f375"),
+    "loss.gen_unlabeled_poses": (bool, (False,), "6a3f375"),
+    "loss.teacher_ema": (float, (0.0,), "6a3f375"),
+    "loss.equi_target_eval": (bool, (False,), "6a3f375"),
+    "loss.equi_target_views": (int, (1,), "6a3f375"),
+    "loss.equi_view_dropout": (float, (0.0,), "6a3f375"),
+    "loss.equi_tilt_deg": (float | None, (None, 0.0), "6a3f375"),
+    "data.augment.tilt_deg": (float, (0.0,), "6a3f375"),
+    "loss.w_bone_prior": (float, (0.0,), "6a3f375"),
+    "model.noise_dim": (int, (0,), "6a3f375"),
+    "optim.unlabeled_ratio": (int, (1,), "6a3f375"),
+    "loss.gen_adv": (str, ("bce",), "ff70ccc"),
+    "loss.synth_gate": (float, (0.0,), "ff70ccc"),
+    "loss.equi_translation_mm": (float | None, (None,), "ff70ccc"),
+    "loss.equi_scale_sigma": (float | None, (None,), "ff70ccc"),
+    "model.gen_skeleton": (bool, (False,), "ff70ccc"),
+    # true: the corrected render with gen_render; inert without it (the seed's Gen, _merge)
+    "model.gen_correction": (bool, (False,), "ff70ccc"),
 }
 
 
@@ -341,11 +339,14 @@ def _merge(obj: Any, d: Any, prefix: str) -> Any:
     if not isinstance(d, Mapping):
         raise HandganError(f"{where}expected a mapping of config keys, got {_show(d)}")
     hints = _hints(type(obj))
-    changes = {}
+    changes, corrected = {}, False
     for name, value in d.items():
         key = f"{prefix}{name}"
         if key in REMOVED_KEYS:
-            _check_removed(key, value)
+            if key == "model.gen_correction" and _convert(value, bool, key):
+                corrected = True  # refused below if gen_render is on
+            else:
+                _check_removed(key, value)
             continue
         if name not in hints:
             raise HandganError(_unknown_key(str(key)))
@@ -359,14 +360,17 @@ def _merge(obj: Any, d: Any, prefix: str) -> Any:
         else:
             changes[name] = _convert(value, tp, key)
     try:
-        return dataclasses.replace(obj, **changes)
+        merged = dataclasses.replace(obj, **changes)
     except ValueError as e:  # a __post_init__ check
         raise HandganError(f"{where}{e}") from None
+    if corrected and merged.gen_render:
+        _check_removed("model.gen_correction", True)  # the corrected render: refused
+    return merged
 
 
 def _check_removed(key: str, value: Any) -> None:
     """Accept (and drop) a removed key at a value that left it off; refuse any other."""
-    tp, off = REMOVED_KEYS[key]
+    tp, off, commit = REMOVED_KEYS[key]
     try:
         ok = _convert(value, tp, key) in off
     except HandganError:
@@ -375,7 +379,7 @@ def _check_removed(key: str, value: Any) -> None:
         raise HandganError(f"{key} was removed after the label study showed it did not help "
                            f"(docs/results.md, \"Options removed after the study\"); only "
                            f"{' or '.join(_yaml_word(v) for v in off)} is accepted, for old "
-                           f"configs; commit {REMOVED_IN} still has it")
+                           f"configs; commit {commit} still has it")
 
 
 def _yaml_word(value: Any) -> str:

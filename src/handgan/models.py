@@ -24,9 +24,7 @@ class ModelConfig:
     width: int = 32          # channels of the first conv; doubles per layer up to 8x
     shared_layers: int = 2   # conv layers shared by the real/fake and pose branches (0 .. depth)
     pose_hidden: int = 1024  # fully connected width of the pose head
-    gen_skeleton: bool = False  # Gen also sees the pose drawn in the crop (bone maps) at each scale
-    gen_render: bool = False    # Gen corrects a depth render of the skeleton (spheres along bones)
-    gen_correction: bool = True  # with gen_render: False = Gen(J) is the render alone (radii learn)
+    gen_render: bool = False    # Gen(J) is a depth render of the skeleton whose shape is learned
     gen_edge_dropout: float = 0.0   # Gen's sensor: P(a pixel on a depth edge loses its depth)
     gen_pixel_dropout: float = 0.0  # Gen's sensor: P(any other hand pixel loses its depth)
 
@@ -52,37 +50,11 @@ class ModelConfig:
         return self.width * min(2 ** layer, 8)
 
 
-BONE_SIGMA = 1.5  # width of a drawn bone, in px of a 64 px crop (scaled with the crop)
-
-
 def skeleton_edges(num_joints: int) -> tuple[tuple[int, int], ...]:
     """Bones of a dataset's joint layout (``joints.LAYOUTS``: NYU 14 or 36, ICVL 16, MSRA 21);
     a joint set of no known dataset gets a chain, each joint to the next (as many bones as a
     tree: the parameter shapes do not depend on which)."""
     return joints_layout_edges(num_joints) or tuple((k, k + 1) for k in range(num_joints - 1))
-
-
-def bone_maps(joints: torch.Tensor, size: int, edges) -> torch.Tensor:
-    """(B, J, 3) normalised joints -> (B, 2E, S, S): per bone a soft line exp(-d^2 / 2 sigma^2)
-    (d = a pixel's distance to the bone in the crop plane, joints placed orthographically:
-    x right, y up, the cube's side spanning the crop) and the same line times the bone's depth
-    there (interpolated between its two joints). Differentiable in the joints."""
-    b = joints.shape[0]
-    j = joints.float()
-    px = torch.stack([(j[..., 0] + 1.0) * (size / 2), (1.0 - j[..., 1]) * (size / 2)], dim=-1)
-    e = torch.as_tensor(edges, dtype=torch.int64, device=joints.device)
-    a, c = px[:, e[:, 0]], px[:, e[:, 1]]                       # (B, E, 2) bone ends
-    za, zc = j[:, e[:, 0], 2], j[:, e[:, 1], 2]                 # (B, E) their depths
-    coords = torch.arange(size, dtype=torch.float32, device=joints.device) + 0.5
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
-    p = torch.stack([xs, ys], dim=-1).view(1, 1, size * size, 2)
-    ab = (c - a).unsqueeze(2)                                   # (B, E, 1, 2)
-    t = (((p - a.unsqueeze(2)) * ab).sum(-1) / ab.pow(2).sum(-1).clamp(min=1e-6)).clamp(0, 1)
-    d2 = (p - (a.unsqueeze(2) + t.unsqueeze(-1) * ab)).pow(2).sum(-1)  # (B, E, S*S)
-    sigma = BONE_SIGMA * size / 64
-    line = torch.exp(-d2 / (2 * sigma * sigma))
-    depth = line * (za.unsqueeze(-1) + t * (zc - za).unsqueeze(-1))
-    return torch.cat([line, depth], dim=1).view(b, -1, size, size)
 
 
 # The skeleton render (``gen_render``): spheres swept along each bone, seen by a camera looking at
@@ -296,44 +268,36 @@ def _down(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    """Gen(J): joints (B, J, 3) -> FC -> (C, 4, 4) -> stride-2 transposed convs
+    """Gen(J), the seed's: joints (B, J, 3) -> FC -> (C, 4, 4) -> stride-2 transposed convs
     (batch norm, ReLU), each doubling the resolution -> (B, 1, S, S) in [-1, 1] (tanh).
 
-    ``gen_skeleton``: every transposed conv also reads the pose drawn at its input's resolution
-    (:func:`bone_maps`). The FC path alone must learn where 42 numbers put every finger's pixels,
-    and from a few hundred labelled poses it draws unseen poses poorly; a drawn bone is local.
-    ``gen_render``: Gen starts from :func:`skeleton_depth` as each crop sees it (``ray``) and the
-    transposed convs add a correction from zero (``correction_gain``); with
-    ``gen_correction=False`` Gen(J) is the render alone and only the radii learn (the best line
-    of docs/results.md round 5). ``gen_edge_dropout`` / ``gen_pixel_dropout``: Gen ends with a
-    depth camera's missing pixels (:func:`sensor_dropout`), left out with ``clean=True``."""
+    ``gen_render`` (the presets): Gen(J) is :func:`skeleton_depth`, the skeleton rendered as each
+    crop sees it (``ray``), and only its shape learns (bone radii, forearm, palm, finger bases):
+    the best line of docs/results.md round 5; no convolutions. ``gen_edge_dropout`` /
+    ``gen_pixel_dropout``: Gen ends with a depth camera's missing pixels
+    (:func:`sensor_dropout`), left out with ``clean=True``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.edges = skeleton_edges(cfg.num_joints) if cfg.gen_skeleton or cfg.gen_render else ()
         if cfg.gen_render:
+            self.edges = skeleton_edges(cfg.num_joints)
             self.radii = nn.Parameter(torch.full((len(self.edges), 2), RENDER_RADIUS))
             self.forearm_radius = nn.Parameter(torch.tensor(FOREARM_RADIUS))
             self.palm_radius = nn.Parameter(torch.tensor(PALM_RADIUS))
             self.forearm_spread = nn.Parameter(torch.tensor(FOREARM_SPREAD))
             self.bases = (nn.Parameter(torch.tensor(HAND_BASES_14)) if cfg.num_joints == 14
                           else None)
-            if not cfg.gen_correction:
-                return  # Gen(J) is the render: a hand model whose bone radii are learned
-            # ReZero: the network's correction starts at 0, so Gen(J) starts as the render.
-            self.correction_gain = nn.Parameter(torch.zeros(()))
+            return
         top = cfg.channels(cfg.depth - 1)
         self.fc = nn.Sequential(nn.Linear(cfg.num_joints * 3, top * 16, bias=False),
                                 nn.BatchNorm1d(top * 16), nn.ReLU(inplace=True))
-        extra = 2 * len(self.edges) if cfg.gen_skeleton else 0  # bone_maps: line and depth
-        extra += 1 if cfg.gen_render else 0  # the skeleton render, at every scale
         ups: list[nn.Module] = []
         for layer in range(cfg.depth - 1, 0, -1):  # (top, 4, 4) -> ... -> (width, S/2, S/2)
             c_in, c_out = cfg.channels(layer), cfg.channels(layer - 1)
-            ups += [nn.ConvTranspose2d(c_in + extra, c_out, 4, stride=2, padding=1, bias=False),
+            ups += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
                     nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        ups += [nn.ConvTranspose2d(cfg.width + extra, 1, 4, stride=2, padding=1), nn.Tanh()]
+        ups += [nn.ConvTranspose2d(cfg.width, 1, 4, stride=2, padding=1), nn.Tanh()]
         self.up = nn.Sequential(*ups)  # one flat Sequential: the seed layout's parameter names
 
     def forward(self, joints: torch.Tensor, ray: torch.Tensor | None = None,
@@ -353,32 +317,10 @@ class Generator(nn.Module):
                               ray, self.palm_radius, self.forearm_spread, self.bases)
 
     def _clean(self, joints: torch.Tensor, ray: torch.Tensor | None) -> torch.Tensor:
-        if self.cfg.gen_render and not self.cfg.gen_correction:
-            return self.render(joints, ray).clamp(-0.98, 0.98)  # as tanh's range below
-        top = self.cfg.channels(self.cfg.depth - 1)
-        h = self.fc(joints.flatten(1)).view(-1, top, 4, 4)  # (B, J*3) -> (B, top, 4, 4)
-        if not (self.cfg.gen_skeleton or self.cfg.gen_render):
-            return self.up(h)  # (B, 1, S, S)
-        maps = []
-        if self.cfg.gen_skeleton:
-            maps.append(bone_maps(joints, self.cfg.size, self.edges))
         if self.cfg.gen_render:
-            render = self.render(joints, ray)  # (B, 1, S, S)
-            maps.append(render)
-        maps = torch.cat(maps, dim=1)
-        res = 4  # h's side, a Python int: static shapes for tracing and export
-        for layer in self.up:
-            if isinstance(layer, nn.ConvTranspose2d):  # with the pose drawn at h's resolution
-                pooled = F.avg_pool2d(maps, self.cfg.size // res) if res < self.cfg.size else maps
-                h = torch.cat([h, pooled.to(h.dtype)], dim=1)
-                res *= 2
-            if self.cfg.gen_render and isinstance(layer, nn.Tanh):
-                # Gen(J) = tanh(atanh(render) + g * correction): the network corrects the render
-                # (atanh written with log: the ONNX exporter has no atanh).
-                r = render.clamp(-0.98, 0.98)
-                h = self.correction_gain * h + (0.5 * torch.log((1.0 + r) / (1.0 - r))).to(h.dtype)
-            h = layer(h)
-        return h  # (B, 1, S, S)
+            return self.render(joints, ray).clamp(-0.98, 0.98)  # as the seed's tanh's range
+        top = self.cfg.channels(self.cfg.depth - 1)
+        return self.up(self.fc(joints.flatten(1)).view(-1, top, 4, 4))  # (B, 1, S, S)
 
 
 class Discriminator(nn.Module):

@@ -27,7 +27,6 @@ from handgan.config import LossConfig, TrainConfig
 from handgan.fidelity import training_hand_mask
 from handgan.losses import (
     discriminator_gan_loss,
-    feature_matching_loss,
     generator_adversarial_loss,
     joint_loss,
     reconstruction_loss,
@@ -114,9 +113,7 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         loss_gan = discriminator_gan_loss(real_logits.float(), fake_logits.float())
         loss_d = w.w_joint * loss_j + w.w_gan * loss_gan
         if synth:
-            # L_synth = L_J on the pairs (Gen(J'), J'), pairs read back worse than synth_gate x
-            # the batch median left out (Gen drew something else there).
-            loss_synth = synth_pose_loss(pose_g[len(j_l):].float(), j_syn, w.synth_gate)
+            loss_synth = joint_loss(pose_g[len(j_l):].float(), j_syn)  # L_J on (Gen(J'), J')
             loss_d = loss_d + phase.synth_weight * loss_synth
         if equivariance:
             loss_d = loss_d + w.w_equivariance * loss_equi
@@ -146,16 +143,10 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
         loss_g = w.w_recons * loss_rec
         loss_adv = torch.zeros((), device=x_l.device)
         if adversarial:
-            # The non-saturating BCE, or feature matching against x_l on the shared trunk. Dis
-            # without its DDP wrapper: its gradients here are cleared before its next step.
+            # Dis without its DDP wrapper: its gradients here are cleared before its next step.
             x_g, d = unwrap(gen).sensor(x_clean), unwrap(dis)
             with batch_norm_stats_frozen(dis):
-                if w.gen_adv == "feature_matching":
-                    with torch.no_grad():
-                        real_features = d.trunk(x_l)
-                    loss_adv = feature_matching_loss(real_features, d.trunk(x_g))
-                else:
-                    loss_adv = generator_adversarial_loss(d(x_g, heads="real_fake").float())
+                loss_adv = generator_adversarial_loss(d(x_g, heads="real_fake").float())
             loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
     opt_g.step()
@@ -223,16 +214,6 @@ def recons_weight(joints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None
     mask = training_hand_mask(joints.detach().float(), cfg.model.size,
                               cfg.data.cube_mm or DEFAULT_CUBE_MM)
     return 1.0 + (cfg.loss.w_hand - 1.0) * mask
-
-
-def synth_pose_loss(predicted: torch.Tensor, target: torch.Tensor, gate: float) -> torch.Tensor:
-    """L_J on generated pairs; with ``gate`` > 0, pairs whose error exceeds ``gate`` x the
-    batch's median error are left out (mean over the pairs kept)."""
-    per_pair = (predicted - target).pow(2).flatten(1).sum(dim=1)
-    if gate <= 0:
-        return per_pair.mean()
-    keep = (per_pair <= gate * per_pair.detach().median()).float()
-    return (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
 
 
 def synth_targets(j_l: torch.Tensor, pose_u: torch.Tensor | None,
