@@ -151,7 +151,8 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     loss_g.backward()
     opt_g.step()
     losses |= {"loss_gen": loss_g, "loss_recons": loss_rec, "loss_gen_adv": loss_adv}
-    return {name: losses[name].item() for name in LOSS_NAMES if name in losses}
+    # 0-dim tensors, read on the host only when logged: no device sync per step
+    return {name: losses[name].detach() for name in LOSS_NAMES if name in losses}
 
 
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, batch: Batch,
@@ -174,9 +175,9 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, batch: Batch,
             loss = loss + cfg.loss.w_equivariance * loss_equi
     loss.backward()
     opt_d.step()  # the real/fake head has no gradient, so Adam leaves it as it is
-    out = {"loss_dis": loss.item(), "loss_joint": loss_j.item()}
+    out = {"loss_dis": loss.detach(), "loss_joint": loss_j.detach()}
     if equivariance:
-        out["loss_equivariance"] = loss_equi.item()
+        out["loss_equivariance"] = loss_equi.detach()
     return out
 
 

@@ -501,19 +501,21 @@ def open_logs(run: Run, localizer_record: dict | None) -> None:
         run.samples = LabeledCrops(data.train_cache, source.indices[:8])
 
 
-def log_losses(run: Run, p: Progress, losses: dict[str, float], bar) -> dict[str, float]:
-    """Every ``log_every`` steps: the losses averaged over the processes, to metrics.jsonl and
-    TensorBoard (rank 0); returns the losses the progress bar shows."""
+def log_losses(run: Run, p: Progress, losses: dict[str, torch.Tensor], bar) -> None:
+    """Every ``log_every`` steps: the step's losses (0-dim tensors, read here, so other steps
+    never wait for the device) averaged over the processes, to metrics.jsonl, TensorBoard
+    (rank 0) and the progress bar."""
     if p.step % run.cfg.log_every:
-        return losses
+        return
     if run.threads is not None:  # say so when other jobs slow this run down
         bar.set_description("train (CPU shared with other jobs)"
                             if oversubscribed(run.threads) else "train")
-    losses = mean_over_ranks(losses, run.info, run.device)
+    losses = mean_over_ranks({k: v.item() for k, v in losses.items()}, run.info, run.device)
     if run.info.is_main:
         run.metrics.write({"event": "train", "step": p.step, "epoch": p.epoch, **losses})
         run.scalars.add_scalars(losses, p.step, "train/")
-    return losses
+    bar.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items()},
+                    refresh=False)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: bool,
@@ -568,10 +570,8 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                 train_seconds += time.perf_counter() - t0
                 crops_seen += plan.batch
                 p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
-                losses = log_losses(run, p, losses, bar)
+                log_losses(run, p, losses, bar)
                 bar.update(1)
-                bar.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items()},
-                                refresh=False)
             del loader  # stops its workers
             if p.batch_in_epoch < plan.steps_per_epoch:  # stopped mid-epoch by max_steps
                 break
