@@ -7,7 +7,10 @@ backward of both networks, both optimiser steps), per preset, on random crops in
 A GAN step takes B labelled crops (pose + real/fake), B unlabelled crops (real/fake) and B
 generated crops (D's fake batch, then G's step): the figure counts the B labelled crops, as the
 seed's "50 epochs x 140k crops in 3.42 h" (about 570 crops/s) does. Data loading is left out
-(see bench_cache.py for the crop pipeline's own rate).
+(see bench_cache.py for the crop pipeline's own rate; scripts/gpu-check.sh times the real
+training loop end to end). Each line also gives the step's FLOPs per labelled crop
+(``torch.utils.flop_counter``), the fraction of the device's compute bound they imply
+(``--peak-tflops``) and, on CUDA, the peak memory.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import handgan.train as train_mod
 from handgan.batches import Batch
@@ -57,6 +61,8 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
 
     for _ in range(warmup):
         step()
+    with FlopCounterMode(display=False) as flops:  # one step's matrix work, forward + backward
+        step()
     rates = []
     for _ in range(repeats):
         if cuda:
@@ -69,7 +75,8 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
         rates.append(batch * steps / (time.perf_counter() - t0))
     return {"preset": preset_name, "mode": mode, "batch": batch, "size": s,
             "device": str(dev), "crops_per_s": statistics.median(rates),
-            "spread": (min(rates), max(rates))}
+            "spread": (min(rates), max(rates)), "gflop_per_crop": flops.get_total_flops() / batch / 1e9,
+            "memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None}
 
 
 def main() -> None:
@@ -87,9 +94,12 @@ def main() -> None:
     p.add_argument("--no-amp", action="store_true", help="CUDA: fp32 instead of bf16 autocast")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 "
+                   "peak, for the fraction of the compute bound (default 790 on CUDA: H100/H200)")
     args = p.parse_args()
     cuda = resolve_device(args.device).type == "cuda"
     steps = args.steps or (200 if cuda else 30)
+    peak = args.peak_tflops or (790.0 if cuda else None)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {resolve_device(args.device)}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
@@ -97,10 +107,15 @@ def main() -> None:
         for mode in args.mode or ["gan", "supervised"]:
             r = bench(name, mode, args.batch, steps, args.warmup, args.device, not args.no_amp,
                       not args.no_channels_last, args.compile, args.repeats)
+            bound = peak * 1e12 / (r["gflop_per_crop"] * 1e9) if peak else None
             print(f"{r['preset']:5s} {r['size']:3d}px {r['mode']:10s} batch {r['batch']:4d}: "
                   f"{r['crops_per_s']:9.1f} labelled crops/s "
                   f"(min {r['spread'][0]:.1f}, max {r['spread'][1]:.1f}, {args.repeats} x "
-                  f"{steps} steps)")
+                  f"{steps} steps); {r['gflop_per_crop']:.2f} GFLOP per crop"
+                  + (f", {r['crops_per_s'] / bound:.1%} of the {peak:g}-TFLOP/s bound "
+                     f"({bound:,.0f} crops/s)" if bound else "")
+                  + (f", {r['memory_gb']:.2f} GB peak memory" if r["memory_gb"] is not None
+                     else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The generator issue's seed-preset comparison (128 px, width 64, 20 epochs, one seed): the
-# preset's rendered-generator line (and the render corrected by the seed's convs) against
-# supervised-few (the same recipe without the generator) at
+# preset's rendered-generator line against supervised-few (the same recipe without the generator) at
 # 5 % and 10 % labels, every run trained side by side on one GPU (`handgan study labels --jobs`).
 # Results in $RESULTS (default results-gpu-study/): study.json, table.md, each run's summary.json
 # and config.yaml, the GPU's name.

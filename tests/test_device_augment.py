@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from handgan import deviceaugment as da
-from handgan.augment import AugmentConfig, _draw_transform, augment_crop, map_joints
+from handgan.augment import AugmentConfig, augment_crop, draw_transform, map_joints
 from handgan.cachebuild import build_cache
 from handgan.cachesource import CropParams
 from handgan.cachestore import transform_from_row, transform_row
@@ -97,7 +97,7 @@ def test_cache_crops_rewarped_and_joints_mapped_as_the_cpu_path(cache):
     rng = np.random.default_rng(cache.size)
     rows = np.tile(np.arange(len(cache)), len(DRAWS))  # every row under every recipe
     src_rows = cache.transforms[rows]
-    dst_rows = np.stack([transform_row(_draw_transform(transform_from_row(r, cache.intrinsics),
+    dst_rows = np.stack([transform_row(draw_transform(transform_from_row(r, cache.intrinsics),
                                                        rng, DRAWS[k // len(cache)]))
                          for k, r in enumerate(src_rows)])
     share, err_mm = assert_batch_matches_cpu(np.asarray(cache.crops[rows]), src_rows, dst_rows,
@@ -145,7 +145,7 @@ def test_noise_frames_any_centre_cube_and_rotation(intr):
                                  rotation_deg=rng.uniform(-180, 180) if i % 2 else 0.0)
             crops.append(crop.astype(np.float16))  # as the cache stores them
             src_rows.append(transform_row(t))
-            dst_rows.append(transform_row(_draw_transform(t, rng, DRAWS[i % len(DRAWS)])))
+            dst_rows.append(transform_row(draw_transform(t, rng, DRAWS[i % len(DRAWS)])))
         joints = rng.uniform(-1.2, 1.2, (64, 14, 3))
         share, _ = assert_batch_matches_cpu(np.stack(crops), np.stack(src_rows),
                                             np.stack(dst_rows), joints, intr)
@@ -226,7 +226,7 @@ def test_draw_combined_and_the_cpu_draw_agree_in_distribution():
                              torch.Generator().manual_seed(2)).numpy()
     t = transform_from_row(src_row, intr)
     rng = np.random.default_rng(2)
-    cpu = np.stack([transform_row(_draw_transform(t, rng, cfg)) for _ in range(n)])
+    cpu = np.stack([transform_row(draw_transform(t, rng, cfg)) for _ in range(n)])
     for rows in (dst, cpu):
         offset, factor, turn = _changes(src, rows, intr)
         np.testing.assert_allclose(offset.std(axis=0), cfg.translation_sigma_mm, rtol=0.04)

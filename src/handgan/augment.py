@@ -71,7 +71,7 @@ def augment_view(crop: np.ndarray, transform: CropTransform, rng: np.random.Gene
                  cfg: AugmentConfig) -> tuple[np.ndarray, CropTransform]:
     """:func:`augment_crop` without joints: (crop, transform). A pose p in ``transform``'s
     normalised frame is ``map_joints(p, transform, new_transform)`` in the new crop's."""
-    new_t = _draw_transform(transform, rng, cfg)
+    new_t = draw_transform(transform, rng, cfg)
     if new_t is transform:
         out = np.array(crop, dtype=np.float32)  # a copy: the cached crop is never changed
     else:
@@ -85,7 +85,7 @@ def map_joints(joints_norm: np.ndarray, src: CropTransform, dst: CropTransform) 
     return dst.uvd_to_norm(src.norm_to_uvd(joints_norm))
 
 
-def _draw_transform(t: CropTransform, rng: np.random.Generator,
+def draw_transform(t: CropTransform, rng: np.random.Generator,
                     cfg: AugmentConfig) -> CropTransform:
     """The transform of the augmented crop: centre moved in 3D, cube scaled, rotation added."""
     if cfg.combine:

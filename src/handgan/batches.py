@@ -4,6 +4,8 @@
     order = epoch_order(rng, len(data.labeled), count)      # one epoch's batch order
     batches = EpochBatches(data.labeled, data.unlabeled, order, order_u, batch, share, steps)
     x_l, j_l, x_u, views, ray_l = batches[b]                # a Batch
+    # data.pipeline=device: EpochBatches(..., plans=True)[b] is a BatchPlan (rows, transforms),
+    # DeviceCrops(data, device).batch(plan) the same Batch made on the device
 
 This module splits the training split into labelled, validation and unlabelled rows
 (:mod:`handgan.dataset`'s crop sets), adds any ``--unlabeled`` source, and cuts each epoch into
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,12 +28,14 @@ from torch.utils.data import DataLoader, Dataset
 from handgan.augment import AugmentConfig
 from handgan.cachebuild import load_or_build_cache
 from handgan.cachesource import CropParams
-from handgan.cachestore import CropCache
+from handgan.cachestore import CropCache, transform_from_row
 from handgan.config import TrainConfig
 from handgan.data.sources import open_split, parse_source, pick_test_split, split_names
 from handgan.dataset import LabeledCrops, UnlabeledCrops, all_labeled, all_unlabeled, split_labeled
+from handgan.deviceaugment import map_joints, rewarp_crops
 from handgan.errors import HandganError
 from handgan.localize import Localizer, fit_run_localizer, locate_reader
+from handgan.preprocess import centre_rays
 from handgan.views import ViewMaps
 
 
@@ -243,17 +248,20 @@ class EpochBatches(Dataset):
     def __init__(self, labeled: LabeledCrops, unlabeled: UnlabeledPool | None,
                  order: np.ndarray, order_u: np.ndarray | None, batch: int, share: slice,
                  steps: int, view_augment: AugmentConfig | None = None,
-                 rays: bool = False):
+                 rays: bool = False, plans: bool = False):
         self.labeled, self.unlabeled, self.steps = labeled, unlabeled, steps
         self.order, self.order_u, self.batch, self.share = order, order_u, batch, share
         self.rays = rays  # set: the labelled crops' centre rays come too (the skeleton render)
         self.view_augment = view_augment  # set: unlabelled crops come as two views (equivariance)
+        self.plans = plans  # set: BatchPlans (rows and transforms) for DeviceCrops, not Batches
 
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, b: int) -> Batch:
+    def __getitem__(self, b: int) -> Batch | BatchPlan:
         window = slice(b * self.batch, (b + 1) * self.batch)
+        if self.plans:
+            return self._plan(window)
         x_l, j_l, *ray_l = self.labeled.sample_batch(self.order[window][self.share], self.rays)
         ray_l = ray_l[0] if ray_l else None
         x_u = views = None
@@ -265,6 +273,103 @@ class EpochBatches(Dataset):
             else:
                 x_u = self.unlabeled.sample_batch(rows)
         return Batch(x_l, j_l, x_u, views, ray_l)
+
+
+    def _plan(self, window: slice) -> BatchPlan:
+        """The batch's :class:`BatchPlan`: what :meth:`__getitem__` makes, less the pixels."""
+        pos = self.order[window][self.share]
+        labeled = _rows(*self.labeled.draw(pos, self.labeled.augment))
+        unlabeled, maps = [], None
+        if self.order_u is not None:
+            pool, rows = self.unlabeled, np.asarray(self.order_u[window][self.share], np.int64)
+            part = np.searchsorted(pool.offsets, rows, side="right") - 1
+            pairs = [None] * len(rows)
+            for k, crops in enumerate(pool.parts):
+                where = np.flatnonzero(part == k)
+                if not len(where):
+                    continue
+                local = rows[where] - pool.offsets[k]
+                drawn = (crops.draw(local, self.view_augment, (1,)) if self.view_augment
+                         else crops.draw(local, crops.augment))
+                unlabeled.append((k, torch.from_numpy(where), *_rows(*drawn)))
+                for w, a, b in zip(where, drawn[1], drawn[2]):
+                    pairs[w] = (transform_from_row(a, crops.intrinsics),
+                                transform_from_row(b, crops.intrinsics))
+            maps = ViewMaps(pairs) if self.view_augment is not None else None
+        return BatchPlan(labeled, unlabeled if self.order_u is not None else None, maps,
+                         self.rays)
+
+
+def _rows(rows: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[torch.Tensor, ...]:
+    return torch.from_numpy(rows), torch.from_numpy(src), torch.from_numpy(dst)
+
+
+class BatchPlan(NamedTuple):
+    """A batch as rows and crop transforms (host-side, small): its labelled crops' (cache rows,
+    transform rows, augmented transform rows); per unlabelled part touched, (part, places in the
+    batch, rows, transform rows, augmented or view-B rows); the view maps; whether rays come."""
+
+    labeled: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    unlabeled: list[tuple] | None
+    maps: ViewMaps | None
+    rays: bool
+
+
+class DeviceCrops:
+    """The data pipeline on the training device (``data.pipeline=device``, issue 16): the
+    training caches' crops (float16) and labelled joints held on ``device``, and batches made
+    there from :class:`BatchPlan` s by ``deviceaugment``: gathered by row and re-warped in one
+    batched call. The plans come from the host path's own draws, so its batches are the host
+    path's: crops pixel for pixel, joints to float64 rounding (tests/test_device_pipeline.py)."""
+
+    def __init__(self, data: TrainData, device: torch.device) -> None:
+        on_device: dict[int, torch.Tensor] = {}  # one copy of a crops array its parts share
+
+        def upload(array: np.ndarray) -> torch.Tensor:
+            if id(array) not in on_device:
+                with warnings.catch_warnings():  # a read-only memmap: on the CPU the tensor
+                    warnings.simplefilter("ignore", UserWarning)  # shares it, never writes it
+                    on_device[id(array)] = torch.from_numpy(np.asarray(array)).to(device)
+            return on_device[id(array)]
+
+        self.device = device
+        self.labeled = (upload(data.labeled.crops), data.labeled.intrinsics)
+        self.joints = upload(data.labeled.joints_norm)
+        self.unlabeled = [(upload(p.crops), p.intrinsics) for p in data.unlabeled.parts]
+
+    def batch(self, plan: BatchPlan) -> Batch:
+        """The :class:`Batch` of ``plan``, on the device."""
+        (crops, intr), (rows, src, dst) = self.labeled, plan.labeled
+        x_l, kept, src, dst = self._crops(crops, rows, src, dst, intr)
+        j = self.joints[rows.to(self.device)].to(torch.float64)
+        j_l = torch.where(kept[:, None, None], j, map_joints(j, src, dst, intr)).float()
+        ray_l = None
+        if plan.rays:
+            d = dst.cpu().numpy()
+            ray_l = torch.from_numpy(centre_rays(d[:, 0:3], d[:, 5], intr)).to(self.device)
+        x_u = views = None
+        if plan.unlabeled is not None:
+            x_u = torch.empty((len(rows),) + x_l.shape[1:], device=self.device)
+            x_a = torch.empty_like(x_u) if plan.maps is not None else None
+            for part, where, u_rows, u_src, u_dst in plan.unlabeled:
+                crops, intr = self.unlabeled[part]
+                where = where.to(self.device)
+                x_u[where] = self._crops(crops, u_rows, u_src, u_dst, intr)[0]
+                if x_a is not None:  # view A: the cached crop
+                    x_a[where] = crops[u_rows.to(self.device)].float()[:, None]
+            views = (x_a, plan.maps) if plan.maps is not None else None
+        return Batch(x_l, j_l, x_u, views, ray_l)
+
+    def _crops(self, crops: torch.Tensor, rows: torch.Tensor, src: torch.Tensor,
+               dst: torch.Tensor, intr) -> tuple[torch.Tensor, ...]:
+        """(B, 1, S, S) float32 crops of ``rows`` re-warped from ``src`` to ``dst`` (rows whose
+        transform is kept keep their crop, as the host path's), the kept mask, src and dst."""
+        x = crops[rows.to(self.device)].float()[:, None]
+        src, dst = src.to(self.device), dst.to(self.device)
+        kept = (src == dst).all(dim=1)
+        if not bool(kept.all()):  # a host sync per batch; most batches re-warp something
+            x = torch.where(kept[:, None, None, None], x, rewarp_crops(x, src, dst, intr))
+        return x, kept, src, dst
 
 
 def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):

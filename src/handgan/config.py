@@ -42,6 +42,7 @@ TRAIN_MODES = ("gan", "supervised")
 RECONS_MODES = ("sample_floor", "pixel_l1")
 SYNTH_POSE_SOURCES = ("mix", "finger", "rotate", "unlabeled")
 LR_SCHEDULES = ("constant", "cosine")
+PIPELINES = ("host", "device")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -78,6 +79,7 @@ class DataConfig:
     on_bad: str = "stop"             # unreadable frame or no hand found: "stop" (error) | "skip"
     cache_dir: str = ".handgan-cache"  # preprocessed crops are cached here between runs
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # online crop augmentation
+    pipeline: str = "host"           # batches made by "host" processes or on the "device"
 
     def __post_init__(self) -> None:
         _check(self.labeled_fraction is not None or self.labeled_count is not None,
@@ -92,6 +94,11 @@ class DataConfig:
             _check(self.cube_mm > 0, f"cube_mm must be > 0, got {self.cube_mm}")
         _choice("centre", self.centre, CENTRES)
         _choice("on_bad", self.on_bad, ON_BAD)
+        _choice("pipeline", self.pipeline, PIPELINES)
+        _check(self.pipeline == "host" or not (self.augment.pixel_dropout_p
+                                               or self.augment.depth_noise_sigma_mm),
+               "pipeline=device draws no sensor noise: set augment.pixel_dropout_p and "
+               "augment.depth_noise_sigma_mm to 0, or use pipeline=host")
 
 
 @dataclass(frozen=True)

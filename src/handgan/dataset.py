@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from handgan.augment import AugmentConfig, augment_crop, augment_view
+from handgan.augment import AugmentConfig, augment_crop, augment_view, draw_transform
 from handgan.cachebuild import build_cache, load_or_build_cache  # noqa: F401  (the data API)
 from handgan.cachesource import CropParams, LocatedCentres  # noqa: F401  (the data API)
-from handgan.cachestore import CropCache, open_array, transform_from_row
+from handgan.cachestore import CropCache, open_array, transform_from_row, transform_row
 from handgan.camera import Intrinsics
 from handgan.errors import HandganError
 from handgan.preprocess import CropTransform, centre_rays
@@ -71,6 +71,21 @@ class _CropRows(Dataset):
     def transform(self, k: int) -> CropTransform:
         """The crop transform of item ``k`` (maps its normalised joints back to mm)."""
         return transform_from_row(self.transforms[k], self.intrinsics)
+
+    def draw(self, positions: np.ndarray, augment: AugmentConfig | None, stream: tuple = ()
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Items ``positions``: (B,) cache rows, (B, 8) float64 transform rows and the rows of
+        their augmented crops, drawn by ``augment`` with the RNG the host path's sampling uses
+        (``stream`` (1,): an equivariance view's), so the device pipeline (``deviceaugment``)
+        makes the same crops; the pixels are left to it. Sensor noise is not drawn."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        rows = self.indices[positions]
+        src = np.asarray(self.transforms[positions], dtype=np.float64).reshape(-1, 8)
+        if augment is None:
+            return rows, src, src
+        dst = [transform_row(draw_transform(self.transform(int(k)), np.random.default_rng(
+            (self.seed, self.epoch, int(row), *stream)), augment)) for k, row in zip(positions, rows)]
+        return rows, src, np.stack(dst).reshape(-1, 8)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

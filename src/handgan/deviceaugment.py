@@ -1,7 +1,7 @@
 """Batched crop augmentation in torch, on any device: the tensor twin of :mod:`handgan.augment`
 for a batch of cached crops held as tensors wherever they are (issue 16: the crop cache in GPU
 memory, batches gathered by index there). :func:`draw_transforms` draws with the distributions
-of ``augment._draw_transform`` (not numpy's random streams) from a ``torch.Generator``;
+of ``augment.draw_transform`` (not numpy's random streams) from a ``torch.Generator``;
 :func:`rewarp_crops` and :func:`map_joints` are ``rewarp_crop`` and ``augment.map_joints`` for a
 batch; :func:`augment_batch` does all three with the optional sensor noise.
 
@@ -191,7 +191,7 @@ def map_joints(joints_norm: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
 def draw_transforms(src: torch.Tensor, cfg: AugmentConfig, intr: Intrinsics,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, 8) rows -> (B, 8) float64 rows of the augmented crops, drawn with the distributions
-    of ``augment._draw_transform`` ('none' keeps a row bit for bit) from ``generator`` (on
+    of ``augment.draw_transform`` ('none' keeps a row bit for bit) from ``generator`` (on
     ``src``'s device; None: torch's default one)."""
     _check(None, src)
     p = src.to(torch.float64)

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from handgan.atomic import ATOMIC_TMP, atomic_write_text
 from handgan.batches import (
+    DeviceCrops,
     EpochBatches,
     TrainData,
     epoch_order,
@@ -330,6 +331,8 @@ def write_summary(run: Run, p: Progress, first_step: int, train_seconds: float,
         "train_seconds": round(train_seconds, 3),
         "crops_per_s": round(crops_seen / train_seconds, 1) if train_seconds > 0 else None,
         "device": str(run.device), "world_size": run.info.world_size, "threads": run.threads,
+        "gpu_memory_gb": (round(torch.cuda.max_memory_allocated(run.device) / 1e9, 3)
+                          if run.device.type == "cuda" else None),  # this process's peak
     }
     atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
@@ -482,7 +485,8 @@ def epoch_batches(run: Run, p: Progress, perm_rng: np.random.Generator, unlabele
     order_u = epoch_order(perm_rng, len(data.unlabeled), count) if unlabeled else None
     end = p.batch_in_epoch + min(plan.steps_per_epoch - p.batch_in_epoch, plan.total_steps - p.step)
     return EpochBatches(data.labeled, data.unlabeled, order, order_u, plan.batch, plan.share, end,
-                        view_augment, rays=cfg.mode == "gan" and cfg.model.gen_render)
+                        view_augment, rays=cfg.mode == "gan" and cfg.model.gen_render,
+                        plans=cfg.data.pipeline == "device")
 
 
 def open_logs(run: Run, localizer_record: dict | None) -> None:
@@ -530,6 +534,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
     autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.amp and cuda
                 else nullcontext)
     memory_format = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
+    on_device = DeviceCrops(run.data, device) if cfg.data.pipeline == "device" else None
     first_step = p.step
     finished = p.step >= plan.total_steps or p.epoch >= cfg.optim.epochs
     if resume and finished and (run_dir / "summary.json").is_file():
@@ -555,11 +560,13 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             batches = epoch_batches(run, p, perm_rng, unlabeled, view_augment)
             workers = cfg.num_workers if len(batches) - p.batch_in_epoch > 1 else 0
             loader = iterate_batches(batches, p.batch_in_epoch, workers, pin=cuda)
+            t0 = time.perf_counter()  # the loop's time counts its batches' making and its steps
             for batch in loader:
-                t0 = time.perf_counter()
                 lr = learning_rate(cfg.optim, p.step, plan.planned_steps)
                 for group in (*run.opt_g.param_groups, *run.opt_d.param_groups):
                     group["lr"] = lr
+                if on_device is not None:  # data.pipeline=device: a BatchPlan, made there
+                    batch = on_device.batch(batch)
                 batch = batch.to(device, memory_format)
                 if gan:
                     losses = gan_step(gen_t, dis_t, run.opt_g, run.opt_d, batch, cfg,
@@ -567,11 +574,13 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
                                       autocast)
                 else:
                     losses = supervised_step(dis_t, run.opt_d, batch, cfg, autocast)
-                train_seconds += time.perf_counter() - t0
                 crops_seen += plan.batch
                 p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
                 log_losses(run, p, losses, bar)
                 bar.update(1)
+            if cuda:
+                torch.cuda.synchronize(device)  # the steps still queued on the GPU
+            train_seconds += time.perf_counter() - t0
             del loader  # stops its workers
             if p.batch_in_epoch < plan.steps_per_epoch:  # stopped mid-epoch by max_steps
                 break
