@@ -98,9 +98,16 @@ def build_models(cfg: TrainConfig, device: torch.device | str = "cpu"
 
 def build_optimizers(cfg: TrainConfig, gen: nn.Module, dis: nn.Module
                      ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for each network; on CUDA fused (one kernel a step for all the parameters), else
+    torch's default implementation."""
     o = cfg.optim
-    return tuple(torch.optim.Adam(m.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                  weight_decay=o.weight_decay) for m in (gen, dis))
+
+    def adam(m: nn.Module) -> torch.optim.Adam:
+        fused = all(q.is_cuda for q in m.parameters()) or None
+        return torch.optim.Adam(m.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                weight_decay=o.weight_decay, fused=fused)
+
+    return adam(gen), adam(dis)
 
 
 def learning_rate(o: OptimConfig, step: int, total_steps: int) -> float:
