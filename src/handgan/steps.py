@@ -67,8 +67,9 @@ def step_phase(loss: LossConfig, step: int, steps_per_epoch: int) -> StepPhase:
 
 def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, batch: Batch, cfg: TrainConfig,
-             phase: StepPhase = StepPhase(), autocast=nullcontext) -> dict[str, float]:
-    """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses as floats.
+             phase: StepPhase = StepPhase(), autocast=nullcontext) -> dict[str, torch.Tensor]:
+    """One iteration of the seed's GAN: update Dis, then Gen. Returns the losses (0-dim tensors,
+    read on the host only when logged: no device sync per step).
 
     ``phase`` (:func:`step_phase`) switches Gen's adversarial term on after the warm-up and weighs
     the skeleton-space term: new poses J' (:func:`synth_targets`) rendered by Gen, whose pairs
@@ -132,6 +133,16 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
     #     L_recons compares the clean crop of each labelled pose; Dis sees Gen's crops with the
     #     sensor's missing pixels.
     ############################
+    losses |= update_generator(gen, dis, opt_g, x_l, j_l, j_syn, ray_l, cfg, phase, autocast)
+    return {name: losses[name].detach() for name in LOSS_NAMES if name in losses}
+
+
+def update_generator(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
+                     x_l: torch.Tensor, j_l: torch.Tensor, j_syn: torch.Tensor | None,
+                     ray_l: torch.Tensor | None, cfg: TrainConfig, phase: StepPhase,
+                     autocast=nullcontext) -> dict[str, torch.Tensor]:
+    """:func:`gan_step`'s phase (2), after Dis's update: Gen's losses."""
+    w = cfg.loss
     opt_g.zero_grad(set_to_none=True)
     adversarial = phase.gen_adversarial and w.w_gen_adv > 0
     with autocast():
@@ -150,13 +161,11 @@ def gan_step(gen: nn.Module, dis: nn.Module, opt_g: torch.optim.Optimizer,
             loss_g = loss_g + w.w_gen_adv * loss_adv
     loss_g.backward()
     opt_g.step()
-    losses |= {"loss_gen": loss_g, "loss_recons": loss_rec, "loss_gen_adv": loss_adv}
-    # 0-dim tensors, read on the host only when logged: no device sync per step
-    return {name: losses[name].detach() for name in LOSS_NAMES if name in losses}
+    return {"loss_gen": loss_g, "loss_recons": loss_rec, "loss_gen_adv": loss_adv}
 
 
 def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, batch: Batch,
-                    cfg: TrainConfig, autocast=nullcontext) -> dict[str, float]:
+                    cfg: TrainConfig, autocast=nullcontext) -> dict[str, torch.Tensor]:
     """The baseline: the same pose network (Dis trunk + pose branch) trained on L_J alone (plus
     the equivariance term, with ``loss.w_equivariance`` and unlabelled crops with ``views``)."""
     x_l, j_l, x_u, views, _ = batch

@@ -568,13 +568,11 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             workers = cfg.num_workers if len(batches) - p.batch_in_epoch > 1 else 0
             loader = iterate_batches(batches, p.batch_in_epoch, workers, pin=cuda)
             t0 = time.perf_counter()  # the loop's time counts its batches' making and its steps
-            for batch in loader:
+            for batch in loader:  # with data.pipeline=device a BatchPlan, made on the device
                 lr = learning_rate(cfg.optim, p.step, plan.planned_steps)
                 for group in (*run.opt_g.param_groups, *run.opt_d.param_groups):
                     group["lr"] = lr
-                if on_device is not None:  # data.pipeline=device: a BatchPlan, made there
-                    batch = on_device.batch(batch)
-                batch = batch.to(device, memory_format)
+                batch = (on_device.batch(batch) if on_device else batch).to(device, memory_format)
                 if gan:
                     losses = gan_step(gen_t, dis_t, run.opt_g, run.opt_d, batch, cfg,
                                       step_phase(cfg.loss, p.step, plan.steps_per_epoch),
