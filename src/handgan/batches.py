@@ -178,28 +178,25 @@ class UnlabeledPool:
         for p in self.parts:
             p.set_epoch(epoch)
 
-    def _by_part(self, positions: np.ndarray, sample) -> tuple[list, np.ndarray]:
-        """``sample(part, local positions)`` for each part that ``positions`` touch, and the
-        order that puts their concatenation back in ``positions`` order."""
+    def by_part(self, positions: np.ndarray, sample) -> tuple[list, np.ndarray]:
+        """([(part index, its places in ``positions``, ``sample(part, local positions)``) for
+        each part that ``positions`` touch], the order that puts their concatenation back in
+        ``positions`` order)."""
         positions = np.asarray(positions, dtype=np.int64)
         part = np.searchsorted(self.offsets, positions, side="right") - 1
-        out, where = [], []
-        for k, p in enumerate(self.parts):
-            rows = np.flatnonzero(part == k)
-            if len(rows):
-                out.append(sample(p, positions[rows] - self.offsets[k]))
-                where.append(rows)
-        return out, np.argsort(np.concatenate(where), kind="stable")
+        pieces = [(k, rows, sample(p, positions[rows] - self.offsets[k]))
+                  for k, p in enumerate(self.parts) if len(rows := np.flatnonzero(part == k))]
+        return pieces, np.argsort(np.concatenate([w for _, w, _ in pieces]), kind="stable")
 
     def sample_batch(self, positions: np.ndarray) -> torch.Tensor:
-        crops, back = self._by_part(positions, lambda p, local: p.sample_batch(local))
-        return torch.cat(crops)[back]
+        pieces, back = self.by_part(positions, lambda p, local: p.sample_batch(local))
+        return torch.cat([crops for *_, crops in pieces])[back]
 
     def sample_views(self, positions: np.ndarray, view_augment: AugmentConfig
                      ) -> tuple[torch.Tensor, torch.Tensor, ViewMaps]:
         """:meth:`UnlabeledCrops.sample_views` over the parts, in ``positions`` order."""
-        views, back = self._by_part(positions, lambda p, local: p.sample_views(local, view_augment))
-        a, b, maps = zip(*views)
+        pieces, back = self.by_part(positions, lambda p, local: p.sample_views(local, view_augment))
+        a, b, maps = zip(*(views for *_, views in pieces))
         return torch.cat(a)[back], torch.cat(b)[back], ViewMaps.concat(list(maps), back)
 
 
@@ -281,21 +278,17 @@ class EpochBatches(Dataset):
         labeled = _rows(*self.labeled.draw(pos, self.labeled.augment))
         unlabeled, maps = [], None
         if self.order_u is not None:
-            pool, rows = self.unlabeled, np.asarray(self.order_u[window][self.share], np.int64)
-            part = np.searchsorted(pool.offsets, rows, side="right") - 1
+            pool, rows = self.unlabeled, self.order_u[window][self.share]
+            views = self.view_augment
+            pieces, _ = pool.by_part(rows, lambda p, local: p.draw(local, views, (1,)) if views
+                                     else p.draw(local, p.augment))
             pairs = [None] * len(rows)
-            for k, crops in enumerate(pool.parts):
-                where = np.flatnonzero(part == k)
-                if not len(where):
-                    continue
-                local = rows[where] - pool.offsets[k]
-                drawn = (crops.draw(local, self.view_augment, (1,)) if self.view_augment
-                         else crops.draw(local, crops.augment))
+            for k, where, drawn in pieces:
                 unlabeled.append((k, torch.from_numpy(where), *_rows(*drawn)))
+                intr = pool.parts[k].intrinsics
                 for w, a, b in zip(where, drawn[1], drawn[2]):
-                    pairs[w] = (transform_from_row(a, crops.intrinsics),
-                                transform_from_row(b, crops.intrinsics))
-            maps = ViewMaps(pairs) if self.view_augment is not None else None
+                    pairs[w] = (transform_from_row(a, intr), transform_from_row(b, intr))
+            maps = ViewMaps(pairs) if views is not None else None
         return BatchPlan(labeled, unlabeled if self.order_u is not None else None, maps,
                          self.rays)
 
