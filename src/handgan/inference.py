@@ -112,9 +112,10 @@ class Estimator:
         ckpt = load_checkpoint(path)
         cfg, network = load_networks(path, ["estimator"], ckpt=ckpt)
         spec = read_crop_spec(ckpt, cfg.model, path)
-        localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
-                     if ckpt.get("localizer") is not None else None)
-        return cls(network, spec, device, backend=backend, threads=threads, localizer=localizer)
+        where = resolve_device(device) if backend == "torch" else torch.device("cpu")
+        localizer = (Localizer.from_state(ckpt["localizer"], where, str(path))  # its networks
+                     if ckpt.get("localizer") is not None else None)       # beside the estimator
+        return cls(network, spec, where, backend=backend, threads=threads, localizer=localizer)
 
     @property
     def size(self) -> int:

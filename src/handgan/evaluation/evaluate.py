@@ -122,7 +122,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | None = None,
     cache_dir = DataConfig.cache_dir if cache_dir is None else cache_dir  # not the checkpoint's
     params = CropParams(size=cfg.model.size, cube_mm=cfg.data.cube_mm, centre=centre)
     reader = open_split(spec, split)
-    localizer = (Localizer.from_state(ckpt["localizer"], where=str(path))
+    localizer = (Localizer.from_state(ckpt["localizer"], dev, str(path))
                  if centre == "com" and ckpt.get("localizer") is not None else None)
     cache = _labelled_cache(spec, split, reader, cache_dir, params, cfg, localizer, progress)
     crops = all_labeled(cache)
@@ -235,7 +235,7 @@ def _full_frame(ckpt: dict, path: Path, reader, cache_dir, params: CropParams,
     """The same split with crops centred where the checkpoint's localiser finds the hand in the
     full frame, as ``predict`` on a camera's frames does: its error and how far the centres
     lie from the labelled palm centre (frames where no hand is found are counted, left out)."""
-    localizer = Localizer.from_state(ckpt["localizer"], where=str(path))
+    localizer = Localizer.from_state(ckpt["localizer"], device, str(path))  # on the GPU if any
     cache = load_or_build_cache(reader, cache_dir, dataclasses.replace(params, centre="com"),
                                 progress=progress, on_bad="skip",
                                 located=locate_reader(localizer, reader, progress))
