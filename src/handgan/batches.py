@@ -333,12 +333,12 @@ class DeviceCrops:
     def batch(self, plan: BatchPlan) -> Batch:
         """The :class:`Batch` of ``plan``, on the device."""
         (crops, intr), (rows, src, dst) = self.labeled, plan.labeled
-        x_l, kept, src, dst = self._crops(crops, rows, src, dst, intr)
+        x_l, kept, src_d, dst_d = self._crops(crops, rows, src, dst, intr)
         j = self.joints[rows.to(self.device)].to(torch.float64)
-        j_l = torch.where(kept[:, None, None], j, map_joints(j, src, dst, intr)).float()
+        j_l = torch.where(kept[:, None, None], j, map_joints(j, src_d, dst_d, intr)).float()
         ray_l = None
-        if plan.rays:
-            d = dst.cpu().numpy()
+        if plan.rays:  # from the plan's host rows: no copy back from the device
+            d = dst.numpy()
             ray_l = torch.from_numpy(centre_rays(d[:, 0:3], d[:, 5], intr)).to(self.device)
         x_u = views = None
         if plan.unlabeled is not None:
@@ -355,14 +355,15 @@ class DeviceCrops:
 
     def _crops(self, crops: torch.Tensor, rows: torch.Tensor, src: torch.Tensor,
                dst: torch.Tensor, intr) -> tuple[torch.Tensor, ...]:
-        """(B, 1, S, S) float32 crops of ``rows`` re-warped from ``src`` to ``dst`` (rows whose
-        transform is kept keep their crop, as the host path's), the kept mask, src and dst."""
+        """(B, 1, S, S) float32 crops of ``rows`` re-warped from the host rows ``src`` to
+        ``dst`` (rows whose transform is kept keep their crop, as the host path's), and on the
+        device: the kept mask, src and dst."""
+        kept = (src == dst).all(dim=1)  # on the host: no wait for the device
         x = crops[rows.to(self.device)].float()[:, None]
-        src, dst = src.to(self.device), dst.to(self.device)
-        kept = (src == dst).all(dim=1)
-        if not bool(kept.all()):  # a host sync per batch; most batches re-warp something
-            x = torch.where(kept[:, None, None, None], x, rewarp_crops(x, src, dst, intr))
-        return x, kept, src, dst
+        src, dst, kept_d = src.to(self.device), dst.to(self.device), kept.to(self.device)
+        if not bool(kept.all()):
+            x = torch.where(kept_d[:, None, None, None], x, rewarp_crops(x, src, dst, intr))
+        return x, kept_d, src, dst
 
 
 def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):
