@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from handgan.augment import AugmentConfig
 from handgan.cachebuild import load_or_build_cache
 from handgan.cachesource import CropParams
-from handgan.cachestore import CropCache, transform_from_row
+from handgan.cachestore import CropCache
 from handgan.config import TrainConfig
 from handgan.data.sources import open_split, parse_source, pick_test_split, split_names
 from handgan.dataset import LabeledCrops, UnlabeledCrops, all_labeled, all_unlabeled, split_labeled
@@ -275,7 +275,7 @@ class EpochBatches(Dataset):
     def _plan(self, window: slice) -> BatchPlan:
         """The batch's :class:`BatchPlan`: what :meth:`__getitem__` makes, less the pixels."""
         pos = self.order[window][self.share]
-        labeled = _rows(*self.labeled.draw(pos, self.labeled.augment))
+        labeled = _rows(*self.labeled.draw(pos, self.labeled.augment)[:3])
         unlabeled, maps = [], None
         if self.order_u is not None:
             pool, rows = self.unlabeled, self.order_u[window][self.share]
@@ -284,10 +284,9 @@ class EpochBatches(Dataset):
                                      else p.draw(local, p.augment))
             pairs = [None] * len(rows)
             for k, where, drawn in pieces:
-                unlabeled.append((k, torch.from_numpy(where), *_rows(*drawn)))
-                intr = pool.parts[k].intrinsics
-                for w, a, b in zip(where, drawn[1], drawn[2]):
-                    pairs[w] = (transform_from_row(a, intr), transform_from_row(b, intr))
+                unlabeled.append((k, torch.from_numpy(where), *_rows(*drawn[:3])))
+                for w, pair in zip(where, drawn[3]):  # the views' (A, B) transforms
+                    pairs[w] = pair
             maps = ViewMaps(pairs) if views is not None else None
         return BatchPlan(labeled, unlabeled if self.order_u is not None else None, maps,
                          self.rays)
@@ -333,7 +332,7 @@ class DeviceCrops:
     def batch(self, plan: BatchPlan) -> Batch:
         """The :class:`Batch` of ``plan``, on the device."""
         (crops, intr), (rows, src, dst) = self.labeled, plan.labeled
-        x_l, kept, src_d, dst_d = self._crops(crops, rows, src, dst, intr)
+        x_l, kept, src_d, dst_d, _ = self._crops(crops, rows, src, dst, intr)
         j = self.joints[rows.to(self.device)].to(torch.float64)
         j_l = torch.where(kept[:, None, None], j, map_joints(j, src_d, dst_d, intr)).float()
         ray_l = None
@@ -347,9 +346,10 @@ class DeviceCrops:
             for part, where, u_rows, u_src, u_dst in plan.unlabeled:
                 crops, intr = self.unlabeled[part]
                 where = where.to(self.device)
-                x_u[where] = self._crops(crops, u_rows, u_src, u_dst, intr)[0]
+                x, _, _, _, cached = self._crops(crops, u_rows, u_src, u_dst, intr)
+                x_u[where] = x
                 if x_a is not None:  # view A: the cached crop
-                    x_a[where] = crops[u_rows.to(self.device)].float()[:, None]
+                    x_a[where] = cached
             views = (x_a, plan.maps) if plan.maps is not None else None
         return Batch(x_l, j_l, x_u, views, ray_l)
 
@@ -357,13 +357,14 @@ class DeviceCrops:
                dst: torch.Tensor, intr) -> tuple[torch.Tensor, ...]:
         """(B, 1, S, S) float32 crops of ``rows`` re-warped from the host rows ``src`` to
         ``dst`` (rows whose transform is kept keep their crop, as the host path's), and on the
-        device: the kept mask, src and dst."""
+        device: the kept mask, src, dst and the cached crops."""
         kept = (src == dst).all(dim=1)  # on the host: no wait for the device
-        x = crops[rows.to(self.device)].float()[:, None]
+        cached = crops[rows.to(self.device)].float()[:, None]
         src, dst, kept_d = src.to(self.device), dst.to(self.device), kept.to(self.device)
+        x = cached
         if not bool(kept.all()):
             x = torch.where(kept_d[:, None, None, None], x, rewarp_crops(x, src, dst, intr))
-        return x, kept_d, src, dst
+        return x, kept_d, src, dst, cached
 
 
 def iterate_batches(batches: EpochBatches, start: int, workers: int, pin: bool):

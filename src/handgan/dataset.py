@@ -73,19 +73,22 @@ class _CropRows(Dataset):
         return transform_from_row(self.transforms[k], self.intrinsics)
 
     def draw(self, positions: np.ndarray, augment: AugmentConfig | None, stream: tuple = ()
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Items ``positions``: (B,) cache rows, (B, 8) float64 transform rows and the rows of
-        their augmented crops, drawn by ``augment`` with the RNG the host path's sampling uses
-        (``stream`` (1,): an equivariance view's), so the device pipeline (``deviceaugment``)
-        makes the same crops; the pixels are left to it. Sensor noise is not drawn."""
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """Items ``positions``: (B,) cache rows, (B, 8) float64 transform rows, the rows of their
+        augmented crops, drawn by ``augment`` with the RNG the host path's sampling uses
+        (``stream`` (1,): an equivariance view's), and the (transform, augmented transform)
+        pairs (none without ``augment``), so the device pipeline (``deviceaugment``) makes the
+        same crops; the pixels are left to it. Sensor noise is not drawn."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         rows = self.indices[positions]
         src = np.asarray(self.transforms[positions], dtype=np.float64).reshape(-1, 8)
         if augment is None:
-            return rows, src, src
-        dst = [transform_row(draw_transform(self.transform(int(k)), np.random.default_rng(
-            (self.seed, self.epoch, int(row), *stream)), augment)) for k, row in zip(positions, rows)]
-        return rows, src, np.stack(dst).reshape(-1, 8)
+            return rows, src, src, []
+        pairs = [(t, draw_transform(t, np.random.default_rng(
+            (self.seed, self.epoch, int(row), *stream)), augment))
+            for t, row in ((self.transform(int(k)), row) for k, row in zip(positions, rows))]
+        dst = np.stack([transform_row(b) for _, b in pairs]).reshape(-1, 8)
+        return rows, src, dst, pairs
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
