@@ -1,15 +1,20 @@
 """Inference latency (one 640x480 frame -> 3D joints) and batched throughput, PyTorch and
-onnxruntime, for the pose network of a preset's model size.
+onnxruntime, for the pose network of a preset's model size and the learned hand localiser.
 
     python benchmarks/bench_inference.py --preset seed [--frames 200] [--batch 64] [--threads N]
+                                         [--localizer learned|com]
 
 The networks have random (DCGAN-initialised) weights: the timings do not depend on the weights,
-and the output says so. Frames are synthetic NYU-camera renders (cycled). Per frame it times the
-three steps of ``Estimator.estimate`` separately (hand localisation, crop, network + mapping back
-to mm) and end to end, and reports median and p90 over ``--frames`` frames after a warm-up; then
-crops/s of the network alone at ``--batch``. Backends: PyTorch on CPU (and CUDA when available)
-and onnxruntime on CPU (``Estimator(backend="onnxruntime")``, skipped if not installed). Prints
-human lines and one JSON line.
+and the output says so. With ``--localizer learned`` (the default, what a trained run's
+checkpoint holds) the hand is found by the localiser's detector, refiners and verifier at their
+default settings; with ``com`` by the centre of mass (``localize_hand``). Frames are synthetic
+NYU-camera renders (cycled). Per frame it times the three steps of ``Estimator.estimate``
+separately (hand localisation, crop, network + mapping back to mm) and end to end, and reports
+median and p90 over ``--frames`` frames after a warm-up; then ``--batch`` frames at once through
+``Estimator.estimate_batch`` (frames/s: on a GPU the frames are copied once and every crop is cut
+there), and crops/s of the network alone at ``--batch``. Backends: PyTorch on CPU (and CUDA when
+available) and onnxruntime on CPU (``Estimator(backend="onnxruntime")``, skipped if not
+installed). Prints human lines and one JSON line.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from handgan.checkpoint import save_checkpoint
 from handgan.config import preset, to_dict
 from handgan.errors import HandganError
 from handgan.inference import Estimator
+from handgan.localize import PARTS, Localizer, LocalizerConfig, _new_part
 from handgan.models import Discriminator, Generator, init_weights
 from handgan.preprocess import DEFAULT_CUBE_MM
 from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesize_frame
@@ -37,19 +43,24 @@ from handgan.synth.frame import SynthConfig, frame_rng, subject_shapes, synthesi
 DISTINCT_FRAMES = 16  # rendered once, then cycled
 
 
-def random_checkpoint(path: Path, preset_name: str) -> None:
-    """A checkpoint of the preset's model with random weights (NYU camera, 300 mm cube)."""
+def random_checkpoint(path: Path, preset_name: str, localizer: bool = True) -> None:
+    """A checkpoint of the preset's model with random weights (NYU camera, 300 mm cube), with
+    a localiser of random weights (the default settings) if ``localizer``."""
     cfg = preset(preset_name)
     torch.manual_seed(0)
     gen, dis = Generator(cfg.model), Discriminator(cfg.model)
     gen.apply(init_weights)
     dis.apply(init_weights)
+    loc_config = LocalizerConfig()
+    parts = {part: _new_part(loc_config, part) for part in PARTS}
     intr = dataclasses.asdict(NYU)
     crop = {"size": cfg.model.size, "cube_mm": [DEFAULT_CUBE_MM] * 3, "centre": "gt",
             "joint_names": [f"joint_{j}" for j in range(cfg.model.num_joints)],
             "intrinsics": intr, "source": "random weights (benchmark)"}
     save_checkpoint(path, {"config": to_dict(cfg), "generator": gen.state_dict(),
-                           "discriminator": dis.state_dict(), "crop": crop})
+                           "discriminator": dis.state_dict(), "crop": crop,
+                           "localizer": Localizer(loc_config, **parts).state() if localizer
+                           else None})
 
 
 def render_frames(n: int) -> list[np.ndarray]:
@@ -118,6 +129,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed batches (default 5)")
     parser.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads "
                         "(default: torch's default, the physical cores)")
+    parser.add_argument("--localizer", choices=("learned", "com"), default="learned",
+                        help="how the hand is found: the learned localiser (default) or the "
+                        "centre of mass")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,6 +140,7 @@ def main() -> None:
     frames = render_frames(DISTINCT_FRAMES)
     results: dict = {"bench": "inference", "preset": args.preset, "weights": "random",
                      "frame": "640x480", "frames": args.frames, "batch": args.batch,
+                     "localizer": args.localizer,
                      "threads": threads, "torch": torch.__version__,
                      "cpu": platform.processor() or platform.machine()}
     runs = [("torch", "cpu"), ("onnxruntime", "cpu")]
@@ -133,8 +148,9 @@ def main() -> None:
         runs.insert(1, ("torch", "cuda"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "random.pt"
-        random_checkpoint(path, args.preset)
-        print(f"[{args.preset} preset, random weights: timing only; {threads} CPU threads]")
+        random_checkpoint(path, args.preset, localizer=args.localizer == "learned")
+        print(f"[{args.preset} preset, random weights: timing only; hand found by the "
+              f"{args.localizer} localiser; {threads} CPU threads]")
         for backend, device in runs:
             try:
                 est = Estimator.from_checkpoint(path, device=device, backend=backend,
@@ -151,6 +167,8 @@ def bench_estimator(est: Estimator, frames: list[np.ndarray], args) -> dict:
     split = time_frames(frames, args.frames, args.warmup, est.locate, est.crop,
                         est.estimate_crop)
     e2e = time_end_to_end(frames, args.frames, args.warmup, est.estimate)
+    many = [frames[k % len(frames)] for k in range(args.batch)]
+    frame_rate = crops_per_s(lambda: est.estimate_batch(many), args.batch, args.repeats)
     crops = np.stack([est.crop(f, est.locate(f))[0] for f in frames])  # (F, S, S)
     batch = np.resize(crops, (args.batch, est.size, est.size))
     rate = crops_per_s(lambda: est.predict_norm(batch), args.batch, args.repeats)
@@ -159,8 +177,10 @@ def bench_estimator(est: Estimator, frames: list[np.ndarray], args) -> dict:
           f"median {e2e['median_ms']:.2f} ms, p90 {e2e['p90_ms']:.2f} ms over {args.frames} "
           f"frames (localise {s['localise']['median_ms']:.2f} + crop "
           f"{s['crop']['median_ms']:.2f} + network and mapping {s['network']['median_ms']:.2f} "
-          f"ms, medians); batch {args.batch}: {rate:.0f} crops/s")
-    return {"estimate": e2e, "split": split, "crops_per_s": round(rate, 1)}
+          f"ms, medians); {args.batch} frames at once: {frame_rate:.0f} frames/s; network "
+          f"alone, batch {args.batch}: {rate:.0f} crops/s")
+    return {"estimate": e2e, "split": split, "frames_per_s": round(frame_rate, 1),
+            "crops_per_s": round(rate, 1)}
 
 
 if __name__ == "__main__":

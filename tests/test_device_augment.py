@@ -318,3 +318,47 @@ def test_shape_errors():
         da.rewarp_crops(torch.zeros(4, 64, 64), src, src, NYU)
     with pytest.raises(ValueError, match="transform rows"):
         da.map_joints(torch.zeros(4, 14, 3), src, src[:3], NYU)
+
+
+# ---- crops cut from whole frames (the localiser's and the estimator's crops on a GPU) -----------
+
+def random_frames(rng, intr, count):
+    """Frames with the pixels crop_depth treats apart: 0, NaN, negative, beyond the cube."""
+    frames = []
+    for k in range(count):
+        d = rng.uniform(200.0, 2500.0, size=(intr.height, intr.width))
+        d[rng.uniform(size=d.shape) < 0.1] = 0.0
+        if k % 2:
+            d[rng.uniform(size=d.shape) < 0.05] = np.nan
+            d[rng.uniform(size=d.shape) < 0.02] = -5.0
+            frames.append(d)  # float64 mm
+        else:
+            frames.append(np.nan_to_num(d).clip(0).astype(np.uint16))
+    return frames
+
+
+@pytest.mark.parametrize("intr", CAMERAS)
+@pytest.mark.parametrize("size", [64, 128, 50])
+def test_crops_cut_on_the_device_equal_crop_depth(intr, size):
+    """Centres anywhere (boxes partly or wholly outside the frame), square and oblong cubes,
+    integer and float frames: every pixel equals crop_depth's."""
+    rng = np.random.default_rng(size)
+    frames = random_frames(rng, intr, 4)
+    centres = np.column_stack([rng.uniform(-60, intr.width + 60, 40),
+                               rng.uniform(-60, intr.height + 60, 40),
+                               rng.uniform(250.0, 1600.0, 40)])
+    cubes = [300.0, 400.0, np.array([250.0, 350.0, 300.0]), np.array([420.0, 180.0, 200.0])]
+    rows = rng.integers(0, len(frames), len(centres))
+    expected, transforms = zip(*(crop_depth(frames[r], c, cubes[k % 4], size, intr=intr)
+                                 for k, (r, c) in enumerate(zip(rows, centres))))
+    batch = da.FrameBatch(frames, "cpu", on_device=True)
+    got = batch.crops(rows, transforms)
+    assert got.shape == (len(centres), 1, size, size) and got.dtype == torch.float32
+    np.testing.assert_array_equal(got[:, 0].numpy(), np.stack(expected))
+    host = da.FrameBatch(frames, "cpu").crops(rows, transforms)  # the host path: the same
+    np.testing.assert_array_equal(host.numpy(), got.numpy())
+
+
+def test_frame_batches_refuse_frames_of_several_sizes():
+    with pytest.raises(ValueError, match="one size"):
+        da.frame_stack([np.zeros((480, 640)), np.zeros((240, 320))], "cpu")

@@ -55,6 +55,13 @@ def test_dynamic_batch_axis(ckpt, estimator_onnx, batch):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+def test_sessions_do_not_spin_after_a_run(estimator_onnx):
+    """Spinning threads took the cores from the localiser's torch networks (2x slower)."""
+    options = onnxruntime_session(estimator_onnx, threads=2).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+
+
 @pytest.mark.parametrize("render", [False, True])
 def test_generator_export(tmp_path, render):
     # render: the skeleton render's z-buffer and forearm survive tracing (every pixel in ONNX)

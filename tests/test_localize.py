@@ -1,5 +1,6 @@
 """The hand localiser: refiner crops and targets, the iterated refinement, its place in a run
 (stage, checkpoints, resume), evaluation with --centre com and located training crops."""
+import functools
 import json
 from dataclasses import replace
 
@@ -7,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from handgan import inference
 from handgan.cachebuild import load_or_build_cache
 from handgan.cachesource import CropParams, LocatedCentres
 from handgan.camera import NYU
 from handgan.checkpoint import load_checkpoint
 from handgan.config import apply_overrides, preset
 from handgan.data.sources import open_split, parse_source
+from handgan.deviceaugment import FrameBatch
 from handgan.errors import HandganError
 from handgan.evaluation.evaluate import evaluate_checkpoint
 from handgan.inference import Estimator
@@ -320,6 +323,24 @@ def test_evaluate_com_centres_with_the_localiser_and_reports_how_far_it_lands(lo
     # labelled-centre evaluation also gives the full-frame figure: the --centre com one
     assert gt["full_frame"]["mean_error_mm"] == pytest.approx(m["mean_error_mm"], rel=1e-9)
     assert gt["full_frame"]["localisation"] == loc
+
+
+def test_crops_cut_on_the_device_give_the_same_centres_and_joints(localised_run, monkeypatch):
+    """The GPU path (frames copied to the device once, every crop cut there) run on CPU
+    tensors: the localiser's centres and the estimator's joints equal the host path's."""
+    work, cfg, run = localised_run
+    est = Estimator.from_checkpoint(run / "checkpoints" / "best.pt", device="cpu")
+    reader = open_split(parse_source(cfg.data.source), "test")
+    frames = [reader.depth(i) for i in range(16)]
+    host = est.localizer.locate_batch(frames, NYU)
+    on_device = est.localizer.locate_batch(FrameBatch(frames, "cpu", on_device=True), NYU)
+    np.testing.assert_array_equal(on_device, host)
+    want = est.estimate_batch(frames)
+    monkeypatch.setattr(inference, "FrameBatch", functools.partial(FrameBatch, on_device=True))
+    got = est.estimate_batch(frames)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.centre_uvd, b.centre_uvd)
+        np.testing.assert_array_equal(a.xyz, b.xyz)
 
 
 def test_training_crops_centred_by_the_localiser(localised_run, tmp_path):

@@ -1,9 +1,11 @@
-"""Batched crop augmentation in torch, on any device: the tensor twin of :mod:`handgan.augment`
-for a batch of cached crops held as tensors wherever they are (issue 16: the crop cache in GPU
-memory, batches gathered by index there). :func:`draw_transforms` draws with the distributions
-of ``augment.draw_transform`` (not numpy's random streams) from a ``torch.Generator``;
-:func:`rewarp_crops` and :func:`map_joints` are ``rewarp_crop`` and ``augment.map_joints`` for a
-batch; :func:`augment_batch` does all three with the optional sensor noise.
+"""Batched crops in torch, on any device: the tensor twin of :mod:`handgan.augment` for a batch
+of cached crops held as tensors wherever they are (issue 16: the crop cache in GPU memory,
+batches gathered by index there), and of ``preprocess.cut_crop`` for whole frames.
+:func:`draw_transforms` draws with the distributions of ``augment.draw_transform`` (not numpy's
+random streams) from a ``torch.Generator``; :func:`rewarp_crops` and :func:`map_joints` are
+``rewarp_crop`` and ``augment.map_joints`` for a batch; :func:`augment_batch` does all three with
+the optional sensor noise. :class:`FrameBatch` holds frames for the localiser and the estimator,
+copied to the device once and cut there by :func:`cut_crops`.
 
 Transforms travel as (B, 8) rows in the cache's layout (``cachestore.TRANSFORM_COLUMNS``:
 centre u, v px, d mm, cube x, y, z mm, size, rotation deg). ``CropTransform``'s preconditions
@@ -21,13 +23,16 @@ tests/test_device_augment.py finds no pixel that differs. This holds in eager mo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from handgan.augment import MODES, AugmentConfig
+from handgan.cachestore import transform_row
 from handgan.camera import Intrinsics
-from handgan.preprocess import BACKGROUND
+from handgan.preprocess import BACKGROUND, CropTransform, cut_crop
 
 PARAMS = 8  # columns of a transform row: u, v, d, cube x, y, z, size, rotation (TRANSFORM_COLUMNS)
 _DEG_TO_RAD = math.pi / 180.0  # math.radians' own constant, so the angles round alike
@@ -47,11 +52,10 @@ def _rotate_uv(uvd: torch.Tensor, params: torch.Tensor, sign: float) -> torch.Te
     return torch.where((rot != 0)[..., None], rotated, uvd)
 
 
-def crop_matrices(params: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
-    """(B, 8) transform rows -> (B, 3, 3) float64 ``CropTransform.M`` (``_box_and_matrix``'s
-    matrix times ``_rotation_about``'s)."""
-    p = params.to(torch.float64)
-    u, v, z, size, rot = p[:, 0], p[:, 1], p[:, 2], p[:, 6], p[:, 7]  # (B,) each
+def _boxes(p: torch.Tensor, intr: Intrinsics) -> tuple[torch.Tensor, ...]:
+    """(B, 8) float64 rows -> ``_box_and_matrix``'s box (xstart, ystart, xend, yend), paste
+    (xoff, yoff, w_rz, h_rz) and scale, each (B,) float64 (whole numbers but the scale)."""
+    u, v, z, size = p[:, 0], p[:, 1], p[:, 2], p[:, 6]  # (B,) each
     half_w_px = p[:, 3] * intr.fx / (2.0 * z)
     half_h_px = p[:, 4] * intr.fy / (2.0 * z)
     xstart, xend = torch.floor(u - half_w_px + 0.5), torch.floor(u + half_w_px + 0.5)
@@ -63,6 +67,15 @@ def crop_matrices(params: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
     w_rz, h_rz = torch.where(wide, size, short), torch.where(wide, short, size)
     scale = size / torch.where(wide, wb, hb)
     xoff, yoff = torch.floor(size / 2 - w_rz / 2), torch.floor(size / 2 - h_rz / 2)
+    return xstart, ystart, xend, yend, xoff, yoff, w_rz, h_rz, scale
+
+
+def crop_matrices(params: torch.Tensor, intr: Intrinsics) -> torch.Tensor:
+    """(B, 8) transform rows -> (B, 3, 3) float64 ``CropTransform.M`` (``_box_and_matrix``'s
+    matrix times ``_rotation_about``'s)."""
+    p = params.to(torch.float64)
+    u, v, rot = p[:, 0], p[:, 1], p[:, 7]  # (B,) each
+    xstart, ystart, _, _, xoff, yoff, _, _, scale = _boxes(p, intr)
     t0, t1 = xoff - scale * xstart, yoff - scale * ystart  # (B,) translation of M0
 
     a = rot * _DEG_TO_RAD
@@ -158,6 +171,84 @@ def rewarp_crops(crops: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
     dst_to_src = _compose_affine(crop_matrices(src, intr),
                                  _affine_inverse(crop_matrices(dst, intr)))  # new px -> old px
     return _warp_nearest(renorm, dst_to_src.to(renorm.device), BACKGROUND)[:, None]
+
+
+# ---- crops cut from whole frames ----------------------------------------------------------------
+
+def frame_stack(frames: Sequence[np.ndarray], device: str | torch.device) -> torch.Tensor:
+    """(H, W) frames in mm (any numeric dtype) -> (N, H + 1, W + 1) float32 on ``device``,
+    with a last row and column of 0 (no depth) for the crop pixels that read outside a frame."""
+    shapes = {np.shape(f) for f in frames}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"frames must be 2-D and of one size, got shapes {sorted(shapes)}")
+    h, w = shapes.pop()
+    stack = torch.zeros((len(frames), h + 1, w + 1), dtype=torch.float32, device=device)
+    host = np.stack([np.asarray(f, dtype=np.float32) for f in frames])
+    stack[:, :h, :w] = torch.from_numpy(host).to(device)
+    return stack
+
+
+def cut_crops(frames: torch.Tensor, rows: torch.Tensor, params: torch.Tensor, intr: Intrinsics,
+              size: int) -> torch.Tensor:
+    """``preprocess.cut_crop`` of unrotated transforms for a batch, on the frames' device: crop
+    m cut from ``frames[rows[m]]`` (:func:`frame_stack`'s layout) with the transform row
+    ``params[m]`` (its size column = ``size``) -> (M, 1, S, S) float32. The box, the paste offsets
+    and the nearest source pixels are ``_box_and_matrix``'s and ``_resize_box_nearest``'s float64
+    operations in their order, the normalisation ``depth_to_norm``'s float32 ones, so the crops
+    equal the CPU path's pixel for pixel."""
+    p = params.to(device=frames.device, dtype=torch.float64)
+    xstart, ystart, xend, yend, xoff, yoff, w_rz, h_rz, scale = _boxes(p, intr)
+    q = torch.arange(size, dtype=torch.float64, device=frames.device)[None]  # (1, S)
+    inv_scale = (1.0 / scale)[:, None]
+
+    def sources(start, end, off, length, limit):  # (M, S) frame px of each crop px, or limit
+        local = q - off[:, None]  # crop px within the pasted box
+        src = (start[:, None] + torch.floor(local * inv_scale + 0.5)).clamp(start[:, None],
+                                                                           end[:, None] - 1)
+        inside = (local >= 0) & (local < length[:, None]) & (src >= 0) & (src < limit)
+        return torch.where(inside, src, limit).long()  # limit: the stack's row/column of 0
+
+    n, h1, w1 = frames.shape
+    ys = sources(ystart, yend, yoff, h_rz, h1 - 1)
+    xs = sources(xstart, xend, xoff, w_rz, w1 - 1)
+    flat = (rows.to(frames.device).long()[:, None, None] * h1 + ys[:, :, None]) * w1 + xs[:, None]
+    depth = frames.reshape(-1)[flat]  # (M, S, S) mm
+    norm = (depth - p[:, 2].to(torch.float32)[:, None, None]) \
+        * (1.0 / (p[:, 5] / 2.0)).to(torch.float32)[:, None, None]
+    norm = norm.clamp_(-1.0, BACKGROUND).masked_fill_(~(depth > 0), BACKGROUND)
+    return norm[:, None]
+
+
+class FrameBatch:
+    """Frames of one camera that crops are cut from (the localiser's refinement steps, the
+    estimator's crop): by ``preprocess.cut_crop`` on the host when ``device`` is the CPU, else
+    copied to ``device`` once and cut there (:func:`cut_crops`), so that each step sends only
+    its transform rows. ``on_device`` forces either way (tests: the device path on CPU tensors).
+    """
+
+    def __init__(self, frames: Sequence[np.ndarray], device: str | torch.device = "cpu",
+                 on_device: bool | None = None) -> None:
+        self.frames = list(frames)
+        self.device = torch.device(device)
+        self.on_device = self.device.type != "cpu" if on_device is None else on_device
+        self._stack: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def crops(self, rows: Sequence[int], transforms: Sequence[CropTransform]) -> torch.Tensor:
+        """(M, 1, S, S) float32 on the device: crop m of frame ``rows[m]`` with
+        ``transforms[m]`` (one size and camera for all)."""
+        if not transforms:
+            raise ValueError("no crops asked for")
+        if not self.on_device or any(t.rotation_deg for t in transforms):
+            host = np.stack([cut_crop(self.frames[r], t) for r, t in zip(rows, transforms)])
+            return torch.from_numpy(host[:, None]).to(self.device)
+        if self._stack is None:
+            self._stack = frame_stack(self.frames, self.device)
+        params = torch.from_numpy(np.stack([transform_row(t) for t in transforms]))
+        return cut_crops(self._stack, torch.as_tensor(np.asarray(rows, np.int64)), params,
+                         transforms[0].intr, transforms[0].size)
 
 
 def norm_to_uvd(joints_norm: torch.Tensor, params: torch.Tensor,

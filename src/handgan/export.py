@@ -145,6 +145,9 @@ def onnxruntime_session(model: bytes | str | os.PathLike, threads: int | None = 
     intra-op threads (None = onnxruntime's default, all cores)."""
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
+    # Its threads would otherwise spin after each run, taking the cores from whatever runs
+    # next in this process (the localiser's torch networks: 2x slower on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else str(model)

@@ -4,9 +4,11 @@
     pred = est.estimate(depth_mm)             # (H, W) mm -> Prediction: uvd (J, 3), xyz (J, 3)
     preds = est.estimate_batch([d1, d2])      # one network call for several frames
 
-A frame goes through: hand localisation (``localize_hand``, skipped when a centre is given) ->
-cube crop with the checkpoint's cube and size (``crop_depth``) -> the pose network (normalised
-joints) -> back to full-frame uvd and camera xyz with the crop's exact ``CropTransform``.
+A frame goes through: hand localisation (the checkpoint's ``localize.Localizer``, else
+``localize_hand``; skipped when a centre is given) -> cube crop with the checkpoint's cube and
+size (``crop_depth``; on a GPU cut there, ``deviceaugment.FrameBatch``) -> the pose network
+(normalised joints) -> back to full-frame uvd and camera xyz with the crop's exact
+``CropTransform``.
 
 The command ``handgan predict`` is :func:`predict_files`: frame sources (``frames.py``) through
 ``sequence.predict_frames`` (outputs, video, smoothing), drawn by ``overlay.py``.
@@ -24,6 +26,7 @@ import torch
 from handgan.camera import Intrinsics
 from handgan.checkpoint import load_checkpoint
 from handgan.device import resolve_device
+from handgan.deviceaugment import FrameBatch
 from handgan.errors import HandganError
 from handgan.export import onnx_bytes, onnxruntime_session
 from handgan.frames import read_depth_frame  # noqa: F401  (API: in frames.py)
@@ -180,15 +183,19 @@ class Estimator:
         centres = list(centres_uvd) if centres_uvd is not None else [None] * len(frames)
         if len(centres) != len(frames):
             raise ValueError(f"{len(frames)} frames but {len(centres)} centres")
-        crops, transforms = [], []
-        for depth, centre in zip(frames, centres):
-            depth = check_depth_frame(depth, intr)
-            crop, transform = self.crop(depth, self.locate(depth, intr) if centre is None
-                                        else centre, intr)
-            crops.append(crop)
-            transforms.append(transform)
-        return self.estimate_crops(np.stack(crops) if crops else
-                                   np.empty((0, self.size, self.size), np.float32), transforms)
+        if not frames:
+            return []
+        batch = FrameBatch([check_depth_frame(d, intr) for d in frames], self.device)
+        todo = [i for i, c in enumerate(centres) if c is None]
+        if todo and self.localizer is not None:  # one batched localisation, on the device
+            part = batch if len(todo) == len(frames) else [batch.frames[i] for i in todo]
+            for i, c in zip(todo, self.localizer.locate_batch(part, intr)):
+                centres[i] = c
+        elif todo:
+            for i in todo:
+                centres[i] = localize_hand(batch.frames[i], intr, cube_mm=self.spec.cube_mm[2])
+        transforms = [CropTransform(c, self.spec.cube_mm, self.size, intr) for c in centres]
+        return self.estimate_crops(batch.crops(range(len(frames)), transforms), transforms)
 
     def estimate_crop(self, crop: np.ndarray, transform: CropTransform) -> Prediction:
         """Joints of one normalised (S, S) crop, mapped to the frame with its transform."""
@@ -196,8 +203,8 @@ class Estimator:
 
     def estimate_crops(self, crops: np.ndarray, transforms: Sequence[CropTransform]
                        ) -> list[Prediction]:
-        """One Prediction per normalised crop of a batch (B, S, S), each mapped with its
-        transform."""
+        """One Prediction per normalised crop of a batch (B, S, S) or (B, 1, S, S) (an array
+        or a tensor), each mapped with its transform."""
         if len(crops) != len(transforms):
             raise ValueError(f"{len(crops)} crops but {len(transforms)} transforms")
         if len(crops) == 0:

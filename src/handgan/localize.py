@@ -43,8 +43,9 @@ from tqdm import tqdm
 from handgan.camera import Intrinsics
 from handgan.checkpoint import load_checkpoint, save_checkpoint
 from handgan.dataset import LocatedCentres
+from handgan.deviceaugment import FrameBatch
 from handgan.errors import HandganError
-from handgan.preprocess import crop_depth, localize_hand
+from handgan.preprocess import CropTransform, crop_depth, localize_hand
 
 CHUNK = 64  # frames located together (one network batch per refinement iteration)
 
@@ -293,28 +294,34 @@ class Localizer:
         """(H, W) frame in mm -> (3,) palm centre uvd. HandganError "no hand found: ..."."""
         return self.locate_batch([depth_mm], intr)[0]
 
-    def locate_batch(self, frames: Sequence[np.ndarray], intr: Intrinsics) -> np.ndarray:
+    def frame_batch(self, frames: Sequence[np.ndarray] | FrameBatch) -> FrameBatch:
+        """Frames as the refiners crop them: copied once to a GPU, cut there at every step."""
+        return frames if isinstance(frames, FrameBatch) else FrameBatch(frames, self.device)
+
+    def locate_batch(self, frames: Sequence[np.ndarray] | FrameBatch, intr: Intrinsics
+                     ) -> np.ndarray:
         """Frames -> (N, 3) palm centres uvd: each candidate start refined, the
         :func:`candidate_choice` kept (the detector's best peak alone without a verifier).
         HandganError "no hand found: ..." when a frame has no usable depth."""
+        frames = self.frame_batch(frames)
         found, peak_logits = self.candidates(frames, intr,
                                              self.config.candidates if self.verifier else 1)
         n, k = found.shape[:2]
         if k == 1:
             return found[:, 0]
-        repeated = [f for f in frames for _ in range(k)]
-        scores, _ = self._run(self.verifier, self.config.cube_mm, repeated, found.reshape(-1, 3),
-                              intr)
+        scores, _ = self._run(self.verifier, self.config.cube_mm, frames, np.repeat(range(n), k),
+                              found.reshape(-1, 3), intr)
         return found[np.arange(n), candidate_choice(scores.reshape(n, k), peak_logits)]
 
-    def candidates(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, frames: Sequence[np.ndarray] | FrameBatch, intr: Intrinsics,
+                   count: int) -> tuple[np.ndarray, np.ndarray]:
         """((N, K, 3) the detector's ``count`` best peaks, each refined; (N, K) their peak
         logits) — what the verifier chooses among, and learns from."""
-        starts, peak_logits = self.detect(frames, intr, count)
+        frames = self.frame_batch(frames)
+        starts, peak_logits = self.detect(frames.frames, intr, count)
         n, k = starts.shape[:2]
-        repeated = [f for f in frames for _ in range(k)]
-        return self.refine(repeated, starts.reshape(-1, 3), intr).reshape(n, k, 3), peak_logits
+        found = self.refine(frames, starts.reshape(-1, 3), intr, rows=np.repeat(range(n), k))
+        return found.reshape(n, k, 3), peak_logits
 
     def detect(self, frames: Sequence[np.ndarray], intr: Intrinsics, count: int = 1
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -341,17 +348,20 @@ class Localizer:
                 starts[i, j] = [p[0], p[1], d] if d is not None else fallback
         return starts, logits
 
-    def refine(self, frames: Sequence[np.ndarray], starts: np.ndarray, intr: Intrinsics
-               ) -> np.ndarray:
-        """(N, 3) start centres uvd -> refined: ``iterations`` coarse steps, then
-        ``fine_iterations`` fine ones where there is a fine refiner; batched over frames."""
+    def refine(self, frames: Sequence[np.ndarray] | FrameBatch, starts: np.ndarray,
+               intr: Intrinsics, rows: Sequence[int] | None = None) -> np.ndarray:
+        """(M, 3) start centres uvd in ``frames[rows]`` (None: one per frame) -> refined:
+        ``iterations`` coarse steps, then ``fine_iterations`` fine ones where there is a fine
+        refiner; batched over frames."""
+        frames = self.frame_batch(frames)
         est = np.array(starts, dtype=np.float64).reshape(-1, 3)
+        rows = np.arange(len(est)) if rows is None else rows
         stages = [(self.network, self.config.cube_mm, self.config.iterations)]
         if self.fine is not None:
             stages.append((self.fine, self.config.fine_cube_mm, self.config.fine_iterations))
         for network, cube, iterations in stages:
             for _ in range(iterations):
-                norm, transforms = self._run(network, cube, frames, est, intr)  # (N, 3)
+                norm, transforms = self._run(network, cube, frames, rows, est, intr)  # (M, 3)
                 new = np.stack([t.norm_to_uvd(n) for t, n in zip(transforms, norm)])
                 # a refiner output off the camera's front: keep the last estimate
                 bad = ~(np.isfinite(new).all(axis=1) & (new[:, 2] > 0))
@@ -359,15 +369,13 @@ class Localizer:
                 est = new
         return est
 
-    def _run(self, network: nn.Module, cube: float, frames: Sequence[np.ndarray],
+    def _run(self, network: nn.Module, cube: float, frames: FrameBatch, rows: Sequence[int],
              centres: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, list]:
-        """One network on each frame's crop (``cube`` mm, ``size`` px) at ``centres`` (N, 3)
-        uvd: (its (N, out) answers as float64, the crops' transforms)."""
-        crops, transforms = zip(*(crop_depth(depth, c, cube, self.config.size, intr=intr)
-                                  for depth, c in zip(frames, centres)))
+        """One network on the crops (``cube`` mm, ``size`` px) of ``frames[rows]`` at
+        ``centres`` (M, 3) uvd: (its (M, out) answers as float64, the crops' transforms)."""
+        transforms = [CropTransform(c, cube, self.config.size, intr) for c in centres]
         with torch.inference_mode():
-            x = torch.from_numpy(np.stack(crops)[:, None]).to(self.device)
-            return network(x).double().cpu().numpy(), list(transforms)
+            return network(frames.crops(rows, transforms)).double().cpu().numpy(), transforms
 
     def locate_frames(self, depth_of: Callable[[int], np.ndarray], count: int,
                       intr: Intrinsics, progress: bool = False, desc: str = "localise"

@@ -242,6 +242,12 @@ def crop_depth(depth_mm: np.ndarray, centre_uvd: np.ndarray, cube_mm: float | np
     aspect ratio, pasted centred into an S x S canvas of background, and depth-normalised.
     """
     t = CropTransform(centre_uvd, cube_mm, size, intr, rotation_deg)
+    return cut_crop(depth_mm, t), t
+
+
+def cut_crop(depth_mm: np.ndarray, t: CropTransform) -> np.ndarray:
+    """The (S, S) float32 crop of ``t`` cut out of an (H, W) frame in mm (:func:`crop_depth`
+    given the transform; ``deviceaugment.cut_crops`` is its batched twin on the device)."""
     depth = np.asarray(depth_mm)
     if depth.ndim != 2:
         raise HandganError(f"expected a 2-D depth image, got shape {depth.shape}")
@@ -252,7 +258,7 @@ def crop_depth(depth_mm: np.ndarray, centre_uvd: np.ndarray, cube_mm: float | np
     else:
         patch = _warp_nearest(depth, _affine_inverse(t.M), (xoff, yoff, w, h), fill=0)
     crop[yoff:yoff + h, xoff:xoff + w] = t.depth_to_norm(patch.astype(np.float32, copy=False))
-    return crop, t
+    return crop
 
 
 def _resize_box_nearest(depth: np.ndarray, t: CropTransform) -> np.ndarray:
