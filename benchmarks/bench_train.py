@@ -1,23 +1,33 @@
 """Training throughput: labelled crops per second through one full training step (forward and
-backward of both networks, both optimiser steps), per preset, on random crops in memory.
+backward of both networks, both optimiser steps), per preset, on random crops in memory; and
+with ``--end-to-end`` through ``handgan train``'s own loop on synthetic frames.
 
     python benchmarks/bench_train.py                       # quick and seed presets, this machine
     python benchmarks/bench_train.py --preset seed --batch 256 --steps 200 --compile   # on a GPU
+    python benchmarks/bench_train.py --preset seed --end-to-end --pipeline device   # the real loop
 
 A GAN step takes B labelled crops (pose + real/fake), B unlabelled crops (real/fake) and B
 generated crops (D's fake batch, then G's step): the figure counts the B labelled crops, as the
 seed's "50 epochs x 140k crops in 3.42 h" (about 570 crops/s) does. Data loading is left out
-(see bench_cache.py for the crop pipeline's own rate; scripts/gpu-check.sh times the real
-training loop end to end). Each line also gives the step's FLOPs per labelled crop
-(``torch.utils.flop_counter``), the fraction of the device's compute bound they imply
-(``--peak-tflops``) and, on CUDA, the peak memory.
+(see bench_cache.py for the crop pipeline's own rate). Each line also gives the step's FLOPs per
+labelled crop (``torch.utils.flop_counter``), the fraction of the device's compute bound they
+imply (``--peak-tflops``) and, on CUDA, the peak memory.
+
+``--end-to-end`` then runs ``train()`` (what ``handgan train`` runs: crops from the cache, the
+augmentation, unlabelled crops, both networks; no localiser, no sample images) for
+``--e2e-steps`` steps on the synthetic frames in ``--data`` (rendered there first if it holds
+none) with each ``--pipeline``, and prints its ``summary.json``: labelled crops/s over the
+epochs' whole loop time, the same fraction of the bound, and the peak GPU memory.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import tempfile
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,6 +37,7 @@ from handgan.batches import Batch
 from handgan.config import apply_overrides, preset
 from handgan.device import resolve_device
 from handgan.steps import gan_step, supervised_step
+from handgan.synth.generate import synthesize_dataset
 
 
 def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, device: str,
@@ -79,6 +90,27 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
             "memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None}
 
 
+def end_to_end(preset_name: str, mode: str, batch: int, steps: int, device: str, data: Path,
+               pipeline: str, workers: int) -> dict:
+    """``train()`` for ``steps`` steps in a temporary run folder: its summary.json."""
+    cfg = apply_overrides(preset(preset_name), [
+        f"mode={mode}", f"optim.batch_size={batch}", f"device={device}",
+        f"data.source=synthetic:{data}", f"data.cache_dir={data / '.handgan-cache'}",
+        f"optim.max_steps={steps}", f"data.pipeline={pipeline}", f"num_workers={workers}",
+        "localizer.enabled=false", "sample_every_epochs=0", "eval_every_epochs=1000"])
+    with tempfile.TemporaryDirectory() as out:
+        run = train_mod.train(cfg, Path(out) / "run", progress=False)
+        return json.loads((run / "summary.json").read_text())
+
+
+def synthetic_frames(data: Path, frames: int) -> None:
+    """Render ``frames`` training (and a tenth as many test) frames into ``data`` unless it
+    already holds a synthetic set."""
+    if not (data / "handgan_synth.json").is_file():
+        print(f"rendering {frames} synthetic frames into {data} ...", flush=True)
+        synthesize_dataset(data, frames, max(frames // 10, 1), seed=0, progress=False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", action="append", choices=("quick", "seed"),
@@ -96,6 +128,18 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 "
                    "peak, for the fraction of the compute bound (default 790 on CUDA: H100/H200)")
+    p.add_argument("--end-to-end", action="store_true", help="also time handgan train's own "
+                   "loop on synthetic frames")
+    p.add_argument("--e2e-steps", type=int, default=None,
+                   help="steps of the end-to-end run (default 20 on CPU, 400 on CUDA)")
+    p.add_argument("--pipeline", action="append", choices=("host", "device"),
+                   help="end to end: data.pipeline(s) to time (default host)")
+    p.add_argument("--data", type=Path, default=Path("data/bench-train"),
+                   help="end to end: synthetic frames (rendered there if absent; default "
+                   "data/bench-train)")
+    p.add_argument("--frames", type=int, default=2000,
+                   help="end to end: training frames to render into --data if absent")
+    p.add_argument("--workers", type=int, default=2, help="end to end: num_workers")
     args = p.parse_args()
     cuda = resolve_device(args.device).type == "cuda"
     steps = args.steps or (200 if cuda else 30)
@@ -115,7 +159,21 @@ def main() -> None:
                   + (f", {r['crops_per_s'] / bound:.1%} of the {peak:g}-TFLOP/s bound "
                      f"({bound:,.0f} crops/s)" if bound else "")
                   + (f", {r['memory_gb']:.2f} GB peak memory" if r["memory_gb"] is not None
-                     else ""))
+                     else ""), flush=True)
+            if not args.end_to_end:
+                continue
+            synthetic_frames(args.data, args.frames)
+            for pipeline in args.pipeline or ["host"]:
+                e2e_steps = args.e2e_steps or (400 if cuda else 20)
+                s = end_to_end(name, mode, args.batch, e2e_steps, args.device, args.data,
+                               pipeline, args.workers)
+                rate = s["crops_per_s"]
+                print(f"{r['preset']:5s} {r['size']:3d}px {r['mode']:10s} batch {r['batch']:4d}, "
+                      f"end to end (handgan train, data.pipeline={pipeline}, {s['steps']} steps "
+                      f"in {s['train_seconds']:.1f} s of loop): {rate:9.1f} labelled crops/s"
+                      + (f", {rate / bound:.1%} of the bound" if bound else "")
+                      + (f", {s['gpu_memory_gb']:.2f} GB peak memory"
+                         if s.get("gpu_memory_gb") is not None else ""), flush=True)
 
 
 if __name__ == "__main__":
