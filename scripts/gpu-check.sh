@@ -3,7 +3,8 @@
 # as one log and one table: the training step alone (benchmarks/bench_train.py: both presets,
 # both modes, batch 64 and 256, and the seed GAN compiled), `handgan train --preset seed` end to
 # end with the host and the device data pipeline (its summary.json's labelled crops/s), and
-# inference (benchmarks/bench_inference.py: batched crops and one full frame).
+# inference (benchmarks/bench_inference.py: one full frame with the learned localiser, a batch
+# of frames, batched crops).
 #
 #   PYTHONPATH=$PWD/src ./scripts/gpu-check.sh     # results in $RESULTS (default results-gpu-check/)
 #   SMOKE=1 ./scripts/gpu-check.sh                  # the quick preset, a few steps: checks the wiring
@@ -63,7 +64,11 @@ done
 
 # Inference.
 cd "$REPO"
-$PY benchmarks/bench_inference.py "${INFER[@]}" 2>&1 | tee -a "$LOG"
+{ echo; echo "| inference (learned localiser) | one frame -> joints, median | frames at once | network alone |"
+  echo "|---|---|---|---|"; } >> "$TABLE"
+$PY benchmarks/bench_inference.py "${INFER[@]}" 2>&1 | tee -a "$LOG" | sed -n \
+  's/^  \(.*\): one frame -> joints median \([0-9.]*\) ms.*; \([0-9]*\) frames at once: \([0-9]*\) frames\/s; network alone, batch [0-9]*: \([0-9]*\) crops\/s/| \1 | \2 ms | \4 frames\/s (\3 a batch) | \5 crops\/s |/p' \
+  >> "$TABLE"
 for f in "$WORK"/e2e-*/summary.json; do cp "$f" "$RESULTS/$(basename "$(dirname "$f")").json"; done
 echo
 cat "$TABLE"
