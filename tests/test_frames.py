@@ -119,8 +119,12 @@ def test_predict_on_a_recording_equals_predict_on_its_frame_files(tmp_path, caps
     assert main(["predict", str(ckpt), *map(str, pngs), "--json", "--quiet"]) == 0
     from_png = __import__("json").loads(capsys.readouterr().out)
     assert [r["file"] for r in from_rec] == [f"{rec}#{i}" for i in range(3)]
-    for a, b in zip(from_rec, from_png):
-        assert a["joints"] == b["joints"]  # the same depth, camera and crop: the same joints
+    for a, b in zip(from_rec, from_png):  # the same depth, camera and crop: the same joints
+        assert a["centre_uvd"] == b["centre_uvd"] and a["joints"].keys() == b["joints"].keys()
+        for name in a["joints"]:  # to float rounding: the files go 3 to a network call
+            for key in ("uvd", "xyz"):
+                np.testing.assert_allclose(a["joints"][name][key], b["joints"][name][key],
+                                           rtol=0, atol=1e-3)
 
 
 def test_missing_realsense_extra_is_one_line(tmp_path, monkeypatch, capsys):

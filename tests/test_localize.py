@@ -1,6 +1,5 @@
 """The hand localiser: refiner crops and targets, the iterated refinement, its place in a run
 (stage, checkpoints, resume), evaluation with --centre com and located training crops."""
-import functools
 import json
 from dataclasses import replace
 
@@ -336,7 +335,11 @@ def test_crops_cut_on_the_device_give_the_same_centres_and_joints(localised_run,
     on_device = est.localizer.locate_batch(FrameBatch(frames, "cpu", on_device=True), NYU)
     np.testing.assert_array_equal(on_device, host)
     want = est.estimate_batch(frames)
-    monkeypatch.setattr(inference, "FrameBatch", functools.partial(FrameBatch, on_device=True))
+    class OnDevice(FrameBatch):
+        def __init__(self, frames, device="cpu", on_device=None):
+            super().__init__(frames, device, on_device=True)
+
+    monkeypatch.setattr(inference, "FrameBatch", OnDevice)
     got = est.estimate_batch(frames)
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a.centre_uvd, b.centre_uvd)

@@ -49,11 +49,11 @@ def test_sequence_folder_writes_overlays_gif_and_mp4(ckpt, labelled, tmp_path, c
         assert np.median(diff) == 0 and diff.mean() < 3
     assert "error_mm" not in json.loads((out / "depth_1_0000001.json").read_text())
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
-    mp4 = tmp_path / "seq.mp4"
+    mp4 = tmp_path / "new" / "folder" / "seq.mp4"  # its folders are made (was a traceback)
     assert main(["predict", str(ckpt), str(seq), "--video", str(mp4), "--quiet"]) == 0
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(mp4))
     assert frames == 4 and seconds == pytest.approx(4 / 15, abs=0.02)
-    assert not list(tmp_path.glob(".seq.mp4*"))  # the temporary file is gone
+    assert not list(mp4.parent.glob(".seq.mp4*"))  # the temporary file is gone
 
 
 def test_video_option_errors_are_one_line(ckpt, labelled, tmp_path, capsys, monkeypatch):
@@ -66,6 +66,11 @@ def test_video_option_errors_are_one_line(ckpt, labelled, tmp_path, capsys, monk
     assert err.count("\n") == 1 and "mp4 videos need imageio-ffmpeg" in err
     assert main(["predict", str(ckpt), str(labelled), "--smooth", "1.5"]) == 2
     assert "alpha must be > 0 and <= 1" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")  # a file where the video's folder would be
+    assert main(["predict", str(ckpt), str(labelled), "--video",
+                 str(tmp_path / "file" / "v.gif")]) == 2
+    assert capsys.readouterr().err == (f"handgan predict: error: {tmp_path / 'file' / 'v.gif'}: "
+                                       f"{tmp_path / 'file'} is a file, not a folder\n")
 
 
 def test_labelled_frames_get_the_true_skeleton_and_their_error(ckpt, est, labelled, tmp_path,
@@ -145,3 +150,38 @@ def test_predict_takes_a_run_folder_like_evaluate(ckpt, labelled, tmp_path, caps
     assert by_run == json.loads(capsys.readouterr().out)
     assert main(["predict", str(tmp_path), png]) == 2
     assert "no checkpoints/best.pt or last.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("smooth", [None, 0.5])
+def test_frames_in_batches_give_what_frames_one_by_one_give(est, labelled, tmp_path,
+                                                            monkeypatch, smooth):
+    """Files go BATCH_FRAMES at a time through one localisation and one network call; a bad
+    frame sends its batch frame by frame, so it is named and the smoother sees single frames;
+    a new source restarts the smoother, also inside what would be one batch."""
+    from handgan import sequence
+
+    first = read_depth_png(labelled / "depth_1_0000001.png")
+    files = []
+    for k in range(6):  # the hand moving 6 px a frame: within the smoother's jump guard
+        files.append(tmp_path / f"f{k}.npy")
+        np.save(files[-1], np.roll(first, 6 * k, axis=1))
+    (tmp_path / "bad.npy").write_bytes(b"not a depth frame")
+    runs = {"one source": [FileFrames(files[:2] + [tmp_path / "bad.npy"] + files[2:])],
+            "two sources": [FileFrames(files[:3]), FileFrames(files[3:])]}
+    for name, sources in runs.items():
+        monkeypatch.setattr(sequence, "BATCH_FRAMES", 1)
+        alone = predict_frames(est, sources, smooth=smooth)
+        for size in (2, 4):
+            monkeypatch.setattr(sequence, "BATCH_FRAMES", size)
+            batched = predict_frames(est, sources, smooth=smooth)
+            assert batched.failures == alone.failures
+            assert len(alone.failures) == (name == "one source")
+            assert [f for f, _ in batched.frames] == [f for f, _ in alone.frames]
+            for (_, a), (_, b) in zip(alone.frames, batched.frames):
+                np.testing.assert_allclose(b.centre_uvd, a.centre_uvd, rtol=0, atol=1e-6)
+                np.testing.assert_allclose(b.xyz, a.xyz, rtol=0, atol=1e-3)  # mm
+    if smooth is not None:  # the smoother did move the centres (so the above tests it)
+        unsmoothed = predict_frames(est, runs["two sources"])
+        moved = [np.abs(a.centre_uvd - b.centre_uvd).max()
+                 for (_, a), (_, b) in zip(alone.frames, unsmoothed.frames)]
+        assert max(moved[0], moved[3]) < 1e-9 and sum(m > 1.0 for m in moved) >= 3

@@ -137,11 +137,21 @@ class Estimator:
         """(H, W) frame -> (3,) hand centre uvd: the checkpoint's learned localiser when it has
         one (``localize.Localizer``), else ``localize_hand`` with the checkpoint's cube.
         HandganError for a bad frame or "no hand found: ..."."""
+        return self.locate_batch([depth_mm], intrinsics)[0]
+
+    def locate_batch(self, frames: Sequence[np.ndarray] | FrameBatch,
+                     intrinsics: Intrinsics | None = None) -> np.ndarray:
+        """:meth:`locate` for several frames of one camera: (N, 3) centres uvd, the learned
+        localiser's networks run once over all frames (HandganError if any frame fails)."""
         intr = intrinsics or self.spec.intrinsics
-        depth = check_depth_frame(depth_mm, intr)
+        if not isinstance(frames, FrameBatch):
+            frames = FrameBatch([check_depth_frame(d, intr) for d in frames], self.device)
+        if not len(frames):
+            return np.empty((0, 3))
         if self.localizer is not None:
-            return self.localizer.locate(depth, intr)
-        return localize_hand(depth, intr, cube_mm=self.spec.cube_mm[2])
+            return self.localizer.locate_batch(frames, intr)
+        return np.stack([localize_hand(d, intr, cube_mm=self.spec.cube_mm[2])
+                         for d in frames.frames])
 
     def crop(self, depth_mm: np.ndarray, centre_uvd: np.ndarray,
              intrinsics: Intrinsics | None = None) -> tuple[np.ndarray, CropTransform]:
@@ -187,13 +197,10 @@ class Estimator:
             return []
         batch = FrameBatch([check_depth_frame(d, intr) for d in frames], self.device)
         todo = [i for i, c in enumerate(centres) if c is None]
-        if todo and self.localizer is not None:  # one batched localisation, on the device
+        if todo:  # one batched localisation
             part = batch if len(todo) == len(frames) else [batch.frames[i] for i in todo]
-            for i, c in zip(todo, self.localizer.locate_batch(part, intr)):
+            for i, c in zip(todo, self.locate_batch(part, intr)):
                 centres[i] = c
-        elif todo:
-            for i in todo:
-                centres[i] = localize_hand(batch.frames[i], intr, cube_mm=self.spec.cube_mm[2])
         transforms = [CropTransform(c, self.spec.cube_mm, self.size, intr) for c in centres]
         return self.estimate_crops(batch.crops(range(len(frames)), transforms), transforms)
 

@@ -33,14 +33,17 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def check_output_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
-    """``folder`` if it is a folder or can be made one (an existing file cannot)."""
+def check_output_folder(folder: str | os.PathLike, option: str = "--out",
+                        for_file: Path | None = None) -> Path:
+    """``folder`` if it is a folder or can be made one (an existing file cannot); ``for_file``:
+    the output file that would be written there (named in the error)."""
     folder = Path(folder)
     for p in (folder, *folder.parents):
         if p.exists():
             if not p.is_dir():
                 raise HandganError(f"{p}: is a file, not a folder ({option} names an output "
-                                   "folder)")
+                                   "folder)" if for_file is None else
+                                   f"{for_file}: {p} is a file, not a folder")
             break
     return folder
 
@@ -51,7 +54,7 @@ def check_outputs(outputs: Iterable[str | os.PathLike],
     nothing has been written when this raises."""
     inputs = [Path(i) for i in inputs]
     for out in map(Path, outputs):
-        check_output_folder(out.parent, option)
+        check_output_folder(out.parent, option, for_file=out)
         if not out.exists():
             continue
         if out.is_dir():

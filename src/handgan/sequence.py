@@ -5,8 +5,9 @@ frames have labels.
     sources = open_sources(["seq/", "rec.db3"], intrinsics=None)
     report = predict_frames(est, sources, out="pred/", video="pred/sequence.mp4", smooth=0.5)
 
-Each frame goes through ``Estimator.locate`` (hand centre) and ``Estimator.estimate`` (crop,
-network, mapping back): the one entry for frames, so a better localiser plugs in there. A frame
+Frames go through ``Estimator.locate_batch`` (hand centres) and ``Estimator.estimate_batch``
+(crops, network, mapping back), BATCH_FRAMES at a time from files and recordings (one network
+call for the batch; on a GPU every crop is cut there), one at a time from a live camera. A frame
 that fails (unreadable, no hand) is reported and skipped; the others go on.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from handgan.frames import (
 )
 
 DEFAULT_FPS = 15.0
+BATCH_FRAMES = 32  # frames of files and recordings estimated together (a live camera: one)
 
 
 @dataclass
@@ -158,6 +160,7 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     """
     from tqdm import tqdm
 
+    from handgan.overlay import OverlayRenderer
     from handgan.video import open_video
 
     out_dir = Path(out) if out is not None else None
@@ -172,22 +175,28 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
     lengths = [s.length for s in sources]
     total = None if None in lengths else sum(lengths)
     live = total is None  # a camera: Ctrl-C ends the sequence, and the outputs are still written
-    frames = _frames(sources, smoother)
+    frames = _frames(sources)
     # disable=None: tqdm shows the bar only on a terminal, so logs and pipes stay clean.
-    bar = tqdm(frames, total=total, desc="predict", unit="frame", dynamic_ncols=True,
+    bar = tqdm(total=total, desc="predict", unit="frame", dynamic_ncols=True,
                disable=None if progress and (total is None or total > 1) else True)
     used: dict[str, int] = {}
+    source = None
+    renderer = OverlayRenderer()  # one figure for all frames' overlays
     try:
-        for frame in bar:
-            result = _predict_one(estimator, frame, smoother)
-            if isinstance(result, str):
-                report.failures.append(result)
-                if on_failure is not None:
-                    with tqdm.external_write_mode():  # the message does not garble the bar
-                        on_failure(result)
-                continue
-            _record_frame(report, frame, result, unique_name(frame.name, used), out_dir,
-                          overlay, writer)
+        for k, chunk in _chunks(frames, 1 if live else BATCH_FRAMES):
+            if smoother is not None and k != source:
+                smoother.reset()  # another camera or recording: the last centre means nothing
+            source = k
+            for frame, result in zip(chunk, _predict_chunk(estimator, chunk, smoother)):
+                bar.update(1)
+                if isinstance(result, str):
+                    report.failures.append(result)
+                    if on_failure is not None:
+                        with tqdm.external_write_mode():  # the message does not garble the bar
+                            on_failure(result)
+                    continue
+                _record_frame(report, frame, result, unique_name(frame.name, used), out_dir,
+                              overlay, writer, renderer)
     except KeyboardInterrupt:
         if not live:
             if writer is not None:
@@ -195,6 +204,7 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
             raise
     finally:
         bar.close()
+        renderer.close()
         frames.close()  # a camera's pipeline stops here, also after Ctrl-C
     if writer is not None:
         report.video = writer.close()
@@ -231,18 +241,19 @@ def _check_outputs(sources: Sequence[FrameSource], out_dir: Path | None,
 
 
 def _record_frame(report: PredictReport, frame, result: tuple, name: str, out_dir: Path | None,
-                  overlay: bool, writer) -> None:
-    """One estimated frame into the report, its files and the video."""
+                  overlay: bool, writer, renderer) -> None:
+    """One estimated frame into the report, its files and the video (``renderer``: an
+    ``overlay.OverlayRenderer``)."""
     from handgan.atomic import atomic_write_text
-    from handgan.overlay import render_overlay, write_png
+    from handgan.overlay import write_png
 
     depth, pred, error = result
     report.frames.append((Path(frame.origin), pred))
     report.errors_mm.append(error)
     picture = None
     if writer is not None or (out_dir is not None and overlay):
-        picture = render_overlay(depth, pred, Path(frame.origin).name,
-                                 frame.truth_uvd if error is not None else None, error)
+        picture = renderer(depth, pred, Path(frame.origin).name,
+                           frame.truth_uvd if error is not None else None, error)
     if writer is not None:
         writer.add(picture)
     if out_dir is None:
@@ -259,20 +270,58 @@ def _record_frame(report: PredictReport, frame, result: tuple, name: str, out_di
         report.written.append(write_png(out_dir / f"{name}.overlay.png", picture))
 
 
-def _frames(sources: Sequence[FrameSource], smoother: CentreSmoother | None):
-    """The frames of all sources in order; the smoother starts afresh with each source (another
-    camera or recording: the last centre means nothing there)."""
-    for source in sources:
-        if smoother is not None:
-            smoother.reset()
-        yield from source
+def _frames(sources: Sequence[FrameSource]):
+    """(source index, frame) of all sources in order."""
+    for k, source in enumerate(sources):
+        for frame in source:
+            yield k, frame
+
+
+def _chunks(frames, size: int):
+    """(source index, [up to ``size`` consecutive frames of that source]) from :func:`_frames`."""
+    chunk, source = [], None
+    for k, frame in frames:
+        if chunk and (k != source or len(chunk) == size):
+            yield source, chunk
+            chunk = []
+        chunk.append(frame)
+        source = k
+    if chunk:
+        yield source, chunk
+
+
+def _predict_chunk(estimator, chunk: Sequence[Frame], smoother: CentreSmoother | None) -> list:
+    """:func:`_predict_one` of each frame, with one batched localisation and one network call
+    for the chunk; a chunk with a failing frame (or frames of several cameras) goes frame by
+    frame, so each failure is named and the smoother sees what single frames give it."""
+    if len(chunk) > 1:
+        try:
+            depths = [frame.depth() for frame in chunk]
+            cameras = {frame.intrinsics or estimator.intrinsics for frame in chunk}
+            if len(cameras) == 1:
+                intr = cameras.pop()
+                centres = estimator.locate_batch(depths, intr)  # may fail: the smoother untouched
+                if smoother is not None:
+                    centres = [smoother(c, intr) for c in centres]
+                preds = estimator.estimate_batch(depths, intr, list(centres))
+                return [_with_error(d, p, f, intr) for d, p, f in zip(depths, preds, chunk)]
+        except HandganError:
+            pass
+    return [_predict_one(estimator, frame, smoother) for frame in chunk]
+
+
+def _with_error(depth: np.ndarray, pred, frame: Frame, intr: Intrinsics) -> tuple:
+    """(depth, prediction, its mean 3D error if the frame has labels of the predicted joints,
+    else None)."""
+    from handgan.overlay import mean_error_mm, same_joints
+
+    if frame.truth_uvd is None or not same_joints(frame.joint_names, pred.joint_names):
+        return depth, pred, None
+    return depth, pred, mean_error_mm(pred, frame.truth_uvd, intr)
 
 
 def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
-    """(depth, prediction, its mean 3D error if the frame has labels of the predicted joints,
-    else None), or the failure line."""
-    from handgan.overlay import mean_error_mm, same_joints
-
+    """:func:`_with_error` of one frame, or its failure line."""
     try:
         depth = frame.depth()
         try:
@@ -289,9 +338,7 @@ def _predict_one(estimator, frame: Frame, smoother: CentreSmoother | None):
             smoother.reset()
         message = str(e)
         return message if message.startswith(frame.origin) else f"{frame.origin}: {message}"
-    if frame.truth_uvd is None or not same_joints(frame.joint_names, pred.joint_names):
-        return depth, pred, None
-    return depth, pred, mean_error_mm(pred, frame.truth_uvd, intr)
+    return _with_error(depth, pred, frame, intr)
 
 
 def _rounded(values: np.ndarray) -> list[float]:

@@ -38,10 +38,15 @@ def check_video_path(path: str | os.PathLike) -> Path:
 
 
 def open_video(path: str | os.PathLike, fps: float) -> GifWriter | Mp4Writer:
-    """A writer for ``path`` (.gif or .mp4) at ``fps`` frames per second."""
+    """A writer for ``path`` (.gif or .mp4) at ``fps`` frames per second; its folder is made
+    if missing."""
     path = check_video_path(path)
     if not (0 < fps <= 120):
         raise HandganError(f"video frame rate must be > 0 and <= 120 fps, got {fps}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HandganError(f"{path}: cannot make its folder ({e.strerror or e})") from None
     return Mp4Writer(path, fps) if path.suffix.lower() == ".mp4" else GifWriter(path, fps)
 
 
