@@ -211,14 +211,20 @@ def predict_frames(estimator, sources: Sequence[FrameSource],
         if report.video is not None:
             report.written.append(report.video)
     if out_dir is not None and len(report.frames) + len(report.failures) > 1 and report.frames:
-        from handgan.atomic import atomic_write_text
-        from handgan.evaluation.predfile import write_predictions
-
-        listing = out_dir / "predictions_frames.txt"
-        atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
-        uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
-        report.written += [write_predictions(out_dir / "predictions.txt", uvd), listing]
+        _write_prediction_file(report, out_dir)
     return report
+
+
+def _write_prediction_file(report: PredictReport, out_dir: Path) -> None:
+    """``predictions.txt`` (the field's format, the frames that worked, in order) and
+    ``predictions_frames.txt`` (the origin of each line)."""
+    from handgan.atomic import atomic_write_text
+    from handgan.evaluation.predfile import write_predictions
+
+    listing = out_dir / "predictions_frames.txt"
+    atomic_write_text(listing, "".join(f"{f}\n" for f, _ in report.frames))
+    uvd = np.stack([p.uvd for _, p in report.frames])  # (N, J, 3)
+    report.written += [write_predictions(out_dir / "predictions.txt", uvd), listing]
 
 
 def _check_outputs(sources: Sequence[FrameSource], out_dir: Path | None,
