@@ -337,11 +337,16 @@ def random_frames(rng, intr, count):
     return frames
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("intr", CAMERAS)
 @pytest.mark.parametrize("size", [64, 128, 50])
-def test_crops_cut_on_the_device_equal_crop_depth(intr, size):
+def test_crops_cut_on_the_device_equal_crop_depth(intr, size, device):
     """Centres anywhere (boxes partly or wholly outside the frame), square and oblong cubes,
-    integer and float frames: every pixel equals crop_depth's."""
+    integer and float frames: every pixel equals crop_depth's (on CPU tensors here; on the GPU
+    where there is one)."""
     rng = np.random.default_rng(size)
     frames = random_frames(rng, intr, 4)
     centres = np.column_stack([rng.uniform(-60, intr.width + 60, 40),
@@ -351,8 +356,8 @@ def test_crops_cut_on_the_device_equal_crop_depth(intr, size):
     rows = rng.integers(0, len(frames), len(centres))
     expected, transforms = zip(*(crop_depth(frames[r], c, cubes[k % 4], size, intr=intr)
                                  for k, (r, c) in enumerate(zip(rows, centres))))
-    batch = da.FrameBatch(frames, "cpu", on_device=True)
-    got = batch.crops(rows, transforms)
+    batch = da.FrameBatch(frames, device, on_device=True)
+    got = batch.crops(rows, transforms).cpu()
     assert got.shape == (len(centres), 1, size, size) and got.dtype == torch.float32
     np.testing.assert_array_equal(got[:, 0].numpy(), np.stack(expected))
     host = da.FrameBatch(frames, "cpu").crops(rows, transforms)  # the host path: the same
