@@ -4,7 +4,7 @@
 # both modes, batch 64 and 256, and the seed GAN compiled), `handgan train --preset seed` end to
 # end with the host and the device data pipeline (its summary.json's labelled crops/s), and
 # inference (benchmarks/bench_inference.py: one full frame with the learned localiser, a batch
-# of frames, batched crops).
+# of frames, batched crops); first the tests that need CUDA.
 #
 #   PYTHONPATH=$PWD/src ./scripts/gpu-check.sh     # results in $RESULTS (default results-gpu-check/)
 #   SMOKE=1 ./scripts/gpu-check.sh                  # the quick preset, a few steps: checks the wiring
@@ -29,6 +29,13 @@ TABLE=$RESULTS/table.md
 : > "$LOG"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
   date -u; echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)"; } | tee -a "$LOG"
+# The tests that need CUDA (the device pipeline's and the GPU crops' parity with the CPU path).
+if $PY -c "import pytest" 2> /dev/null; then
+  $PY -m pytest -q -rs -k "cuda or gpu" tests/test_device_augment.py tests/test_device_pipeline.py \
+    tests/test_checkpoint.py 2>&1 | tail -n 4 | tee -a "$LOG"
+else
+  echo "pytest not installed: the CUDA tests were not run" | tee -a "$LOG"
+fi
 echo "| what | labelled crops/s |" > "$TABLE"
 echo "|---|---|" >> "$TABLE"
 
