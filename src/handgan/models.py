@@ -152,9 +152,12 @@ def skeleton_depth(joints: torch.Tensor, size: int, edges, radii: torch.Tensor,
     depth = torch.ones(b, size * size, device=joints.device)
     if torch.onnx.is_in_onnx_export():  # ONNX has no scatter-min that matches: every pixel
         return _all_pixels(centres, r, k, size).clamp(-1.0, 1.0).view(b, 1, size, size)
-    for group in (slice(0, hand), slice(hand, None)):  # small windows for the fingers
-        if centres[:, group].shape[1]:
-            depth = _splat_spheres(depth, centres[:, group], r[:, group], k[:, group], size)
+    groups = [g for g in (slice(0, hand), slice(hand, None)) if centres[:, g].shape[1]]
+    # each group's window fits its largest sphere (small windows for the fingers): one read of
+    # the device for all groups
+    widest = torch.stack([(r[:, g] * k[:, g]).detach().max() for g in groups]).tolist()
+    for group, rk in zip(groups, widest):
+        depth = _splat_spheres(depth, centres[:, group], r[:, group], k[:, group], size, rk)
     return depth.clamp(-1.0, 1.0).view(b, 1, size, size)
 
 
@@ -238,12 +241,13 @@ def _sphere_surface(xs: torch.Tensor, ys: torch.Tensor, centres: torch.Tensor, r
 
 
 def _splat_spheres(depth: torch.Tensor, centres: torch.Tensor, r: torch.Tensor, k: torch.Tensor,
-                   size: int) -> torch.Tensor:
+                   size: int, widest: float) -> torch.Tensor:
     """Z-buffer spheres (B, N, 3) of radii r (B, N) and perspective factors k (B, N) into
     ``depth`` (B, S*S): each sphere only visits the pixels of a square window around its
-    projection wide enough for the largest sphere (40x fewer pixels than the whole crop)."""
+    projection wide enough for the largest sphere (``widest`` = max r * k; 40x fewer pixels than
+    the whole crop)."""
     half = size / 2.0
-    reach = int(math.ceil(float((r * k).detach().max()) * half)) + 1  # window half-side, px
+    reach = int(math.ceil(widest * half)) + 1  # window half-side, px
     offsets = torch.arange(-reach, reach + 1, device=centres.device)
     cx, cy = centres[..., 0] * k, centres[..., 1] * k                           # crop plane
     col0 = torch.round((cx.detach() + 1.0) * half).long()                       # (B, N)
