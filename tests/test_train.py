@@ -337,8 +337,10 @@ def test_equivariance_views_and_batch_statistics_target(workdir):
         [b for b in dis.buffers() if b.is_floating_point()], running))
 
 
-def test_equivariance_target_is_clipped_to_the_cube(workdir):
-    # A pose outside the crop cube is no target: it is clipped to [-1, 1] before the map.
+@pytest.mark.parametrize("on_device", [False, True])
+def test_equivariance_target_is_clipped_to_the_cube(workdir, on_device):
+    # A pose outside the crop cube is no target: it is clipped to [-1, 1] before the map (on
+    # the host as on the CPU, on the device as on a GPU).
     class Wild(torch.nn.Module):
         def forward(self, x, heads="both"):
             pose = torch.full((len(x), 14, 3), 0.5)
@@ -348,9 +350,33 @@ def test_equivariance_target_is_clipped_to_the_cube(workdir):
     x_a = torch.zeros(3, 1, 64, 64)
     maps = identity_view_maps(3)
     pose_b = torch.zeros(3, 14, 3)
-    loss = steps_mod.equivariance_loss(Wild(), pose_b, (x_a, maps))
+    loss = steps_mod.equivariance_loss(Wild(), pose_b, (x_a, maps), on_device=on_device)
     expected = 13 * 3 * 0.25 + (1.0 + 1.0 + 0.0625)  # joint 0 -> (1, -1, 0.25)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_view_maps_on_the_device_map_as_on_the_host():
+    """The GPU's batched map of the equivariance target equals the host's crop-by-crop one."""
+    from handgan.camera import NYU
+    from handgan.preprocess import CropTransform
+    from handgan.views import ViewMaps
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(16):  # view B: shifted, scaled and turned, as the views' augmentation does
+        c = np.array([rng.uniform(150, 490), rng.uniform(100, 380), rng.uniform(450, 1100)])
+        b = c + np.array([rng.normal(0, 8), rng.normal(0, 8), rng.normal(0, 20)])
+        pairs.append((CropTransform(c, 300.0, 64, NYU),
+                      CropTransform(b, 300.0 * rng.uniform(0.85, 1.15), 64, NYU,
+                                    rotation_deg=rng.uniform(-45, 45))))
+    maps = ViewMaps(pairs)
+    joints = rng.uniform(-1, 1, (16, 14, 3))
+    host = maps.apply(joints)
+    device = maps.apply_on_device(torch.from_numpy(joints)).numpy()
+    assert np.abs(host - joints).max() > 0.05  # the maps move the joints
+    np.testing.assert_allclose(device, host, rtol=0, atol=1e-9)  # normalised: 1.5e-7 mm
+    with pytest.raises(ValueError, match="3 poses for 16 view pairs"):
+        maps.apply_on_device(torch.zeros(3, 14, 3))
 
 
 def test_epoch_batches_take_each_ranks_share(workdir):

@@ -191,11 +191,14 @@ def supervised_step(dis: nn.Module, opt_d: torch.optim.Optimizer, batch: Batch,
 
 
 def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
-                      views: tuple[torch.Tensor, ViewMaps]) -> torch.Tensor:
+                      views: tuple[torch.Tensor, ViewMaps], on_device: bool | None = None
+                      ) -> torch.Tensor:
     """||Dis_pose(x_b) - map(Dis_pose(x_a))||^2 on unlabelled crops: x_b is an augmented copy of
     x_a, and ``map`` carries A's pose into B's crop frame exactly as augmentation carries labels.
     The target is the network's own (fixed) pose on the unaugmented crop, clipped to the crop
-    cube: no label is used."""
+    cube: no label is used. The map runs on the host (numpy, as augmentation does) on the CPU,
+    and on the device on a GPU (``on_device`` forces either way): there the host would wait for
+    the pose and then map crop by crop."""
     x_a, maps = views
     net = unwrap(dis)
     training = net.training
@@ -204,16 +207,19 @@ def equivariance_loss(dis: nn.Module, pose_b: torch.Tensor,
     net.train()
     try:
         with torch.no_grad(), batch_norm_stats_frozen(net):
-            pose_a = net(x_a, heads="pose").float().cpu().numpy()
+            pose_a = net(x_a, heads="pose").float()
     finally:
         net.train(training)
     # The crop is centred on the hand, so its joints lie inside the cube ([-1, 1] normalised).
     # Clipping the target there keeps a wild prediction (few labels, early training) from
     # becoming a wild target: mapped through the camera projection, a joint far outside the
     # cube can land anywhere, and such targets fed back on themselves made runs diverge.
-    pose_a = np.clip(pose_a, -1.0, 1.0)
-    target = torch.as_tensor(maps.apply(pose_a), dtype=torch.float32, device=pose_b.device)
-    return joint_loss(pose_b.float(), target)
+    if pose_b.is_cuda if on_device is None else on_device:
+        target = maps.apply_on_device(pose_a.clamp(-1.0, 1.0))
+    else:
+        target = maps.apply(np.clip(pose_a.cpu().numpy(), -1.0, 1.0))
+    return joint_loss(pose_b.float(), torch.as_tensor(target, dtype=torch.float32,
+                                                      device=pose_b.device))
 
 
 def recons_weight(joints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None:

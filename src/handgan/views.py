@@ -5,8 +5,11 @@ network's output on A, carried into B's frame by :class:`ViewMaps`, must equal i
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from handgan.augment import map_joints
+from handgan.cachestore import transform_row
+from handgan.deviceaugment import map_joints as map_batch
 from handgan.preprocess import CropTransform
 
 
@@ -25,6 +28,19 @@ class ViewMaps:
         if len(joints_a) != len(self.pairs):
             raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
         return np.stack([map_joints(j, a, b) for j, (a, b) in zip(joints_a, self.pairs)])
+
+    def apply_on_device(self, joints_a: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` for a (B, J, 3) tensor, on its device, in one batched map
+        (``deviceaugment.map_joints``: the same map to float64 rounding) -> float64; only the
+        views' transform rows travel to the device, so a GPU step waits for nothing."""
+        if len(joints_a) != len(self.pairs):
+            raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
+        rows = torch.from_numpy(np.stack([[transform_row(a), transform_row(b)]
+                                          for a, b in self.pairs]))  # (B, 2, 8)
+        if joints_a.is_cuda:
+            rows = rows.pin_memory()
+        rows = rows.to(joints_a.device, non_blocking=True)
+        return map_batch(joints_a, rows[:, 0], rows[:, 1], self.pairs[0][0].intr)
 
     @staticmethod
     def concat(parts: list[ViewMaps], order: np.ndarray) -> ViewMaps:
