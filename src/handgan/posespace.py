@@ -36,7 +36,7 @@ _CENTRE = {14: 13, 36: 32}  # the palm centre: the crop's reference point
 def palm_align(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """(B, J, 3) poses ``src`` turned and shifted so that their palm joints fit ``dst``'s best
     in the least-squares sense (Kabsch, proper rotations only); unknown layouts use every joint."""
-    palm = list(_PALM.get(src.shape[1], range(src.shape[1])))
+    palm = _span(_PALM.get(src.shape[1]))
     p, q = src[:, palm].double(), dst[:, palm].double()
     pc, qc = p.mean(dim=1, keepdim=True), q.mean(dim=1, keepdim=True)
     h = (p - pc).transpose(1, 2) @ (q - qc)  # (B, 3, 3) cross-covariance
@@ -46,6 +46,21 @@ def palm_align(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     r = vt.transpose(1, 2) @ fix @ u.transpose(1, 2)  # maps src -> dst: x' = R x
     out = (src.double() - pc) @ r.transpose(1, 2) + qc
     return out.to(src.dtype)
+
+
+def _span(joints: Sequence[int] | None) -> slice:
+    """Consecutive joint indices as a slice (all joints for None): a slice indexes a GPU tensor
+    without copying an index list to the device, which waits for the GPU's queue."""
+    if joints is None:
+        return slice(None)
+    if list(joints) != list(range(joints[0], joints[-1] + 1)):
+        raise ValueError(f"joints {joints} are not consecutive")
+    return slice(joints[0], joints[-1] + 1)
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the CPU, on ``device``: from pinned memory without waiting on a GPU."""
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
 
 
 def random_rotations(n: int, max_deg: float, generator: torch.Generator | None = None,
@@ -60,7 +75,7 @@ def random_rotations(n: int, max_deg: float, generator: torch.Generator | None =
     k = k - k.transpose(1, 2)
     s, c = angle.sin().view(-1, 1, 1), angle.cos().view(-1, 1, 1)
     rot = torch.eye(3, dtype=torch.float64) + s * k + (1 - c) * (k @ k)  # Rodrigues
-    return rot.to(device)
+    return _to(rot, torch.device(device))
 
 
 def new_poses(poses: torch.Tensor, sources: Sequence[str] = POSE_SOURCES,
@@ -76,27 +91,29 @@ def new_poses(poses: torch.Tensor, sources: Sequence[str] = POSE_SOURCES,
     n, joints = poses.shape[:2]
     device = poses.device
     a = poses.detach().double()
-    partner = torch.randperm(n, generator=generator).to(device)
+    partner = _to(torch.randperm(n, generator=generator), device)
     b = palm_align(a[partner], a)
-    kind = torch.randint(len(sources), (n,), generator=generator).to(device)
+    # Which source each row takes is known on the CPU, where it is drawn: no GPU wait.
+    kind_cpu = torch.randint(len(sources), (n,), generator=generator)
+    kind = _to(kind_cpu, device)
     out = a.clone()
     for k, source in enumerate(sources):
-        rows = kind == k
-        if not rows.any():
+        if not (kind_cpu == k).any():
             continue
+        rows = (kind == k).view(-1, 1, 1)
         if source == "finger" and joints in _FINGERS:
-            take = torch.rand(n, len(_FINGERS[joints]), generator=generator).to(device) < 0.5
+            take = _to(torch.rand(n, len(_FINGERS[joints]), generator=generator), device) < 0.5
             mixed = a.clone()
             for f, idx in enumerate(_FINGERS[joints]):
-                sel = take[:, f].view(-1, 1, 1)
-                mixed[:, list(idx)] = torch.where(sel, b[:, list(idx)], a[:, list(idx)])
-            out[rows] = mixed[rows]
+                span = _span(idx)
+                mixed[:, span] = torch.where(take[:, f].view(-1, 1, 1), b[:, span], a[:, span])
+            out = torch.where(rows, mixed, out)
         elif source in ("mix", "finger"):
-            lam = torch.rand(n, 1, 1, generator=generator, dtype=torch.float64).to(device)
-            out[rows] = (lam * a + (1 - lam) * b)[rows]
+            lam = _to(torch.rand(n, 1, 1, generator=generator, dtype=torch.float64), device)
+            out = torch.where(rows, lam * a + (1 - lam) * b, out)
         else:  # rotate about the palm centre
             centre = a[:, _CENTRE.get(joints, 0)].unsqueeze(1) if joints in _CENTRE \
                 else a.mean(dim=1, keepdim=True)
             rot = random_rotations(n, max_turn_deg, generator, device)
-            out[rows] = ((a - centre) @ rot.transpose(1, 2) + centre)[rows]
+            out = torch.where(rows, (a - centre) @ rot.transpose(1, 2) + centre, out)
     return out.to(poses.dtype)
