@@ -26,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -41,7 +42,8 @@ from handgan.synth.generate import synthesize_dataset
 
 
 def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, device: str,
-          amp: bool, channels_last: bool, compile_: bool, repeats: int) -> dict:
+          amp: bool, channels_last: bool, compile_: bool, repeats: int,
+          sync_debug: bool = False) -> dict:
     cfg = apply_overrides(preset(preset_name), [f"mode={mode}", f"optim.batch_size={batch}",
                                                 f"device={device}"])
     dev = resolve_device(device)
@@ -72,6 +74,7 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
 
     for _ in range(warmup):
         step()
+    waits = host_waits(step) if sync_debug and cuda else None
     with FlopCounterMode(display=False) as flops:  # one step's matrix work, forward + backward
         step()
     rates = []
@@ -87,7 +90,22 @@ def bench(preset_name: str, mode: str, batch: int, steps: int, warmup: int, devi
     return {"preset": preset_name, "mode": mode, "batch": batch, "size": s,
             "device": str(dev), "crops_per_s": statistics.median(rates),
             "spread": (min(rates), max(rates)), "gflop_per_crop": flops.get_total_flops() / batch / 1e9,
-            "memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None}
+            "memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else None,
+            "host_waits": waits}
+
+
+def host_waits(step) -> list[str]:
+    """Where one step waits for the GPU: torch's sync debug mode's warnings, as file:line."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught
+            if "synchroniz" in str(w.message)]
 
 
 def end_to_end(preset_name: str, mode: str, batch: int, steps: int, device: str, data: Path,
@@ -140,6 +158,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=2000,
                    help="end to end: training frames to render into --data if absent")
     p.add_argument("--workers", type=int, default=2, help="end to end: num_workers")
+    p.add_argument("--sync-debug", action="store_true", help="CUDA: list where one step waits "
+                   "for the GPU (torch.cuda.set_sync_debug_mode)")
     args = p.parse_args()
     cuda = resolve_device(args.device).type == "cuda"
     steps = args.steps or (200 if cuda else 30)
@@ -150,7 +170,7 @@ def main() -> None:
     for name in args.preset or ["quick", "seed"]:
         for mode in args.mode or ["gan", "supervised"]:
             r = bench(name, mode, args.batch, steps, args.warmup, args.device, not args.no_amp,
-                      not args.no_channels_last, args.compile, args.repeats)
+                      not args.no_channels_last, args.compile, args.repeats, args.sync_debug)
             bound = peak * 1e12 / (r["gflop_per_crop"] * 1e9) if peak else None
             print(f"{r['preset']:5s} {r['size']:3d}px {r['mode']:10s} batch {r['batch']:4d}: "
                   f"{r['crops_per_s']:9.1f} labelled crops/s "
@@ -160,6 +180,9 @@ def main() -> None:
                      f"({bound:,.0f} crops/s)" if bound else "")
                   + (f", {r['memory_gb']:.2f} GB peak memory" if r["memory_gb"] is not None
                      else ""), flush=True)
+            if r["host_waits"] is not None:
+                print(f"      {len(r['host_waits'])} host waits in one step: "
+                      + (", ".join(r["host_waits"]) or "none"), flush=True)
             if not args.end_to_end:
                 continue
             synthetic_frames(args.data, args.frames)

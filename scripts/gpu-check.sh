@@ -44,6 +44,9 @@ for batch in 64 256; do
   $PY benchmarks/bench_train.py --batch $batch "${BENCH[@]}" 2>&1 | tee -a "$LOG" \
     | sed -n "s/^\(.*\): *\([0-9.]*\) labelled crops\/s.*/| bench_train \1 | \2 |/p" >> "$TABLE"
 done
+# Where a GAN step still waits for the GPU (torch.cuda.set_sync_debug_mode), both presets.
+$PY benchmarks/bench_train.py --mode gan --steps 1 --warmup 2 --repeats 1 --sync-debug 2>&1 \
+  | tee -a "$LOG" | grep "host waits" || true
 $PY benchmarks/bench_train.py --mode gan --batch 256 "${BENCH[@]}" "${COMPILE[@]}" 2>&1 \
   | tee -a "$LOG" | grep "^$PRESET" \
   | sed -n "s/^\(.*\): *\([0-9.]*\) labelled crops\/s.*/| bench_train \1 ${COMPILE[*]} | \2 |/p" >> "$TABLE"
