@@ -22,7 +22,7 @@ if [ -n "${SMOKE:-}" ]; then
   BENCH=(--preset quick --steps 2 --warmup 1 --repeats 1); INFER=(--preset quick --frames 4 --warmup 1 --repeats 1)
 else
   PRESET=seed; FRAMES=(--train 4000 --test 1000); E2E_STEPS=400; COMPILE=(--compile)
-  BENCH=(--steps 200 --warmup 10 --repeats 3); INFER=(--preset seed)
+  BENCH=(--steps 200 --warmup 10 --repeats 3); INFER=(--preset seed --batch 256)
 fi
 LOG=$RESULTS/gpu-check.log
 TABLE=$RESULTS/table.md
