@@ -22,6 +22,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU from pinned memory, without waiting for its queue
+    (a copy from pageable memory waits for every kernel queued before it)."""
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+
+
 def cores() -> int:
     """CPU cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):

@@ -198,7 +198,8 @@ class Estimator:
         batch = FrameBatch([check_depth_frame(d, intr) for d in frames], self.device)
         todo = [i for i, c in enumerate(centres) if c is None]
         if todo:  # one batched localisation
-            part = batch if len(todo) == len(frames) else [batch.frames[i] for i in todo]
+            part = batch if len(todo) == len(frames) else \
+                FrameBatch([batch.frames[i] for i in todo], self.device)
             for i, c in zip(todo, self.locate_batch(part, intr)):
                 centres[i] = c
         transforms = [CropTransform(c, self.spec.cube_mm, self.size, intr) for c in centres]

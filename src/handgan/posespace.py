@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from handgan.device import to_device_async
 from handgan.errors import HandganError
 
 POSE_SOURCES = ("mix", "finger", "rotate")
@@ -58,11 +59,6 @@ def _span(joints: Sequence[int] | None) -> slice:
     return slice(joints[0], joints[-1] + 1)
 
 
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A tensor drawn on the CPU, on ``device``: from pinned memory without waiting on a GPU."""
-    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
-
-
 def random_rotations(n: int, max_deg: float, generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """(n, 3, 3) rotations about uniformly random axes by angles ~ U(-max_deg, max_deg)."""
@@ -75,7 +71,7 @@ def random_rotations(n: int, max_deg: float, generator: torch.Generator | None =
     k = k - k.transpose(1, 2)
     s, c = angle.sin().view(-1, 1, 1), angle.cos().view(-1, 1, 1)
     rot = torch.eye(3, dtype=torch.float64) + s * k + (1 - c) * (k @ k)  # Rodrigues
-    return _to(rot, torch.device(device))
+    return to_device_async(rot, torch.device(device))
 
 
 def new_poses(poses: torch.Tensor, sources: Sequence[str] = POSE_SOURCES,
@@ -91,25 +87,27 @@ def new_poses(poses: torch.Tensor, sources: Sequence[str] = POSE_SOURCES,
     n, joints = poses.shape[:2]
     device = poses.device
     a = poses.detach().double()
-    partner = _to(torch.randperm(n, generator=generator), device)
+    partner = to_device_async(torch.randperm(n, generator=generator), device)
     b = palm_align(a[partner], a)
     # Which source each row takes is known on the CPU, where it is drawn: no GPU wait.
     kind_cpu = torch.randint(len(sources), (n,), generator=generator)
-    kind = _to(kind_cpu, device)
+    kind = to_device_async(kind_cpu, device)
     out = a.clone()
     for k, source in enumerate(sources):
         if not (kind_cpu == k).any():
             continue
         rows = (kind == k).view(-1, 1, 1)
         if source == "finger" and joints in _FINGERS:
-            take = _to(torch.rand(n, len(_FINGERS[joints]), generator=generator), device) < 0.5
+            take = to_device_async(torch.rand(n, len(_FINGERS[joints]), generator=generator),
+                                   device) < 0.5
             mixed = a.clone()
             for f, idx in enumerate(_FINGERS[joints]):
                 span = _span(idx)
                 mixed[:, span] = torch.where(take[:, f].view(-1, 1, 1), b[:, span], a[:, span])
             out = torch.where(rows, mixed, out)
         elif source in ("mix", "finger"):
-            lam = _to(torch.rand(n, 1, 1, generator=generator, dtype=torch.float64), device)
+            lam = to_device_async(torch.rand(n, 1, 1, generator=generator, dtype=torch.float64),
+                                  device)
             out = torch.where(rows, lam * a + (1 - lam) * b, out)
         else:  # rotate about the palm centre
             centre = a[:, _CENTRE.get(joints, 0)].unsqueeze(1) if joints in _CENTRE \

@@ -9,6 +9,7 @@ import torch
 
 from handgan.augment import map_joints
 from handgan.cachestore import transform_row
+from handgan.device import to_device_async
 from handgan.deviceaugment import map_joints as map_batch
 from handgan.preprocess import CropTransform
 
@@ -35,11 +36,8 @@ class ViewMaps:
         views' transform rows travel to the device, so a GPU step waits for nothing."""
         if len(joints_a) != len(self.pairs):
             raise ValueError(f"{len(joints_a)} poses for {len(self.pairs)} view pairs")
-        rows = torch.from_numpy(np.stack([[transform_row(a), transform_row(b)]
-                                          for a, b in self.pairs]))  # (B, 2, 8)
-        if joints_a.is_cuda:
-            rows = rows.pin_memory()
-        rows = rows.to(joints_a.device, non_blocking=True)
+        rows = to_device_async(torch.from_numpy(np.stack(
+            [[transform_row(a), transform_row(b)] for a, b in self.pairs])), joints_a.device)
         return map_batch(joints_a, rows[:, 0], rows[:, 1], self.pairs[0][0].intr)
 
     @staticmethod
