@@ -158,15 +158,13 @@ class OptimConfig:
     batch_size: int = 64             # global batch of labelled crops (split across DDP ranks)
     max_steps: int | None = None     # stop after this many steps, whatever the epochs (smoke runs)
     lr_schedule: str = "constant"    # "constant" (the seed) | "cosine": lr * (1 + cos(pi t/T)) / 2
-    warmup_epochs: float = 0.0       # lr ramped linearly from ~0 over this many epochs first
-    #                                  (larger batches at a scaled lr: docs/results.md, issue 16)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check(all(0.0 <= b < 1.0 for b in self.betas),
                f"betas must be in [0, 1), got {self.betas}")
-        _at_least(self, 0, "weight_decay warmup_epochs")
+        _at_least(self, 0, "weight_decay")
         _at_least(self, 1, "epochs batch_size")
         _at_least(self, 1, "max_steps", optional=True)
 
@@ -278,6 +276,7 @@ REMOVED_KEYS: dict[str, tuple[Any, tuple[Any, ...], str]] = {  # key: (type, off
     "model.gen_skeleton": (bool, (False,), "ff70ccc"),
     # true: the corrected render with gen_render; inert without it (the seed's Gen, _merge)
     "model.gen_correction": (bool, (False,), "ff70ccc"),
+    "optim.warmup_epochs": (float, (0.0,), "d15c55f"),
 }
 
 

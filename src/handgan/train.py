@@ -110,16 +110,12 @@ def build_optimizers(cfg: TrainConfig, gen: nn.Module, dis: nn.Module
     return adam(gen), adam(dis)
 
 
-def learning_rate(o: OptimConfig, step: int, total_steps: int, steps_per_epoch: int = 1
-                  ) -> float:
-    """The learning rate of step ``step`` (0-based) of ``total_steps``, ``steps_per_epoch`` a
-    pass: the schedule, times (step + 1) / warm-up steps during ``warmup_epochs``. A pure
-    function of the step, so a resumed run continues the schedule exactly."""
-    lr = o.lr
+def learning_rate(o: OptimConfig, step: int, total_steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``total_steps``; a pure function of the
+    step, so a resumed run continues the schedule exactly."""
     if o.lr_schedule == "cosine" and total_steps > 1:
-        lr *= 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    warmup = o.warmup_epochs * steps_per_epoch
-    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return o.lr
 
 
 @dataclass(frozen=True)
@@ -573,7 +569,7 @@ def _train(cfg: TrainConfig, run_dir: Path, manager: CheckpointManager, resume: 
             loader = iterate_batches(batches, p.batch_in_epoch, workers, pin=cuda)
             t0 = time.perf_counter()  # the loop's time counts its batches' making and its steps
             for batch in loader:  # with data.pipeline=device a BatchPlan, made on the device
-                lr = learning_rate(cfg.optim, p.step, plan.planned_steps, plan.steps_per_epoch)
+                lr = learning_rate(cfg.optim, p.step, plan.planned_steps)
                 for group in (*run.opt_g.param_groups, *run.opt_d.param_groups):
                     group["lr"] = lr
                 batch = (on_device.batch(batch) if on_device else batch).to(device, memory_format)
