@@ -1,7 +1,8 @@
 """The hand localiser: refiner crops and targets, the iterated refinement, its place in a run
 (stage, checkpoints, resume), evaluation with --centre com and located training crops."""
+import hashlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from handgan import inference
 from handgan.cachebuild import load_or_build_cache
 from handgan.cachesource import CropParams, LocatedCentres
 from handgan.camera import NYU
-from handgan.checkpoint import load_checkpoint
-from handgan.config import apply_overrides, preset
+from handgan.checkpoint import load_checkpoint, save_checkpoint
+from handgan.config import apply_overrides, from_dict, preset
 from handgan.data.sources import open_split, parse_source
 from handgan.deviceaugment import FrameBatch
 from handgan.errors import HandganError
@@ -28,6 +29,7 @@ from handgan.localize import (
     detection_candidates,
     detector_input,
     detector_points,
+    fit_run_localizer,
     localisation_errors,
     localisation_summary,
     localizer_samples,
@@ -230,6 +232,32 @@ def test_state_round_trip_gives_the_same_centres():
     assert coarse_only.fingerprint() != loc.fingerprint()
     with pytest.raises(HandganError, match="x.pt: its hand localiser does not load"):
         Localizer.from_state({"config": {"size": 64}}, where="x.pt")
+
+
+NEW_KEYS = ("detector_lr", "detector_batch_size")  # added at 37107e0
+
+
+def test_a_localiser_saved_before_the_detectors_own_lr_reads_as_it_trained(tmp_path):
+    # Before 37107e0 a saved localizer section had no detector_lr / detector_batch_size: the
+    # detector trained at the refiners' lr on half their batch. A full old section reads so
+    # (config files, checkpoints, localizer.pt); a partial one takes the defaults.
+    old = {k: v for k, v in asdict(LocalizerConfig(batch_size=128)).items() if k not in NEW_KEYS}
+    cfg = from_dict({"localizer": old})
+    assert (cfg.localizer.detector_lr, cfg.localizer.detector_batch_size) == (1e-3, 64)
+    assert from_dict({"localizer": {"batch_size": 128}}).localizer.detector_lr == 1e-2
+    loc = Localizer(LocalizerConfig(width=4), CentreRefiner(64, 4))
+    state = loc.state()
+    state["config"] = {k: v for k, v in state["config"].items() if k not in NEW_KEYS}
+    assert Localizer.from_state(state).config == replace(loc.config, detector_lr=1e-3,
+                                                         detector_batch_size=16)
+    # A run's localizer.pt from then is reused by its resume: no retraining.
+    frames = np.arange(4)
+    identity = {"config": {k: v for k, v in asdict(cfg.localizer).items() if k not in NEW_KEYS},
+                "seed": 0, "frames": hashlib.sha256(frames.tobytes()).hexdigest()}
+    save_checkpoint(tmp_path / LOCALIZER_FILE, {"localizer": state, "identity": identity})
+    found, record = fit_run_localizer(tmp_path, cfg.localizer, reader=None,
+                                      labeled_frames=frames, val_frames=[])
+    assert record is None and found.config.detector_lr == 1e-3
 
 
 def test_localisation_summary_counts_frames_without_a_hand():

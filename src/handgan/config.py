@@ -35,7 +35,7 @@ from handgan.augment import AugmentConfig
 from handgan.cachebuild import ON_BAD
 from handgan.cachesource import CENTRES
 from handgan.errors import HandganError
-from handgan.localize import LocalizerConfig
+from handgan.localize import LocalizerConfig, saved_config
 from handgan.models import ModelConfig
 
 TRAIN_MODES = ("gan", "supervised")
@@ -359,6 +359,8 @@ def _merge(obj: Any, d: Any, prefix: str) -> Any:
         if name not in hints:
             raise HandganError(_unknown_key(str(key)))
         tp = hints[name]
+        if tp is LocalizerConfig and isinstance(value, Mapping):
+            value = saved_config(value)
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, Mapping):
                 options = ", ".join(leaf_keys(tp, f"{key}."))

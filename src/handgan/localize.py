@@ -96,6 +96,24 @@ class LocalizerConfig:
         return self.fine_cube_mm > 0 and self.fine_iterations > 0
 
 
+# A saved config lists every key of its day. One that lists the keys every saved localiser
+# section has had since the detector (b31ce05) but not the detector's own batch size and
+# learning rate (added at 37107e0) trained the detector on half the refiners' batch at their
+# learning rate: read it so, so that a resumed run keeps its localiser.
+_KEYS_BEFORE_DETECTOR_LR = frozenset({
+    "enabled", "size", "cube_mm", "iterations", "width", "detector_width", "detector_epochs",
+    "epochs", "batch_size", "lr", "samples_per_frame", "offset_mm", "max_frames"})
+
+
+def saved_config(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``localizer`` config section with what an older saved run meant by its missing keys."""
+    d = dict(d)
+    if _KEYS_BEFORE_DETECTOR_LR <= d.keys() and "detector_lr" not in d:
+        d.setdefault("detector_batch_size", int(d["batch_size"]) // 2)
+        d["detector_lr"] = d["lr"]
+    return d
+
+
 class CentreRefiner(nn.Module):
     """(B, 1, S, S) normalised crops -> (B, 3) palm centre in each crop's normalised frame (x, y,
     z in units of half the cube; 0 = the crop's centre). With ``outputs=1`` the same network is
@@ -268,7 +286,7 @@ class Localizer:
                    where: str = "checkpoint") -> Localizer:
         """Rebuild from :meth:`state`; HandganError naming ``where`` if it does not fit."""
         try:
-            config = LocalizerConfig(**state["config"])
+            config = LocalizerConfig(**saved_config(state["config"]))
             parts = {}
             for part in PARTS:
                 weights = state[part] if part == "network" else state.get(part)
@@ -718,7 +736,10 @@ def fit_run_localizer(run_dir: str | os.PathLike, config: LocalizerConfig, reade
                                          ).hexdigest()}
     if path.is_file():
         saved = load_checkpoint(path)
-        if saved.get("identity") == identity:
+        before = saved.get("identity")
+        if isinstance(before, dict) and isinstance(before.get("config"), Mapping):
+            before = {**before, "config": saved_config(before["config"])}
+        if before == identity:
             return Localizer.from_state(saved["localizer"], where=str(path)), None
     if reader.centre_joint is None:
         raise HandganError(f"{reader.root}: no centre joint to train the hand localiser on; "
